@@ -1,0 +1,3 @@
+"""workspace-operator: git worktrees for CI jobs, from per-project bare caches on a shared volume."""
+
+__version__ = "0.1.0"

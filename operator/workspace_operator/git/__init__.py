@@ -1,0 +1,20 @@
+"""The git engine: bare caches and worktrees on a volume. No Kubernetes in here."""
+
+from workspace_operator.git.credentials import Credentials
+from workspace_operator.git.engine import CheckoutRequest, CheckoutResult, Engine, ValidRequest
+from workspace_operator.git.errors import GitError, Reason, Redactor
+from workspace_operator.git.runner import GitSettings
+from workspace_operator.git.source import Revision
+
+__all__ = [
+    "CheckoutRequest",
+    "CheckoutResult",
+    "Credentials",
+    "Engine",
+    "GitError",
+    "GitSettings",
+    "Reason",
+    "Redactor",
+    "Revision",
+    "ValidRequest",
+]

@@ -1,0 +1,120 @@
+"""Failure vocabulary of the git engine: a reason, a redacted message, and retryability.
+
+The operator turns `Reason` values into condition reasons verbatim, so they are
+CamelCase and stable: users write alerts and runbooks against them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    INVALID_SPEC = "InvalidSpec"
+    SCHEME_NOT_ALLOWED = "TransportNotAllowed"
+    AUTH_FAILED = "AuthenticationFailed"
+    REPOSITORY_NOT_FOUND = "RepositoryNotFound"
+    REF_NOT_FOUND = "RefNotFound"
+    COMMIT_NOT_FOUND = "CommitNotFound"
+    REPOSITORY_MISMATCH = "RepositoryMismatch"
+    SUBPATH_NOT_FOUND = "SubPathNotFound"
+    HOST_KEY_MISMATCH = "HostKeyVerificationFailed"
+    UNREACHABLE = "UpstreamUnavailable"
+    TIMEOUT = "GitTimeout"
+    DISK_FULL = "DiskFull"
+    GIT_FAILED = "GitFailed"
+
+
+PERMANENT = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.SCHEME_NOT_ALLOWED,
+        Reason.AUTH_FAILED,
+        Reason.REPOSITORY_NOT_FOUND,
+        Reason.REF_NOT_FOUND,
+        Reason.COMMIT_NOT_FOUND,
+        Reason.REPOSITORY_MISMATCH,
+        Reason.SUBPATH_NOT_FOUND,
+        Reason.HOST_KEY_MISMATCH,
+    }
+)
+
+
+class GitError(Exception):
+    """A failed git step. `message` is already redacted and safe to publish."""
+
+    def __init__(self, reason: Reason, message: str, *, step: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.step = step
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason not in PERMANENT
+
+    def __str__(self) -> str:
+        return f"{self.step}: {self.message}" if self.step else self.message
+
+
+# Ordered: the first matching pattern wins, so the specific ones come first.
+_STDERR_RULES: tuple[tuple[re.Pattern[str], Reason], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), reason)
+    for pattern, reason in (
+        (r"no space left on device|disk quota exceeded", Reason.DISK_FULL),
+        (r"host key verification failed|remote host identification has changed", Reason.HOST_KEY_MISMATCH),
+        (r"authentication failed|could not read (username|password)|terminal prompts disabled"
+         r"|permission denied \(publickey|returned error: 40[13]|invalid username or password"
+         r"|access denied|HTTP Basic: Access denied", Reason.AUTH_FAILED),
+        (r"repository .* not found|does not appear to be a git repository|returned error: 404"
+         r"|no such file or directory.*\.git|not a git repository", Reason.REPOSITORY_NOT_FOUND),
+        (r"couldn't find remote ref|remote branch .* not found|invalid refspec"
+         r"|unknown revision|bad revision|invalid reference|fatal: invalid object name", Reason.REF_NOT_FOUND),
+        (r"not our ref|no such remote ref|upload-pack: not our ref|unadvertised object", Reason.COMMIT_NOT_FOUND),
+        (r"transport '[^']*' not allowed|unsupported url scheme|unable to find remote helper", Reason.SCHEME_NOT_ALLOWED),
+        (r"could not resolve host|connection refused|connection timed out|connection reset"
+         r"|unable to access|returned error: 5\d\d|early eof|remote end hung up|rpc failed"
+         r"|operation too slow|network is unreachable|unable to connect|failed to connect"
+         r"|could not read from remote repository|ssh: connect to host", Reason.UNREACHABLE),
+    )
+)
+
+
+def classify(stderr: str) -> Reason:
+    for pattern, reason in _STDERR_RULES:
+        if pattern.search(stderr):
+            return reason
+    return Reason.GIT_FAILED
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+class Redactor:
+    """Removes credentials from any text bound for logs, events, status or exceptions.
+
+    Two layers: URL userinfo is always masked, and every registered secret value
+    (tokens, passwords, key material lines) is replaced wherever it occurs.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        if not secret:
+            return
+        for piece in [secret, *secret.splitlines()]:
+            piece = piece.strip()
+            # Very short fragments (e.g. "-----") would redact innocent text.
+            if len(piece) >= 6:
+                self._secrets.add(piece)
+
+    def __call__(self, text: str) -> str:
+        text = _USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text

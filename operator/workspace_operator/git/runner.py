@@ -1,0 +1,184 @@
+"""Run one named git step: hardened environment, hard timeout, redacted logging.
+
+Every git invocation in the project goes through `GitRunner.run`, so the rules
+below hold everywhere by construction:
+
+* a timeout on every call; on timeout or cancellation the whole process group
+  (git and its ssh / remote-https / index-pack children) is SIGKILLed;
+* no prompts, no user or system config, no hooks, no credential helpers, no
+  fsmonitor; transports limited to the configured allow-list (GIT_ALLOW_PROTOCOL
+  also covers submodules and redirects);
+* user-supplied arguments are placed after `--` by callers, and anything that
+  looks like an option where a ref belongs is refused before git runs;
+* the logged command line and any error text pass through the Redactor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workspace_operator.git.errors import GitError, Reason, Redactor, classify
+
+log = logging.getLogger("workspace_operator.git")
+
+ALL_SCHEMES = frozenset({"https", "ssh", "http", "git", "file"})
+# Kept small: stderr of a failed fetch is what users see; more is noise.
+_STDERR_LIMIT = 16 * 1024
+
+
+@dataclass(frozen=True)
+class GitSettings:
+    timeout_seconds: float = 600.0
+    allowed_schemes: frozenset[str] = frozenset({"https", "ssh"})
+    checkout_workers: int = 0  # 0 = git's default; >1 enables parallel checkout
+    partial_clone: bool = False  # --filter=blob:none on cache creation
+    git_binary: str = "git"
+    # Where credential material is written: never the shared volume.
+    scratch_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        unknown = self.allowed_schemes - ALL_SCHEMES
+        if unknown:
+            raise ValueError(f"unknown git transports: {', '.join(sorted(unknown))}")
+
+
+@dataclass(frozen=True)
+class GitResult:
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+# Options prepended to every git call. hooksPath=/dev/null disables all hooks,
+# including ones shipped inside a cloned repository's config.
+_HARDENING = (
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "core.fsmonitor=false",
+    "-c", "credential.helper=",
+    "-c", "core.askPass=",
+    "-c", "protocol.version=2",
+    "-c", "safe.directory=*",
+    "-c", "gc.auto=0",
+    "-c", "maintenance.auto=false",
+    "-c", "fetch.writeCommitGraph=false",
+    "-c", "submodule.recurse=false",
+    "-c", "advice.detachedHead=false",
+)
+
+
+@dataclass
+class GitRunner:
+    settings: GitSettings
+    redact: Redactor = field(default_factory=Redactor)
+
+    def base_env(self) -> dict[str, str]:
+        """A minimal environment: nothing from the operator's own env leaks into git."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/nonexistent"),
+            "LANG": "C",
+            "LC_ALL": "C",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": "/dev/null",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GCM_INTERACTIVE": "never",
+            "GIT_ALLOW_PROTOCOL": ":".join(sorted(self.settings.allowed_schemes)),
+            "GIT_PROTOCOL_FROM_USER": "0",
+            # Fail stalled HTTP transfers well before the hard timeout.
+            "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
+            "GIT_HTTP_LOW_SPEED_TIME": str(int(min(60.0, max(5.0, self.settings.timeout_seconds / 4)))),
+            # Without explicit credentials, ssh must still never prompt or trust new hosts.
+            "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes "
+                               "-o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null",
+        }
+        for passthrough in ("TMPDIR", "GIT_TRACE_PACKET_DISABLED"):
+            if passthrough in os.environ:
+                env[passthrough] = os.environ[passthrough]
+        return env
+
+    async def run(
+        self,
+        step: str,
+        args: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        config: Sequence[str] = (),
+        query: bool = False,
+    ) -> GitResult:
+        """Run `git <args>` in cwd; raise GitError (classified, redacted) on failure."""
+        limit = timeout if timeout is not None else self.settings.timeout_seconds
+        full_env = self.base_env()
+        if env:
+            full_env.update(env)
+        extra_config: list[str] = []
+        for item in config:
+            extra_config += ["-c", item]
+        argv = [self.settings.git_binary, *_HARDENING, *extra_config, *args]
+        shown = self.redact(" ".join(["git", *args]))
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(cwd),
+            env=full_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, so we can kill the whole tree
+        )
+        try:
+            stdout_b, stderr_b = await asyncio.wait_for(proc.communicate(), timeout=limit)
+        except TimeoutError:
+            await _kill_tree(proc)
+            seconds = time.monotonic() - started
+            log.warning("git step %s timed out after %.1fs: %s", step, seconds, shown)
+            raise GitError(Reason.TIMEOUT, f"timed out after {limit:.0f}s", step=step) from None
+        except BaseException:
+            # Cancellation (lease lost, shutdown): never leave git running unguarded.
+            await _kill_tree(proc)
+            raise
+        seconds = time.monotonic() - started
+        stdout = stdout_b.decode("utf-8", "replace")
+        stderr = stderr_b[-_STDERR_LIMIT:].decode("utf-8", "replace")
+        if proc.returncode != 0:
+            detail = self.redact(_last_lines(stderr) or f"exit status {proc.returncode}")
+            log.log(logging.DEBUG if query else logging.INFO, "git step %s failed in %.2fs (exit %s): %s: %s", step, seconds, proc.returncode, shown, detail)
+            raise GitError(classify(stderr), detail, step=step)
+        log.debug("git step %s ok in %.2fs: %s", step, seconds, shown)
+        return GitResult(stdout=stdout, stderr=stderr, seconds=seconds)
+
+    async def ok(self, step: str, args: Sequence[str], *, cwd: Path, timeout: float | None = None) -> bool:
+        """Run a query whose non-zero exit is an answer ("no"), not a failure."""
+        try:
+            await self.run(step, args, cwd=cwd, timeout=timeout, query=True)
+        except GitError as error:
+            if error.reason is Reason.TIMEOUT:
+                raise
+            return False
+        return True
+
+
+async def _kill_tree(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # Reap (and drain pipes) so no zombie or fd outlives the step.
+    try:
+        await asyncio.wait_for(proc.communicate(), timeout=10)
+    except (TimeoutError, ValueError, OSError):
+        pass
+
+
+def _last_lines(text: str, count: int = 3) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:])

@@ -1,0 +1,110 @@
+"""What to check out: the upstream URL and the revision, validated.
+
+Pure functions, no I/O: they decide whether input is acceptable before anything
+runs, so bad input is refused with nothing on disk touched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from workspace_operator.git.errors import GitError, Reason
+from workspace_operator.git.layout import invalid
+
+SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+MAX_URL = 2048
+MAX_REF = 255
+# scp-like ssh syntax: user@host:path (git treats it as ssh).
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+:(?!//)[^\s]+$")
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
+
+
+def check_url(url: str, allowed_schemes: frozenset[str]) -> str:
+    """Return the transport of a repository URL, or raise a permanent GitError."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL:
+        raise invalid(f"repository must be a URL of at most {MAX_URL} characters")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise invalid("repository URL contains whitespace or control characters")
+    if url.startswith("-"):
+        raise invalid("repository URL must not start with '-'")
+    if "::" in url.split("/", 1)[0] or url.lower().startswith("ext::"):
+        raise GitError(Reason.SCHEME_NOT_ALLOWED, "transport '<name>::' syntax is not allowed", step="validate")
+    if _SCP_LIKE.match(url):
+        scheme = "ssh"
+    else:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if not scheme or "://" not in url:
+            raise invalid("repository must be a URL (scheme://host/path) or user@host:path")
+        if scheme in ("http", "https") and parts.password is not None:
+            raise invalid("repository URL must not embed credentials; use spec.credentials")
+        if scheme != "file" and not parts.hostname:
+            raise invalid("repository URL has no host")
+    if scheme not in allowed_schemes:
+        raise GitError(
+            Reason.SCHEME_NOT_ALLOWED,
+            f"transport {scheme!r} is not allowed (allowed: {', '.join(sorted(allowed_schemes))})",
+            step="validate",
+        )
+    return scheme
+
+
+def check_ref_name(kind: str, value: str) -> str:
+    """git check-ref-format rules, plus: never anything that git could read as an option."""
+    if not isinstance(value, str) or not value or len(value) > MAX_REF:
+        raise invalid(f"ref.{kind} must be 1..{MAX_REF} characters")
+    if value.startswith("-"):
+        raise invalid(f"ref.{kind} {value!r} must not start with '-'")
+    if (_REF_FORBIDDEN.search(value) or value.startswith(("/", ".")) or value.endswith(("/", "."))
+            or value == "@"):
+        raise invalid(f"ref.{kind} {value!r} is not a valid git ref name")
+    if kind == "name" and not value.startswith("refs/"):
+        raise invalid(f"ref.name {value!r} must be a full ref name starting with 'refs/'")
+    return value
+
+
+@dataclass(frozen=True)
+class Revision:
+    """At most one of branch / tag / name, optionally pinned to a commit."""
+
+    branch: str | None = None
+    tag: str | None = None
+    name: str | None = None
+    commit: str | None = None
+
+    def __post_init__(self) -> None:
+        named = [k for k in ("branch", "tag", "name") if getattr(self, k)]
+        if len(named) > 1:
+            raise invalid(f"ref may name at most one of branch, tag, name (got {', '.join(named)})")
+        for kind in named:
+            check_ref_name(kind, getattr(self, kind))
+        if self.commit is not None and not SHA.match(self.commit):
+            raise invalid("ref.commit must be a full lowercase hex SHA (40 or 64 characters)")
+
+    @property
+    def remote_ref(self) -> str | None:
+        """The full upstream ref this revision follows, or None (default branch / bare commit)."""
+        if self.branch:
+            return f"refs/heads/{self.branch}"
+        if self.tag:
+            return f"refs/tags/{self.tag}"
+        return self.name
+
+    @property
+    def local_ref(self) -> str | None:
+        return local_ref_for(self.remote_ref) if self.remote_ref else None
+
+    def describe(self) -> str:
+        base = self.branch or self.tag or self.name or "default branch"
+        return f"{base}@{self.commit[:12]}" if self.commit else base
+
+
+def local_ref_for(remote_ref: str) -> str:
+    """Where a fetched upstream ref is kept in the cache; never a branch a worktree could hold."""
+    if remote_ref.startswith("refs/heads/"):
+        return "refs/remotes/origin/" + remote_ref.removeprefix("refs/heads/")
+    if remote_ref.startswith("refs/tags/"):
+        return remote_ref
+    return "refs/cache/" + remote_ref.removeprefix("refs/")
