@@ -25,6 +25,21 @@ log = logging.getLogger("workspace_operator.cache")
 # Present while a fetch writes into the cache; found at the start of an
 # operation it means the previous holder died mid-write.
 OPERATION_MARKER = "workspace-operator.fetching"
+# Timestamps (file mtimes) that garbage collection decides on.
+LAST_USED = "workspace-operator.last-used"
+LAST_FETCH = "workspace-operator.last-fetch"
+LAST_GC = "workspace-operator.last-gc"
+
+
+def stamp(repo: Path, name: str) -> None:
+    (repo / name).touch()
+
+
+def stamp_time(repo: Path, name: str) -> float | None:
+    try:
+        return (repo / name).stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -221,6 +236,7 @@ class Cache:
                 raise GitError(missing, error.message, step=error.step) from None
             raise
         marker.unlink(missing_ok=True)
+        stamp(repo, LAST_FETCH)
         return result.seconds
 
     # -- maintenance ---------------------------------------------------------------
@@ -229,4 +245,6 @@ class Cache:
         await self.runner.run("worktree-prune", ["worktree", "prune"], cwd=self.path)
 
     async def gc(self) -> None:
-        await self.runner.run("gc", ["gc", "--quiet", "--prune=now"], cwd=self.path)
+        # Default prune grace (2 weeks) keeps objects a concurrent reader might still need.
+        await self.runner.run("gc", ["gc", "--quiet"], cwd=self.path)
+        stamp(self.path, LAST_GC)

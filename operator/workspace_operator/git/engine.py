@@ -7,14 +7,23 @@ contract enforces that). Callers hold the project's lock around `checkout` and
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from workspace_operator.git.cache import Cache
+from workspace_operator.git.cache import LAST_USED, Cache, stamp
 from workspace_operator.git.credentials import Credentials, credential_env
 from workspace_operator.git.errors import Redactor
-from workspace_operator.git.layout import ProjectLayout, check_label, check_relpath, invalid
+from workspace_operator.git.layout import (
+    QUARANTINE_PREFIX,
+    STAGING_PREFIX,
+    ProjectLayout,
+    check_label,
+    check_relpath,
+    invalid,
+)
 from workspace_operator.git.runner import GitRunner, GitSettings
 from workspace_operator.git.source import Revision, check_url
 from workspace_operator.git.worktree import Worktrees, WorktreeSpec
@@ -76,6 +85,10 @@ class Engine:
             raise invalid(f"subPath {str(sub_path)!r} is outside every sparse directory")
         return ValidRequest(request, layout, sub_path, sparse)
 
+    def forget(self, layout: ProjectLayout) -> None:
+        """The cache was removed: a new one must be fully checked again."""
+        self._verified.discard(layout.relative_dir)
+
     def runner_for(self, credentials: Credentials | None) -> GitRunner:
         redact = Redactor()
         if credentials:
@@ -99,6 +112,7 @@ class Engine:
             self._verified.add(layout.relative_dir)
             checkout_started = time.monotonic()
             worktree = await Worktrees(runner, layout).add(valid.worktree_spec(resolution.commit), env)
+            stamp(layout.cache_dir, LAST_USED)
         checkout_seconds = time.monotonic() - checkout_started
         return CheckoutResult(
             commit=resolution.commit,
@@ -121,3 +135,38 @@ class Engine:
 
 def _relative(root: Path, path: Path) -> PurePosixPath:
     return PurePosixPath(path.resolve().relative_to(root.resolve()))
+
+
+class Maintenance:
+    """GC's git and filesystem steps; the caller holds the project lock for each."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _layout(self, namespace: str, project: str) -> ProjectLayout:
+        return ProjectLayout(self.engine.root, namespace, project)
+
+    async def prune(self, namespace: str, project: str) -> None:
+        layout = self._layout(namespace, project)
+        if layout.cache_dir.is_dir():
+            await Cache(self.engine.runner_for(None), layout).prune_worktrees()
+
+    async def gc_cache(self, namespace: str, project: str) -> None:
+        layout = self._layout(namespace, project)
+        if layout.cache_dir.is_dir():
+            await Cache(self.engine.runner_for(None), layout).gc()
+
+    def delete_cache(self, namespace: str, project: str) -> None:
+        """Remove the cache; the project directory goes too once nothing else is in it."""
+        layout = self._layout(namespace, project)
+        shutil.rmtree(layout.cache_dir, ignore_errors=True)
+        shutil.rmtree(layout.ready_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            layout.project_dir.rmdir()
+        self.engine.forget(layout)
+
+    def remove_debris(self, namespace: str, project: str, entry: str) -> None:
+        layout = self._layout(namespace, project)
+        if not entry.startswith((STAGING_PREFIX, QUARANTINE_PREFIX)) or "/" in entry:
+            raise ValueError(f"not a debris entry: {entry!r}")
+        shutil.rmtree(layout.project_dir / entry, ignore_errors=True)

@@ -1,0 +1,165 @@
+"""Operator settings: one typed, frozen object, read once from flags and WORKSPACE_* env.
+
+The environment names are a contract (SPEC §9): manifests, docs and scripts use them.
+Every flag has an environment equivalent; a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workspace_operator.git import GitSettings
+from workspace_operator.git.runner import ALL_SCHEMES
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path
+    volume_claim: str = "workspaces"
+    namespaces: tuple[str, ...] = ()
+    lease_namespace: str = "default"
+    lease_seconds: int = 30
+    lock_wait_seconds: float = 300.0
+    allowed_schemes: frozenset[str] = frozenset({"https", "ssh"})
+    git_timeout_seconds: float = 600.0
+    default_ttl_seconds: int = 86400
+    metrics_port: int = 8080
+    gc_interval_seconds: float = 300.0
+    orphan_grace_seconds: float = 3600.0
+    cache_quiet_seconds: float = 604800.0
+    cache_unused_seconds: float = 2592000.0
+    disk_high_watermark: float = 0.85
+    disk_low_watermark: float = 0.70
+    replicas: int = 1
+    replica_index: int = 0
+    checkout_workers: int = 0
+    partial_clone: bool = False
+    log_format: str = "text"
+    identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.disk_low_watermark < self.disk_high_watermark <= 1:
+            raise ConfigError("watermarks must satisfy 0 < low < high <= 1")
+        if not 0 <= self.replica_index < self.replicas:
+            raise ConfigError("WORKSPACE_REPLICA_INDEX must be in [0, WORKSPACE_REPLICAS)")
+        if self.lease_seconds < 3:
+            raise ConfigError("WORKSPACE_LEASE_SECONDS must be at least 3")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("WORKSPACE_LOG_FORMAT must be text or json")
+
+    @property
+    def git(self) -> GitSettings:
+        return GitSettings(
+            timeout_seconds=self.git_timeout_seconds,
+            allowed_schemes=self.allowed_schemes,
+            checkout_workers=self.checkout_workers,
+            partial_clone=self.partial_clone,
+        )
+
+
+def _pod_namespace() -> str:
+    try:
+        return Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
+    except OSError:
+        return "default"
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not a boolean: {value!r}")
+
+
+def _schemes(value: str) -> frozenset[str]:
+    schemes = frozenset(s.lower() for s in _csv(value))
+    unknown = schemes - ALL_SCHEMES
+    if unknown or not schemes:
+        raise ConfigError(f"WORKSPACE_ALLOWED_SCHEMES: unknown or empty: {', '.join(sorted(unknown)) or '(empty)'}")
+    return schemes
+
+
+# (flag, env var, field, parser, help)
+_SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
+    ("--root", "WORKSPACE_ROOT", "root", Path, "volume root on this pod (required)"),
+    ("--volume-claim", "WORKSPACE_VOLUME_CLAIM", "volume_claim", str, "PVC name reported in status"),
+    ("--namespaces", "WORKSPACE_NAMESPACES", "namespaces", _csv, "comma-separated namespaces to watch; empty = all"),
+    ("--lease-namespace", "WORKSPACE_LEASE_NAMESPACE", "lease_namespace", str, "where Leases live"),
+    ("--lease-seconds", "WORKSPACE_LEASE_SECONDS", "lease_seconds", int, "Lease duration"),
+    ("--lock-wait-seconds", "WORKSPACE_LOCK_WAIT_SECONDS", "lock_wait_seconds", float,
+     "how long to wait for a project lock before LockTimeout"),
+    ("--allowed-schemes", "WORKSPACE_ALLOWED_SCHEMES", "allowed_schemes", _schemes,
+     "comma-separated of https, ssh, http, git, file"),
+    ("--git-timeout-seconds", "WORKSPACE_GIT_TIMEOUT_SECONDS", "git_timeout_seconds", float, "per git call"),
+    ("--default-ttl-seconds", "WORKSPACE_DEFAULT_TTL_SECONDS", "default_ttl_seconds", int,
+     "TTL after Ready when the spec has none; 0 = none"),
+    ("--metrics-port", "WORKSPACE_METRICS_PORT", "metrics_port", int, "metrics and health port; 0 = off"),
+    ("--gc-interval-seconds", "WORKSPACE_GC_INTERVAL_SECONDS", "gc_interval_seconds", float, "GC timer interval"),
+    ("--orphan-grace-seconds", "WORKSPACE_ORPHAN_GRACE_SECONDS", "orphan_grace_seconds", float,
+     "age before a worktree with no Workspace is removed"),
+    ("--cache-quiet-seconds", "WORKSPACE_CACHE_QUIET_SECONDS", "cache_quiet_seconds", float,
+     "quiet time before git gc of a cache"),
+    ("--cache-unused-seconds", "WORKSPACE_CACHE_UNUSED_SECONDS", "cache_unused_seconds", float,
+     "unused time before a cache is deleted"),
+    ("--disk-high-watermark", "WORKSPACE_DISK_HIGH_WATERMARK", "disk_high_watermark", float,
+     "volume usage fraction that starts eviction"),
+    ("--disk-low-watermark", "WORKSPACE_DISK_LOW_WATERMARK", "disk_low_watermark", float,
+     "volume usage fraction eviction brings usage down to"),
+    ("--replicas", "WORKSPACE_REPLICAS", "replicas", int, "number of active replicas sharing the work"),
+    ("--replica-index", "WORKSPACE_REPLICA_INDEX", "replica_index", int,
+     "this replica's index (a StatefulSet ordinal)"),
+    ("--checkout-workers", "WORKSPACE_CHECKOUT_WORKERS", "checkout_workers", int,
+     "git checkout.workers (parallel checkout); 0 = git default"),
+    ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
+    ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
+    ("--identity", "WORKSPACE_IDENTITY", "identity", str, "Lease holder identity prefix (default: hostname)"),
+)
+
+
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Flags over environment over defaults; raises ConfigError with the offending name."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="python -m workspace_operator",
+                                     description="Run the workspace operator against the current cluster.")
+    for flag, var, _name, _kind, text in _SETTINGS:
+        parser.add_argument(flag, metavar=var, help=f"{text} [env {var}]")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+
+    values: dict[str, object] = {}
+    for flag, var, name, kind, _text in _SETTINGS:
+        raw = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if raw is None:
+            raw = env.get(var)
+        if raw is None or (raw == "" and name != "namespaces"):
+            continue
+        try:
+            values[name] = kind(raw)  # type: ignore[operator]
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{var}: {error}") from None
+    if "root" not in values:
+        raise ConfigError("WORKSPACE_ROOT (--root) is required")
+    values.setdefault("lease_namespace", env.get("POD_NAMESPACE") or _pod_namespace())
+    values["root"] = Path(str(values["root"])).resolve()
+    try:
+        return Config(**values)  # type: ignore[arg-type]
+    except TypeError as error:
+        raise ConfigError(str(error)) from None
+
+
+def verbose_requested(argv: Sequence[str] | None = None) -> bool:
+    return "--verbose" in (argv or [])

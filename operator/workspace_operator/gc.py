@@ -1,0 +1,194 @@
+"""Operation: garbage collection — expire Workspaces, sweep the volume.
+
+Two parts:
+* expiry runs as a kopf timer on each Workspace: past `status.expiresAt` it is
+  deleted (uid-guarded), and the finalizer removes the worktree;
+* the volume sweep runs periodically in each replica over the projects it owns:
+  snapshot disk + list Workspaces → `gc_plan.plan` (pure) → execute, one project
+  Lease at a time, held only for that project's actions, yielding in between so
+  materializations are never starved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from workspace_operator import metrics
+from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, plan
+from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
+from workspace_operator.git.engine import Maintenance
+from workspace_operator.git.layout import (
+    CACHE_DIR,
+    DNS1123_LABEL,
+    QUARANTINE_PREFIX,
+    STAGING_PREFIX,
+    is_worktree_name,
+)
+from workspace_operator.lock import LeaseLost, LockTimeout
+from workspace_operator.runtime import Runtime
+
+log = logging.getLogger("workspace_operator.gc")
+
+
+async def expire_workspace(rt: Runtime, *, namespace: str, name: str, uid: str, status: Mapping[str, Any]) -> bool:
+    """Delete a Ready Workspace whose expiresAt has passed; True if this call deleted it."""
+    expires = status.get("expiresAt")
+    if status.get("phase") != "Ready" or not expires:
+        return False
+    if datetime.now(UTC) < datetime.fromisoformat(str(expires).replace("Z", "+00:00")):
+        return False
+    deleted = await rt.kube.delete_workspace(namespace, name, uid)
+    if deleted:
+        metrics.GC_ACTIONS.labels("expire-workspace").inc()
+        log.info("gc: deleted expired workspace %s/%s (expiresAt %s)", namespace, name, expires)
+    return deleted
+
+
+def policy_of(rt: Runtime) -> Policy:
+    c = rt.config
+    return Policy(c.orphan_grace_seconds, c.cache_quiet_seconds, c.cache_unused_seconds,
+                  c.disk_high_watermark, c.disk_low_watermark)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def snapshot(root: Path, owns: Any) -> list[ProjectSnapshot]:
+    """What is on the volume, for the projects this replica owns."""
+    snaps: list[ProjectSnapshot] = []
+    if not root.is_dir():
+        return snaps
+    for ns_dir in sorted(root.iterdir()):
+        if not ns_dir.is_dir() or not DNS1123_LABEL.match(ns_dir.name):
+            continue
+        for project_dir in sorted(ns_dir.iterdir()):
+            if not project_dir.is_dir() or not DNS1123_LABEL.match(project_dir.name):
+                continue
+            if not owns(ns_dir.name, project_dir.name):
+                continue
+            cache = project_dir / CACHE_DIR
+            worktrees: dict[str, float] = {}
+            debris: dict[str, float] = {}
+            for entry in project_dir.iterdir():
+                mtime = _mtime(entry)
+                if mtime is None:
+                    continue
+                if is_worktree_name(entry.name) and entry.is_dir():
+                    worktrees[entry.name] = mtime
+                elif entry.name.startswith((STAGING_PREFIX, QUARANTINE_PREFIX)):
+                    debris[entry.name] = mtime
+            snaps.append(ProjectSnapshot(
+                namespace=ns_dir.name, project=project_dir.name, has_cache=cache.is_dir(),
+                last_used=stamp_time(cache, LAST_USED), last_fetch=stamp_time(cache, LAST_FETCH),
+                last_gc=stamp_time(cache, LAST_GC), worktrees=worktrees, debris=debris))
+    return snaps
+
+
+def with_sizes(snaps: list[ProjectSnapshot], root: Path) -> list[ProjectSnapshot]:
+    """Measure cache sizes (costly: only called under disk pressure)."""
+    sized = []
+    for snap in snaps:
+        size = _du(root / snap.namespace / snap.project / CACHE_DIR) if snap.has_cache else 0
+        sized.append(ProjectSnapshot(**{**snap.__dict__, "cache_bytes": size}))
+    return sized
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for file in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, file)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def volume_usage(root: Path) -> Usage:
+    disk = shutil.disk_usage(root)
+    return Usage(used_bytes=disk.used, total_bytes=disk.total)
+
+
+async def sweep(rt: Runtime, *, usage_probe: Any = volume_usage) -> list[Action]:
+    """One GC pass; returns the actions carried out."""
+    started = time.monotonic()
+    root = rt.config.root
+    snaps = await asyncio.to_thread(snapshot, root, rt.owns)
+    items = await rt.kube.list_workspaces(rt.config.namespaces)
+    live = {
+        (ws["metadata"]["namespace"], str(ws.get("spec", {}).get("project", "")), ws["metadata"]["name"])
+        for ws in items
+    }
+    usage: Usage | None = usage_probe(root) if root.is_dir() else None
+    if usage is not None:
+        metrics.VOLUME_USAGE.set(usage.ratio)
+        if usage.ratio > rt.config.disk_high_watermark:
+            snaps = await asyncio.to_thread(with_sizes, snaps, root)
+    actions = plan(snaps, live, now=time.time(), policy=policy_of(rt), usage=usage)
+    done: list[Action] = []
+    by_project: dict[tuple[str, str], list[Action]] = {}
+    for action in actions:
+        by_project.setdefault((action.namespace, action.project), []).append(action)
+    for (namespace, project), project_actions in by_project.items():
+        try:
+            # Short wait: a busy project is simply visited again next pass.
+            async with rt.locks.hold(namespace, project, wait_seconds=5):
+                still_live = await _live_names(rt, namespace, project)
+                for action in project_actions:
+                    if action.kind is Kind.REMOVE_ORPHAN and action.target in still_live:
+                        continue  # created since the snapshot
+                    await _execute(rt, action)
+                    done.append(action)
+        except (LockTimeout, LeaseLost) as error:
+            log.info("gc: skipping %s/%s this pass: %s", namespace, project, error)
+        except Exception:
+            log.exception("gc: actions on %s/%s failed", namespace, project)
+        await asyncio.sleep(0)  # let materializations in between projects
+    metrics.GC_DURATION.observe(time.monotonic() - started)
+    return done
+
+
+async def _live_names(rt: Runtime, namespace: str, project: str) -> set[str]:
+    items = await rt.kube.list_workspaces((namespace,))
+    return {ws["metadata"]["name"] for ws in items if ws.get("spec", {}).get("project") == project}
+
+
+async def _execute(rt: Runtime, action: Action) -> None:
+    maintenance = Maintenance(rt.engine)
+    ns, project = action.namespace, action.project
+    if action.kind is Kind.REMOVE_ORPHAN:
+        await rt.engine.remove(ns, project, action.target)
+    elif action.kind is Kind.REMOVE_DEBRIS:
+        await asyncio.to_thread(maintenance.remove_debris, ns, project, action.target)
+    elif action.kind is Kind.PRUNE:
+        await maintenance.prune(ns, project)
+    elif action.kind is Kind.GC_CACHE:
+        await maintenance.gc_cache(ns, project)
+    elif action.kind in (Kind.DELETE_UNUSED_CACHE, Kind.EVICT_CACHE):
+        await asyncio.to_thread(maintenance.delete_cache, ns, project)
+    metrics.GC_ACTIONS.labels(action.kind.value).inc()
+    log.info("gc: %s %s/%s%s (%s)", action.kind.value, ns, project,
+             f"/{action.target}" if action.target else "", action.why)
+
+
+async def sweep_forever(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(rt.config.gc_interval_seconds)
+        try:
+            await sweep(rt)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("gc pass failed; next pass in %.0fs", rt.config.gc_interval_seconds)

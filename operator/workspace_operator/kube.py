@@ -1,0 +1,89 @@
+"""The few Kubernetes API calls the operator makes itself (kopf makes the rest).
+
+The official client is synchronous; calls run in a thread pool sized for many
+concurrent Workspaces (see `configure_thread_pool`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client import (
+    ApiClient,
+    CoordinationV1Api,
+    CoreV1Api,
+    CustomObjectsApi,
+    V1DeleteOptions,
+    V1Preconditions,
+)
+from kubernetes.client.exceptions import ApiException
+
+from workspace_operator.spec import GROUP, PLURAL, VERSION
+
+
+def load_client_config() -> None:
+    """In-cluster config in a pod, else the current kubeconfig (KUBECONFIG)."""
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+def configure_thread_pool(loop: asyncio.AbstractEventLoop, workers: int = 64) -> None:
+    # asyncio.to_thread uses the default executor: min(32, cpus + 4) threads by
+    # default, too few when a burst of Workspaces all wait on API calls.
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="kube"))
+
+
+class Kube:
+    def __init__(self, client: ApiClient | None = None) -> None:
+        self.client = client or ApiClient()
+        self.custom = CustomObjectsApi(self.client)
+        self.core = CoreV1Api(self.client)
+        self.coordination = CoordinationV1Api(self.client)
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)},
+        )
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """Decoded Secret data, or None if it does not exist."""
+        try:
+            secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+
+    async def delete_workspace(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete if it is still the same object (uid precondition); False if already gone."""
+        try:
+            await asyncio.to_thread(
+                self.custom.delete_namespaced_custom_object,
+                GROUP, VERSION, namespace, PLURAL, name,
+                body=V1DeleteOptions(preconditions=V1Preconditions(uid=uid)),
+            )
+        except ApiException as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def list_workspaces(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        if not namespaces:
+            listing: Any = await asyncio.to_thread(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+            return list(listing.get("items", []))
+        items: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            listing = await asyncio.to_thread(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+            items += listing.get("items", [])
+        return items

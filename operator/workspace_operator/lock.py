@@ -1,0 +1,246 @@
+"""Per-project mutual exclusion across operator replicas, on coordination.k8s.io Leases.
+
+Semantics follow client-go's leader election:
+
+* every process has a unique holder identity;
+* a Lease is acquired by creating it, or by updating it (guarded by
+  resourceVersion) when it is free or expired; a takeover bumps leaseTransitions;
+* expiry is judged from the *local monotonic time at which this process last saw
+  the record change*, never by comparing our clock with the holder's renewTime,
+  so clock skew between nodes cannot cause a premature takeover;
+* while held, a background task renews it; if no renewal succeeds within the
+  renew deadline (2/3 of the duration) the guarded task is cancelled, which kills
+  its git subprocess, and the operation fails as retryable (`LeaseLost`). Because
+  the deadline is shorter than the duration, the old holder stops writing before
+  anyone else may take over;
+* release clears the holder so the next waiter need not wait for expiry.
+
+Within one process an asyncio.Lock per Lease queues local contenders, so only
+one of them polls the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.client import CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
+from kubernetes.client.exceptions import ApiException
+
+from workspace_operator import metrics
+
+log = logging.getLogger("workspace_operator.lock")
+
+LABEL_NAMESPACE = "crafting.dev/namespace"
+LABEL_PROJECT = "crafting.dev/project"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "workspace-operator"}
+
+
+class LockTimeout(Exception):
+    """The lock could not be acquired within the wait bound (retryable)."""
+
+
+class LeaseLost(Exception):
+    """The lock was lost while held; the guarded work was stopped (retryable)."""
+
+
+def lease_name(namespace: str, project: str) -> str:
+    """Deterministic, readable, and a valid object name; hash-suffixed when long."""
+    name = f"ws-{namespace}.{project}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(f"{namespace}/{project}".encode()).hexdigest()[:10]
+    return f"{name[:52].rstrip('.-')}-{digest}"
+
+
+def new_identity(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class _Observed:
+    """The last version of a Lease record we saw, and our local time of seeing it change."""
+
+    key: tuple[Any, ...]
+    seen_at: float
+
+
+class LeaseLocks:
+    def __init__(
+        self,
+        api: CoordinationV1Api,
+        namespace: str,
+        identity: str,
+        *,
+        duration_seconds: int = 30,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.identity = identity
+        self.duration = duration_seconds
+        self.renew_interval = max(1.0, duration_seconds / 6)
+        self.renew_deadline = duration_seconds * 2 / 3
+        self.clock = clock
+        self._observed: dict[str, _Observed] = {}
+        self._local: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, namespace: str, project: str, *, wait_seconds: float) -> AsyncIterator[float]:
+        """Hold the project's Lease for the block; yields the seconds spent waiting."""
+        name = lease_name(namespace, project)
+        labels = {LABEL_NAMESPACE: namespace, LABEL_PROJECT: project, **MANAGED_BY}
+        started = self.clock()
+        local = self._local.setdefault(name, asyncio.Lock())
+        try:
+            await asyncio.wait_for(local.acquire(), timeout=wait_seconds)
+        except TimeoutError:
+            raise LockTimeout(f"waited {wait_seconds:.0f}s for lock {name} (held in this process)") from None
+        try:
+            remaining = wait_seconds - (self.clock() - started)
+            resource_version = await self._acquire(name, labels, remaining)
+            guarded = asyncio.current_task()
+            assert guarded is not None
+            state = _Holding(resource_version)
+            renewer = asyncio.create_task(self._renew(name, state, guarded), name=f"renew {name}")
+            try:
+                yield self.clock() - started
+            except asyncio.CancelledError:
+                if state.lost:
+                    guarded.uncancel()
+                    raise LeaseLost(f"lost lock {name}: renewal failed for {self.renew_deadline:.0f}s") from None
+                raise
+            finally:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+                if not state.lost:
+                    await self._release(name, state.resource_version)
+            if state.lost:
+                raise LeaseLost(f"lost lock {name} while holding it")
+        finally:
+            local.release()
+
+    # -- protocol steps ----------------------------------------------------------
+
+    async def _acquire(self, name: str, labels: dict[str, str], wait_seconds: float) -> str:
+        deadline = self.clock() + wait_seconds
+        while True:
+            resource_version = await self._try_acquire(name, labels)
+            if resource_version is not None:
+                return resource_version
+            if self.clock() >= deadline:
+                raise LockTimeout(f"waited {wait_seconds:.0f}s for lock {name}")
+            # Poll fast at first (locks are usually held for well under a second).
+            await asyncio.sleep(min(deadline - self.clock(), random.uniform(0.05, 0.25)))
+
+    async def _try_acquire(self, name: str, labels: dict[str, str]) -> str | None:
+        now = datetime.now(UTC)
+        try:
+            lease = await asyncio.to_thread(self.api.read_namespaced_lease, name, self.namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            body = V1Lease(
+                metadata=V1ObjectMeta(name=name, labels=labels),
+                spec=V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
+                                 acquire_time=now, renew_time=now, lease_transitions=0),
+            )
+            try:
+                created = await asyncio.to_thread(self.api.create_namespaced_lease, self.namespace, body)
+            except ApiException as create_error:
+                if create_error.status == 409:
+                    return None
+                raise
+            return _version(created)
+
+        spec = _spec(lease)
+        holder = spec.holder_identity or ""
+        key = (holder, spec.renew_time, spec.acquire_time, spec.lease_duration_seconds)
+        observed = self._observed.get(name)
+        if observed is None or observed.key != key:
+            observed = self._observed[name] = _Observed(key, self.clock())
+        duration = spec.lease_duration_seconds or self.duration
+        expired = self.clock() >= observed.seen_at + duration
+        if holder and holder != self.identity and not expired:
+            return None
+        takeover = bool(holder) and holder != self.identity
+        transitions = (spec.lease_transitions or 0) + (1 if takeover or not holder else 0)
+        body = V1Lease(
+            metadata=V1ObjectMeta(name=name, labels=labels, resource_version=_version(lease)),
+            spec=V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
+                             acquire_time=now, renew_time=now, lease_transitions=transitions),
+        )
+        try:
+            updated = await asyncio.to_thread(self.api.replace_namespaced_lease, name, self.namespace, body)
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        if takeover:
+            metrics.LEASE_TAKEOVERS.inc()
+            log.warning("took over expired lock %s from %s", name, holder)
+        return _version(updated)
+
+    async def _renew(self, name: str, state: _Holding, guarded: asyncio.Task[Any]) -> None:
+        last_success = self.clock()
+        while True:
+            await asyncio.sleep(self.renew_interval)
+            try:
+                lease = await asyncio.to_thread(self.api.read_namespaced_lease, name, self.namespace)
+                spec = _spec(lease)
+                if spec.holder_identity != self.identity:
+                    raise LeaseLost(f"lock {name} now held by {spec.holder_identity}")
+                spec.renew_time = datetime.now(UTC)
+                updated = await asyncio.to_thread(self.api.replace_namespaced_lease, name, self.namespace, lease)
+                state.resource_version = _version(updated)
+                last_success = self.clock()
+            except LeaseLost as lost:
+                log.error("%s; stopping the guarded work", lost)
+                state.lost = True
+                guarded.cancel()
+                return
+            except Exception as error:  # network, API errors: retry until the deadline
+                log.warning("renewing lock %s failed: %s", name, error)
+            if self.clock() - last_success > self.renew_deadline:
+                log.error("lock %s not renewed for %.0fs; stopping the guarded work", name, self.renew_deadline)
+                state.lost = True
+                guarded.cancel()
+                return
+
+    async def _release(self, name: str, resource_version: str) -> None:
+        body = {
+            "metadata": {"name": name, "resourceVersion": resource_version},
+            "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": datetime.now(UTC)},
+        }
+        try:
+            await asyncio.to_thread(self.api.patch_namespaced_lease, name, self.namespace, body)
+        except ApiException as error:
+            # 409: someone took it over after all; anything else: it will expire.
+            log.info("releasing lock %s: %s", name, error.reason)
+
+
+def _spec(lease: V1Lease) -> V1LeaseSpec:
+    if lease.spec is None:
+        lease.spec = V1LeaseSpec()
+    return lease.spec
+
+
+def _version(lease: V1Lease) -> str:
+    assert lease.metadata is not None
+    return str(lease.metadata.resource_version)
+
+
+@dataclass
+class _Holding:
+    resource_version: str
+    lost: bool = False

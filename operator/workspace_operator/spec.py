@@ -1,0 +1,86 @@
+"""Workspace objects as the API server hands them to us → typed engine requests.
+
+Pure: no API calls. The credentials Secret is read separately (kube.py) and
+passed in, so that this module can be unit-tested with plain dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workspace_operator.git import CheckoutRequest, Credentials, GitError, Revision
+from workspace_operator.git.layout import invalid
+
+GROUP = "crafting.dev"
+VERSION = "v1"
+PLURAL = "workspaces"
+KIND = "Workspace"
+
+
+@dataclass(frozen=True)
+class WorkspaceRef:
+    namespace: str
+    name: str
+    project: str
+
+
+def revision_of(spec: Mapping[str, Any]) -> Revision:
+    ref = spec.get("ref") or {}
+    if not isinstance(ref, Mapping):
+        raise invalid("spec.ref must be an object")
+    return Revision(branch=ref.get("branch"), tag=ref.get("tag"), name=ref.get("name"), commit=ref.get("commit"))
+
+
+def checkout_request(
+    namespace: str, name: str, spec: Mapping[str, Any], credentials: Credentials | None = None
+) -> CheckoutRequest:
+    """Translate a Workspace spec; raises GitError(InvalidSpec) for anything malformed."""
+    try:
+        sparse = spec.get("sparse") or ()
+        if not isinstance(sparse, (list, tuple)) or not all(isinstance(s, str) for s in sparse):
+            raise invalid("spec.sparse must be a list of paths")
+        return CheckoutRequest(
+            namespace=namespace,
+            project=str(spec.get("project", "")),
+            name=name,
+            repository=str(spec.get("repository", "")),
+            revision=revision_of(spec),
+            sub_path=spec.get("subPath") or None,
+            sparse=tuple(sparse),
+            submodules=bool(spec.get("submodules", False)),
+            credentials=credentials,
+        )
+    except GitError:
+        raise
+    except (TypeError, AttributeError, ValueError) as error:
+        raise invalid(f"malformed spec: {error}") from None
+
+
+def secret_name(spec: Mapping[str, Any]) -> str | None:
+    creds = spec.get("credentials") or {}
+    name = creds.get("secretName") if isinstance(creds, Mapping) else None
+    return str(name) if name else None
+
+
+def credentials_from_secret(data: Mapping[str, str]) -> Credentials:
+    """Secret data (already base64-decoded) → Credentials; unknown keys are ignored."""
+    return Credentials(
+        username=data.get("username"),
+        password=data.get("password"),
+        ssh_private_key=data.get("ssh-privatekey"),
+        known_hosts=data.get("known_hosts"),
+    )
+
+
+def ttl_seconds(spec: Mapping[str, Any], default: int) -> int:
+    value = spec.get("ttlSecondsAfterReady")
+    return default if value is None else int(value)
+
+
+def shard_of(namespace: str, project: str, replicas: int) -> int:
+    """Stable assignment of a project to a replica: all of a project's work on one replica."""
+    digest = hashlib.sha256(f"{namespace}/{project}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % replicas

@@ -1,0 +1,47 @@
+"""Operation: remove a deleted Workspace's worktree under the project Lease.
+
+Deletion must never wedge: a missing volume, directory or cache is success, and
+if the lock cannot be had after many attempts the finalizer is released anyway —
+the directory is then an orphan that GC removes after its grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from workspace_operator import metrics
+from workspace_operator.git import GitError
+from workspace_operator.git.layout import DNS1123_LABEL
+from workspace_operator.lock import LeaseLost, LockTimeout
+from workspace_operator.runtime import Runtime
+
+log = logging.getLogger("workspace_operator.teardown")
+
+GIVE_UP_AFTER_ATTEMPTS = 10
+
+
+class RetryDeletion(Exception):
+    pass
+
+
+async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str, Any], attempt: int) -> str:
+    """Returns what happened, for the Event; raises RetryDeletion to be called again."""
+    project = str(spec.get("project", ""))
+    if not DNS1123_LABEL.match(project) or not DNS1123_LABEL.match(name):
+        metrics.DELETIONS.labels("nothing").inc()
+        return "nothing to remove (invalid spec was never materialized)"
+    try:
+        async with rt.locks.hold(namespace, project, wait_seconds=rt.config.lock_wait_seconds):
+            existed = await rt.engine.remove(namespace, project, name)
+    except (GitError, LockTimeout, LeaseLost, OSError) as error:
+        if attempt + 1 >= GIVE_UP_AFTER_ATTEMPTS:
+            metrics.DELETIONS.labels("abandoned").inc()
+            log.error("giving up removing worktree %s/%s/%s after %d attempts (GC will collect it): %s",
+                      namespace, project, name, attempt + 1, error)
+            return f"worktree left for garbage collection: {error}"
+        raise RetryDeletion(str(error)) from None
+    metrics.DELETIONS.labels("removed" if existed else "absent").inc()
+    log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed)
+    return "worktree removed" if existed else "no worktree on the volume"
