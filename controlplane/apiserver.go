@@ -58,6 +58,8 @@ func runAPIServer(args []string) int {
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--cert-dir=" + filepath.Join(*dir, "certs"),
 		"--profiling=false",
+		// The "kubernetes" Service endpoints would have to be a non-loopback IP; nothing here needs them.
+		"--endpoint-reconciler-type=none",
 	}
 	cmd := apiserver.NewAPIServerCommand()
 	cmd.SetArgs(append(defaults, fs.Args()...))

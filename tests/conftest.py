@@ -1,1 +1,1 @@
-pytest_plugins = ["upstreams"]
+pytest_plugins = ["upstreams", "cluster"]
