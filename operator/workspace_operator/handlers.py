@@ -104,6 +104,8 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
     # kopf's callback protocols spell out every keyword; ours take what they use.
     handler: Any
     for decorator, handler in (
+        # Same credentials as our own client: in-cluster, else the current kubeconfig.
+        (kopf.on.login(registry=registry), kopf.login_via_client),
         (kopf.on.startup(registry=registry), configure),
         (kopf.on.cleanup(registry=registry), shutdown),
         (kopf.on.create(*RESOURCE, registry=registry, when=_owned, id="materialize"), on_create),
