@@ -1,0 +1,156 @@
+"""The Lease mutex against the real API server: exclusion, takeover, loss."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes.client import ApiClient, CoordinationV1Api, RbacAuthorizationV1Api
+from kubernetes.client.exceptions import ApiException
+
+from cluster import token_kubeconfig, wait_for
+from workspace_operator.git import GitSettings
+from workspace_operator.git.runner import GitRunner
+from workspace_operator.lock import LeaseLocks, LeaseLost, LockTimeout, lease_name
+
+WORKER = Path(__file__).parent / "helpers" / "lock_worker.py"
+
+
+def worker(kubeconfig: Path, namespace: str, identity: str, rounds: int, journal: Path,
+           hold: bool = False) -> subprocess.Popen[str]:
+    args = [sys.executable, str(WORKER), str(kubeconfig), namespace, identity, str(rounds), str(journal)]
+    return subprocess.Popen(args + (["hold"] if hold else []), stdout=subprocess.PIPE, text=True)
+
+
+def test_two_processes_never_overlap(kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    procs = [worker(kubeconfig, namespace, f"w{i}", 15, journal) for i in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    events = [line.split() for line in journal.read_text().splitlines()]
+    assert len(events) == 60
+    events.sort(key=lambda e: float(e[2]))
+    inside: str | None = None
+    for kind, who, _ in events:
+        if kind == "enter":
+            assert inside is None, f"{who} entered while {inside} was inside"
+            inside = who
+        else:
+            assert inside == who
+            inside = None
+    assert {who for _, who, _ in events} == {"w0", "w1"}
+
+
+def test_killed_holder_is_taken_over_after_expiry(api_client: ApiClient, kubeconfig: Path, namespace: str,
+                                                  tmp_path: Path) -> None:
+    holder = worker(kubeconfig, namespace, "doomed", 1, tmp_path / "j", hold=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    api = CoordinationV1Api(api_client)
+    name = lease_name(namespace, "contended")
+    before = api.read_namespaced_lease(name, namespace).spec
+    assert before.holder_identity == "doomed"
+
+    async def take_over() -> tuple[float, float]:
+        locks = LeaseLocks(api, namespace, "survivor", duration_seconds=3)
+        started = time.monotonic()
+        async with locks.hold(namespace, "contended", wait_seconds=30) as waited:
+            return waited, time.monotonic() - started
+
+    waited, _ = asyncio.run(take_over())
+    # Not before the lease duration has passed since we first saw the record (local clock).
+    assert waited >= before.lease_duration_seconds - 0.2
+    after = api.read_namespaced_lease(name, namespace).spec
+    assert after.lease_transitions == (before.lease_transitions or 0) + 1
+    assert not after.holder_identity  # released at the end of the block
+
+
+def test_wait_is_bounded(api_client: ApiClient, namespace: str) -> None:
+    api = CoordinationV1Api(api_client)
+
+    async def contend() -> None:
+        first = LeaseLocks(api, namespace, "first", duration_seconds=30)
+        second = LeaseLocks(api, namespace, "second", duration_seconds=30)
+        async with first.hold(namespace, "busy", wait_seconds=5):
+            with pytest.raises(LockTimeout):
+                async with second.hold(namespace, "busy", wait_seconds=1):
+                    pass
+
+    asyncio.run(contend())
+
+
+def test_stolen_lease_cancels_guarded_git(api_client: ApiClient, namespace: str, tmp_path: Path) -> None:
+    """A holder that loses its Lease kills its git subprocess and reports LeaseLost."""
+    api = CoordinationV1Api(api_client)
+    runner = GitRunner(GitSettings(timeout_seconds=120))
+    fifo = tmp_path / "never"
+    subprocess.run(["mkfifo", str(fifo)], check=True, timeout=10)
+
+    async def scenario() -> float:
+        locks = LeaseLocks(api, namespace, "victim", duration_seconds=3)
+        started = time.monotonic()
+        with pytest.raises(LeaseLost):
+            async with locks.hold(namespace, "stolen", wait_seconds=5):
+                lease = api.read_namespaced_lease(lease_name(namespace, "stolen"), namespace)
+                lease.spec.holder_identity = "thief"
+                api.replace_namespaced_lease(lease.metadata.name, namespace, lease)
+                # git blocks reading a FIFO nobody writes: only the lock loss can end it.
+                await runner.run("blocked", ["hash-object", str(fifo)], cwd=tmp_path)
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(scenario())
+    assert elapsed < 10
+    stray = subprocess.run(["pgrep", "-f", f"hash-object {fifo}"], capture_output=True, timeout=10)
+    assert stray.returncode == 1, "git survived the lost lease"
+
+
+def test_failing_renewals_stop_the_work(api_client: ApiClient, kubectl: object, namespace: str,
+                                       kubeconfig: Path, tmp_path: Path) -> None:
+    """Renewals start failing (RBAC revoked): past the renew deadline the work is cancelled."""
+    import kubernetes
+
+    from kubernetes.client import CoreV1Api
+
+    core = CoreV1Api(api_client)
+    rbac = RbacAuthorizationV1Api(api_client)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "holder"}})
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "leases"}, "rules": [{
+        "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+        "verbs": ["get", "create", "update", "patch"]}]})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "leases"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "leases"},
+        "subjects": [{"kind": "ServiceAccount", "name": "holder", "namespace": namespace}]})
+    token = core.create_namespaced_service_account_token("holder", namespace, {"spec": {}}).status.token
+    config = token_kubeconfig(kubeconfig, token, tmp_path / "kubeconfig")
+    client = kubernetes.config.new_client_from_config(config_file=str(config))
+    fifo = tmp_path / "never"
+    subprocess.run(["mkfifo", str(fifo)], check=True, timeout=10)
+    runner = GitRunner(GitSettings(timeout_seconds=120))
+
+    async def scenario() -> float:
+        locks = LeaseLocks(CoordinationV1Api(client), namespace, "revoked", duration_seconds=3)
+        with pytest.raises(LeaseLost):
+            async with locks.hold(namespace, "revoked", wait_seconds=5):
+                rbac.delete_namespaced_role_binding("leases", namespace)
+                started = time.monotonic()
+                await runner.run("blocked", ["hash-object", str(fifo)], cwd=tmp_path)
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(scenario())
+    assert locks_deadline(3) <= elapsed + 1.0 and elapsed < 3, elapsed
+    with pytest.raises(ApiException):
+        CoordinationV1Api(client).read_namespaced_lease(lease_name(namespace, "revoked"), namespace)
+    assert wait_for(lambda: subprocess.run(["pgrep", "-f", f"hash-object {fifo}"], capture_output=True,
+                                           timeout=10).returncode == 1, timeout=5, message="git killed")
+
+
+def locks_deadline(duration: int) -> float:
+    return duration * 2 / 3
