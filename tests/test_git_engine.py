@@ -29,6 +29,7 @@ from engine_fixtures import (
     layout,
     make_settings,
     no_leftover_processes,
+    processes_under,
     request,
     run_git,
     scratch,
@@ -423,8 +424,9 @@ async def test_interrupted_fetch_marker_triggers_check_and_is_cleared(
 
     # Marker plus real damage: quarantined instead.
     (cache / OPERATION_MARKER).touch()
-    for pack in (cache / "objects/pack").glob("*.pack"):
-        pack.write_bytes(b"PACK garbage")
+    for obj in [*(cache / "objects").glob("??/*"), *(cache / "objects/pack").glob("*.pack")]:
+        obj.chmod(0o644)
+        obj.write_bytes(b"garbage")
     result = await checkout(engine, request(url, Revision(commit=upstream_repo.main), name="third"))
     assert result.cache_repaired is not None and "interrupted fetch" in result.cache_repaired
     assert len(_quarantined(volume)) == 1
@@ -519,7 +521,6 @@ async def test_hung_server_times_out_promptly(volume: Path, scratch: Path, upstr
         assert caught.value.reason in (Reason.TIMEOUT, Reason.UNREACHABLE)
         assert caught.value.retryable is True
         assert elapsed < 15, f"took {elapsed:.1f}s"
-        from engine_fixtures import processes_under
         assert processes_under(volume) == {}
         assert sorted(p.name for p in layout(volume).project_dir.iterdir()) == []  # no staging left
 
@@ -610,8 +611,7 @@ async def test_ssh_key_and_known_hosts(engine: Engine, upstream_repo: StandardRe
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True,
                    capture_output=True, timeout=SUBPROCESS_TIMEOUT)
     impostor_pub = " ".join(impostor.with_suffix(".pub").read_text().split()[:2])
-    port = url.split(":")[2].split("/")[0]
-    for known_hosts in (f"[127.0.0.1]:{port} {impostor_pub}\n", ""):
+    for known_hosts in (f"[127.0.0.1]:{ssh_server.port} {impostor_pub}\n", ""):
         with pytest.raises(GitError) as caught:
             await checkout(engine, request(url, project="other", credentials=Credentials(
                 ssh_private_key=key, known_hosts=known_hosts)))

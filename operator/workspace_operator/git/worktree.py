@@ -74,7 +74,25 @@ class Worktrees:
     def is_complete(self, spec: WorktreeSpec) -> bool:
         record = self.read_record(spec.name)
         path = self.layout.worktree_dir(spec.name)
-        return record is not None and record.matches(spec) and (path / ".git").is_file()
+        return record is not None and record.matches(spec) and self._attached(path)
+
+    def _attached(self, path: Path) -> bool:
+        """`path/.git` and the current cache's metadata point at each other.
+
+        A worktree made from a cache that was since quarantined keeps its files,
+        record and `.git` file, but that file names metadata the new cache lacks:
+        git fails inside it, so it must be rebuilt, not reused. File reads only.
+        """
+        try:
+            pointer = (path / ".git").read_text()
+            if not pointer.startswith("gitdir: "):
+                return False
+            metadata = Path(pointer.removeprefix("gitdir: ").strip())
+            back = Path((metadata / "gitdir").read_text().strip())
+        except (OSError, ValueError):
+            return False
+        return (metadata.parent.resolve() == (self.cache / "worktrees").resolve()
+                and back.resolve() == (path / ".git").resolve())
 
     async def add(self, spec: WorktreeSpec, env: dict[str, str]) -> WorktreeResult:
         started = time.monotonic()
