@@ -68,7 +68,8 @@ _STDERR_RULES: tuple[tuple[re.Pattern[str], Reason], ...] = tuple(
         (r"authentication failed|could not read (username|password)|terminal prompts disabled"
          r"|permission denied \(publickey|returned error: 40[13]|invalid username or password"
          r"|access denied|HTTP Basic: Access denied", Reason.AUTH_FAILED),
-        (r"repository .* not found|does not appear to be a git repository|returned error: 404"
+        # "no such repository": git daemon's answer (with --informative-errors).
+        (r"repository .* not found|does not appear to be a git repository|returned error: 404|no such repository"
          r"|no such file or directory.*\.git|not a git repository", Reason.REPOSITORY_NOT_FOUND),
         (r"couldn't find remote ref|remote branch .* not found|invalid refspec"
          r"|unknown revision|bad revision|invalid reference|fatal: invalid object name", Reason.REF_NOT_FOUND),
