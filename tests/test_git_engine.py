@@ -34,7 +34,9 @@ from engine_fixtures import (
     run_git,
     scratch,
     snapshot,
+    standard_repo_template,
     tree_files,
+    upstream_repo,
     volume,
     worktree_entries,
 )
@@ -42,7 +44,8 @@ from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, git
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
 from workspace_operator.git.cache import OPERATION_MARKER
 
-__all__ = ["engine", "no_leftover_processes", "scratch", "volume"]  # fixtures, used by name
+__all__ = ["engine", "no_leftover_processes", "scratch", "standard_repo_template", "upstream_repo",
+           "volume"]  # fixtures, used by name
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 

@@ -247,3 +247,37 @@ def test_spec_is_immutable(kubectl: Kubectl, namespace: str, workspaces: Workspa
                      json.dumps({"spec": {"ref": {"branch": "other"}}}), check=False)
     assert result.returncode != 0
     assert "spec is immutable" in result.stderr
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_and_health(namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
+                            upstream_repo: StandardRepo, smart_http: SmartHTTP) -> None:
+    import urllib.request
+
+    op = operator_factory()
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/healthz", timeout=5) as resp:
+        assert resp.status == 200
+    before = op.metrics()
+    assert metric_value(before, "workspace_materializations_total", '{result="ready"}') == 0
+    workspaces.create("m1", {"project": "metrics", "repository": smart_http.url("repo")})
+    workspaces.wait_ready("m1")
+    workspaces.create("m2", {"project": "metrics", "repository": smart_http.url("repo"),
+                             "ref": {"commit": upstream_repo.main}})
+    workspaces.wait_ready("m2")
+    after = op.metrics()
+    assert metric_value(after, "workspace_materializations_total", '{result="ready"}') == 2
+    assert metric_value(after, "workspace_cache_lookups_total", '{result="hit"}') == 1
+    assert metric_value(after, "workspace_cache_lookups_total", '{result="miss"}') == 1
+    assert metric_value(after, "workspace_fetch_seconds_count") == 1
+    assert metric_value(after, "workspace_checkout_seconds_count") == 2
+    assert metric_value(after, "workspace_lock_wait_seconds_count") == 2
+    for series in ("workspace_git_failures_total", "workspace_gc_actions_total", "workspace_lease_takeovers_total",
+                   "workspace_deletions_total"):
+        assert f"# HELP {series}" in after
+    assert "materialized " + namespace + "/m1" in op.log()

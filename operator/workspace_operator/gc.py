@@ -16,13 +16,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from workspace_operator import metrics
-from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, plan
+from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
 from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
 from workspace_operator.git.engine import Maintenance
 from workspace_operator.git.layout import (
@@ -48,7 +49,7 @@ async def expire_workspace(rt: Runtime, *, namespace: str, name: str, uid: str, 
     deleted = await rt.kube.delete_workspace(namespace, name, uid)
     if deleted:
         metrics.GC_ACTIONS.labels("expire-workspace").inc()
-        log.info("gc: deleted expired workspace %s/%s (expiresAt %s)", namespace, name, expires)
+        log.info("gc: expire-workspace %s/%s (expiresAt %s)", namespace, name, expires)
     return deleted
 
 
@@ -65,43 +66,59 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def snapshot(root: Path, owns: Any) -> list[ProjectSnapshot]:
+def snapshot(root: Path, owns: Callable[[str, str], bool]) -> list[ProjectSnapshot]:
     """What is on the volume, for the projects this replica owns."""
     snaps: list[ProjectSnapshot] = []
-    if not root.is_dir():
-        return snaps
-    for ns_dir in sorted(root.iterdir()):
-        if not ns_dir.is_dir() or not DNS1123_LABEL.match(ns_dir.name):
+    for ns_dir in _subdirs(root):
+        if not DNS1123_LABEL.match(ns_dir.name):
             continue
-        for project_dir in sorted(ns_dir.iterdir()):
-            if not project_dir.is_dir() or not DNS1123_LABEL.match(project_dir.name):
-                continue
-            if not owns(ns_dir.name, project_dir.name):
-                continue
-            cache = project_dir / CACHE_DIR
-            worktrees: dict[str, float] = {}
-            debris: dict[str, float] = {}
-            for entry in project_dir.iterdir():
-                mtime = _mtime(entry)
-                if mtime is None:
-                    continue
-                if is_worktree_name(entry.name) and entry.is_dir():
-                    worktrees[entry.name] = mtime
-                elif entry.name.startswith((STAGING_PREFIX, QUARANTINE_PREFIX)):
-                    debris[entry.name] = mtime
-            snaps.append(ProjectSnapshot(
-                namespace=ns_dir.name, project=project_dir.name, has_cache=cache.is_dir(),
-                last_used=stamp_time(cache, LAST_USED), last_fetch=stamp_time(cache, LAST_FETCH),
-                last_gc=stamp_time(cache, LAST_GC), worktrees=worktrees, debris=debris))
+        for project_dir in _subdirs(ns_dir):
+            if DNS1123_LABEL.match(project_dir.name) and owns(ns_dir.name, project_dir.name):
+                snaps.append(snapshot_project(root, ns_dir.name, project_dir.name))
     return snaps
 
 
-def with_sizes(snaps: list[ProjectSnapshot], root: Path) -> list[ProjectSnapshot]:
-    """Measure cache sizes (costly: only called under disk pressure)."""
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(entry for entry in path.iterdir() if entry.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # removed meanwhile (a cache deletion takes an empty project dir with it)
+
+
+def snapshot_project(root: Path, namespace: str, project: str) -> ProjectSnapshot:
+    """One project's directory; a project that is gone reads as empty."""
+    project_dir = root / namespace / project
+    cache = project_dir / CACHE_DIR
+    worktrees: dict[str, float] = {}
+    debris: dict[str, float] = {}
+    try:
+        entries = list(project_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    for entry in entries:
+        mtime = _mtime(entry)
+        if mtime is None:
+            continue
+        if is_worktree_name(entry.name) and entry.is_dir():
+            worktrees[entry.name] = mtime
+        elif entry.name.startswith((STAGING_PREFIX, QUARANTINE_PREFIX)):
+            debris[entry.name] = mtime
+    return ProjectSnapshot(
+        namespace=namespace, project=project, has_cache=cache.is_dir(),
+        last_used=stamp_time(cache, LAST_USED), last_fetch=stamp_time(cache, LAST_FETCH),
+        last_gc=stamp_time(cache, LAST_GC), worktrees=worktrees, debris=debris)
+
+
+def with_sizes(snaps: list[ProjectSnapshot], root: Path,
+               live_projects: Collection[tuple[str, str]] = ()) -> list[ProjectSnapshot]:
+    """Measure cache sizes (costly: only under disk pressure, only where eviction is possible)."""
     sized = []
     for snap in snaps:
-        size = _du(root / snap.namespace / snap.project / CACHE_DIR) if snap.has_cache else 0
-        sized.append(ProjectSnapshot(**{**snap.__dict__, "cache_bytes": size}))
+        if not snap.has_cache or (snap.namespace, snap.project) in live_projects:
+            sized.append(snap)
+            continue
+        size = _du(root / snap.namespace / snap.project / CACHE_DIR)
+        sized.append(replace(snap, cache_bytes=size))
     return sized
 
 
@@ -121,11 +138,20 @@ def volume_usage(root: Path) -> Usage:
     return Usage(used_bytes=disk.used, total_bytes=disk.total)
 
 
-async def sweep(rt: Runtime, *, usage_probe: Any = volume_usage) -> list[Action]:
+async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_usage) -> list[Action]:
     """One GC pass; returns the actions carried out."""
     started = time.monotonic()
     root = rt.config.root
-    snaps = await asyncio.to_thread(snapshot, root, rt.owns)
+    watched = set(rt.config.namespaces)
+
+    def owns(namespace: str, project: str) -> bool:
+        # Namespaces this operator does not watch have Workspaces it cannot see:
+        # their directories would all look orphaned.
+        return (not watched or namespace in watched) and rt.owns(namespace, project)
+
+    # Disk first, then the API: a worktree seen on disk had its Workspace created
+    # before the listing, so it is in `live` unless it was deleted.
+    snaps = await asyncio.to_thread(snapshot, root, owns)
     items = await rt.kube.list_workspaces(rt.config.namespaces)
     live = {
         (ws["metadata"]["namespace"], str(ws.get("spec", {}).get("project", "")), ws["metadata"]["name"])
@@ -135,20 +161,27 @@ async def sweep(rt: Runtime, *, usage_probe: Any = volume_usage) -> list[Action]
     if usage is not None:
         metrics.VOLUME_USAGE.set(usage.ratio)
         if usage.ratio > rt.config.disk_high_watermark:
-            snaps = await asyncio.to_thread(with_sizes, snaps, root)
-    actions = plan(snaps, live, now=time.time(), policy=policy_of(rt), usage=usage)
+            live_projects = {(ns, project) for ns, project, _ in live}
+            snaps = await asyncio.to_thread(with_sizes, snaps, root, live_projects)
+    policy = policy_of(rt)
+    actions = plan(snaps, live, now=time.time(), policy=policy, usage=usage)
     done: list[Action] = []
     by_project: dict[tuple[str, str], list[Action]] = {}
     for action in actions:
         by_project.setdefault((action.namespace, action.project), []).append(action)
-    for (namespace, project), project_actions in by_project.items():
+    for (namespace, project), planned in by_project.items():
         try:
             # Short wait: a busy project is simply visited again next pass.
             async with rt.locks.hold(namespace, project, wait_seconds=5):
+                # Re-decide on what is there now that nothing else can change it.
+                fresh = await asyncio.to_thread(snapshot_project, root, namespace, project)
                 still_live = await _live_names(rt, namespace, project)
-                for action in project_actions:
-                    if action.kind is Kind.REMOVE_ORPHAN and action.target in still_live:
-                        continue  # created since the snapshot
+                confirmed = confirm(planned, fresh, still_live, now=time.time(), policy=policy)
+                for action in planned:
+                    if action not in confirmed:
+                        log.info("gc: no longer %s %s/%s%s: changed since the snapshot", action.kind.value,
+                                 namespace, project, f"/{action.target}" if action.target else "")
+                for action in confirmed:
                     await _execute(rt, action)
                     done.append(action)
         except (LockTimeout, LeaseLost) as error:

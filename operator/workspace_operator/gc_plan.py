@@ -7,7 +7,7 @@ API, so every rule — above all "never remove live work" — is unit-tested dir
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -71,37 +71,79 @@ def plan(
     usage: Usage | None = None,
 ) -> list[Action]:
     """Actions for one GC pass. `live` holds (namespace, project, name) of existing Workspaces."""
+    live_names: dict[tuple[str, str], set[str]] = {}
+    for namespace, project, name in live:
+        live_names.setdefault((namespace, project), set()).add(name)
     actions: list[Action] = []
-    live_projects = {(ns, project) for ns, project, _ in live}
-    evictable: list[ProjectSnapshot] = []
+    idle: list[ProjectSnapshot] = []
+    freed = 0  # bytes of caches deleted as unused in this pass: they count toward the eviction target
     for snap in projects:
-        key = (snap.namespace, snap.project)
-        orphans = [
-            name for name, mtime in sorted(snap.worktrees.items())
-            if (snap.namespace, snap.project, name) not in live
-            and _older(now, mtime, policy.orphan_grace_seconds)
-        ]
-        for name in orphans:
-            actions.append(Action(Kind.REMOVE_ORPHAN, *key, name, "no Workspace for it"))
-        for entry, mtime in sorted(snap.debris.items()):
-            if _older(now, mtime, policy.orphan_grace_seconds):
-                actions.append(Action(Kind.REMOVE_DEBRIS, *key, entry, "left by an interrupted operation"))
-        if not snap.has_cache:
-            continue
-        if orphans:
-            actions.append(Action(Kind.PRUNE, *key, why="after removing orphans"))
-        in_use = key in live_projects or any(name not in orphans for name in snap.worktrees)
-        if not in_use and _older(now, snap.last_used, policy.cache_unused_seconds):
-            actions.append(Action(Kind.DELETE_UNUSED_CACHE, *key, why="unused"))
-            continue
-        if not in_use:
-            evictable.append(snap)
-        quiet = _older(now, snap.last_fetch, policy.cache_quiet_seconds)
-        if quiet and (snap.last_gc is None or (snap.last_fetch or 0) > snap.last_gc):
-            actions.append(Action(Kind.GC_CACHE, *key, why="quiet"))
+        decided, cache_idle = _project(snap, live_names.get((snap.namespace, snap.project), set()),
+                                       now=now, policy=policy)
+        actions += decided
+        if any(action.kind is Kind.DELETE_UNUSED_CACHE for action in decided):
+            freed += snap.cache_bytes or 0
+        elif cache_idle:
+            idle.append(snap)
     if usage is not None and usage.ratio > policy.high_watermark:
-        actions += _evict(evictable, usage, policy)
+        evictions = _evict(idle, usage, policy, freed)
+        evicted = {(action.namespace, action.project) for action in evictions}
+        # Packing a cache that is deleted a moment later is wasted work.
+        actions = [action for action in actions
+                   if not (action.kind is Kind.GC_CACHE and (action.namespace, action.project) in evicted)]
+        actions += evictions
     return actions
+
+
+def confirm(
+    planned: Sequence[Action],
+    fresh: ProjectSnapshot,
+    live_names: set[str],
+    *,
+    now: float,
+    policy: Policy,
+) -> list[Action]:
+    """The planned actions of one project that its state, re-read under the project's Lease, still justifies.
+
+    A pass plans from a snapshot taken without any lock; by the time the Lease is held a
+    Workspace may have been created, a worktree materialized, the cache used. Only what
+    the fresh decision agrees with is carried out; eviction needs the cache still idle.
+    """
+    decided, cache_idle = _project(fresh, live_names, now=now, policy=policy)
+    still = {(action.kind, action.target) for action in decided}
+    return [action for action in planned
+            if (action.kind, action.target) in still or (action.kind is Kind.EVICT_CACHE and cache_idle)]
+
+
+def _project(snap: ProjectSnapshot, live_names: set[str], *, now: float,
+             policy: Policy) -> tuple[list[Action], bool]:
+    """One project's actions, and whether its cache is idle (an eviction candidate) afterwards."""
+    key = (snap.namespace, snap.project)
+    actions: list[Action] = []
+    # A directory whose Workspace exists is never touched, whatever its age.
+    orphans = [
+        name for name, mtime in sorted(snap.worktrees.items())
+        if name not in live_names and _older(now, mtime, policy.orphan_grace_seconds)
+    ]
+    for name in orphans:
+        actions.append(Action(Kind.REMOVE_ORPHAN, *key, name, "no Workspace for it"))
+    for entry, mtime in sorted(snap.debris.items()):
+        if _older(now, mtime, policy.orphan_grace_seconds):
+            actions.append(Action(Kind.REMOVE_DEBRIS, *key, entry, "left by an interrupted operation"))
+    if not snap.has_cache:
+        return actions, False
+    if orphans:
+        actions.append(Action(Kind.PRUNE, *key, why="after removing orphans"))
+    # Young worktrees without a Workspace may be a materialization finishing: keep their cache.
+    in_use = bool(live_names) or any(name not in orphans for name in snap.worktrees)
+    if not in_use and _older(now, snap.last_used, policy.cache_unused_seconds):
+        actions.append(Action(Kind.DELETE_UNUSED_CACHE, *key, why="unused"))
+        return actions, False
+    quiet = _older(now, snap.last_fetch, policy.cache_quiet_seconds)
+    # Once per fetch: a packed cache that nothing was fetched into has nothing to gain.
+    if quiet and (snap.last_gc is None or (snap.last_fetch or 0.0) > snap.last_gc):
+        actions.append(Action(Kind.GC_CACHE, *key, why="quiet"))
+    return actions, not in_use
 
 
 def _older(now: float, moment: float | None, seconds: float) -> bool:
@@ -112,12 +154,17 @@ def _older(now: float, moment: float | None, seconds: float) -> bool:
     return now - min(moment, now) >= seconds
 
 
-def _evict(candidates: list[ProjectSnapshot], usage: Usage, policy: Policy) -> list[Action]:
-    """Least recently used caches without live work, until usage drops below the low watermark."""
+def _evict(candidates: list[ProjectSnapshot], usage: Usage, policy: Policy, freed: int) -> list[Action]:
+    """Least recently used idle caches, until usage drops to the low watermark.
+
+    Caches whose size was not measured are left alone: without sizes there is no
+    telling when to stop, and evicting everything is worse than evicting nothing.
+    """
     target = policy.low_watermark * usage.total_bytes
-    used = usage.used_bytes
+    used = usage.used_bytes - freed
     actions: list[Action] = []
-    for snap in sorted(candidates, key=lambda s: (s.last_used or 0.0, s.namespace, s.project)):
+    measured = [snap for snap in candidates if snap.cache_bytes is not None]
+    for snap in sorted(measured, key=lambda s: (s.last_used or 0.0, s.namespace, s.project)):
         if used <= target:
             break
         actions.append(Action(Kind.EVICT_CACHE, snap.namespace, snap.project,

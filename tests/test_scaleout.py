@@ -1,0 +1,111 @@
+"""Several active replicas: shares of the work, Leases where shares overlap, no double writes.
+
+git is instrumented by a wrapper first on the operators' PATH that journals every
+call (start, end, cwd, arguments); overlap is judged from that journal, not assumed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from cluster import OperatorProcess, Workspaces
+from upstreams import SmartHTTP, StandardRepo
+
+StartOperator = Callable[..., OperatorProcess]
+WRITES = {"fetch", "init", "clone", "worktree", "gc", "sparse-checkout", "checkout", "submodule", "config",
+          "update-ref"}
+
+
+def instrumented_git(directory: Path, journal: Path) -> Path:
+    directory.mkdir()
+    real = shutil.which("git")
+    wrapper = directory / "git"
+    # One printf of one short line per call: O_APPEND keeps concurrent lines whole.
+    wrapper.write_text(f"""#!/bin/bash
+start=$(date +%s.%N)
+{real} "$@"
+rc=$?
+end=$(date +%s.%N)
+printf '%s\\t%s\\t%s\\t%s\\n' "$start" "$end" "$PWD" "$*" >> {journal}
+exit $rc
+""")
+    wrapper.chmod(0o755)
+    return directory
+
+
+def subcommand(args: str) -> str:
+    words = args.split(" ")
+    i = 0
+    while i < len(words) and words[i] == "-c":
+        i += 2
+    return words[i] if i < len(words) else ""
+
+
+def project_of(cwd: str, root: Path) -> str | None:
+    try:
+        parts = Path(cwd).resolve().relative_to(root.resolve()).parts
+    except ValueError:
+        return None
+    return "/".join(parts[:2]) if len(parts) >= 2 else None
+
+
+def read_journal(journal: Path, root: Path) -> list[tuple[float, float, str, str, str]]:
+    calls = []
+    for line in journal.read_text().splitlines():
+        start, end, cwd, args = line.split("\t", 3)
+        project = project_of(cwd, root)
+        if project is not None:
+            calls.append((float(start), float(end), project, subcommand(args), args))
+    return calls
+
+
+def test_replicas_share_work_without_overlapping_writes(
+    namespace: str, workspaces: Workspaces, operator_factory: StartOperator, upstream_repo: StandardRepo,
+    smart_http: SmartHTTP, tmp_path: Path,
+) -> None:
+    journal = tmp_path / "git-journal"
+    journal.touch()
+    wrapper_dir = instrumented_git(tmp_path / "bin", journal)
+    import os
+
+    path = f"{wrapper_dir}:{os.environ['PATH']}"
+    # Two replicas splitting the work by hash, plus a third that (like a pod of the
+    # previous rollout) still believes it owns everything: shares overlap on purpose.
+    ops = [
+        operator_factory(env={"PATH": path, "WORKSPACE_REPLICAS": "2", "WORKSPACE_REPLICA_INDEX": "0"}),
+        operator_factory(env={"PATH": path, "WORKSPACE_REPLICAS": "2", "WORKSPACE_REPLICA_INDEX": "1"}),
+        operator_factory(env={"PATH": path, "WORKSPACE_REPLICAS": "1"}),
+    ]
+    commits = {"main": upstream_repo.main, "feature": upstream_repo.feature, "v1.0": upstream_repo.v1_0}
+    expected: dict[str, str] = {}
+    for p in range(6):
+        for i in range(10):
+            name = f"p{p}-w{i}"
+            ref = [{"branch": "main"}, {"branch": "feature/x/y"}, {"tag": "v1.0"}][i % 3]
+            expected[name] = [commits["main"], commits["feature"], commits["v1.0"]][i % 3]
+            workspaces.create(name, {"project": f"proj{p}", "repository": smart_http.url("repo"), "ref": ref})
+    for name, commit in expected.items():
+        assert workspaces.wait_ready(name, timeout=180)["commit"] == commit, name
+
+    root = ops[0].root
+    calls = read_journal(journal, root)
+    writes: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for start, end, project, sub, args in calls:
+        if sub in WRITES:
+            writes[project].append((start, end, args))
+    assert len(writes) == 6
+    for project, spans in writes.items():
+        spans.sort()
+        for (s1, e1, a1), (s2, e2, a2) in zip(spans, spans[1:]):
+            assert s2 >= e1, f"overlapping git writes on {project}: {a1!r} [{s1}-{e1}] and {a2!r} [{s2}-{e2}]"
+
+    adds = [args for _, _, _, sub, args in calls if sub == "worktree" and " worktree add " in f" {args} "]
+    for name in expected:
+        made = [a for a in adds if a.rstrip().split(" ")[-2].endswith(f"/{name}")]
+        assert len(made) == 1, f"{name} materialized {len(made)} times"
+    # Both sharded replicas did real work.
+    logs = [op.log() for op in ops]
+    assert sum("materialized" in log for log in logs[:2]) == 2
