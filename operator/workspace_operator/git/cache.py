@@ -35,6 +35,19 @@ def stamp(repo: Path, name: str) -> None:
     (repo / name).touch()
 
 
+def unlock_crashed_worktrees(repo: Path) -> None:
+    """Drop the `locked` marks that killed `git worktree add` runs left behind.
+
+    `worktree add` locks new metadata ("initializing") until it is done. Killed
+    mid-add, the mark stays: prune then keeps the entry forever, and any later
+    add at that path fails ("missing but locked worktree"). The engine never
+    locks a worktree itself and callers hold the project lock, so no add is in
+    progress and every mark is a crash's leftover.
+    """
+    for locked in repo.glob("worktrees/*/locked"):
+        locked.unlink(missing_ok=True)
+
+
 def stamp_time(repo: Path, name: str) -> float | None:
     try:
         return (repo / name).stat().st_mtime
@@ -242,6 +255,7 @@ class Cache:
     # -- maintenance ---------------------------------------------------------------
 
     async def prune_worktrees(self) -> None:
+        unlock_crashed_worktrees(self.path)
         await self.runner.run("worktree-prune", ["worktree", "prune"], cwd=self.path)
 
     async def gc(self) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -150,8 +152,13 @@ class GitRunner:
         stderr = stderr_b[-_STDERR_LIMIT:].decode("utf-8", "replace")
         if proc.returncode != 0:
             detail = self.redact(_last_lines(stderr) or f"exit status {proc.returncode}")
+            reason = classify(stderr)
+            if reason is Reason.GIT_FAILED and _WRITE_FAILURE.search(stderr) and _nearly_full(cwd):
+                # git often reports ENOSPC only as "unable to write file": ask the filesystem.
+                reason = Reason.DISK_FULL
+                detail = f"no space left on the volume: {detail}"
             log.log(logging.DEBUG if query else logging.INFO, "git step %s failed in %.2fs (exit %s): %s: %s", step, seconds, proc.returncode, shown, detail)
-            raise GitError(classify(stderr), detail, step=step)
+            raise GitError(reason, detail, step=step)
         log.debug("git step %s ok in %.2fs: %s", step, seconds, shown)
         return GitResult(stdout=stdout, stderr=stderr, seconds=seconds)
 
@@ -177,6 +184,17 @@ async def _kill_tree(proc: asyncio.subprocess.Process) -> None:
         await asyncio.wait_for(proc.communicate(), timeout=10)
     except (TimeoutError, ValueError, OSError):
         pass
+
+
+_WRITE_FAILURE = re.compile(r"unable to write|write error|short write|could not write|unable to create", re.I)
+
+
+def _nearly_full(path: Path, min_free_bytes: int = 64 * 1024 * 1024, min_free_ratio: float = 0.01) -> bool:
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return False
+    return usage.free < min_free_bytes or usage.free < usage.total * min_free_ratio
 
 
 def _last_lines(text: str, count: int = 3) -> str:

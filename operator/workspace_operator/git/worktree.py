@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
+from workspace_operator.git.cache import unlock_crashed_worktrees
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import ProjectLayout, resolve_inside
 from workspace_operator.git.runner import GitRunner
@@ -147,6 +148,8 @@ class Worktrees:
         path = self.layout.worktree_dir(name)
         self.layout.ready_record(name).unlink(missing_ok=True)  # incomplete from here on
         existed = path.exists() or path.is_symlink()
+        if self.cache.is_dir():
+            unlock_crashed_worktrees(self.cache)  # else git refuses to remove or prune them
         if existed and self.cache.is_dir():
             try:
                 await self.runner.run("worktree-remove", ["worktree", "remove", "--force", "--force", "--", str(path)],

@@ -1,0 +1,453 @@
+"""The benchmark scenarios (SPEC §12). Each runs against the real control plane, with the
+operator subprocess as it ships and the upstream behind `git http-backend` on loopback.
+
+Operator and raw-git measurements are interleaved rep by rep (their order alternating),
+on the same repository, server and disk, so ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import repogen
+from bench.harness import ControlPlane, Operator, Sample, Upstream, Workspaces, git, now, timed_git
+
+
+@dataclass
+class Settings:
+    quick: bool
+    run_dir: Path
+    results_dir: Path
+    keep: bool = False
+    reps: int = 5
+    size: str = "gitgit"  # cold / warm / warm-new / burst
+    many_size: str = "small"  # many / memory: operator costs, not checkout I/O
+    burst: int = 50
+    many: int = 200
+    many_projects: int = 20
+    memory: int = 1000
+    memory_projects: int = 4
+    push_commits: int = 5
+    monorepo_reps: int = 3
+    settle_seconds: float = 35.0  # memory: wait for kopf's per-object timers to start
+
+
+@dataclass
+class Row:
+    scenario: str
+    repo: str
+    operator: float | None
+    baseline: float | None
+    baseline_is: str
+    target: str
+    met: bool | None
+    unit: str = "s"
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.operator is None or not self.baseline:
+            return None
+        return self.operator / self.baseline
+
+
+@dataclass
+class Result:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(len(ordered), rank) - 1]
+
+
+class Env:
+    """One scenario's namespace, operator, upstream and scratch space; torn down on exit."""
+
+    def __init__(self, cp: ControlPlane, settings: Settings, name: str, size: str,
+                 operator_env: Mapping[str, str] | None = None) -> None:
+        self.cp, self.settings, self.name, self.size = cp, settings, name, size
+        self.dir = settings.run_dir / name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.gen = repogen.generate(size)
+        self.head = self.gen.head
+        served = self.dir / "served"
+        served.mkdir()
+        self.bare = repogen.copy_for_serving(self.gen, served / "repo.git")
+        self.upstream = Upstream(served).start()
+        self.url = self.upstream.url("repo")
+        namespace = cp.namespace(f"bench-{name}-{uuid.uuid4().hex[:6]}")
+        settings.results_dir.mkdir(parents=True, exist_ok=True)
+        self.operator = Operator(cp.kubeconfig, self.dir / "volume", namespace,
+                                 settings.results_dir / f"operator-{name}.log", dict(operator_env or {})).start()
+        self.ws = Workspaces(cp, namespace, self.url)
+        self.raw = self.dir / "raw"
+        self.raw.mkdir()
+
+    def __enter__(self) -> Env:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.ws.close()
+        self.operator.stop()
+        self.upstream.stop()
+        if not self.settings.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def volume(self, sample: Sample) -> Path:
+        return self.operator.root / sample.path
+
+    def drop(self, *paths: Path) -> None:
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def interleave(rep: int, operator: Callable[[], None], baseline: Callable[[], None]) -> None:
+    """Alternate who goes first, so neither side always gets the warmer caches."""
+    for step in ((operator, baseline) if rep % 2 == 0 else (baseline, operator)):
+        step()
+
+
+def progress(message: str) -> None:
+    print(f"  {message}", flush=True)
+
+
+def _samples_dict(samples: list[Sample]) -> list[dict[str, Any]]:
+    return [s.as_dict() for s in samples]
+
+
+def breakdown(samples: list[Sample]) -> dict[str, float]:
+    """Medians of where a single Workspace's created→Ready goes."""
+    def m(key: Callable[[Sample], float]) -> float:
+        return median([key(s) for s in samples])
+
+    return {
+        "client": m(lambda s: s.client_seconds),
+        "operator_total": m(lambda s: s.timings.get("totalSeconds", 0.0)),
+        "lock_wait": m(lambda s: s.timings.get("lockWaitSeconds", 0.0)),
+        "fetch": m(lambda s: s.timings.get("fetchSeconds", 0.0)),
+        "checkout": m(lambda s: s.timings.get("checkoutSeconds", 0.0)),
+        "engine_other": m(lambda s: s.timings.get("totalSeconds", 0.0) - s.timings.get("lockWaitSeconds", 0.0)
+                          - s.timings.get("fetchSeconds", 0.0) - s.timings.get("checkoutSeconds", 0.0)),
+        "outside_handler": m(lambda s: s.client_seconds - s.timings.get("totalSeconds", 0.0)),
+        "to_finalizer": m(lambda s: s.to_finalizer),
+        "finalizer_to_materializing": m(lambda s: s.to_materializing - s.to_finalizer),
+        "materializing_to_ready": m(lambda s: s.client_seconds - s.to_materializing),
+        "events_before_ready": m(lambda s: float(s.events_before_ready)),
+    }
+
+
+# -- single Workspaces: cold, warm, warm with new commits -------------------------------------
+
+
+def cold(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | None = None) -> Result:
+    """A Workspace of a project with no cache vs `git clone --bare` + `git worktree add`."""
+    size = size or st.size
+    reps = reps or st.reps
+    result = Result(f"cold-{size}")
+    with Env(cp, st, f"cold-{size}", size) as env:
+        samples: list[Sample] = []
+        raw: list[float] = []
+        fetches: list[int] = []
+
+        def operator(rep: int, record: bool = True) -> None:
+            before = env.upstream.fetches("repo")
+            sample = env.ws.materialize(f"cold-{rep}", f"cold-{rep}", {"branch": "main"})
+            assert sample.commit == env.head, (sample.commit, env.head)
+            if record:
+                samples.append(sample)
+                fetches.append(env.upstream.fetches("repo") - before)
+            env.drop(env.volume(sample))
+
+        def baseline(rep: int, record: bool = True) -> None:
+            cache, tree = env.raw / f"cold-{rep}.git", env.raw / f"cold-{rep}"
+            seconds = timed_git(["clone", "--bare", "--quiet", env.url, str(cache)],
+                                ["-C", str(cache), "worktree", "add", "--detach", "--quiet", str(tree), env.head])
+            if record:
+                raw.append(seconds)
+            env.drop(cache, tree)
+
+        operator(9999, record=False)  # warm-up: kopf's first event, page cache, server
+        baseline(9999, record=False)
+        for rep in range(reps):
+            interleave(rep, lambda: operator(rep), lambda: baseline(rep))
+            progress(f"cold {size} rep {rep + 1}/{reps}: operator {samples[-1].client_seconds:.2f}s "
+                     f"(git {samples[-1].timings.get('totalSeconds', 0):.2f}s), raw {raw[-1]:.2f}s")
+        op, base = median([s.client_seconds for s in samples]), median(raw)
+        result.rows.append(Row("cold (no cache)", size, op, base, "`git clone --bare` + `git worktree add`",
+                               "≤ 1.1x", op <= 1.1 * base,
+                               note=f"upstream fetches per Workspace: {max(fetches)}"))
+        result.data = {"samples": _samples_dict(samples), "raw": raw, "fetches": fetches,
+                       "breakdown": breakdown(samples), "api_get_roundtrip": env.ws.get_roundtrip("cold-0")}
+    return result
+
+
+def warm(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | None = None) -> Result:
+    """Commit already cached, pinned by commit, vs `git worktree add` of that commit.
+
+    Alongside, for the README: a fresh `git clone` and a `git clone --depth 1` of the
+    same repository from the same server, interleaved in the same reps.
+    """
+    size = size or st.size
+    reps = reps or st.reps
+    result = Result(f"warm-{size}")
+    with Env(cp, st, f"warm-{size}", size) as env:
+        env.ws.materialize("seed", "warm", {"branch": "main"})
+        base_cache = env.raw / "cache.git"
+        git("clone", "--bare", "--quiet", env.url, str(base_cache))
+        samples: list[Sample] = []
+        raw: list[float] = []
+        clones: list[float] = []
+        shallow: list[float] = []
+
+        def operator(rep: int, record: bool = True) -> None:
+            sample = env.ws.materialize(f"warm-{rep}", "warm", {"commit": env.head})
+            assert sample.cache.get("hit") and not sample.cache.get("fetched"), sample.cache
+            if record:
+                samples.append(sample)
+
+        def baseline(rep: int, record: bool = True) -> None:
+            tree = env.raw / f"wt-{rep}"
+            seconds = timed_git(["-C", str(base_cache), "worktree", "add", "--detach", "--quiet", str(tree),
+                                 env.head])
+            if record:
+                raw.append(seconds)
+
+        def references(rep: int) -> None:
+            full, thin = env.raw / f"clone-{rep}", env.raw / f"shallow-{rep}"
+            clones.append(timed_git(["clone", "--quiet", env.url, str(full)]))
+            shallow.append(timed_git(["clone", "--quiet", "--depth", "1", env.url, str(thin)]))
+            env.drop(full, thin)
+
+        operator(9999, record=False)
+        baseline(9999, record=False)
+        for rep in range(reps):
+            interleave(rep, lambda: operator(rep), lambda: baseline(rep))
+            references(rep)
+            progress(f"warm {size} rep {rep + 1}/{reps}: operator {samples[-1].client_seconds:.3f}s "
+                     f"(git {samples[-1].timings.get('checkoutSeconds', 0):.3f}s), raw {raw[-1]:.3f}s; "
+                     f"clone {clones[-1]:.2f}s, --depth 1 {shallow[-1]:.2f}s")
+        op, base = median([s.client_seconds for s in samples]), median(raw)
+        result.rows.append(Row("warm (commit cached, pinned)", size, op, base, "`git worktree add` of the commit",
+                               "≤ 1.5x + 0.3 s", op <= 1.5 * base + 0.3,
+                               note=f"overhead over raw: {op - base:+.2f}s"))
+        result.rows.append(Row("reference: fresh `git clone`", size, op, median(clones),
+                               "`git clone` (full, with checkout)", "—", None, note="operator column: warm Workspace"))
+        result.rows.append(Row("reference: `git clone --depth 1`", size, op, median(shallow),
+                               "`git clone --depth 1`", "—", None, note="operator column: warm Workspace"))
+        result.data = {"samples": _samples_dict(samples), "raw": raw, "clone": clones, "clone_depth1": shallow,
+                       "breakdown": breakdown(samples), "api_get_roundtrip": env.ws.get_roundtrip("seed")}
+    return result
+
+
+def warm_new(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | None = None) -> Result:
+    """New commits pushed upstream; a Workspace for the new tip vs `git fetch` + `git worktree add`."""
+    size = size or st.size
+    reps = reps or st.reps
+    result = Result(f"warm-new-{size}")
+    with Env(cp, st, f"warm-new-{size}", size) as env:
+        env.ws.materialize("seed", "fresh", {"branch": "main"})
+        base_cache = env.raw / "cache.git"
+        git("clone", "--bare", "--quiet", env.url, str(base_cache))
+        extender = repogen.Extender(env.bare, seed=4242)
+        samples: list[Sample] = []
+        raw: list[float] = []
+        fetches: list[int] = []
+
+        def operator(rep: int, tip: str, record: bool = True) -> None:
+            before = env.upstream.fetches("repo")
+            sample = env.ws.materialize(f"new-{rep}", "fresh", {"branch": "main", "commit": tip})
+            assert sample.commit == tip and sample.cache.get("fetched"), (sample.commit, tip, sample.cache)
+            if record:
+                samples.append(sample)
+                fetches.append(env.upstream.fetches("repo") - before)
+
+        def baseline(rep: int, tip: str, record: bool = True) -> None:
+            tree = env.raw / f"wt-{rep}"
+            seconds = timed_git(["-C", str(base_cache), "fetch", "--quiet", "origin",
+                                 "+refs/heads/main:refs/heads/main"],
+                                ["-C", str(base_cache), "worktree", "add", "--detach", "--quiet", str(tree), tip])
+            if record:
+                raw.append(seconds)
+
+        tip = extender.push(st.push_commits)
+        operator(9999, tip, record=False)
+        baseline(9999, tip, record=False)
+        for rep in range(reps):
+            tip = extender.push(st.push_commits)
+            interleave(rep, lambda: operator(rep, tip), lambda: baseline(rep, tip))
+            progress(f"warm-new {size} rep {rep + 1}/{reps}: operator {samples[-1].client_seconds:.3f}s "
+                     f"(fetch {samples[-1].timings.get('fetchSeconds', 0):.3f}s, checkout "
+                     f"{samples[-1].timings.get('checkoutSeconds', 0):.3f}s), raw {raw[-1]:.3f}s")
+        op, base = median([s.client_seconds for s in samples]), median(raw)
+        result.rows.append(Row(f"warm + {st.push_commits} new upstream commits", size, op, base,
+                               "`git fetch` + `git worktree add`", "≤ 1.2x", op <= 1.2 * base,
+                               note=f"upstream fetches per Workspace: {max(fetches)}"))
+        result.data = {"samples": _samples_dict(samples), "raw": raw, "fetches": fetches,
+                       "breakdown": breakdown(samples), "push_commits": st.push_commits}
+    return result
+
+
+# -- many Workspaces: burst, many, memory ------------------------------------------------------
+
+
+def _wave(env: Env, items: list[tuple[str, str, Mapping[str, str]]], timeout: float) -> dict[str, Any]:
+    names = [name for name, _project, _ref in items]
+    started = now()
+    env.ws.create_many(items)
+    created = now()
+    env.ws.watcher.wait_ready(names, timeout)
+    lat = [env.ws.latency(n) for n in names]
+    first = min(env.ws.created_at[n] for n in names)
+    last = max(env.ws.watcher.ready_at[n] for n in names)
+    statuses = [env.ws.watcher.ready_status[n] for n in names]
+    return {
+        "count": len(names),
+        "ready": sum(1 for n in names if n in env.ws.watcher.ready_at),
+        "wall": last - first,
+        "create_seconds": created - started,
+        "p50": percentile(lat, 50),
+        "p99": percentile(lat, 99),
+        "max": max(lat),
+        "throughput": len(names) / (last - first),
+        "lock_wait_p50": percentile([float(s["timings"]["lockWaitSeconds"]) for s in statuses], 50),
+        "checkout_p50": percentile([float(s["timings"]["checkoutSeconds"]) for s in statuses], 50),
+        "fetched": sum(1 for s in statuses if s["cache"]["fetched"]),
+    }
+
+
+def burst(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
+    """N Workspaces of one project and commit, at once, cold: one upstream fetch, all Ready."""
+    size = size or st.size
+    result = Result(f"burst-{size}")
+    with Env(cp, st, f"burst-{size}", size) as env:
+        items = [(f"burst-{i}", "burst", {"branch": "main", "commit": env.head}) for i in range(st.burst)]
+        before = env.upstream.fetches("repo")
+        wave = _wave(env, items, timeout=1800)
+        wave["upstream_fetches"] = env.upstream.fetches("repo") - before
+        progress(f"burst {size}: {wave['ready']}/{st.burst} Ready in {wave['wall']:.2f}s, "
+                 f"{wave['upstream_fetches']} upstream fetch(es)")
+        cache = env.raw / "cache.git"
+        started = now()
+        git("clone", "--bare", "--quiet", env.url, str(cache))
+        for i in range(st.burst):
+            git("-C", str(cache), "worktree", "add", "--detach", "--quiet", str(env.raw / f"wt-{i}"), env.head)
+        raw = now() - started
+        ok = wave["upstream_fetches"] == 1 and wave["ready"] == st.burst
+        result.rows.append(Row(f"burst: {st.burst} Workspaces, one project+commit", size, wave["wall"], raw,
+                               f"1 `clone --bare` + {st.burst} `worktree add`, serial", "1 fetch, all Ready", ok,
+                               note=f"{wave['upstream_fetches']} fetch, {wave['ready']}/{st.burst} Ready; "
+                                    f"p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s"))
+        result.data = {"wave": wave, "raw_serial": raw, "writes": _writes(env)}
+    return result
+
+
+def many(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
+    """N Workspaces over P projects at once (cold caches): throughput and created→Ready p50/p99."""
+    size = size or st.many_size
+    result = Result(f"many-{size}")
+    with Env(cp, st, f"many-{size}", size) as env:
+        items = [(f"many-{i}", f"p{i % st.many_projects}", {"branch": "main", "commit": env.head})
+                 for i in range(st.many)]
+        before = env.upstream.fetches("repo")
+        wave = _wave(env, items, timeout=1800)
+        wave["upstream_fetches"] = env.upstream.fetches("repo") - before
+        progress(f"many {size}: {wave['ready']}/{st.many} Ready in {wave['wall']:.2f}s "
+                 f"({wave['throughput']:.1f}/s), p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s")
+        started = now()
+        for p in range(st.many_projects):
+            git("clone", "--bare", "--quiet", env.url, str(env.raw / f"p{p}.git"))
+        for i in range(st.many):
+            git("-C", str(env.raw / f"p{i % st.many_projects}.git"), "worktree", "add", "--detach", "--quiet",
+                str(env.raw / f"wt-{i}"), env.head)
+        raw = now() - started
+        result.rows.append(Row(f"many: {st.many} Workspaces over {st.many_projects} projects", size, wave["wall"],
+                               raw, f"{st.many_projects} `clone --bare` + {st.many} `worktree add`, serial",
+                               "reported", None,
+                               note=f"{wave['throughput']:.1f} Workspaces/s; created→Ready p50 {wave['p50']:.2f}s, "
+                                    f"p99 {wave['p99']:.2f}s; {wave['upstream_fetches']} fetches"))
+        result.data = {"wave": wave, "raw_serial": raw, "writes": _writes(env)}
+    return result
+
+
+def _writes(env: Env) -> dict[str, float]:
+    writes = list(env.ws.writes_per_workspace().values())
+    return {"median": median([float(w) for w in writes]), "max": float(max(writes)) if writes else 0.0}
+
+
+def memory(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
+    """Operator RSS with N Workspaces (a few projects, one cached commit)."""
+    size = size or st.many_size
+    result = Result(f"memory-{size}")
+    with Env(cp, st, f"memory-{size}", size) as env:
+        time.sleep(1.0)
+        idle = env.operator.rss_kb()
+        for p in range(st.memory_projects):  # the caches: a few projects, one commit
+            env.ws.materialize(f"seed-{p}", f"m{p}", {"branch": "main", "commit": env.head})
+        items = [(f"mem-{i}", f"m{i % st.memory_projects}", {"branch": "main", "commit": env.head})
+                 for i in range(st.memory)]
+        wave = _wave(env, items, timeout=3600)
+        time.sleep(2.0)
+        at_ready = env.operator.rss_kb()
+        progress(f"memory {size}: {st.memory} Ready in {wave['wall']:.1f}s; RSS idle {idle['rss'] / 1024:.0f} MB, "
+                 f"with {st.memory} Workspaces {at_ready['rss'] / 1024:.0f} MB (peak {at_ready['hwm'] / 1024:.0f} MB)")
+        settled = at_ready
+        if st.settle_seconds > 0:  # kopf's per-object timers start 30 s after the objects appear
+            remaining = st.settle_seconds - (now() - min(env.ws.created_at.values()))
+            if remaining > 0:
+                time.sleep(remaining)
+            settled = env.operator.rss_kb()
+            progress(f"memory {size}: after timers started: RSS {settled['rss'] / 1024:.0f} MB "
+                     f"(peak {settled['hwm'] / 1024:.0f} MB)")
+        worst = max(at_ready["rss"], settled["rss"]) / 1024
+        result.rows.append(Row(f"memory: operator RSS with {st.memory} Workspaces", size, worst, idle["rss"] / 1024,
+                               "the same operator, idle, no Workspaces", "< 150 MB", worst < 150, unit="MB",
+                               note=f"peak (VmHWM) {max(at_ready['hwm'], settled['hwm']) / 1024:.0f} MB; "
+                                    f"{wave['throughput']:.1f} Workspaces/s"))
+        result.data = {"idle_kb": idle, "at_ready_kb": at_ready, "settled_kb": settled, "wave": wave,
+                       "operator_cpu_seconds": env.operator.cpu_seconds(), "writes": _writes(env)}
+    return result
+
+
+def monorepo(cp: ControlPlane, st: Settings) -> Result:
+    """Cold and warm on the ~50k-file repository (full mode)."""
+    result = Result("monorepo")
+    for part in (cold(cp, st, "monorepo", st.monorepo_reps), warm(cp, st, "monorepo", st.monorepo_reps)):
+        result.rows += part.rows
+        result.data[part.name] = part.data
+    return result
+
+
+SCENARIOS: dict[str, Callable[[ControlPlane, Settings], Result]] = {
+    "cold": cold,
+    "warm": warm,
+    "warm-new": warm_new,
+    "burst": burst,
+    "many": many,
+    "memory": memory,
+    "monorepo": monorepo,
+}
+QUICK_SKIP = {"monorepo"}
