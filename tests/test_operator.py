@@ -141,36 +141,48 @@ def test_missing_branch_fails_permanently_without_retry(namespace: str, workspac
     assert "RefNotFound" in op.metrics()
 
 
-def test_bad_credentials_fail_with_reason_and_leak_nothing(api_client: ApiClient, kubectl: Kubectl, namespace: str,
-                                                           workspaces: Workspaces, operator_factory: StartOperator,
-                                                           upstream_repo: StandardRepo, tmp_path: Path) -> None:
-    server = SmartHTTP(upstream_repo.served_dir, username="ci-bot", password="right-token-123456").start()
+def test_credentials_reason_and_no_leak(api_client: ApiClient, kubectl: Kubectl, namespace: str,
+                                        workspaces: Workspaces, operator_factory: StartOperator,
+                                        upstream_repo: StandardRepo, tmp_path: Path) -> None:
+    right = "right-token-123456"
+    wrong = "wrong-token-9f8e7d6c5b4a"
+    server = SmartHTTP(upstream_repo.served_dir, username="ci-bot", password=right).start()
     try:
         op = operator_factory()
-        wrong = "wrong-token-9f8e7d6c5b4a"
-        CoreV1Api(api_client).create_namespaced_secret(namespace, {
-            "metadata": {"name": "creds"}, "type": "Opaque",
-            "data": {"username": base64.b64encode(b"ci-bot").decode(),
-                     "password": base64.b64encode(wrong.encode()).decode()}})
-        CoreV1Api(api_client).create_namespaced_secret(namespace, {
-            "metadata": {"name": "good"}, "type": "Opaque",
-            "data": {"username": base64.b64encode(b"ci-bot").decode(),
-                     "password": base64.b64encode(b"right-token-123456").decode()}})
-        workspaces.create("badauth", {"project": "auth", "repository": server.url("repo"),
-                                      "credentials": {"secretName": "creds"}})
-        workspaces.create("goodauth", {"project": "auth2", "repository": server.url("repo"),
-                                       "credentials": {"secretName": "good"}})
-        condition = workspaces.wait_reason("badauth", "AuthenticationFailed")
-        assert workspaces.status("badauth")["phase"] == "Failed"
+        url = server.url("repo")
+        core = CoreV1Api(api_client)
+
+        def secret(name: str, password: str, allowed: str | None) -> None:
+            annotations = {"crafting.dev/repositories": allowed} if allowed else {}
+            core.create_namespaced_secret(namespace, {
+                "metadata": {"name": name, "annotations": annotations}, "type": "Opaque",
+                "data": {"username": base64.b64encode(b"ci-bot").decode(),
+                         "password": base64.b64encode(password.encode()).decode()}})
+
+        secret("wrong", wrong, url)
+        secret("good", right, url.rsplit("/", 1)[0] + "/")  # a prefix of the repository URL
+        secret("unlisted", right, "https://elsewhere.example/")
+        secret("plain", right, None)
+        cases = {"badauth": ("wrong", "AuthenticationFailed"), "unlisted": ("unlisted", "CredentialsNotAllowed"),
+                 "plain": ("plain", "CredentialsNotAllowed")}
+        for name, (secret_name, _) in cases.items():
+            workspaces.create(name, {"project": f"p-{name}", "repository": url,
+                                     "credentials": {"secretName": secret_name}})
+        workspaces.create("goodauth", {"project": "good", "repository": url, "credentials": {"secretName": "good"}})
+        for name, (_, reason) in cases.items():
+            workspaces.wait_reason(name, reason)
+            assert workspaces.status(name)["phase"] == "Failed"
         assert workspaces.wait_ready("goodauth")["commit"] == upstream_repo.main
+        # Secrets not listed for this repository never reached the upstream.
+        assert {r.user for r in server.requests() if r.user} == {"ci-bot"}
         events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-        everything = [op.log(), json.dumps(workspaces.get("badauth")), json.dumps(workspaces.get("goodauth")),
-                      events, json.dumps(condition)]
+        everything = [op.log(), events] + [json.dumps(workspaces.get(n)) for n in [*cases, "goodauth"]]
         for path in op.root.rglob("*"):
             if path.is_file():
                 everything.append(path.read_bytes().decode("utf-8", "replace"))
-        for secret in (wrong, "right-token-123456"):
-            assert not any(secret in text for text in everything), f"secret {secret[:5]}... leaked"
+        for leaked in (wrong, right):
+            assert not any(leaked in text for text in everything), f"secret {leaked[:5]}... leaked"
+        assert not list(tmp_path.glob("wo-cred-*")), "credential scratch directory left behind"
     finally:
         server.stop()
 

@@ -53,15 +53,17 @@ class Kube:
             GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)},
         )
 
-    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        """Decoded Secret data, or None if it does not exist."""
+    async def read_secret(self, namespace: str, name: str) -> tuple[dict[str, str], dict[str, str]] | None:
+        """(decoded data, annotations) of a Secret, or None if it does not exist."""
         try:
             secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+        data = {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+        annotations = dict((secret.metadata.annotations if secret.metadata else None) or {})
+        return data, annotations
 
     async def delete_workspace(self, namespace: str, name: str, uid: str) -> bool:
         """Delete if it is still the same object (uid precondition); False if already gone."""

@@ -16,7 +16,14 @@ from workspace_operator import metrics, status
 from workspace_operator.git import CheckoutResult, GitError, Reason
 from workspace_operator.lock import LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
-from workspace_operator.spec import checkout_request, credentials_from_secret, secret_name, ttl_seconds
+from workspace_operator.spec import (
+    ALLOWED_REPOSITORIES,
+    checkout_request,
+    credentials_allowed,
+    credentials_from_secret,
+    secret_name,
+    ttl_seconds,
+)
 
 log = logging.getLogger("workspace_operator.materialize")
 
@@ -66,9 +73,14 @@ async def materialize(
     try:
         credentials = None
         if (secret := secret_name(spec)) is not None:
-            data = await rt.kube.read_secret(namespace, secret)
-            if data is None:
+            found = await rt.kube.read_secret(namespace, secret)
+            if found is None:
                 raise GitError(Reason.AUTH_FAILED, f"credentials Secret {secret!r} not found", step="credentials")
+            data, annotations = found
+            if not credentials_allowed(annotations, request.repository):
+                raise GitError(Reason.CREDENTIALS_NOT_ALLOWED,
+                               f"Secret {secret!r} does not list this repository in its "
+                               f"{ALLOWED_REPOSITORIES} annotation", step="credentials")
             credentials = credentials_from_secret(data)
         valid = rt.engine.validate(checkout_request(namespace, name, spec, credentials))
         async with rt.locks.hold(namespace, request.project, wait_seconds=rt.config.lock_wait_seconds) as waited:

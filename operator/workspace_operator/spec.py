@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from workspace_operator.git import CheckoutRequest, Credentials, GitError, Revision
@@ -18,13 +17,6 @@ GROUP = "crafting.dev"
 VERSION = "v1"
 PLURAL = "workspaces"
 KIND = "Workspace"
-
-
-@dataclass(frozen=True)
-class WorkspaceRef:
-    namespace: str
-    name: str
-    project: str
 
 
 def revision_of(spec: Mapping[str, Any]) -> Revision:
@@ -63,6 +55,21 @@ def secret_name(spec: Mapping[str, Any]) -> str | None:
     creds = spec.get("credentials") or {}
     name = creds.get("secretName") if isinstance(creds, Mapping) else None
     return str(name) if name else None
+
+
+ALLOWED_REPOSITORIES = "crafting.dev/repositories"
+
+
+def credentials_allowed(annotations: Mapping[str, str], repository: str) -> bool:
+    """A Secret lends itself only to the repositories its owner listed.
+
+    Without this, anyone allowed to create Workspaces could point any Secret of
+    the namespace at a server they control and receive its token or key. The
+    annotation holds repository URL prefixes, comma or newline separated.
+    """
+    raw = annotations.get(ALLOWED_REPOSITORIES, "")
+    prefixes = [p.strip() for p in raw.replace("\n", ",").split(",") if p.strip()]
+    return any(repository == p or repository.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
 def credentials_from_secret(data: Mapping[str, str]) -> Credentials:

@@ -25,6 +25,13 @@ log = logging.getLogger("workspace_operator.cache")
 # Present while a fetch writes into the cache; found at the start of an
 # operation it means the previous holder died mid-write.
 OPERATION_MARKER = "workspace-operator.fetching"
+# Every key the engine (or git itself, for a bare repo and sparse worktrees) writes.
+_EXPECTED_CONFIG = frozenset({
+    "core.repositoryformatversion", "core.filemode", "core.bare", "core.logallrefupdates",
+    "core.ignorecase", "core.precomposeunicode", "core.symlinks",
+    "remote.origin.url", "remote.origin.promisor", "remote.origin.partialclonefilter",
+    "extensions.partialclone", "extensions.worktreeconfig", "extensions.objectformat",
+})
 # Timestamps (file mtimes) that garbage collection decides on.
 LAST_USED = "workspace-operator.last-used"
 LAST_FETCH = "workspace-operator.last-fetch"
@@ -115,6 +122,9 @@ class Cache:
                 "use another project name for another repository",
                 step="check-origin",
             )
+        tampered = await self._unexpected_config()
+        if tampered:
+            return f"unexpected settings in the cache's config ({', '.join(tampered[:5])})"
         crashed = (self.path / OPERATION_MARKER).exists()
         removed = self.remove_stale_locks()
         if crashed or deep or removed:
@@ -126,6 +136,16 @@ class Cache:
             self._drop_temporary_packs()
             (self.path / OPERATION_MARKER).unlink(missing_ok=True)
         return None
+
+    async def _unexpected_config(self) -> list[str]:
+        """Config keys we never write. Anyone who can write the volume could otherwise
+        plant url.*.insteadOf, filter drivers or remote.*.uploadpack and make our
+        git run commands or send credentials elsewhere: such a cache is not trusted."""
+        result = await self.runner.run("read-config", ["config", "--local", "--name-only", "--list"], cwd=self.path)
+        keys = [key.strip().lower() for key in result.stdout.splitlines() if key.strip()]
+        if (self.path / "info" / "attributes").exists():
+            keys.append("info/attributes")
+        return [key for key in keys if key not in _EXPECTED_CONFIG]
 
     def remove_stale_locks(self) -> list[Path]:
         """Delete lock files a killed git left behind (no git runs here without our lock)."""

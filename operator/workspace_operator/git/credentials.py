@@ -38,7 +38,7 @@ class Credentials:
 
     @property
     def empty(self) -> bool:
-        return not (self.username or self.password or self.ssh_private_key)
+        return not (self.username or self.password or self.ssh_private_key or self.known_hosts)
 
     def register(self, redact: Redactor) -> None:
         redact.add(self.password)
@@ -66,14 +66,18 @@ def credential_env(creds: Credentials | None, scratch_dir: Path | None = None) -
             _write_private(directory / "password", creds.password or "")
             _write_private(directory / "askpass", _ASKPASS, 0o700)
             env["GIT_ASKPASS"] = str(directory / "askpass")
-        if creds.ssh_private_key:
-            key = creds.ssh_private_key
-            _write_private(directory / "id", key if key.endswith("\n") else key + "\n")
+        if creds.ssh_private_key or creds.known_hosts:
+            # known_hosts alone is enough for a public repository over ssh.
+            identity: list[str] = []
+            if creds.ssh_private_key:
+                key = creds.ssh_private_key
+                _write_private(directory / "id", key if key.endswith("\n") else key + "\n")
+                identity = ["-i", shlex.quote(str(directory / "id"))]
             _write_private(directory / "known_hosts", creds.known_hosts or "")
             env["GIT_SSH_COMMAND"] = " ".join(
                 [
                     "ssh -F /dev/null",
-                    "-i", shlex.quote(str(directory / "id")),
+                    *identity,
                     "-o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes",
                     "-o StrictHostKeyChecking=yes",
                     "-o", shlex.quote(f"UserKnownHostsFile={directory / 'known_hosts'}"),

@@ -21,6 +21,8 @@ class Reason(StrEnum):
     REPOSITORY_MISMATCH = "RepositoryMismatch"
     SUBPATH_NOT_FOUND = "SubPathNotFound"
     HOST_KEY_MISMATCH = "HostKeyVerificationFailed"
+    TLS_VERIFY_FAILED = "TLSVerificationFailed"
+    CREDENTIALS_NOT_ALLOWED = "CredentialsNotAllowed"
     UNREACHABLE = "UpstreamUnavailable"
     TIMEOUT = "GitTimeout"
     DISK_FULL = "DiskFull"
@@ -38,6 +40,8 @@ PERMANENT = frozenset(
         Reason.REPOSITORY_MISMATCH,
         Reason.SUBPATH_NOT_FOUND,
         Reason.HOST_KEY_MISMATCH,
+        Reason.TLS_VERIFY_FAILED,
+        Reason.CREDENTIALS_NOT_ALLOWED,
     }
 )
 
@@ -65,6 +69,8 @@ _STDERR_RULES: tuple[tuple[re.Pattern[str], Reason], ...] = tuple(
     for pattern, reason in (
         (r"no space left on device|disk quota exceeded", Reason.DISK_FULL),
         (r"host key verification failed|remote host identification has changed", Reason.HOST_KEY_MISMATCH),
+        (r"ssl certificate problem|server certificate verification failed|certificate verify failed",
+         Reason.TLS_VERIFY_FAILED),
         (r"authentication failed|could not read (username|password)|terminal prompts disabled"
          r"|permission denied \(publickey|returned error: 40[13]|invalid username or password"
          r"|access denied|HTTP Basic: Access denied", Reason.AUTH_FAILED),

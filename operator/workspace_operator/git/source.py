@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import invalid
@@ -33,6 +33,8 @@ def check_url(url: str, allowed_schemes: frozenset[str]) -> str:
         raise GitError(Reason.SCHEME_NOT_ALLOWED, "transport '<name>::' syntax is not allowed", step="validate")
     if _SCP_LIKE.match(url):
         scheme = "ssh"
+        user, _, rest = url.partition("@")
+        host = rest.partition(":")[0]
     else:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -42,6 +44,15 @@ def check_url(url: str, allowed_schemes: frozenset[str]) -> str:
             raise invalid("repository URL must not embed credentials; use spec.credentials")
         if scheme != "file" and not parts.hostname:
             raise invalid("repository URL has no host")
+        user, host = parts.username or "", parts.hostname or ""
+        try:
+            _ = parts.port  # raises unless the port is a number in range
+        except ValueError:
+            raise invalid("repository URL has an invalid port") from None
+    # ssh would read "-oProxyCommand=..." as an option. git blocks such hosts
+    # too ("strange hostname"), but only once it runs: refuse them here first.
+    if unquote(user).startswith("-") or unquote(host).startswith("-"):
+        raise invalid("repository URL user and host must not start with '-'")
     if scheme not in allowed_schemes:
         raise GitError(
             Reason.SCHEME_NOT_ALLOWED,
