@@ -52,6 +52,21 @@ def medium_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return served, head
 
 
+def processes_working_in(root: Path) -> list[str]:
+    """Command lines of live processes whose working directory is under root."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(proc / "cwd"))
+            if cwd == root or root in cwd.parents:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
 def check_volume(root: Path) -> None:
     """Every cache passes fsck; no lock files; no worktree metadata without a directory."""
     for cache in root.glob("*/*/.cache"):
@@ -95,7 +110,6 @@ def test_sigkill_during_clone_fetch_checkout(api_client: ApiClient, namespace: s
             tree = op.root / status["path"]
             assert (tree / "dir0").is_dir() and len(list((tree / "dir0").iterdir())) == 60
         check_volume(op.root)
-        assert not list(op.root.glob("*/*/.staging-*")) or True  # debris is GC's job, never trusted
         coordination = CoordinationV1Api(api_client)
         leases = coordination.list_namespaced_lease(namespace).items
         assert leases and all(not lease.spec.holder_identity for lease in leases)
@@ -149,3 +163,34 @@ def test_disk_full_reports_and_recovers(namespace: str, workspaces: Workspaces, 
         server.stop()
         wait_for(lambda: subprocess.run(["umount", str(volume)], capture_output=True, timeout=30).returncode == 0,
                  timeout=30, message="unmount")
+
+
+def test_sigterm_kills_git_and_releases_the_lease(api_client: ApiClient, namespace: str, workspaces: Workspaces,
+                                                  operator_factory: StartOperator,
+                                                  medium_repo: tuple[Path, str]) -> None:
+    served, head = medium_repo
+    server = SmartHTTP(served).start()
+    try:
+        server.fault = "hang"
+        op = operator_factory(env={"WORKSPACE_GIT_TIMEOUT_SECONDS": "300", "WORKSPACE_LEASE_SECONDS": "30"})
+        workspaces.create("term", {"project": "term", "repository": server.url("medium")})
+        coordination = CoordinationV1Api(api_client)
+        lease = f"ws-{namespace}.term"
+
+        def held() -> bool:
+            return bool(coordination.read_namespaced_lease(lease, namespace).spec.holder_identity)
+
+        wait_for(held, timeout=30, message="the project lease to be held during the hung fetch")
+        assert op.proc is not None
+        started = time.monotonic()
+        op.stop()  # SIGTERM, as the kubelet sends
+        assert time.monotonic() - started < 20
+        # Released at shutdown, not left to expire (30 s).
+        assert not held()
+        assert processes_working_in(op.root) == []
+        server.fault = None
+        operator_factory()
+        assert workspaces.wait_ready("term", timeout=60)["commit"] == head
+        check_volume(op.root)
+    finally:
+        server.stop()

@@ -38,6 +38,8 @@ def test_manifests_render_and_pass_server_dry_run(kubectl: Kubectl, installed: N
     for kind in ("Namespace", "ServiceAccount", "ClusterRole", "Role", "Deployment", "PersistentVolumeClaim",
                  "Service", "ConfigMap", "CustomResourceDefinition"):
         assert f"kind: {kind}\n" in rendered, kind
+    kubectl("apply", "-k", str(REPO / "manifests" / "overlays" / "scaled"), "--server-side", "--force-conflicts",
+            "--dry-run=server")
     overlay = kubectl("kustomize", str(REPO / "manifests" / "overlays" / "example-existing-claim")).stdout
     assert "kind: PersistentVolumeClaim" not in overlay and "claimName: ci-workspaces" in overlay
     deployment = kubectl("get", "deployment", "workspace-operator", "-n", OPERATOR_NS, "-o",
