@@ -251,6 +251,8 @@ def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
             "WORKSPACE_METRICS_PORT": str(port),
             "WORKSPACE_GIT_TIMEOUT_SECONDS": "30",
             "WORKSPACE_LEASE_SECONDS": "10",
+            "WORKSPACE_RETRY_BASE_SECONDS": "0.5",
+            "WORKSPACE_RETRY_MAX_SECONDS": "4",
             "WORKSPACE_IDENTITY": f"op{len(started)}",
             "TMPDIR": str(tmp_path),
             **(env or {}),

@@ -24,7 +24,7 @@ TRIALS = int(os.environ.get("FAULT_TRIALS", "20"))
 
 @pytest.fixture(scope="module")
 def medium_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """~3,000 files in a few commits: clone and checkout take long enough to be interrupted."""
+    """~1,500 files in a few commits: clone and checkout take long enough to be interrupted."""
     base = tmp_path_factory.mktemp("medium")
     src = base / "src"
     subprocess.run(["git", "init", "-q", "-b", "main", str(src)], check=True, timeout=60, env=git_env())
@@ -33,7 +33,7 @@ def medium_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     mark = 0
     for c in range(3):
         files = []
-        for i in range(1000):
+        for i in range(500):
             mark += 1
             data = "".join(rng.choice("abcdefghij \n") for _ in range(400)).encode()
             stream.append(b"blob\nmark :%d\ndata %d\n%s\n" % (mark, len(data), data))
@@ -95,7 +95,7 @@ def test_sigkill_during_clone_fetch_checkout(api_client: ApiClient, namespace: s
         names: list[str] = []
         for trial in range(TRIALS):
             project = f"crash{trial % 4}"  # revisits: cold clones first, then warm caches
-            batch = [f"t{trial}-{i}" for i in range(2)]
+            batch = [f"t{trial}"]
             for name in batch:
                 workspaces.create(name, {"project": project, "repository": server.url("medium"),
                                          "ref": {"commit": head} if trial % 2 else {"branch": "main"}})
@@ -103,12 +103,14 @@ def test_sigkill_during_clone_fetch_checkout(api_client: ApiClient, namespace: s
             time.sleep(rng.uniform(0.05, 1.2))  # the kill point: random, the point of the test
             op.kill()
             op = operator_factory(env=env)
+        killed_at = time.monotonic()
         for name in names:
             assert workspaces.wait_ready(name, timeout=120)["commit"] == head, name
+        print(f"converged {time.monotonic() - killed_at:.1f}s after the last kill")
         for name in names:
             status = workspaces.status(name)
             tree = op.root / status["path"]
-            assert (tree / "dir0").is_dir() and len(list((tree / "dir0").iterdir())) == 60
+            assert (tree / "dir0").is_dir() and len(list((tree / "dir0").iterdir())) == 30
         check_volume(op.root)
         coordination = CoordinationV1Api(api_client)
         leases = coordination.list_namespaced_lease(namespace).items

@@ -28,6 +28,8 @@ class Config:
     lease_namespace: str = "default"
     lease_seconds: int = 30
     lock_wait_seconds: float = 300.0
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
     allowed_schemes: frozenset[str] = frozenset({"https", "ssh"})
     git_timeout_seconds: float = 600.0
     default_ttl_seconds: int = 86400
@@ -102,6 +104,9 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--lease-seconds", "WORKSPACE_LEASE_SECONDS", "lease_seconds", int, "Lease duration"),
     ("--lock-wait-seconds", "WORKSPACE_LOCK_WAIT_SECONDS", "lock_wait_seconds", float,
      "how long to wait for a project lock before LockTimeout"),
+    ("--retry-base-seconds", "WORKSPACE_RETRY_BASE_SECONDS", "retry_base_seconds", float,
+     "first backoff after a transient failure; doubles per attempt"),
+    ("--retry-max-seconds", "WORKSPACE_RETRY_MAX_SECONDS", "retry_max_seconds", float, "backoff cap"),
     ("--allowed-schemes", "WORKSPACE_ALLOWED_SCHEMES", "allowed_schemes", _schemes,
      "comma-separated of https, ssh, http, git, file"),
     ("--git-timeout-seconds", "WORKSPACE_GIT_TIMEOUT_SECONDS", "git_timeout_seconds", float, "per git call"),

@@ -6,7 +6,9 @@ Two parts:
 * the volume sweep runs periodically in each replica over the projects it owns:
   snapshot disk + list Workspaces → `gc_plan.plan` (pure) → execute, one project
   Lease at a time, held only for that project's actions, yielding in between so
-  materializations are never starved.
+  materializations are never starved. The snapshot is taken without the Lease, so
+  under it the project is read again and only what `gc_plan.confirm` still
+  justifies is done: a Workspace created meanwhile keeps its worktree and cache.
 """
 
 from __future__ import annotations

@@ -88,12 +88,12 @@ async def materialize(
     except GitError as error:
         await _fail(rt, namespace, name, current, generation, error.reason.value, str(error), error.retryable, attempt)
         if error.retryable:
-            raise Retry(error.reason.value, str(error), status.retry_delay(attempt + 1)) from None
+            raise Retry(error.reason.value, str(error), _backoff(rt, attempt + 1)) from None
         raise Fatal(error.reason.value, str(error)) from None
     except (LockTimeout, LeaseLost) as error:
         reason = "LockTimeout" if isinstance(error, LockTimeout) else "LeaseLost"
         await _fail(rt, namespace, name, current, generation, reason, str(error), True, attempt)
-        raise Retry(reason, str(error), status.retry_delay(attempt + 1)) from None
+        raise Retry(reason, str(error), _backoff(rt, attempt + 1)) from None
 
     ttl = ttl_seconds(spec, rt.config.default_ttl_seconds)
     await rt.kube.patch_status(namespace, name, status.ready(
@@ -107,6 +107,10 @@ async def materialize(
         waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
     )
     return result
+
+
+def _backoff(rt: Runtime, attempt: int) -> float:
+    return status.retry_delay(attempt, base=rt.config.retry_base_seconds, cap=rt.config.retry_max_seconds)
 
 
 def _observe(result: CheckoutResult, waited: float) -> None:
@@ -129,5 +133,5 @@ async def _fail(rt: Runtime, namespace: str, name: str, current: Mapping[str, An
                 "retryable" if retryable else "permanent", message)
     await rt.kube.patch_status(namespace, name, status.failed(
         current, reason=reason, message=message, retryable=retryable,
-        retry_in=status.retry_delay(attempt + 1) if retryable else None,
+        retry_in=_backoff(rt, attempt + 1) if retryable else None,
         attempts=attempt + 1, generation=generation, now=datetime.now(UTC)))

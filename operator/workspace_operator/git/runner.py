@@ -163,9 +163,15 @@ class GitRunner:
         return GitResult(stdout=stdout, stderr=stderr, seconds=seconds)
 
     async def ok(self, step: str, args: Sequence[str], *, cwd: Path, timeout: float | None = None) -> bool:
-        """Run a query whose non-zero exit is an answer ("no"), not a failure."""
+        """Run a local query whose non-zero exit is an answer ("no"), not a failure.
+
+        No transport is allowed: in a partial clone git would otherwise fetch a
+        missing object from the promisor remote to answer, so "is this commit
+        cached?" would itself go to the network (without credentials, outside
+        the fetch marker, and answer "yes").
+        """
         try:
-            await self.run(step, args, cwd=cwd, timeout=timeout, query=True)
+            await self.run(step, args, cwd=cwd, timeout=timeout, query=True, env={"GIT_ALLOW_PROTOCOL": ""})
         except GitError as error:
             if error.reason is Reason.TIMEOUT:
                 raise

@@ -105,18 +105,22 @@ class Worktrees:
         workers = self.runner.settings.checkout_workers
         config = [f"checkout.workers={workers}"] if workers else []
         sparse = bool(spec.sparse)
+        # Every checkout step gets the credentials: in a partial clone (blob:none)
+        # git fetches the blobs it writes from the promisor remote right here.
         await self.runner.run(
             "worktree-add",
             ["worktree", "add", "--detach", "--quiet", *(["--no-checkout"] if sparse else []),
              "--", str(path), spec.commit],
             cwd=self.cache,
+            env=env,
             config=config,
         )
         if sparse:
             await self.runner.run("sparse-checkout",
-                                  ["sparse-checkout", "set", "--cone", "--", *map(str, spec.sparse)], cwd=path)
+                                  ["sparse-checkout", "set", "--cone", "--", *map(str, spec.sparse)],
+                                  cwd=path, env=env)
             await self.runner.run("checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"],
-                                  cwd=path, config=config)
+                                  cwd=path, env=env, config=config)
         if spec.submodules:
             await self.runner.run("submodules", ["submodule", "update", "--init", "--recursive", "--quiet"],
                                   cwd=path, env=env)
