@@ -1,12 +1,18 @@
-"""gc_plan.plan / confirm: the GC decisions, on plain data (no disk, no cluster)."""
+"""GC decisions without a cluster: gc_plan.plan / confirm on plain data, expiry with a
+stub API, and gc.snapshot on a scratch directory."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from workspace_operator import gc
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
 
 NOW = 1_000_000_000.0
@@ -316,3 +322,81 @@ def test_confirm_never_adds_actions(live_names: set[str]) -> None:
 def test_projects_are_independent() -> None:
     actions = run(snap("a", worktrees={"w": 0.0}), snap("b", worktrees={"w": 0.0}), live={("ns", "a", "w")})
     assert kinds(actions) == [(Kind.REMOVE_ORPHAN, "b", "w"), (Kind.PRUNE, "b", "")]
+
+
+# -- expiry (gc.expire_workspace) ---------------------------------------------------------
+
+
+class StubKube:
+    def __init__(self, exists: bool = True) -> None:
+        self.exists = exists
+        self.deleted: list[tuple[str, str, str]] = []
+
+    async def delete_workspace(self, namespace: str, name: str, uid: str) -> bool:
+        self.deleted.append((namespace, name, uid))
+        return self.exists
+
+
+def iso(delta_seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=delta_seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize("status, deleted", [
+    ({"phase": "Ready", "expiresAt": iso(-5)}, True),
+    ({"phase": "Ready", "expiresAt": iso(+3600)}, False),
+    ({"phase": "Ready", "expiresAt": None}, False),  # ttl 0: never
+    ({"phase": "Ready"}, False),
+    ({"phase": "Failed", "expiresAt": iso(-5)}, False),  # TTL counts from Ready only
+    ({"phase": "Materializing", "expiresAt": iso(-5)}, False),
+    ({}, False),
+])
+async def test_expire_deletes_only_ready_workspaces_past_expires_at(status: dict[str, Any], deleted: bool) -> None:
+    kube = StubKube()
+    rt: Any = SimpleNamespace(kube=kube)
+    assert await gc.expire_workspace(rt, namespace="ns", name="w", uid="u-1", status=status) is deleted
+    assert kube.deleted == ([("ns", "w", "u-1")] if deleted else [])
+
+
+async def test_expire_of_a_workspace_already_gone_or_replaced_reports_false() -> None:
+    rt: Any = SimpleNamespace(kube=StubKube(exists=False))  # 404 or uid precondition failed (409)
+    assert await gc.expire_workspace(rt, namespace="ns", name="w", uid="old",
+                                     status={"phase": "Ready", "expiresAt": iso(-1)}) is False
+
+
+# -- gc.snapshot: what the planner is told about the disk ---------------------------------------
+
+
+def test_snapshot_reads_worktrees_debris_and_stamps(tmp_path: Path) -> None:
+    project = tmp_path / "ns" / "p"
+    cache = project / ".cache"
+    cache.mkdir(parents=True)
+    (cache / "workspace-operator.last-used").touch()
+    os.utime(cache / "workspace-operator.last-used", (1000.0, 1000.0))
+    (cache / "workspace-operator.last-fetch").touch()
+    os.utime(cache / "workspace-operator.last-fetch", (2000.0, 2000.0))
+    for name in ("w1", "w2", ".staging-cache-x", ".quarantine-1-y", ".ready", "Not_A_Label", "-bad"):
+        (project / name).mkdir()
+    os.utime(project / "w1", (500.0, 500.0))
+    (project / "plain-file").write_text("not a worktree\n")
+    (tmp_path / "ns" / "no-cache" / "w").mkdir(parents=True)
+    (tmp_path / "ns" / "UPPER").mkdir()  # not a project name the operator could have written
+    (tmp_path / "Bad_NS" / "p").mkdir(parents=True)
+    (tmp_path / "stray-file").write_text("")
+
+    snaps = {(s.namespace, s.project): s for s in gc.snapshot(tmp_path, lambda ns, p: True)}
+    assert set(snaps) == {("ns", "p"), ("ns", "no-cache")}
+    snap = snaps[("ns", "p")]
+    assert snap.has_cache and snap.last_used == 1000.0 and snap.last_fetch == 2000.0 and snap.last_gc is None
+    assert set(snap.worktrees) == {"w1", "w2"} and snap.worktrees["w1"] == 500.0
+    assert set(snap.debris) == {".staging-cache-x", ".quarantine-1-y"}
+    bare = snaps[("ns", "no-cache")]
+    assert not bare.has_cache and bare.last_used is None and set(bare.worktrees) == {"w"}
+
+
+def test_snapshot_only_covers_owned_projects_and_tolerates_a_missing_root(tmp_path: Path) -> None:
+    for ns, project in (("a", "x"), ("a", "y"), ("b", "x")):
+        (tmp_path / ns / project).mkdir(parents=True)
+    owned = gc.snapshot(tmp_path, lambda ns, p: ns == "a" and p == "y")
+    assert [(s.namespace, s.project) for s in owned] == [("a", "y")]
+    assert gc.snapshot(tmp_path / "missing", lambda ns, p: True) == []
+    assert gc.snapshot_project(tmp_path, "a", "gone") == ProjectSnapshot("a", "gone", False, None, None, None)
