@@ -150,7 +150,9 @@ class Worktrees:
     async def remove(self, name: str) -> bool:
         """Remove worktree `name` and its metadata; works without the cache or the directory."""
         path = self.layout.worktree_dir(name)
-        self.layout.ready_record(name).unlink(missing_ok=True)  # incomplete from here on
+        record = self.layout.ready_record(name)
+        record.unlink(missing_ok=True)  # incomplete from here on
+        record.with_name(f".{name}.partial").unlink(missing_ok=True)  # a crash mid-write
         existed = path.exists() or path.is_symlink()
         if self.cache.is_dir():
             unlock_crashed_worktrees(self.cache)  # else git refuses to remove or prune them
