@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from upstreams import StandardRepo, git_env, make_standard_repo
+from upstreams import GitDaemon, StandardRepo, git_env, make_standard_repo
 from workspace_operator.git import CheckoutRequest, CheckoutResult, Engine, GitSettings, Revision
 from workspace_operator.git.layout import ProjectLayout
 
@@ -66,6 +66,21 @@ def upstream_repo(standard_repo_template: StandardRepo, tmp_path: Path) -> Stand
     repo = dataclasses.replace(template, src=src, served_dir=served)
     run_git("config", "remote.origin.url", str(src), cwd=repo.bare)  # as publish() left it
     return repo
+
+
+@pytest.fixture(scope="session")
+def ro_daemon(standard_repo_template: StandardRepo,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitDaemon]:
+    """One git daemon for the session, serving the template: only for tests that never
+    change, stop or count the upstream (they get ro_repo instead of upstream_repo)."""
+    assert standard_repo_template.served_dir is not None
+    with GitDaemon(standard_repo_template.served_dir, workdir=tmp_path_factory.mktemp("ro-daemon")) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def ro_repo(standard_repo_template: StandardRepo, ro_daemon: GitDaemon) -> StandardRepo:
+    return standard_repo_template
 
 
 # -- running git ---------------------------------------------------------------
@@ -162,7 +177,10 @@ def snapshot(path: Path, skip: Callable[[Path], bool] = lambda _: False) -> dict
 
 
 def lock_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*.lock")]
+    """Lock files anywhere below root, except inside debris (.staging-*, .quarantine-*): a
+    killed cache creation may leave its staging dir with a lock inside, for GC to delete."""
+    return [p for p in root.rglob("*.lock")
+            if not any(part.startswith((".staging-", ".quarantine-")) for part in p.relative_to(root).parts)]
 
 
 def worktree_entries(cache: Path) -> list[dict[str, str]]:

@@ -29,8 +29,9 @@ from engine_fixtures import (
     layout,
     make_settings,
     no_leftover_processes,
-    processes_under,
     request,
+    ro_daemon,
+    ro_repo,
     run_git,
     scratch,
     snapshot,
@@ -38,14 +39,15 @@ from engine_fixtures import (
     tree_files,
     upstream_repo,
     volume,
+    wait_no_processes,
     worktree_entries,
 )
 from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, git, publish
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
 from workspace_operator.git.cache import OPERATION_MARKER
 
-__all__ = ["engine", "no_leftover_processes", "scratch", "standard_repo_template", "upstream_repo",
-           "volume"]  # fixtures, used by name
+__all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template",
+           "upstream_repo", "volume"]  # fixtures, used by name
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
@@ -74,19 +76,19 @@ REFS = {
 
 @pytest.mark.parametrize("case", list(REFS))
 async def test_every_kind_of_ref_checks_out_the_right_commit(
-        case: str, engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+        case: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
     make_revision, expected = REFS[case]
-    url = git_daemon.url("repo")
-    result = await checkout(engine, request(url, make_revision(upstream_repo)))
+    url = ro_daemon.url("repo")
+    result = await checkout(engine, request(url, make_revision(ro_repo)))
 
-    sha = expected(upstream_repo)
+    sha = expected(ro_repo)
     assert result.commit == sha
     if case == "annotated-tag":
-        assert result.commit != upstream_repo.v1_1_tag  # the peeled commit, never the tag object
+        assert result.commit != ro_repo.v1_1_tag  # the peeled commit, never the tag object
     assert result.path == PurePosixPath(NS, PROJECT, NAME)
     assert result.workdir == result.path
     assert (result.cache_hit, result.fetched, result.reused, result.cache_repaired) == (False, True, False, None)
-    assert tree_files(volume / result.path) == expected_files(upstream_repo, sha)
+    assert tree_files(volume / result.path) == expected_files(ro_repo, sha)
     assert_worktree_at(layout(volume), NAME, sha)
     assert_cache_consistent(layout(volume), url)
 
@@ -105,21 +107,21 @@ async def test_all_refs_side_by_side_share_one_cache(
     assert_cache_consistent(layout(volume), url)
 
 
-async def test_sub_path_sets_workdir(engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon,
+async def test_sub_path_sets_workdir(engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon,
                                      volume: Path) -> None:
-    result = await checkout(engine, request(git_daemon.url("repo"), Revision(tag="v1.1"), sub_path="services/api"))
+    result = await checkout(engine, request(ro_daemon.url("repo"), Revision(tag="v1.1"), sub_path="services/api"))
     assert result.path == PurePosixPath(NS, PROJECT, NAME)
     assert result.workdir == PurePosixPath(NS, PROJECT, NAME, "services", "api")
     assert tree_files(volume / result.workdir) == {"app.py": "print('api v1.1')\n"}
-    assert tree_files(volume / result.path) == expected_files(upstream_repo, upstream_repo.v1_1)  # full tree
+    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.v1_1)  # full tree
 
 
 async def test_sparse_cone_checks_out_only_those_dirs(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
-    result = await checkout(engine, request(url, Revision(branch=upstream_repo.FEATURE_BRANCH),
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
+    result = await checkout(engine, request(url, Revision(branch=ro_repo.FEATURE_BRANCH),
                                             sparse=("services/api",), sub_path="services/api"))
-    assert result.commit == upstream_repo.feature
+    assert result.commit == ro_repo.feature
     assert result.workdir == PurePosixPath(NS, PROJECT, NAME, "services", "api")
     # Cone mode: the listed directory recursively plus top-level files, nothing else.
     assert tree_files(volume / result.path) == {
@@ -127,19 +129,19 @@ async def test_sparse_cone_checks_out_only_those_dirs(
         "services/api/app.py": "print('api v1.1')\n",
         "services/api/feature.py": "FEATURE = True\n",
     }
-    assert run_git("rev-parse", "HEAD", cwd=volume / result.path).stdout.strip() == upstream_repo.feature
+    assert run_git("rev-parse", "HEAD", cwd=volume / result.path).stdout.strip() == ro_repo.feature
 
     # Sparse settings are per worktree: a later full workspace from the same cache is complete.
-    full = await checkout(engine, request(url, Revision(branch=upstream_repo.FEATURE_BRANCH), name="full"))
-    assert tree_files(volume / full.path) == expected_files(upstream_repo, upstream_repo.feature)
-    assert_worktree_at(layout(volume), "full", upstream_repo.feature)
+    full = await checkout(engine, request(url, Revision(branch=ro_repo.FEATURE_BRANCH), name="full"))
+    assert tree_files(volume / full.path) == expected_files(ro_repo, ro_repo.feature)
+    assert_worktree_at(layout(volume), "full", ro_repo.feature)
     assert_cache_consistent(layout(volume), url)
 
 
-async def test_sub_path_outside_sparse_dirs_is_refused(engine: Engine, git_daemon: GitDaemon,
+async def test_sub_path_outside_sparse_dirs_is_refused(engine: Engine, ro_daemon: GitDaemon,
                                                        volume: Path) -> None:
     with pytest.raises(GitError) as caught:
-        engine.validate(request(git_daemon.url("repo"), sparse=("libs",), sub_path="services/api"))
+        engine.validate(request(ro_daemon.url("repo"), sparse=("libs",), sub_path="services/api"))
     assert caught.value.reason is Reason.INVALID_SPEC
     assert list(volume.iterdir()) == []
 
@@ -255,13 +257,13 @@ async def test_cached_branch_tip_costs_one_ls_remote_and_no_fetch(
 
 
 async def test_complete_worktree_is_reused_untouched(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     req = request(url, Revision(tag="v1.0"), sub_path="services")
     first = await checkout(engine, req)
     valid = engine.validate(req)
     assert engine.is_complete(valid, first.commit)
-    assert not engine.is_complete(valid, upstream_repo.main)
+    assert not engine.is_complete(valid, ro_repo.main)
     project = layout(volume)
     before = snapshot(project.project_dir, skip=lambda p: p.name == ".cache")
     metadata_before = snapshot(project.cache_dir / "worktrees")
@@ -274,8 +276,8 @@ async def test_complete_worktree_is_reused_untouched(
 
 
 async def test_worktree_without_completion_record_is_rebuilt(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     project = layout(volume)
     req = request(url, Revision(branch="main"))
     await checkout(engine, req)
@@ -285,14 +287,14 @@ async def test_worktree_without_completion_record_is_rebuilt(
 
     result = await checkout(engine, req)
     assert result.reused is False
-    assert tree_files(volume / result.path) == expected_files(upstream_repo, upstream_repo.main)
-    assert_worktree_at(project, NAME, upstream_repo.main)
+    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.main)
+    assert_worktree_at(project, NAME, ro_repo.main)
     assert_cache_consistent(project, url)
 
 
 async def test_half_created_directory_is_replaced(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url, name="other"))  # the cache exists
     half = project.worktree_dir(NAME)
@@ -301,42 +303,42 @@ async def test_half_created_directory_is_replaced(
 
     result = await checkout(engine, request(url, Revision(tag="v1.0")))
     assert result.reused is False
-    assert tree_files(volume / result.path) == expected_files(upstream_repo, upstream_repo.v1_0)
-    assert_worktree_at(project, NAME, upstream_repo.v1_0)
+    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.v1_0)
+    assert_worktree_at(project, NAME, ro_repo.v1_0)
     assert_cache_consistent(project, url)
 
 
 async def test_deleted_worktree_dir_with_record_is_rebuilt(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     project = layout(volume)
     req = request(url, Revision(branch="main"))
     await checkout(engine, req)
     shutil.rmtree(project.worktree_dir(NAME))
-    assert not engine.is_complete(engine.validate(req), upstream_repo.main)
+    assert not engine.is_complete(engine.validate(req), ro_repo.main)
 
     result = await checkout(engine, req)
     assert result.reused is False
-    assert_worktree_at(project, NAME, upstream_repo.main)
+    assert_worktree_at(project, NAME, ro_repo.main)
     assert_cache_consistent(project, url)
 
 
 async def test_changed_spec_rebuilds_at_new_commit(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     await checkout(engine, request(url, Revision(tag="v1.0")))
-    result = await checkout(engine, request(url, Revision(name=upstream_repo.PULL_REF)))
-    assert (result.commit, result.reused) == (upstream_repo.pull_42, False)
-    assert tree_files(volume / result.path) == expected_files(upstream_repo, upstream_repo.pull_42)
-    sparse = await checkout(engine, request(url, Revision(name=upstream_repo.PULL_REF), sparse=("libs",)))
+    result = await checkout(engine, request(url, Revision(name=ro_repo.PULL_REF)))
+    assert (result.commit, result.reused) == (ro_repo.pull_42, False)
+    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.pull_42)
+    sparse = await checkout(engine, request(url, Revision(name=ro_repo.PULL_REF), sparse=("libs",)))
     assert sparse.reused is False  # same commit, different spec
     assert sorted(tree_files(volume / sparse.path)) == ["README.md", "libs/pr.py", "libs/util.py"]
     assert len(worktree_entries(layout(volume).cache_dir)) == 1
     assert_cache_consistent(layout(volume), url)
 
 
-async def test_remove(engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+async def test_remove(engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url))
     await checkout(engine, request(url, name="keep"))
@@ -345,7 +347,7 @@ async def test_remove(engine: Engine, upstream_repo: StandardRepo, git_daemon: G
     assert not project.ready_record(NAME).exists()
     assert [Path(e["worktree"]).name for e in worktree_entries(project.cache_dir)] == ["keep"]
     assert await engine.remove(NS, PROJECT, NAME) is False  # idempotent
-    assert_worktree_at(project, "keep", upstream_repo.main)
+    assert_worktree_at(project, "keep", ro_repo.main)
     assert_cache_consistent(project, url)
 
 
@@ -357,8 +359,8 @@ def _quarantined(volume: Path) -> list[Path]:
 
 
 async def test_cache_without_objects_is_quarantined_and_recreated(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url, Revision(branch="main")))
     shutil.rmtree(project.cache_dir / "objects")
@@ -368,13 +370,13 @@ async def test_cache_without_objects_is_quarantined_and_recreated(
     assert result.cache_repaired == "not a git repository"
     assert (result.cache_hit, result.fetched, result.reused) == (False, True, False)
     assert len(_quarantined(volume)) == 1
-    assert_worktree_at(project, NAME, upstream_repo.main)
+    assert_worktree_at(project, NAME, ro_repo.main)
     assert_cache_consistent(project, url)
 
 
 async def test_ref_to_missing_object_is_found_by_the_deep_check(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url, Revision(branch="main")))
     (project.cache_dir / "refs/remotes/origin/main").write_text("1" * 40 + "\n")
@@ -383,11 +385,11 @@ async def test_ref_to_missing_object_is_found_by_the_deep_check(
     result = await checkout(restarted, request(url, Revision(tag="v1.0"), name="after"))
     assert result.cache_repaired is not None and result.cache_repaired.startswith("fsck failed")
     assert len(_quarantined(volume)) == 1
-    assert_worktree_at(project, "after", upstream_repo.v1_0)
+    assert_worktree_at(project, "after", ro_repo.v1_0)
     # The workspace made from the quarantined cache is rebuilt on its next checkout.
     again = await checkout(restarted, request(url, Revision(branch="main")))
     assert again.reused is False
-    assert_worktree_at(project, NAME, upstream_repo.main)
+    assert_worktree_at(project, NAME, ro_repo.main)
     assert_cache_consistent(project, url)
 
 
@@ -412,15 +414,15 @@ async def test_stale_lock_files_are_removed(
 
 
 async def test_interrupted_fetch_marker_triggers_check_and_is_cleared(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url, Revision(branch="main")))
     cache = project.cache_dir
     (cache / OPERATION_MARKER).touch()
     (cache / "objects/pack/tmp_pack_XyZ123").write_bytes(b"PACK\x00truncated")
 
-    result = await checkout(engine, request(url, Revision(commit=upstream_repo.main), name="second"))
+    result = await checkout(engine, request(url, Revision(commit=ro_repo.main), name="second"))
     assert (result.cache_hit, result.cache_repaired) == (True, None)  # checked, found sound, kept
     assert not (cache / "objects/pack/tmp_pack_XyZ123").exists()
     assert_cache_consistent(project, url)
@@ -430,10 +432,10 @@ async def test_interrupted_fetch_marker_triggers_check_and_is_cleared(
     for obj in [*(cache / "objects").glob("??/*"), *(cache / "objects/pack").glob("*.pack")]:
         obj.chmod(0o644)
         obj.write_bytes(b"garbage")
-    result = await checkout(engine, request(url, Revision(commit=upstream_repo.main), name="third"))
+    result = await checkout(engine, request(url, Revision(commit=ro_repo.main), name="third"))
     assert result.cache_repaired is not None and "interrupted fetch" in result.cache_repaired
     assert len(_quarantined(volume)) == 1
-    assert_worktree_at(project, "third", upstream_repo.main)
+    assert_worktree_at(project, "third", ro_repo.main)
     assert_cache_consistent(project, url)
 
 
@@ -453,18 +455,18 @@ async def test_cache_of_another_repository_is_refused_untouched(
 # -- failures ------------------------------------------------------------------------
 
 
-async def test_missing_branch_is_permanent(engine: Engine, git_daemon: GitDaemon, volume: Path) -> None:
+async def test_missing_branch_is_permanent(engine: Engine, ro_daemon: GitDaemon, volume: Path) -> None:
     with pytest.raises(GitError) as caught:
-        await checkout(engine, request(git_daemon.url("repo"), Revision(branch="does-not-exist")))
+        await checkout(engine, request(ro_daemon.url("repo"), Revision(branch="does-not-exist")))
     assert caught.value.reason is Reason.REF_NOT_FOUND
     assert caught.value.retryable is False
     assert sorted(p.name for p in layout(volume).project_dir.iterdir()) == []  # staging cleaned up
 
 
-async def test_missing_tag_and_ref_name(engine: Engine, git_daemon: GitDaemon) -> None:
+async def test_missing_tag_and_ref_name(engine: Engine, ro_daemon: GitDaemon) -> None:
     for revision in (Revision(tag="v9"), Revision(name="refs/pull/9/head")):
         with pytest.raises(GitError) as caught:
-            await checkout(engine, request(git_daemon.url("repo"), revision))
+            await checkout(engine, request(ro_daemon.url("repo"), revision))
         assert caught.value.reason is Reason.REF_NOT_FOUND
 
 
@@ -478,6 +480,20 @@ async def test_missing_commit(engine: Engine, upstream_repo: StandardRepo, smart
         await checkout(engine, request(url, Revision(branch="main" if on_branch else None, commit=missing)))
     assert caught.value.reason is Reason.COMMIT_NOT_FOUND
     assert caught.value.retryable is False
+
+
+async def test_failed_update_keeps_the_previous_worktree(
+        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
+    req = request(url, Revision(tag="v1.0"))
+    await checkout(engine, req)
+    before = snapshot(layout(volume).worktree_dir(NAME))
+    for revision in (Revision(commit="f" * 40), Revision(branch="gone")):
+        with pytest.raises(GitError):
+            await checkout(engine, request(url, revision))
+    # Resolving comes first; the workspace's current tree is only replaced once the new commit is there.
+    assert engine.is_complete(engine.validate(req), ro_repo.v1_0)
+    assert snapshot(layout(volume).worktree_dir(NAME)) == before
 
 
 async def test_missing_repository(engine: Engine, smart_http: SmartHTTP, git_daemon: GitDaemon) -> None:
@@ -499,11 +515,11 @@ async def test_unreachable_upstream_is_retryable(engine: Engine, volume: Path, s
     assert not layout(volume).cache_dir.exists()
 
 
-async def test_sub_path_missing_at_that_commit(engine: Engine, upstream_repo: StandardRepo,
-                                               git_daemon: GitDaemon, volume: Path) -> None:
-    url = git_daemon.url("repo")
+async def test_sub_path_missing_at_that_commit(engine: Engine, ro_repo: StandardRepo,
+                                               ro_daemon: GitDaemon, volume: Path) -> None:
+    url = ro_daemon.url("repo")
     with pytest.raises(GitError) as caught:  # services/api only exists from the second commit on
-        await checkout(engine, request(url, Revision(commit=upstream_repo.old), sub_path="services/api"))
+        await checkout(engine, request(url, Revision(commit=ro_repo.old), sub_path="services/api"))
     assert caught.value.reason is Reason.SUBPATH_NOT_FOUND
     assert caught.value.retryable is False
     assert not layout(volume).ready_record(NAME).exists()
@@ -516,6 +532,8 @@ async def test_hung_server_times_out_promptly(volume: Path, scratch: Path, upstr
                                               smart_http: SmartHTTP) -> None:
     engine = Engine(volume, make_settings(scratch, timeout_seconds=3.0))
     smart_http.fault = "hang"
+    tmp_path = volume.parent
+    before = snapshot(tmp_path, skip=lambda p: p == volume)
     for revision in (Revision(branch="main"), Revision(commit=upstream_repo.main)):  # ls-remote, then fetch
         started = time.monotonic()
         with pytest.raises(GitError) as caught:
@@ -524,8 +542,10 @@ async def test_hung_server_times_out_promptly(volume: Path, scratch: Path, upstr
         assert caught.value.reason in (Reason.TIMEOUT, Reason.UNREACHABLE)
         assert caught.value.retryable is True
         assert elapsed < 15, f"took {elapsed:.1f}s"
-        assert processes_under(volume) == {}
+        await wait_no_processes(volume, deadline_s=2)  # the whole process group was killed
         assert sorted(p.name for p in layout(volume).project_dir.iterdir()) == []  # no staging left
+    assert snapshot(tmp_path, skip=lambda p: p == volume) == before
+    assert list(scratch.iterdir()) == []
 
 
 async def test_server_errors_are_retryable(engine: Engine, smart_http: SmartHTTP) -> None:
@@ -590,6 +610,49 @@ async def test_https_basic_auth(engine: Engine, upstream_repo: StandardRepo, sma
     assert caplog.records
     _assert_secret_free([r.getMessage() for r in caplog.records] + errors, [volume], [password])
     assert list(scratch.iterdir()) == []  # askpass directory removed
+
+
+async def test_partial_clone_fetches_blobs_with_the_credentials(
+        volume: Path, scratch: Path, upstream_repo: StandardRepo, smart_http_auth: SmartHTTP,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """blob:none caches fetch blobs during checkout: that step needs the credentials too."""
+    caplog.set_level(logging.DEBUG, logger="workspace_operator")
+    password = smart_http_auth.password
+    assert password
+    engine = Engine(volume, make_settings(scratch, partial_clone=True))
+    url = smart_http_auth.url("repo")
+    creds = Credentials(username="ci-bot", password=password)
+    sparse = await checkout(engine, request(url, Revision(branch=upstream_repo.FEATURE_BRANCH), sparse=("libs",),
+                                            credentials=creds))
+    assert sorted(tree_files(volume / sparse.path)) == ["README.md", "libs/util.py"]
+    cache = layout(volume).cache_dir
+    assert run_git("config", "--get", "remote.origin.partialclonefilter", cwd=cache).stdout.strip() == "blob:none"
+    missing = run_git("rev-list", "--objects", "--missing=print", "--all", cwd=cache).stdout
+    assert any(line.startswith("?") for line in missing.splitlines()), "not a partial clone"
+
+    restarted = Engine(volume, engine.settings)  # deep check of a partial clone, then blobs on demand
+    full = await checkout(restarted, request(url, Revision(commit=upstream_repo.feature), name="full",
+                                             credentials=creds))
+    assert (full.cache_hit, full.fetched) == (True, False)
+    assert tree_files(volume / full.path) == expected_files(upstream_repo, upstream_repo.feature)
+    assert_worktree_at(layout(volume), "full", upstream_repo.feature)
+
+    # "Is it cached?" is answered locally: a missing commit is reported and fetched as such
+    # (and kept by a ref), never lazily pulled in by the query itself.
+    dangling = await checkout(restarted, request(url, Revision(commit=upstream_repo.dangling), name="dangling",
+                                                 credentials=creds))
+    assert (dangling.cache_hit, dangling.fetched) == (False, True)
+    assert run_git("rev-parse", f"refs/cache/commits/{upstream_repo.dangling}", cwd=cache).stdout.strip() \
+        == upstream_repo.dangling
+    # Blobs already there: another workspace at that commit needs no network at all.
+    requests = len(smart_http_auth.requests())
+    again = await checkout(restarted, request(url, Revision(commit=upstream_repo.feature), name="again",
+                                              credentials=creds))
+    assert (again.cache_hit, again.fetched) == (True, False)
+    assert len(smart_http_auth.requests()) == requests
+    assert_cache_consistent(layout(volume), url)
+    _assert_secret_free([r.getMessage() for r in caplog.records], [volume], [password])
+    assert list(scratch.iterdir()) == []
 
 
 async def test_ssh_key_and_known_hosts(engine: Engine, upstream_repo: StandardRepo, ssh_server: SSHServer,
