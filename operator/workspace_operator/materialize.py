@@ -28,6 +28,9 @@ from workspace_operator.spec import (
 log = logging.getLogger("workspace_operator.materialize")
 
 
+UNKNOWN_FAILURE_ATTEMPTS = 8
+
+
 class Retry(Exception):
     def __init__(self, reason: str, message: str, delay: float) -> None:
         super().__init__(message)
@@ -86,8 +89,12 @@ async def materialize(
         async with rt.locks.hold(namespace, request.project, wait_seconds=rt.config.lock_wait_seconds) as waited:
             result = await rt.engine.checkout(valid)
     except GitError as error:
-        await _fail(rt, namespace, name, current, generation, error.reason.value, str(error), error.retryable, attempt)
-        if error.retryable:
+        # Unknown failures are retried, but not forever: after a while they are
+        # as permanent as they look (e.g. a .gitmodules git refuses to honour).
+        retryable = error.retryable and not (error.reason is Reason.GIT_FAILED
+                                             and attempt + 1 >= UNKNOWN_FAILURE_ATTEMPTS)
+        await _fail(rt, namespace, name, current, generation, error.reason.value, str(error), retryable, attempt)
+        if retryable:
             raise Retry(error.reason.value, str(error), _backoff(rt, attempt + 1)) from None
         raise Fatal(error.reason.value, str(error)) from None
     except (LockTimeout, LeaseLost) as error:
