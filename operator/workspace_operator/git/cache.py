@@ -108,11 +108,13 @@ class Cache:
         """
         if not (self.path / "HEAD").is_file() or not (self.path / "objects").is_dir():
             return "not a git repository"
-        if not await self.runner.ok("check-bare", ["rev-parse", "--is-bare-repository"], cwd=self.path):
+        try:
+            config = await self._read_config()
+        except GitError as error:
+            return f"unreadable config ({error.message})"
+        if config.get("core.bare") != "true":
             return "not a bare repository"
-        result = await self.runner.run("read-origin", ["config", "--default", "", "--get", "remote.origin.url"],
-                                       cwd=self.path)
-        origin = result.stdout.strip()
+        origin = config.get("remote.origin.url", "")
         if not origin:
             return "no origin configured"
         if origin != url:
@@ -122,9 +124,14 @@ class Cache:
                 "use another project name for another repository",
                 step="check-origin",
             )
-        tampered = await self._unexpected_config()
+        # Keys we never write: anyone who can write the volume could otherwise plant
+        # url.*.insteadOf, filter drivers or remote.*.uploadpack and make our git run
+        # commands or send credentials elsewhere. Such a cache is not trusted.
+        tampered = [key for key in config if key not in _EXPECTED_CONFIG]
+        if (self.path / "info" / "attributes").exists():
+            tampered.append("info/attributes")
         if tampered:
-            return f"unexpected settings in the cache's config ({', '.join(tampered[:5])})"
+            return f"unexpected settings in the cache's config ({', '.join(sorted(tampered)[:5])})"
         crashed = (self.path / OPERATION_MARKER).exists()
         removed = self.remove_stale_locks()
         if crashed or deep or removed:
@@ -137,15 +144,18 @@ class Cache:
             (self.path / OPERATION_MARKER).unlink(missing_ok=True)
         return None
 
-    async def _unexpected_config(self) -> list[str]:
-        """Config keys we never write. Anyone who can write the volume could otherwise
-        plant url.*.insteadOf, filter drivers or remote.*.uploadpack and make our
-        git run commands or send credentials elsewhere: such a cache is not trusted."""
-        result = await self.runner.run("read-config", ["config", "--local", "--name-only", "--list"], cwd=self.path)
-        keys = [key.strip().lower() for key in result.stdout.splitlines() if key.strip()]
-        if (self.path / "info" / "attributes").exists():
-            keys.append("info/attributes")
-        return [key for key in keys if key not in _EXPECTED_CONFIG]
+    async def _read_config(self) -> dict[str, str]:
+        """The cache's own config (common and, once sparse worktrees enabled
+        extensions.worktreeConfig, its config.worktree, where git then keeps
+        core.bare) in one git call; keys lowercased, as git reports them."""
+        result = await self.runner.run("read-config", ["config", "--list", "--null", "--show-scope"], cwd=self.path)
+        tokens = result.stdout.split("\0")
+        config: dict[str, str] = {}
+        for scope, entry in zip(tokens[0::2], tokens[1::2]):
+            if scope in ("local", "worktree"):
+                key, _, value = entry.partition("\n")
+                config[key.lower()] = value
+        return config
 
     def remove_stale_locks(self) -> list[Path]:
         """Delete lock files a killed git left behind (no git runs here without our lock)."""

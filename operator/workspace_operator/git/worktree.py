@@ -100,7 +100,8 @@ class Worktrees:
         path = self.layout.worktree_dir(spec.name)
         if self.is_complete(spec):
             return WorktreeResult(path, self._workdir(path, spec), True, time.monotonic() - started)
-        await self.remove(spec.name)  # whatever a crash or an older spec left there
+        if self._leftovers(spec.name):
+            await self.remove(spec.name)  # whatever a crash or an older spec left there
 
         workers = self.runner.settings.checkout_workers
         config = [f"checkout.workers={workers}"] if workers else []
@@ -127,6 +128,13 @@ class Worktrees:
         workdir = self._workdir(path, spec)
         self._write_record(spec)
         return WorktreeResult(path, workdir, False, time.monotonic() - started)
+
+    def _leftovers(self, name: str) -> bool:
+        """Anything of a previous attempt at this name: directory, record or git metadata."""
+        path = self.layout.worktree_dir(name)
+        record = self.layout.ready_record(name)
+        return (path.exists() or path.is_symlink() or record.exists()
+                or record.with_name(f".{name}.partial").exists() or (self.cache / "worktrees" / name).exists())
 
     def _workdir(self, path: Path, spec: WorktreeSpec) -> Path:
         if spec.sub_path is None:
