@@ -8,12 +8,13 @@ writing a status that says why.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from workspace_operator import metrics, status
-from workspace_operator.git import CheckoutResult, GitError, Reason
+from workspace_operator.git import CheckoutResult, Credentials, GitError, Reason
 from workspace_operator.lock import LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import (
@@ -74,18 +75,8 @@ async def materialize(
             message="waiting for the project lock", generation=generation, now=now))
 
     try:
-        credentials = None
-        if (secret := secret_name(spec)) is not None:
-            found = await rt.kube.read_secret(namespace, secret)
-            if found is None:
-                raise GitError(Reason.AUTH_FAILED, f"credentials Secret {secret!r} not found", step="credentials")
-            data, annotations = found
-            if not credentials_allowed(annotations, request.repository):
-                raise GitError(Reason.CREDENTIALS_NOT_ALLOWED,
-                               f"Secret {secret!r} does not list this repository in its "
-                               f"{ALLOWED_REPOSITORIES} annotation", step="credentials")
-            credentials = credentials_from_secret(data)
-        valid = rt.engine.validate(checkout_request(namespace, name, spec, credentials))
+        credentials = await _credentials(rt, namespace, spec, request.repository)
+        valid = replace(valid, request=replace(request, credentials=credentials))
         async with rt.locks.hold(namespace, request.project, wait_seconds=rt.config.lock_wait_seconds) as waited:
             result = await rt.engine.checkout(valid)
     except GitError as error:
@@ -114,6 +105,22 @@ async def materialize(
         waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
     )
     return result
+
+
+async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], repository: str
+                       ) -> Credentials | None:
+    """The Secret named by the spec, if it lends itself to this repository."""
+    secret = secret_name(spec)
+    if secret is None:
+        return None
+    found = await rt.kube.read_secret(namespace, secret)
+    if found is None:
+        raise GitError(Reason.AUTH_FAILED, f"credentials Secret {secret!r} not found", step="credentials")
+    data, annotations = found
+    if not credentials_allowed(annotations, repository):
+        raise GitError(Reason.CREDENTIALS_NOT_ALLOWED, f"Secret {secret!r} does not list this repository in its "
+                       f"{ALLOWED_REPOSITORIES} annotation", step="credentials")
+    return credentials_from_secret(data)
 
 
 def _backoff(rt: Runtime, attempt: int) -> float:
