@@ -7,6 +7,8 @@ measured with the workspace_gc_pass_seconds_count metric.
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import re
 import secrets
@@ -88,7 +90,7 @@ def parse_time(stamp: str) -> datetime:
 
 
 def test_expired_workspace_is_deleted_unexpired_kept(workspaces: Workspaces, operator_factory: StartOperator,
-                                                     namespace: str, smart_http: SmartHTTP) -> None:
+                                                     namespace: str, smart_http: SmartHTTP, kubectl: Any) -> None:
     op = operator_factory(env={**FAST, "WORKSPACE_DEFAULT_TTL_SECONDS": "2"})
     url = smart_http.url("repo")
     workspaces.create("short", {"project": "p", "repository": url})  # the default TTL: 2 s
@@ -108,6 +110,9 @@ def test_expired_workspace_is_deleted_unexpired_kept(workspaces: Workspaces, ope
         assert workspaces.status(name) == status
         assert (op.root / status["path"] / "README.md").is_file()
     assert gc_actions(op, "expire-workspace") == 1
+    events = kubectl("get", "events", "-n", namespace, "--field-selector",
+                     "involvedObject.name=short,reason=Expired", "-o", "name").stdout
+    assert events.strip(), "no Expired event on the expired Workspace"
 
 
 # -- orphans and debris ---------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """kopf entry points. Thin by design: decide nothing here, call the operations.
 
 Runtime objects arrive through kopf's `memo`. Handlers are registered by
-`build_registry` rather than by module-level decorators, because some handler
-options (the expiry timer's interval) come from configuration, and so that tests
-can run several operators in one process.
+`build_registry` on a registry of their own rather than kopf's global one, so
+that embedders and tests can run several operators in one process.
+
+There is deliberately no per-Workspace timer: expiry is part of the GC pass
+(gc.py), which lists every Workspace anyway; a kopf timer per object costs
+memory and wake-ups proportional to the number of Workspaces.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from typing import Any
 import kopf
 
 from workspace_operator import gc, materialize, teardown
-from workspace_operator.config import Config
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import GROUP, PLURAL, VERSION
 from workspace_operator.status import is_settled
@@ -60,9 +62,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Scanning watches CRDs and namespaces: we need neither (fixed resource, fixed
     # namespace list), and without RBAC for them it delays startup by a minute.
     settings.scanning.disabled = True
-    # How often kopf checks whether a stopped timer has exited: the expiry timer
-    # deletes its own object, and the finalizer waits for it.
-    settings.background.cancellation_polling = 2
     memo["sweeper"] = asyncio.create_task(gc.sweep_forever(rt), name="gc sweep")
 
 
@@ -98,14 +97,7 @@ async def on_delete(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec,
     kopf.info(body, reason="Cleaned", message=outcome)
 
 
-async def expire(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
-                 meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
-    rt = _rt(memo)
-    if await gc.expire_workspace(rt, namespace=namespace, name=name, uid=str(meta.get("uid")), status=status):
-        kopf.info(body, reason="Expired", message=f"deleted: past expiresAt {status.get('expiresAt')}")
-
-
-def build_registry(config: Config) -> kopf.OperatorRegistry:
+def build_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     # kopf's callback protocols spell out every keyword; ours take what they use.
     handler: Any
@@ -117,8 +109,6 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         (kopf.on.create(*RESOURCE, registry=registry, when=_owned, id="materialize"), on_create),
         (kopf.on.resume(*RESOURCE, registry=registry, when=_owned_unsettled, id="resume"), on_create),
         (kopf.on.delete(*RESOURCE, registry=registry, when=_owned, id="cleanup"), on_delete),
-        (kopf.timer(*RESOURCE, registry=registry, when=_owned, id="expire", interval=config.gc_interval_seconds,
-                    initial_delay=min(30.0, config.gc_interval_seconds), sharp=False), expire),
     ):
         decorator(handler)
     return registry

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+from datetime import UTC, datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,12 +19,16 @@ from kubernetes.client import (
     CoordinationV1Api,
     CoreV1Api,
     CustomObjectsApi,
+    CoreV1Event,
     V1DeleteOptions,
+    V1EventSource,
+    V1ObjectMeta,
+    V1ObjectReference,
     V1Preconditions,
 )
 from kubernetes.client.exceptions import ApiException
 
-from workspace_operator.spec import GROUP, PLURAL, VERSION
+from workspace_operator.spec import GROUP, KIND, PLURAL, VERSION
 
 
 def load_client_config() -> None:
@@ -89,3 +94,18 @@ class Kube:
                 self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
             items += listing.get("items", [])
         return items
+
+    async def post_event(self, obj: Mapping[str, Any], *, reason: str, message: str,
+                         event_type: str = "Normal") -> None:
+        """A core/v1 Event about a Workspace, for actions taken outside kopf's handlers."""
+        meta = obj["metadata"]
+        now = datetime.now(UTC)
+        body = CoreV1Event(
+            metadata=V1ObjectMeta(generate_name="workspace-operator-", namespace=meta["namespace"]),
+            involved_object=V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"],
+                                              namespace=meta["namespace"], uid=meta.get("uid")),
+            reason=reason, message=message[:1024], type=event_type,
+            source=V1EventSource(component="workspace-operator"),
+            first_timestamp=now, last_timestamp=now, count=1,
+        )
+        await asyncio.to_thread(self.core.create_namespaced_event, meta["namespace"], body)
