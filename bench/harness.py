@@ -225,6 +225,7 @@ class Operator:
     namespace: str
     log_path: Path
     env_overrides: dict[str, str] = field(default_factory=dict)
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "workspace_operator"])
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     start_seconds: float = 0.0
@@ -246,13 +247,14 @@ class Operator:
         }
         started = now()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "workspace_operator"], env=env, stdout=log,
+            self.proc = subprocess.Popen(self.command, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = started + timeout
         while not self._ready():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited {self.proc.returncode}: {self.log()[-3000:]}")
             if now() > deadline:
+                self.stop(grace=2.0)  # never leave it running behind a failed start
                 raise TimeoutError(f"operator not ready in {timeout}s: {self.log()[-3000:]}")
             time.sleep(0.05)
         self.start_seconds = now() - started
@@ -296,16 +298,61 @@ class Operator:
         except OSError:
             return 0.0
 
-    def stop(self) -> None:
-        """SIGTERM its process group (it is the group leader), SIGKILL after 20 s."""
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM its process group (it is the group leader), SIGKILL after `grace` seconds
+        (nothing is measured at shutdown; kopf can take a while to drain its queues)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=20)
+
+
+# -- CPU accounting ------------------------------------------------------------------------
+
+
+def _proc_cpu(pid: int) -> tuple[float, float]:
+    """(own, reaped children) CPU seconds of a process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _system_busy() -> float:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(cp: ControlPlane, operator: Operator) -> dict[str, float]:
+    assert cp.cluster is not None
+    api_own, api_kids = _proc_cpu(cp.cluster.apiserver_pid)
+    op_own, op_kids = _proc_cpu(operator.pid)
+    times = os.times()
+    return {
+        "at": now(),
+        "system_busy": _system_busy(),
+        "apiserver_etcd": api_own + api_kids,
+        "operator_python": op_own,
+        "operator_git": op_kids,
+        "bench_client": times.user + times.system,
+        "upstream_and_raw_git": times.children_user + times.children_system,
+    }
+
+
+def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    delta = {key: after[key] - before[key] for key in before}
+    delta["wall"] = delta.pop("at")
+    delta["other"] = delta["system_busy"] - sum(
+        delta[k] for k in ("apiserver_etcd", "operator_python", "operator_git", "bench_client",
+                            "upstream_and_raw_git"))
+    return delta
 
 
 # -- the client side: create, and watch for Ready -------------------------------------------

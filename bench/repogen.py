@@ -5,6 +5,7 @@
 
 Sizes (SPEC §12):
 
+* ``tiny``     10 files, 10 commits: the memory scenario (RSS does not depend on the tree);
 * ``small``    ~200 files, ~100 commits: quick mode and the many/burst/memory scenarios;
 * ``gitgit``   one of git.git's size: ~5k files, ~60 MB tree, tens of thousands of commits;
 * ``monorepo`` ~50k files, fewer commits (full mode only).
@@ -56,6 +57,10 @@ class Profile:
 
 
 PROFILES = {
+    # For the memory scenario: the operator's RSS does not depend on the tree, only on
+    # how many Workspaces it tracks, so the checkouts should cost as little as possible.
+    "tiny": Profile("tiny", files=10, commits=10, median_bytes=500, sigma=0.5, max_bytes=4000,
+                    files_per_dir=10, seed=5, tag_every=5),
     "small": Profile("small", files=200, commits=100, median_bytes=1500, sigma=0.9, max_bytes=64_000,
                      files_per_dir=25, seed=11, tag_every=25),
     # git.git today: ~4.5k files, ~60 MB checked out, ~75k commits. 5k files with a

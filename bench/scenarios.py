@@ -8,6 +8,7 @@ on the same repository, server and disk, so ratios compare like with like.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import statistics
 import time
@@ -18,7 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from bench import repogen
-from bench.harness import ControlPlane, Operator, Sample, Upstream, Workspaces, git, now, timed_git
+from bench.harness import (
+    ControlPlane,
+    Operator,
+    Sample,
+    Upstream,
+    Workspaces,
+    cpu_delta,
+    cpu_snapshot,
+    git,
+    now,
+    timed_git,
+)
 
 
 @dataclass
@@ -28,8 +40,10 @@ class Settings:
     results_dir: Path
     keep: bool = False
     reps: int = 5
-    size: str = "gitgit"  # cold / warm / warm-new / burst
-    many_size: str = "small"  # many / memory: operator costs, not checkout I/O
+    size: str = "gitgit"  # cold / warm / warm-new
+    burst_size: str = "small"  # burst / many: operator costs and fetch dedup, not checkout I/O
+    many_size: str = "small"
+    memory_size: str = "tiny"  # RSS depends on the number of Workspaces, not on the tree
     burst: int = 50
     many: int = 200
     many_projects: int = 20
@@ -38,6 +52,9 @@ class Settings:
     push_commits: int = 5
     monorepo_reps: int = 3
     settle_seconds: float = 35.0  # memory: wait for kopf's per-object timers to start
+    monorepo_references: bool = False  # fresh clones of the monorepo too (slow)
+    monorepo_cold: bool = False
+    operator_env: dict[str, str] = field(default_factory=dict)  # experiments: e.g. MALLOC_ARENA_MAX=2
 
 
 @dataclass
@@ -65,6 +82,13 @@ class Result:
     rows: list[Row] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+def spread(operator: list[float], raw: list[float]) -> str:
+    """Ranges, and the median of per-rep ratios (each pair ran back to back, under the same load)."""
+    paired = median([o / r for o, r in zip(operator, raw, strict=True) if r > 0])
+    return (f"range: operator {min(operator):.2f}–{max(operator):.2f} s, raw {min(raw):.2f}–{max(raw):.2f} s; "
+            f"median of per-rep ratios {paired:.2f}x")
 
 
 def median(values: list[float]) -> float:
@@ -99,10 +123,13 @@ class Env:
         namespace = cp.namespace(f"bench-{name}-{uuid.uuid4().hex[:6]}")
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         self.operator = Operator(cp.kubeconfig, self.dir / "volume", namespace,
-                                 settings.results_dir / f"operator-{name}.log", dict(operator_env or {})).start()
+                                 settings.results_dir / f"operator-{name}.log",
+                                 {**settings.operator_env, **(operator_env or {})}).start()
         self.ws = Workspaces(cp, namespace, self.url)
         self.raw = self.dir / "raw"
         self.raw.mkdir()
+        self.cpu_start = cpu_snapshot(cp, self.operator)
+        self.cpu: dict[str, float] = {}
 
     def __enter__(self) -> Env:
         return self
@@ -111,6 +138,8 @@ class Env:
         self.close()
 
     def close(self) -> None:
+        if self.operator.proc is not None and self.operator.proc.poll() is None:
+            self.cpu = cpu_delta(self.cpu_start, cpu_snapshot(self.cp, self.operator))
         self.ws.close()
         self.operator.stop()
         self.upstream.stop()
@@ -125,10 +154,36 @@ class Env:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def interleave(rep: int, operator: Callable[[], None], baseline: Callable[[], None]) -> None:
+def settle() -> None:
+    """Flush dirty pages (untimed) so no measurement pays for the previous one's writeback."""
+    os.sync()
+
+
+@dataclass
+class GitCpu:
+    """CPU seconds (user + sys) of all git processes of each measured step, client and server
+    side: far less sensitive than wall time to other load on the machine, so a steady
+    operator/raw CPU ratio with a jumpy wall-time ratio says the difference is scheduling noise."""
+
+    env: Env
+    operator: list[float] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)
+
+    def note(self) -> str:
+        return f"git CPU (client + server): operator {median(self.operator):.2f} s, raw {median(self.raw):.2f} s"
+
+
+def interleave(rep: int, operator: Callable[[], None], baseline: Callable[[], None],
+               cpu: GitCpu | None = None) -> None:
     """Alternate who goes first, so neither side always gets the warmer caches."""
-    for step in ((operator, baseline) if rep % 2 == 0 else (baseline, operator)):
+    steps = ((operator, "operator"), (baseline, "raw"))
+    for step, side in (steps if rep % 2 == 0 else steps[::-1]):
+        settle()
+        before = cpu_snapshot(cpu.env.cp, cpu.env.operator) if cpu else None
         step()
+        if cpu and before:
+            delta = cpu_delta(before, cpu_snapshot(cpu.env.cp, cpu.env.operator))
+            getattr(cpu, side).append(delta["operator_git"] + delta["upstream_and_raw_git"])
 
 
 def progress(message: str) -> None:
@@ -153,11 +208,32 @@ def breakdown(samples: list[Sample]) -> dict[str, float]:
         "engine_other": m(lambda s: s.timings.get("totalSeconds", 0.0) - s.timings.get("lockWaitSeconds", 0.0)
                           - s.timings.get("fetchSeconds", 0.0) - s.timings.get("checkoutSeconds", 0.0)),
         "outside_handler": m(lambda s: s.client_seconds - s.timings.get("totalSeconds", 0.0)),
+        "overhead": m(lambda s: s.client_seconds - s.timings.get("fetchSeconds", 0.0)
+                      - s.timings.get("checkoutSeconds", 0.0)),
         "to_finalizer": m(lambda s: s.to_finalizer),
         "finalizer_to_materializing": m(lambda s: s.to_materializing - s.to_finalizer),
         "materializing_to_ready": m(lambda s: s.client_seconds - s.to_materializing),
         "events_before_ready": m(lambda s: float(s.events_before_ready)),
     }
+
+
+def fsync_probe(directory: Path) -> float:
+    """What writing one small file durably costs right now (the operator's completion record)."""
+    started = now()
+    path = directory / f".fsync-probe-{uuid.uuid4().hex[:6]}"
+    with open(path, "w") as handle:
+        handle.write("{}")
+        handle.flush()
+        os.fsync(handle.fileno())
+    seconds = now() - started
+    path.unlink()
+    return seconds
+
+
+def _op_summary(sample: Sample) -> str:
+    t = sample.timings
+    return (f"operator {sample.client_seconds:.3f}s (fetch {t.get('fetchSeconds', 0):.3f}s, "
+            f"checkout {t.get('checkoutSeconds', 0):.3f}s)")
 
 
 # -- single Workspaces: cold, warm, warm with new commits -------------------------------------
@@ -180,7 +256,6 @@ def cold(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | No
             if record:
                 samples.append(sample)
                 fetches.append(env.upstream.fetches("repo") - before)
-            env.drop(env.volume(sample))
 
         def baseline(rep: int, record: bool = True) -> None:
             cache, tree = env.raw / f"cold-{rep}.git", env.raw / f"cold-{rep}"
@@ -188,24 +263,29 @@ def cold(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | No
                                 ["-C", str(cache), "worktree", "add", "--detach", "--quiet", str(tree), env.head])
             if record:
                 raw.append(seconds)
-            env.drop(cache, tree)
 
-        operator(9999, record=False)  # warm-up: kopf's first event, page cache, server
+        # Warm-up, unmeasured: kopf's first event, the page cache, the server.
+        operator(9999, record=False)
         baseline(9999, record=False)
+        cpu = GitCpu(env)
         for rep in range(reps):
-            interleave(rep, lambda: operator(rep), lambda: baseline(rep))
-            progress(f"cold {size} rep {rep + 1}/{reps}: operator {samples[-1].client_seconds:.2f}s "
-                     f"(git {samples[-1].timings.get('totalSeconds', 0):.2f}s), raw {raw[-1]:.2f}s")
-        op, base = median([s.client_seconds for s in samples]), median(raw)
+            interleave(rep, lambda: operator(rep), lambda: baseline(rep), cpu)
+            progress(f"cold {size} rep {rep + 1}/{reps}: {_op_summary(samples[-1])}, raw {raw[-1]:.3f}s")
+        ops = [s.client_seconds for s in samples]
+        op, base = median(ops), median(raw)
         result.rows.append(Row("cold (no cache)", size, op, base, "`git clone --bare` + `git worktree add`",
                                "≤ 1.1x", op <= 1.1 * base,
-                               note=f"upstream fetches per Workspace: {max(fetches)}"))
+                               note=f"{spread(ops, raw)}; {cpu.note()}; upstream fetches per Workspace: "
+                                    f"{max(fetches)}"))
         result.data = {"samples": _samples_dict(samples), "raw": raw, "fetches": fetches,
+                       "git_cpu": {"operator": cpu.operator, "raw": cpu.raw},
                        "breakdown": breakdown(samples), "api_get_roundtrip": env.ws.get_roundtrip("cold-0")}
+    result.data["cpu"] = env.cpu
     return result
 
 
-def warm(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | None = None) -> Result:
+def warm(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | None = None,
+         references: bool = True) -> Result:
     """Commit already cached, pinned by commit, vs `git worktree add` of that commit.
 
     Alongside, for the README: a fresh `git clone` and a `git clone --depth 1` of the
@@ -220,6 +300,7 @@ def warm(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | No
         git("clone", "--bare", "--quiet", env.url, str(base_cache))
         samples: list[Sample] = []
         raw: list[float] = []
+        fsyncs: list[float] = []
         clones: list[float] = []
         shallow: list[float] = []
 
@@ -233,33 +314,46 @@ def warm(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | No
             tree = env.raw / f"wt-{rep}"
             seconds = timed_git(["-C", str(base_cache), "worktree", "add", "--detach", "--quiet", str(tree),
                                  env.head])
+            probe = fsync_probe(env.raw)  # after the timing: what a durable record would have added
             if record:
                 raw.append(seconds)
+                fsyncs.append(probe)
 
-        def references(rep: int) -> None:
+        def clone_references(rep: int) -> None:
             full, thin = env.raw / f"clone-{rep}", env.raw / f"shallow-{rep}"
+            settle()
             clones.append(timed_git(["clone", "--quiet", env.url, str(full)]))
+            settle()
             shallow.append(timed_git(["clone", "--quiet", "--depth", "1", env.url, str(thin)]))
             env.drop(full, thin)
 
         operator(9999, record=False)
         baseline(9999, record=False)
+        cpu = GitCpu(env)
         for rep in range(reps):
-            interleave(rep, lambda: operator(rep), lambda: baseline(rep))
-            references(rep)
-            progress(f"warm {size} rep {rep + 1}/{reps}: operator {samples[-1].client_seconds:.3f}s "
-                     f"(git {samples[-1].timings.get('checkoutSeconds', 0):.3f}s), raw {raw[-1]:.3f}s; "
-                     f"clone {clones[-1]:.2f}s, --depth 1 {shallow[-1]:.2f}s")
-        op, base = median([s.client_seconds for s in samples]), median(raw)
+            interleave(rep, lambda: operator(rep), lambda: baseline(rep), cpu)
+            extra = ""
+            if references:
+                clone_references(rep)
+                extra = f"; clone {clones[-1]:.2f}s, --depth 1 {shallow[-1]:.2f}s"
+            progress(f"warm {size} rep {rep + 1}/{reps}: {_op_summary(samples[-1])}, raw {raw[-1]:.3f}s{extra}")
+        ops = [s.client_seconds for s in samples]
+        op, base = median(ops), median(raw)
         result.rows.append(Row("warm (commit cached, pinned)", size, op, base, "`git worktree add` of the commit",
                                "≤ 1.5x + 0.3 s", op <= 1.5 * base + 0.3,
-                               note=f"overhead over raw: {op - base:+.2f}s"))
-        result.rows.append(Row("reference: fresh `git clone`", size, op, median(clones),
-                               "`git clone` (full, with checkout)", "—", None, note="operator column: warm Workspace"))
-        result.rows.append(Row("reference: `git clone --depth 1`", size, op, median(shallow),
-                               "`git clone --depth 1`", "—", None, note="operator column: warm Workspace"))
-        result.data = {"samples": _samples_dict(samples), "raw": raw, "clone": clones, "clone_depth1": shallow,
-                       "breakdown": breakdown(samples), "api_get_roundtrip": env.ws.get_roundtrip("seed")}
+                               note=f"operator − raw: {op - base:+.2f} s; {spread(ops, raw)}; {cpu.note()}"))
+        if references:
+            result.rows.append(Row("for the README: fresh `git clone`", size, op, median(clones),
+                                   "`git clone` (full history, checkout)", "—", None,
+                                   note="operator column: the warm Workspace above"))
+            result.rows.append(Row("for the README: `git clone --depth 1`", size, op, median(shallow),
+                                   "`git clone --depth 1`", "—", None,
+                                   note="operator column: the warm Workspace above"))
+        result.data = {"samples": _samples_dict(samples), "raw": raw, "fsync_after_raw_checkout": fsyncs,
+                       "git_cpu": {"operator": cpu.operator, "raw": cpu.raw},
+                       "clone": clones, "clone_depth1": shallow, "breakdown": breakdown(samples),
+                       "api_get_roundtrip": env.ws.get_roundtrip("seed")}
+    result.data["cpu"] = env.cpu
     return result
 
 
@@ -275,6 +369,7 @@ def warm_new(cp: ControlPlane, st: Settings, size: str | None = None, reps: int 
         extender = repogen.Extender(env.bare, seed=4242)
         samples: list[Sample] = []
         raw: list[float] = []
+        raw_fetch: list[float] = []
         fetches: list[int] = []
 
         def operator(rep: int, tip: str, record: bool = True) -> None:
@@ -287,27 +382,36 @@ def warm_new(cp: ControlPlane, st: Settings, size: str | None = None, reps: int 
 
         def baseline(rep: int, tip: str, record: bool = True) -> None:
             tree = env.raw / f"wt-{rep}"
-            seconds = timed_git(["-C", str(base_cache), "fetch", "--quiet", "origin",
-                                 "+refs/heads/main:refs/heads/main"],
-                                ["-C", str(base_cache), "worktree", "add", "--detach", "--quiet", str(tree), tip])
+            started = now()
+            git("-C", str(base_cache), "fetch", "--quiet", "origin", "+refs/heads/main:refs/heads/main")
+            fetched = now() - started
+            git("-C", str(base_cache), "worktree", "add", "--detach", "--quiet", str(tree), tip)
             if record:
-                raw.append(seconds)
+                raw.append(now() - started)
+                raw_fetch.append(fetched)
 
         tip = extender.push(st.push_commits)
         operator(9999, tip, record=False)
         baseline(9999, tip, record=False)
+        cpu = GitCpu(env)
         for rep in range(reps):
             tip = extender.push(st.push_commits)
-            interleave(rep, lambda: operator(rep, tip), lambda: baseline(rep, tip))
-            progress(f"warm-new {size} rep {rep + 1}/{reps}: operator {samples[-1].client_seconds:.3f}s "
-                     f"(fetch {samples[-1].timings.get('fetchSeconds', 0):.3f}s, checkout "
-                     f"{samples[-1].timings.get('checkoutSeconds', 0):.3f}s), raw {raw[-1]:.3f}s")
-        op, base = median([s.client_seconds for s in samples]), median(raw)
+            interleave(rep, lambda: operator(rep, tip), lambda: baseline(rep, tip), cpu)
+            progress(f"warm-new {size} rep {rep + 1}/{reps}: {_op_summary(samples[-1])}, raw {raw[-1]:.3f}s "
+                     f"(fetch {raw_fetch[-1]:.3f}s)")
+        ops = [s.client_seconds for s in samples]
+        op, base = median(ops), median(raw)
         result.rows.append(Row(f"warm + {st.push_commits} new upstream commits", size, op, base,
                                "`git fetch` + `git worktree add`", "≤ 1.2x", op <= 1.2 * base,
-                               note=f"upstream fetches per Workspace: {max(fetches)}"))
-        result.data = {"samples": _samples_dict(samples), "raw": raw, "fetches": fetches,
-                       "breakdown": breakdown(samples), "push_commits": st.push_commits}
+                               note=f"{spread(ops, raw)}; {cpu.note()}; upstream fetches per Workspace: "
+                                    f"{max(fetches)}; raw fetch "
+                                    f"{median(raw_fetch):.3f}s, operator fetch "
+                                    f"{median([s.timings.get('fetchSeconds', 0.0) for s in samples]):.3f}s"))
+        result.data = {"samples": _samples_dict(samples), "raw": raw, "raw_fetch": raw_fetch, "fetches": fetches,
+                       "git_cpu": {"operator": cpu.operator, "raw": cpu.raw},
+                       "breakdown": breakdown(samples), "push_commits": st.push_commits,
+                       "api_get_roundtrip": env.ws.get_roundtrip("seed")}
+    result.data["cpu"] = env.cpu
     return result
 
 
@@ -316,10 +420,13 @@ def warm_new(cp: ControlPlane, st: Settings, size: str | None = None, reps: int 
 
 def _wave(env: Env, items: list[tuple[str, str, Mapping[str, str]]], timeout: float) -> dict[str, Any]:
     names = [name for name, _project, _ref in items]
+    settle()
+    cpu_before = cpu_snapshot(env.cp, env.operator)
     started = now()
     env.ws.create_many(items)
     created = now()
     env.ws.watcher.wait_ready(names, timeout)
+    cpu = cpu_delta(cpu_before, cpu_snapshot(env.cp, env.operator))
     lat = [env.ws.latency(n) for n in names]
     first = min(env.ws.created_at[n] for n in names)
     last = max(env.ws.watcher.ready_at[n] for n in names)
@@ -336,12 +443,30 @@ def _wave(env: Env, items: list[tuple[str, str, Mapping[str, str]]], timeout: fl
         "lock_wait_p50": percentile([float(s["timings"]["lockWaitSeconds"]) for s in statuses], 50),
         "checkout_p50": percentile([float(s["timings"]["checkoutSeconds"]) for s in statuses], 50),
         "fetched": sum(1 for s in statuses if s["cache"]["fetched"]),
+        "cpu": cpu,
     }
+
+
+def _raw_serial(env: Env, projects: int, count: int, measure_at_most: int) -> tuple[float, str]:
+    """`projects` x `clone --bare` + `count` x `worktree add`, one after another; measured up to
+    `measure_at_most` worktrees and extrapolated beyond (said so in the label)."""
+    settle()
+    clone_seconds = []
+    for p in range(projects):
+        clone_seconds.append(timed_git(["clone", "--bare", "--quiet", env.url, str(env.raw / f"p{p}.git")]))
+    measured = min(count, measure_at_most)
+    adds = []
+    for i in range(measured):
+        adds.append(timed_git(["-C", str(env.raw / f"p{i % projects}.git"), "worktree", "add", "--detach",
+                               "--quiet", str(env.raw / f"wt-{i}"), env.head]))
+    total = sum(clone_seconds) + sum(adds) * count / measured
+    label = "" if measured == count else f" (measured {measured} adds, extrapolated)"
+    return total, label
 
 
 def burst(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
     """N Workspaces of one project and commit, at once, cold: one upstream fetch, all Ready."""
-    size = size or st.size
+    size = size or st.burst_size
     result = Result(f"burst-{size}")
     with Env(cp, st, f"burst-{size}", size) as env:
         items = [(f"burst-{i}", "burst", {"branch": "main", "commit": env.head}) for i in range(st.burst)]
@@ -350,18 +475,15 @@ def burst(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
         wave["upstream_fetches"] = env.upstream.fetches("repo") - before
         progress(f"burst {size}: {wave['ready']}/{st.burst} Ready in {wave['wall']:.2f}s, "
                  f"{wave['upstream_fetches']} upstream fetch(es)")
-        cache = env.raw / "cache.git"
-        started = now()
-        git("clone", "--bare", "--quiet", env.url, str(cache))
-        for i in range(st.burst):
-            git("-C", str(cache), "worktree", "add", "--detach", "--quiet", str(env.raw / f"wt-{i}"), env.head)
-        raw = now() - started
+        raw, label = _raw_serial(env, 1, st.burst, 10 if size != "small" else st.burst)
         ok = wave["upstream_fetches"] == 1 and wave["ready"] == st.burst
         result.rows.append(Row(f"burst: {st.burst} Workspaces, one project+commit", size, wave["wall"], raw,
-                               f"1 `clone --bare` + {st.burst} `worktree add`, serial", "1 fetch, all Ready", ok,
+                               f"1 `clone --bare` + {st.burst} `worktree add`, serial{label}",
+                               "1 fetch, all Ready", ok,
                                note=f"{wave['upstream_fetches']} fetch, {wave['ready']}/{st.burst} Ready; "
-                                    f"p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s"))
+                                    f"created→Ready p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s"))
         result.data = {"wave": wave, "raw_serial": raw, "writes": _writes(env)}
+    result.data["cpu"] = env.cpu
     return result
 
 
@@ -377,19 +499,14 @@ def many(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
         wave["upstream_fetches"] = env.upstream.fetches("repo") - before
         progress(f"many {size}: {wave['ready']}/{st.many} Ready in {wave['wall']:.2f}s "
                  f"({wave['throughput']:.1f}/s), p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s")
-        started = now()
-        for p in range(st.many_projects):
-            git("clone", "--bare", "--quiet", env.url, str(env.raw / f"p{p}.git"))
-        for i in range(st.many):
-            git("-C", str(env.raw / f"p{i % st.many_projects}.git"), "worktree", "add", "--detach", "--quiet",
-                str(env.raw / f"wt-{i}"), env.head)
-        raw = now() - started
+        raw, label = _raw_serial(env, st.many_projects, st.many, st.many if size == "small" else 20)
         result.rows.append(Row(f"many: {st.many} Workspaces over {st.many_projects} projects", size, wave["wall"],
-                               raw, f"{st.many_projects} `clone --bare` + {st.many} `worktree add`, serial",
+                               raw, f"{st.many_projects} `clone --bare` + {st.many} `worktree add`, serial{label}",
                                "reported", None,
                                note=f"{wave['throughput']:.1f} Workspaces/s; created→Ready p50 {wave['p50']:.2f}s, "
                                     f"p99 {wave['p99']:.2f}s; {wave['upstream_fetches']} fetches"))
         result.data = {"wave": wave, "raw_serial": raw, "writes": _writes(env)}
+    result.data["cpu"] = env.cpu
     return result
 
 
@@ -400,7 +517,7 @@ def _writes(env: Env) -> dict[str, float]:
 
 def memory(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
     """Operator RSS with N Workspaces (a few projects, one cached commit)."""
-    size = size or st.many_size
+    size = size or st.memory_size
     result = Result(f"memory-{size}")
     with Env(cp, st, f"memory-{size}", size) as env:
         time.sleep(1.0)
@@ -412,15 +529,16 @@ def memory(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
         wave = _wave(env, items, timeout=3600)
         time.sleep(2.0)
         at_ready = env.operator.rss_kb()
-        progress(f"memory {size}: {st.memory} Ready in {wave['wall']:.1f}s; RSS idle {idle['rss'] / 1024:.0f} MB, "
-                 f"with {st.memory} Workspaces {at_ready['rss'] / 1024:.0f} MB (peak {at_ready['hwm'] / 1024:.0f} MB)")
+        progress(f"memory {size}: {st.memory} Ready in {wave['wall']:.1f}s ({wave['throughput']:.1f}/s); RSS idle "
+                 f"{idle['rss'] / 1024:.0f} MB, with {st.memory} Workspaces {at_ready['rss'] / 1024:.0f} MB "
+                 f"(peak {at_ready['hwm'] / 1024:.0f} MB)")
         settled = at_ready
         if st.settle_seconds > 0:  # kopf's per-object timers start 30 s after the objects appear
-            remaining = st.settle_seconds - (now() - min(env.ws.created_at.values()))
+            remaining = st.settle_seconds - (now() - max(env.ws.created_at.values()))
             if remaining > 0:
                 time.sleep(remaining)
             settled = env.operator.rss_kb()
-            progress(f"memory {size}: after timers started: RSS {settled['rss'] / 1024:.0f} MB "
+            progress(f"memory {size}: once every per-object timer has started: RSS {settled['rss'] / 1024:.0f} MB "
                      f"(peak {settled['hwm'] / 1024:.0f} MB)")
         worst = max(at_ready["rss"], settled["rss"]) / 1024
         result.rows.append(Row(f"memory: operator RSS with {st.memory} Workspaces", size, worst, idle["rss"] / 1024,
@@ -429,13 +547,17 @@ def memory(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
                                     f"{wave['throughput']:.1f} Workspaces/s"))
         result.data = {"idle_kb": idle, "at_ready_kb": at_ready, "settled_kb": settled, "wave": wave,
                        "operator_cpu_seconds": env.operator.cpu_seconds(), "writes": _writes(env)}
+    result.data["cpu"] = env.cpu
     return result
 
 
 def monorepo(cp: ControlPlane, st: Settings) -> Result:
-    """Cold and warm on the ~50k-file repository (full mode)."""
+    """Warm (and cold) on the ~50k-file repository (full mode)."""
     result = Result("monorepo")
-    for part in (cold(cp, st, "monorepo", st.monorepo_reps), warm(cp, st, "monorepo", st.monorepo_reps)):
+    parts = [warm(cp, st, "monorepo", st.monorepo_reps, references=st.monorepo_references)]
+    if st.monorepo_cold:
+        parts.append(cold(cp, st, "monorepo", st.monorepo_reps))
+    for part in parts:
         result.rows += part.rows
         result.data[part.name] = part.data
     return result
