@@ -4,6 +4,11 @@
     python -m bench --quick              # small repo, few reps, reduced counts: bench/results/
     python -m bench --scenario warm      # one scenario (repeatable); results to bench/results/
     python -m bench --quick --write-docs # quick, but write docs/benchmarks.md anyway
+    python -m bench --render bench/results/full-<stamp> --write-docs
+                                         # re-render a saved run (e.g. after editing bench/NOTES.md)
+
+Also: `python -m bench.repogen SIZE` (the test repositories), `python -m bench.memprofile`
+(where the operator's memory goes, with tracemalloc).
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ RESULTS = REPO / "bench" / "results"
 def settings_for(opts: argparse.Namespace, run_dir: Path, results_dir: Path) -> Settings:
     if opts.quick:
         st = Settings(quick=True, run_dir=run_dir, results_dir=results_dir, reps=2, size="small",
-                      burst=10, many=20, many_projects=4, memory=100, memory_projects=2,
+                      burst=10, many=20, many_projects=4, memory=100, memory_projects=2, memory_batch=50,
                       push_commits=5, monorepo_reps=1, settle_seconds=0.0)
     else:
-        st = Settings(quick=False, run_dir=run_dir, results_dir=results_dir)
+        st = Settings(quick=False, run_dir=run_dir, results_dir=results_dir, reps=7)
     changes = {}
     if opts.reps:
         changes["reps"] = opts.reps
@@ -45,17 +50,6 @@ def settings_for(opts: argparse.Namespace, run_dir: Path, results_dir: Path) -> 
     return st
 
 
-def _owner(row: dict[str, object], names: list[str]) -> str:
-    """Which scenario a row of an older results.json (rows not grouped) belongs to."""
-    label, repo = str(row["scenario"]), str(row["repo"])
-    prefix = ("cold" if label.startswith("cold") else "warm-new" if label.startswith("warm +")
-              else "warm" if label.startswith(("warm", "for the README")) else label.split(":")[0])
-    for candidate in (f"{prefix}-{repo}", "monorepo"):
-        if candidate in names:
-            return candidate
-    raise KeyError(label)
-
-
 def rerender(directory: Path, write_docs: bool) -> int:
     saved = json.loads((directory / "results.json").read_text())
     fields = {f.name for f in dataclasses.fields(Row)}
@@ -64,14 +58,9 @@ def rerender(directory: Path, write_docs: bool) -> int:
         entry = dict(entry)
         rows = [Row(**{k: v for k, v in row.items() if k in fields}) for row in entry.pop("rows", [])]
         results.append(Result(name, rows, {k: v for k, v in entry.items() if k != "seconds"}, entry["seconds"]))
-    if saved["summary"] and not any(r.rows for r in results):
-        names = [r.name for r in results]
-        by_name = {r.name: r for r in results}
-        for row in saved["summary"]:
-            by_name[_owner(row, names)].rows.append(Row(**{k: v for k, v in row.items() if k in fields}))
     raw = saved["settings"]
     st = Settings(quick=raw["quick"] == "True", run_dir=Path(raw["run_dir"]), results_dir=directory,
-                  reps=int(raw["reps"]))
+                  reps=int(raw["reps"]), monorepo_reps=int(raw.get("monorepo_reps", 3)))
     markdown = render(results, saved["machine"], st, float(saved["seconds"]),
                       analyse(results, saved.get("failures", [])))
     (directory / "benchmarks.md").write_text(markdown)
