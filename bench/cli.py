@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench import repogen
 from bench.analysis import analyse
-from bench.harness import REPO, ControlPlane, machine_info, write_json
+from bench.harness import REPO, ControlPlane, machine_info, operator_revision, write_json
 from bench.report import render, summary
 from bench.scenarios import QUICK_SKIP, SCENARIOS, Result, Row, Settings
 
@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
 
     seconds = time.monotonic() - started
+    at_end = operator_revision()
+    if at_end != machine["operator"]:
+        machine["operator"] += f"; CHANGED during the run to {at_end}"
+        print(f"warning: operator/ changed during the run: {machine['operator']}", file=sys.stderr)
     analysis = analyse(results, failures)
     markdown = render(results, machine, st, seconds, analysis)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +33,7 @@ for extra in (REPO / "hack", REPO / "tests"):
 import devcluster  # noqa: E402
 import kubernetes  # noqa: E402
 from kubernetes import watch  # noqa: E402
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi  # noqa: E402
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Namespace, V1ObjectMeta  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from upstreams import SmartHTTP  # noqa: E402
 
@@ -92,7 +92,27 @@ def machine_info() -> dict[str, str]:
         "kubernetes": devcluster._versions().get("KUBERNETES_VERSION", "unknown"),
         "kopf": _pkg_version("kopf"),
         "disk": disk,
+        "operator": operator_revision(),
     }
+
+
+def operator_revision() -> str:
+    """The commit, and whether operator/ differs from it: operator subprocesses import the
+    working tree, so a change made while a run is in progress would split the run."""
+    import hashlib
+
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    head = run("rev-parse", "--short=12", "HEAD") or "unknown"
+    diff = run("diff", "HEAD", "--", "operator/") + run("ls-files", "--others", "--exclude-standard", "operator/")
+    if not diff:
+        return f"{head} (operator/ as committed)"
+    return f"{head} + uncommitted changes in operator/ (diff {hashlib.sha256(diff.encode()).hexdigest()[:10]})"
 
 
 def _pkg_version(name: str) -> str:
@@ -161,11 +181,12 @@ class ControlPlane:
     @property
     def kubeconfig(self) -> Path:
         assert self.cluster is not None
-        return self.cluster.kubeconfig
+        return Path(self.cluster.kubeconfig)
 
     def new_client(self, pool: int = 16) -> ApiClient:
         configuration = kubernetes.client.Configuration()
-        kubernetes.config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(self.kubeconfig), client_configuration=configuration)
         configuration.connection_pool_maxsize = pool
         return ApiClient(configuration)
 
@@ -178,12 +199,12 @@ class ControlPlane:
 
     def namespace(self, name: str) -> str:
         assert self.client is not None
-        CoreV1Api(self.client).create_namespace({"metadata": {"name": name}})
+        CoreV1Api(self.client).create_namespace(V1Namespace(metadata=V1ObjectMeta(name=name)))
         return name
 
     def stop(self) -> None:
         if self.client is not None:
-            self.client.close()
+            self.client.close()  # type: ignore[no-untyped-call]
         if self.cluster is not None:
             self.cluster.stop()
 
@@ -381,16 +402,17 @@ class Watcher:
         self.cond = threading.Condition()
         self._stopping = False
         self._watch: watch.Watch | None = None
-        listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        listing: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
         self._rv = str(listing["metadata"]["resourceVersion"])
         self._thread = threading.Thread(target=self._run, name=f"watch-{namespace}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stopping:
-            self._watch = watch.Watch()
+            self._watch = watch.Watch()  # type: ignore[no-untyped-call]
             try:
-                for event in self._watch.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION,
+                for event in self._watch.stream(  # type: ignore[no-untyped-call]
+                        self.custom.list_namespaced_custom_object, GROUP, VERSION,
                                                 self.namespace, PLURAL, resource_version=self._rv,
                                                 timeout_seconds=600):
                     self._seen(event)
@@ -443,8 +465,8 @@ class Watcher:
     def stop(self) -> None:
         self._stopping = True
         if self._watch is not None:
-            self._watch.stop()
-        self.client.close()
+            self._watch.stop()  # type: ignore[no-untyped-call]
+        self.client.close()  # type: ignore[no-untyped-call]
 
 
 class Workspaces:
@@ -465,7 +487,7 @@ class Workspaces:
         self.created_at[name] = now()
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 
-    def create_many(self, items: list[tuple[str, str, Mapping[str, str]]], threads: int = 8) -> None:
+    def create_many(self, items: Sequence[tuple[str, str, Mapping[str, str]]], threads: int = 8) -> None:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda item: self.create(*item), items))
 
@@ -514,7 +536,7 @@ class Workspaces:
 
     def close(self) -> None:
         self.watcher.stop()
-        self.client.close()
+        self.client.close()  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -551,10 +573,10 @@ class Upstream:
         return self
 
     def url(self, name: str) -> str:
-        return self.http.url(name)
+        return str(self.http.url(name))
 
     def fetches(self, name: str | None = None) -> int:
-        return self.http.count("git-upload-pack", name)
+        return int(self.http.count("git-upload-pack", name))
 
     def stop(self) -> None:
         self.http.stop()

@@ -46,6 +46,13 @@ def dump(signum, frame):
     with open(os.path.join(out, f"snap-{n}.txt"), "w") as f:
         f.write(f"{tasks} {threading.active_count()} {len(gc.get_objects())}\n")
 signal.signal(signal.SIGUSR1, dump)
+def trim(signum, frame):
+    import ctypes
+    gc.collect()
+    released = ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open(os.path.join(out, "trimmed.txt"), "w") as f:
+        f.write(f"{released}\n")
+signal.signal(signal.SIGUSR2, trim)
 sys.exit(entry.main([]))
 """
 
@@ -78,6 +85,10 @@ def main() -> int:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra operator environment (e.g. MALLOC_ARENA_MAX=2)")
     parser.add_argument("--no-trace", action="store_true", help="no tracemalloc: RSS only")
+    parser.add_argument("--mid", action="store_true",
+                        help="take the second snapshot mid-burst (a quarter Ready), not at the end")
+    parser.add_argument("--trim", action="store_true",
+                        help="experiment: afterwards, gc.collect() + malloc_trim(0) in the operator, RSS again")
     parser.add_argument("--batch", type=int, default=0,
                         help="create in batches of this many, each waited for (default: all at once)")
     parser.add_argument("--no-timers", action="store_true",
@@ -107,7 +118,7 @@ def main() -> int:
             env["BENCH_NO_TIMERS"] = "1"
         if opts.no_trace:
             env["BENCH_TRACE"] = "0"
-        if not opts.no_trace or opts.no_timers:
+        if not opts.no_trace or opts.no_timers or opts.trim:
             wrapper = run / "traced_operator.py"
             wrapper.write_text(WRAPPER)
             command = [sys.executable, str(wrapper)]
@@ -135,9 +146,15 @@ def _profile(opts: argparse.Namespace, op: Operator, ws: Workspaces, gen: repoge
     items = [(f"w-{i}", f"m{i % opts.projects}", {"commit": gen.head}) for i in range(opts.count)]
     started = time.monotonic()
     batch = opts.batch or len(items)
+    mid = None
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
         ws.create_many(chunk)
+        if opts.mid and mid is None and first is not None:
+            while len(ws.watcher.ready_at) < len(items) // 4:
+                time.sleep(0.5)
+            mid = snapshot(op, snaps, 1)
+            print(f"mid-burst snapshot at {len(ws.watcher.ready_at)} Ready, RSS {op.rss_kb()['rss'] / 1024:.1f} MB")
         ws.watcher.wait_ready([name for name, _p, _r in chunk], timeout=3600)
     print(f"{opts.count} Ready in {time.monotonic() - started:.0f}s"
           f"{f' (batches of {batch})' if opts.batch else ' (created at once)'}")
@@ -146,9 +163,18 @@ def _profile(opts: argparse.Namespace, op: Operator, ws: Workspaces, gen: repoge
     print(f"RSS idle {rss0 / 1024:.1f} MB -> {rss1 / 1024:.1f} MB with {opts.count} Workspaces "
           f"(+{(rss1 - rss0) / opts.count:.1f} KB per Workspace); env {opts.env or '-'}"
           f"{'; no per-object timers' if opts.no_timers else ''}{'' if opts.no_trace else '; tracemalloc on'}")
+    if opts.trim:
+        os.kill(op.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 60
+        while not (snaps / "trimmed.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        rss2 = op.rss_kb()["rss"]
+        print(f"after gc.collect() + malloc_trim(0): RSS {rss2 / 1024:.1f} MB "
+              f"({(rss2 - rss1) / 1024:+.1f} MB)")
     if first is None:
         return 0
-    second = snapshot(op, snaps, 1)
+    second = mid or snapshot(op, snaps, 1)
     (s0, info0), (s1, info1) = first, second
     heap0 = sum(stat.size for stat in s0.statistics("filename"))
     heap1 = sum(stat.size for stat in s1.statistics("filename"))

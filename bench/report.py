@@ -41,14 +41,19 @@ def repos_table(sizes: list[str]) -> str:
     lines = ["| Repo | Files at HEAD | Tree (checked out) | Commits | Packed | Generated in |", "|---|---|---|---|---|---|"]
     for size in sizes:
         gen = repogen.generate(size, quiet=True)
-        lines.append(f"| {size} | {gen.files:,} | {gen.tree_bytes / 1e6:.1f} MB | {gen.commits:,} | "
-                     f"{gen.pack_bytes / 1e6:.1f} MB | {gen.seconds:.0f} s (once; cached) |")
+        lines.append(f"| {size} | {gen.files:,} | {_bytes(gen.tree_bytes)} | {gen.commits:,} | "
+                     f"{_bytes(gen.pack_bytes)} | {gen.seconds:.0f} s (once; cached) |")
     return "\n".join(lines)
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
 
 
 def machine_table(machine: Mapping[str, str]) -> str:
     lines = ["| | |", "|---|---|"]
-    for key in ("date", "nproc", "cpu", "memory", "kernel", "git", "python", "kubernetes", "kopf", "disk"):
+    for key in ("date", "operator", "nproc", "cpu", "memory", "kernel", "git", "python", "kubernetes", "kopf",
+                "disk"):
         lines.append(f"| {key} | {machine.get(key, 'unknown')} |")
     return "\n".join(lines)
 
@@ -68,26 +73,26 @@ def time_table(results: list[Result]) -> str:
                 rows.append((key, value["breakdown"], value.get("api_get_roundtrip")))
     if not rows:
         return ""
-    header = ["created→Ready (client)", "  git: fetch", "  git: checkout (worktree prune + add + record)",
-              "  engine: cache checks (rev-parse, config, cat-file)", "  project Lease (lockWait: API round trips)",
+    header = ["created→Ready (client)", "  git: fetch", "  git: checkout (`worktree add` + completion record)",
+              "  engine: cache checks (one `git config` read, `cat-file -e`; on cold also `init`)", "  project Lease (lockWait: API round trips)",
               "  outside the handler (kopf pickup, finalizer, status patches, watch delivery)",
               "watch: create → finalizer seen", "watch: finalizer → Materializing seen",
               "watch: Materializing → Ready seen", "writes to the object before Ready (watch events)",
               "one API GET round trip (client)",
               "**operator overhead** = created→Ready − git (fetch + checkout)"]
-    keys = ["client", "fetch", "checkout", "engine_other", "lock_wait", "outside_handler", "to_finalizer",
+    keys: list[str | None] = ["client", "fetch", "checkout", "engine_other", "lock_wait", "outside_handler", "to_finalizer",
             "finalizer_to_materializing", "materializing_to_ready", "events_before_ready", None, "overhead"]
     lines = ["| median | " + " | ".join(name for name, _b, _rt in rows) + " |",
              "|---|" + "---|" * len(rows)]
-    for label, key in zip(header, keys, strict=True):
+    for label, column in zip(header, keys, strict=True):
         cells = []
         for _name, b, roundtrip in rows:
-            if key is None:
+            if column is None:
                 cells.append(_ms(roundtrip) if roundtrip else "—")
-            elif key == "events_before_ready":
-                cells.append(f"{b[key]:.0f}")
+            elif column == "events_before_ready":
+                cells.append(f"{b[column]:.0f}")
             else:
-                cells.append(_ms(b[key]))
+                cells.append(_ms(b[column]))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -103,7 +108,8 @@ def waves_table(results: list[Result]) -> str:
             continue
         found = True
         writes = result.data.get("writes", {})
-        lines.append(f"| {result.name} | {wave['count']} | {wave['wall']:.2f} s | {wave['throughput']:.1f}/s | "
+        label = f"{result.name} (all at once)" if "at_once" in result.data else result.name
+        lines.append(f"| {label} | {wave['count']} | {wave['wall']:.2f} s | {wave['throughput']:.1f}/s | "
                      f"{wave['p50']:.2f} s | {wave['p99']:.2f} s | {wave['max']:.2f} s | "
                      f"{wave['lock_wait_p50']:.2f} s | {wave['checkout_p50'] * 1000:.0f} ms | "
                      f"{wave.get('upstream_fetches', '—')} | {writes.get('median', 0):.0f} |")

@@ -13,7 +13,7 @@ import shutil
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -419,7 +419,7 @@ def warm_new(cp: ControlPlane, st: Settings, size: str | None = None, reps: int 
 # -- many Workspaces: burst, many, memory ------------------------------------------------------
 
 
-def _wave(env: Env, items: list[tuple[str, str, Mapping[str, str]]], timeout: float) -> dict[str, Any]:
+def _wave(env: Env, items: Sequence[tuple[str, str, Mapping[str, str]]], timeout: float) -> dict[str, Any]:
     names = [name for name, _project, _ref in items]
     settle()
     cpu_before = cpu_snapshot(env.cp, env.operator)
