@@ -83,10 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"workspace-operator: configuration error: {error}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, configuration.verbose_requested(args))
-    logging.getLogger("workspace_operator").info(
-        "starting: root=%s namespaces=%s lease-namespace=%s schemes=%s replica=%d/%d",
-        config.root, ",".join(config.namespaces) or "(all)", config.lease_namespace,
-        ",".join(sorted(config.allowed_schemes)), config.replica_index, config.replicas)
+    log = logging.getLogger("workspace_operator")
+    log.info("starting: root=%s namespaces=%s lease-namespace=%s schemes=%s shares=%s",
+             config.root, ",".join(config.namespaces) or "(all)", config.lease_namespace,
+             ",".join(sorted(config.allowed_schemes)),
+             f"fixed {config.replica_index}/{config.replicas}" if config.replicas > 1 else "by membership")
+    if config.replicas > 1:
+        log.warning("WORKSPACE_REPLICAS/WORKSPACE_REPLICA_INDEX are deprecated: fixed shards do not move "
+                    "when a replica dies; unset them to share work by live membership")
     try:
         asyncio.run(run(config))
     except KeyboardInterrupt:

@@ -35,7 +35,7 @@ from workspace_operator.git.layout import (
     STAGING_PREFIX,
     is_worktree_name,
 )
-from workspace_operator.lock import LeaseLost, LockTimeout
+from workspace_operator.lock import LABEL_NAMESPACE, LABEL_PROJECT, MANAGED_BY, LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
 
 log = logging.getLogger("workspace_operator.gc")
@@ -192,8 +192,42 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
         except Exception:
             log.exception("gc: actions on %s/%s failed", namespace, project)
         await asyncio.sleep(0)  # let materializations in between projects
+    await forget_project_leases(rt, {(ns, project) for ns, project, _ in live}, owns)
     metrics.GC_DURATION.observe(time.monotonic() - started)
     return done
+
+
+PROJECT_LEASES = f"{LABEL_PROJECT},{','.join(f'{k}={v}' for k, v in MANAGED_BY.items())}"
+
+
+async def forget_project_leases(rt: Runtime, live_projects: Collection[tuple[str, str]],
+                                owns: Callable[[str, str], bool]) -> int:
+    """Delete the Leases of this replica's projects that are gone: no Workspace, nothing on the volume.
+
+    Only a Lease nobody holds (released, or its holder known dead) is deleted, and
+    only the version judged (resourceVersion precondition): an acquisition in
+    between wins, and a later one simply creates the Lease again.
+    """
+    deleted = 0
+    try:
+        leases = await rt.kube.list_leases(rt.config.lease_namespace, PROJECT_LEASES)
+    except Exception as error:
+        log.warning("gc: listing project leases failed: %s", error)
+        return 0
+    for lease in leases:
+        namespace, project = lease.labels.get(LABEL_NAMESPACE, ""), lease.labels.get(LABEL_PROJECT, "")
+        if not (DNS1123_LABEL.match(namespace) and DNS1123_LABEL.match(project)) \
+                or (namespace, project) in live_projects or not owns(namespace, project):
+            continue
+        if lease.holder and not rt.locks.holder_gone(lease.holder):
+            continue
+        if os.path.lexists(rt.config.root / namespace / project):
+            continue  # caches and worktrees still there: the usual GC decides about them first
+        if await rt.kube.delete_lease(rt.config.lease_namespace, lease.name, lease.resource_version):
+            deleted += 1
+            metrics.PROJECT_LEASES_DELETED.inc()
+            log.info("gc: deleted the lease of gone project %s/%s", namespace, project)
+    return deleted
 
 
 async def _live_names(rt: Runtime, namespace: str, project: str) -> set[str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from workspace_operator import gc, materialize, teardown
+from workspace_operator import gc, materialize, takeover, teardown
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import GROUP, PLURAL, VERSION
 from workspace_operator.status import is_settled
@@ -62,21 +62,34 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Scanning watches CRDs and namespaces: we need neither (fixed resource, fixed
     # namespace list), and without RBAC for them it delays startup by a minute.
     settings.scanning.disabled = True
-    memo["sweeper"] = asyncio.create_task(gc.sweep_forever(rt), name="gc sweep")
+    background = [asyncio.create_task(gc.sweep_forever(rt), name="gc sweep")]
+    if rt.members is not None:
+        # Join before kopf delivers the first event, so that `when=` sees our share.
+        await rt.members.beat()
+        background.append(asyncio.create_task(rt.members.run(), name="membership"))
+        if not rt.fixed_shards:
+            background.append(asyncio.create_task(takeover.follow(rt), name="takeover"))
+    memo["background"] = background
 
 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    sweeper = memo.get("sweeper")
-    if sweeper is not None:
-        sweeper.cancel()
+    rt = _rt(memo)
+    tasks = [*memo.get("background", []), *rt.inflight.values()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if rt.members is not None:
+        await rt.members.stop()
 
 
 async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
                     meta: kopf.Meta, retry: int, memo: kopf.Memo, **_: Any) -> None:
+    rt = _rt(memo)
     try:
-        result = await materialize.materialize(
-            _rt(memo), namespace=namespace, name=name, generation=int(meta.get("generation") or 0),
-            spec=spec, current=status, attempt=retry)
+        result = await takeover.exclusive(
+            rt, namespace, name, str(meta.get("uid") or ""), status, lambda current: materialize.materialize(
+                rt, namespace=namespace, name=name, generation=int(meta.get("generation") or 0),
+                spec=spec, current=current, attempt=retry))
     except materialize.Retry as error:
         kopf.warn(body, reason=error.reason, message=error.message)
         raise kopf.TemporaryError(error.message, delay=error.delay) from None

@@ -22,13 +22,20 @@ from kubernetes.client import (
     CoreV1Event,
     V1DeleteOptions,
     V1EventSource,
+    V1Lease,
+    V1LeaseSpec,
     V1ObjectMeta,
     V1ObjectReference,
     V1Preconditions,
 )
 from kubernetes.client.exceptions import ApiException
 
+from workspace_operator.membership import LeaseRecord
 from workspace_operator.spec import GROUP, KIND, PLURAL, VERSION
+
+
+class LeaseConflict(Exception):
+    """The Lease changed or vanished since we last read it (HTTP 409 or 404)."""
 
 
 def load_client_config() -> None:
@@ -84,6 +91,16 @@ class Kube:
             raise
         return True
 
+    async def get_workspace(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: Any = await asyncio.to_thread(self.custom.get_namespaced_custom_object,
+                                                 GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(found)
+
     async def list_workspaces(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         if not namespaces:
             listing: Any = await asyncio.to_thread(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
@@ -109,3 +126,48 @@ class Kube:
             first_timestamp=now, last_timestamp=now, count=1,
         )
         await asyncio.to_thread(self.core.create_namespaced_event, meta["namespace"], body)
+
+    # -- Leases other than the project locks (lock.py): heartbeats, and their GC --
+
+    async def list_leases(self, namespace: str, selector: str) -> list[LeaseRecord]:
+        listing = await asyncio.to_thread(self.coordination.list_namespaced_lease, namespace,
+                                          label_selector=selector)
+        return [_record(lease) for lease in listing.items]
+
+    async def write_heartbeat(self, namespace: str, name: str, *, holder: str, duration_seconds: int,
+                              labels: Mapping[str, str], resource_version: str | None) -> LeaseRecord:
+        """Create the Lease (no resource_version) or renew it, guarded by resource_version."""
+        now = datetime.now(UTC)
+        body = V1Lease(metadata=V1ObjectMeta(name=name, labels=dict(labels), resource_version=resource_version),
+                       spec=V1LeaseSpec(holder_identity=holder, lease_duration_seconds=duration_seconds,
+                                        acquire_time=now, renew_time=now))
+        try:
+            if resource_version is None:
+                written = await asyncio.to_thread(self.coordination.create_namespaced_lease, namespace, body)
+            else:
+                written = await asyncio.to_thread(self.coordination.replace_namespaced_lease, name, namespace, body)
+        except ApiException as error:
+            if error.status in (404, 409):
+                raise LeaseConflict(f"lease {name}: {error.reason}") from None
+            raise
+        return _record(written)
+
+    async def delete_lease(self, namespace: str, name: str, resource_version: str) -> bool:
+        """Delete only the version we judged (a renewal in between wins); False if it changed or is gone."""
+        try:
+            await asyncio.to_thread(
+                self.coordination.delete_namespaced_lease, name, namespace,
+                body=V1DeleteOptions(preconditions=V1Preconditions(resource_version=resource_version)))
+        except ApiException as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
+
+def _record(lease: V1Lease) -> LeaseRecord:
+    meta, spec = lease.metadata, lease.spec
+    assert meta is not None
+    return LeaseRecord(name=str(meta.name), holder=str((spec.holder_identity if spec else None) or ""),
+                       duration_seconds=float((spec.lease_duration_seconds if spec else None) or 0),
+                       resource_version=str(meta.resource_version), labels=dict(meta.labels or {}))

@@ -37,6 +37,7 @@ from kubernetes.client import CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectM
 from kubernetes.client.exceptions import ApiException
 
 from workspace_operator import metrics
+from workspace_operator.git.runner import write_guard
 
 log = logging.getLogger("workspace_operator.lock")
 
@@ -93,6 +94,11 @@ class LeaseLocks:
         self.clock = clock
         self._observed: dict[str, _Observed] = {}
         self._local: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+        # Wired to the membership heartbeat (members.py); standalone users of the
+        # locks (tests, tools) run without one.
+        self.alive: Callable[[], bool] = lambda: True
+        self.holder_gone: Callable[[str], bool] = lambda holder: False
 
     @contextlib.asynccontextmanager
     async def hold(self, namespace: str, project: str, *, wait_seconds: float) -> AsyncIterator[float]:
@@ -101,43 +107,76 @@ class LeaseLocks:
         labels = {LABEL_NAMESPACE: namespace, LABEL_PROJECT: project, **MANAGED_BY}
         started = self.clock()
         local = self._local.setdefault(name, asyncio.Lock())
+        self._users[name] = self._users.get(name, 0) + 1
         try:
-            await asyncio.wait_for(local.acquire(), timeout=wait_seconds)
-        except TimeoutError:
-            raise LockTimeout(f"waited {wait_seconds:.0f}s for lock {name} (held in this process)") from None
-        try:
-            remaining = wait_seconds - (self.clock() - started)
-            resource_version = await self._acquire(name, labels, remaining)
-            guarded = asyncio.current_task()
-            assert guarded is not None
-            state = _Holding(resource_version)
-            renewer = asyncio.create_task(self._renew(name, state, guarded), name=f"renew {name}")
             try:
-                yield self.clock() - started
-            except asyncio.CancelledError:
-                if state.lost:
-                    guarded.uncancel()
-                    raise LeaseLost(f"lost lock {name}: renewal failed for {self.renew_deadline:.0f}s") from None
-                raise
+                await asyncio.wait_for(local.acquire(), timeout=wait_seconds)
+            except TimeoutError:
+                raise LockTimeout(f"waited {wait_seconds:.0f}s for lock {name} (held in this process)") from None
+            try:
+                async with self._held(name, labels, wait_seconds - (self.clock() - started)):
+                    yield self.clock() - started
             finally:
-                renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewer
-                if not state.lost:
-                    await self._release(name, state.resource_version)
-            if state.lost:
-                raise LeaseLost(f"lost lock {name} while holding it")
+                local.release()
         finally:
-            local.release()
+            # Forget a Lease nobody in this process holds or waits for: the maps stay
+            # as small as the work in flight (the next acquisition observes afresh,
+            # which can only make it wait longer, never shorter).
+            self._users[name] -= 1
+            if not self._users[name]:
+                del self._users[name]
+                self._local.pop(name, None)
+                self._observed.pop(name, None)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, name: str, labels: dict[str, str], wait_seconds: float) -> AsyncIterator[None]:
+        resource_version, confirmed_at = await self._acquire(name, labels, wait_seconds)
+        guarded = asyncio.current_task()
+        assert guarded is not None
+        state = _Holding(resource_version, confirmed_at, self.identity)
+
+        def guard() -> None:
+            # Runs before every git process under this Lease: a process that was
+            # paused past the renew deadline must not start a write on waking up,
+            # before its renewer has had a chance to notice.
+            if state.lost or not self._trusted(state):
+                state.lost = True
+                raise LeaseLost(f"lock {name} not confirmed within {self.renew_deadline:.0f}s; "
+                                "not starting git")
+
+        renewer = asyncio.create_task(self._renew(name, state, guarded), name=f"renew {name}")
+        token = write_guard.set(guard)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if state.lost:
+                guarded.uncancel()
+                raise LeaseLost(f"lost lock {name}: renewal failed for {self.renew_deadline:.0f}s") from None
+            raise
+        finally:
+            write_guard.reset(token)
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            if not state.lost:
+                await self._release(name, state.resource_version)
+        if state.lost:
+            raise LeaseLost(f"lost lock {name} while holding it")
+
+    def _trusted(self, state: _Holding) -> bool:
+        return (self.alive() and state.identity == self.identity
+                and self.clock() - state.confirmed_at <= self.renew_deadline)
 
     # -- protocol steps ----------------------------------------------------------
 
-    async def _acquire(self, name: str, labels: dict[str, str], wait_seconds: float) -> str:
+    async def _acquire(self, name: str, labels: dict[str, str], wait_seconds: float) -> tuple[str, float]:
+        """(resourceVersion, local time the winning write was sent: the holding's start)."""
         deadline = self.clock() + wait_seconds
         while True:
-            resource_version = await self._try_acquire(name, labels)
+            sent = self.clock()
+            resource_version = await self._try_acquire(name, labels) if self.alive() else None
             if resource_version is not None:
-                return resource_version
+                return resource_version, sent
             if self.clock() >= deadline:
                 raise LockTimeout(f"waited {wait_seconds:.0f}s for lock {name}")
             # Poll fast at first (locks are usually held for well under a second).
@@ -170,7 +209,10 @@ class LeaseLocks:
         if observed is None or observed.key != key:
             observed = self._observed[name] = _Observed(key, self.clock())
         duration = spec.lease_duration_seconds or self.duration
-        expired = self.clock() >= observed.seen_at + duration
+        # A holder whose membership heartbeat is dead by our clock has fenced
+        # itself (its guard trusts neither Lease past the renew deadline).
+        expired = self.clock() >= observed.seen_at + duration or (
+            bool(holder) and holder != self.identity and self.holder_gone(holder))
         if holder and holder != self.identity and not expired:
             return None
         takeover = bool(holder) and holder != self.identity
@@ -183,7 +225,7 @@ class LeaseLocks:
         try:
             updated = await asyncio.to_thread(self.api.replace_namespaced_lease, name, self.namespace, body)
         except ApiException as error:
-            if error.status == 409:
+            if error.status in (404, 409):  # changed, or deleted by GC (then created next try)
                 return None
             raise
         if takeover:
@@ -192,18 +234,20 @@ class LeaseLocks:
         return _version(updated)
 
     async def _renew(self, name: str, state: _Holding, guarded: asyncio.Task[Any]) -> None:
-        last_success = self.clock()
         while True:
             await asyncio.sleep(self.renew_interval)
             try:
+                if not self.alive() or state.identity != self.identity:
+                    raise LeaseLost(f"lock {name}: this replica's membership heartbeat lapsed")
+                sent = self.clock()
                 lease = await asyncio.to_thread(self.api.read_namespaced_lease, name, self.namespace)
                 spec = _spec(lease)
-                if spec.holder_identity != self.identity:
+                if spec.holder_identity != state.identity:
                     raise LeaseLost(f"lock {name} now held by {spec.holder_identity}")
                 spec.renew_time = datetime.now(UTC)
                 updated = await asyncio.to_thread(self.api.replace_namespaced_lease, name, self.namespace, lease)
                 state.resource_version = _version(updated)
-                last_success = self.clock()
+                state.confirmed_at = sent
             except LeaseLost as lost:
                 log.error("%s; stopping the guarded work", lost)
                 state.lost = True
@@ -211,7 +255,7 @@ class LeaseLocks:
                 return
             except Exception as error:  # network, API errors: retry until the deadline
                 log.warning("renewing lock %s failed: %s", name, error)
-            if self.clock() - last_success > self.renew_deadline:
+            if self.clock() - state.confirmed_at > self.renew_deadline:
                 log.error("lock %s not renewed for %.0fs; stopping the guarded work", name, self.renew_deadline)
                 state.lost = True
                 guarded.cancel()
@@ -243,4 +287,6 @@ def _version(lease: V1Lease) -> str:
 @dataclass
 class _Holding:
     resource_version: str
+    confirmed_at: float  # local time the last successful write (acquire or renew) was sent
+    identity: str
     lost: bool = False

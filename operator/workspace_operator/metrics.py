@@ -22,6 +22,11 @@ GIT_FAILURES = Counter("workspace_git_failures_total", "Failed materializations 
 GC_ACTIONS = Counter("workspace_gc_actions_total", "Garbage collection actions", ["action"])
 LEASE_TAKEOVERS = Counter("workspace_lease_takeovers_total", "Expired project Leases taken over")
 GC_DURATION = Histogram("workspace_gc_pass_seconds", "Duration of one GC pass", buckets=_SECONDS)
+MEMBERS = Gauge("workspace_members", "Live operator replicas seen (heartbeat Leases), this one included")
+PROJECTS_OWNED = Gauge("workspace_projects_owned", "Projects with Workspaces this replica owns (at the last change)")
+TAKEOVERS = Counter("workspace_takeovers_total", "Unsettled Workspaces picked up after a change of membership")
+PROJECT_LEASES_DELETED = Counter("workspace_project_leases_deleted_total",
+                                 "Leases of projects with no cache and no Workspaces, deleted by GC")
 VOLUME_USAGE = Gauge("workspace_volume_usage_ratio", "Used fraction of the workspace volume")
 
 

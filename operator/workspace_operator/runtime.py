@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
 
 from workspace_operator.config import Config
 from workspace_operator.git import Engine
 from workspace_operator.kube import Kube
 from workspace_operator.lock import LeaseLocks, new_identity
+from workspace_operator.members import Members
 from workspace_operator.spec import shard_of
 
 
@@ -17,16 +20,27 @@ class Runtime:
     engine: Engine
     kube: Kube
     locks: LeaseLocks
+    members: Members | None = None
+    # Materializations running in this process, by Workspace uid: the takeover
+    # path and kopf's handlers never run the same Workspace twice at once.
+    inflight: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: Config, kube: Kube | None = None) -> Runtime:
         kube = kube or Kube()
         locks = LeaseLocks(kube.coordination, config.lease_namespace, new_identity(config.identity),
                            duration_seconds=config.lease_seconds)
-        return cls(config, Engine(config.root, config.git), kube, locks)
+        members = Members(kube, locks, namespace=config.lease_namespace, prefix=config.identity,
+                          duration_seconds=config.lease_seconds)
+        return cls(config, Engine(config.root, config.git), kube, locks, members)
+
+    @property
+    def fixed_shards(self) -> bool:
+        """Deprecated WORKSPACE_REPLICAS > 1: a fixed share by index instead of membership."""
+        return self.config.replicas > 1
 
     def owns(self, namespace: str, project: str) -> bool:
-        """This replica's share of the work (all of it when running alone)."""
-        if self.config.replicas <= 1:
-            return True
-        return shard_of(namespace, project, self.config.replicas) == self.config.replica_index
+        """This replica's share of the work: by live membership (all of it when alone)."""
+        if self.fixed_shards:
+            return shard_of(namespace, project, self.config.replicas) == self.config.replica_index
+        return self.members is None or self.members.owns(namespace, project)

@@ -22,7 +22,8 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,11 @@ _HARDENING = (
     "-c", "submodule.recurse=false",
     "-c", "advice.detachedHead=false",
 )
+
+
+# Set around work done under a lock (the operator's project Leases): called before
+# every git process starts, it raises when the lock can no longer be trusted.
+write_guard: ContextVar[Callable[[], None] | None] = ContextVar("write_guard", default=None)
 
 
 @dataclass
@@ -126,6 +132,9 @@ class GitRunner:
             extra_config += ["-c", item]
         argv = [self.settings.git_binary, *_HARDENING, *extra_config, *args]
         shown = self.redact(" ".join(["git", *args]))
+        guard = write_guard.get()
+        if guard is not None:
+            guard()
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *argv,
