@@ -63,7 +63,7 @@ async def run(config: configuration.Config, stop_flag: asyncio.Event | None = No
         await kopf.operator(
             registry=build_registry(),
             memo=kopf.Memo(runtime=runtime),
-            standalone=True,  # kopf peering is active/standby; we shard instead (SPEC §9)
+            standalone=True,  # kopf peering is active/standby; replicas share by membership instead
             clusterwide=not config.namespaces,
             namespaces=list(config.namespaces),
             stop_flag=stop_flag,
@@ -71,6 +71,8 @@ async def run(config: configuration.Config, stop_flag: asyncio.Event | None = No
         )
     finally:
         marker.cancel()
+        if runtime.members is not None:  # normally done by the cleanup handler already
+            await runtime.members.stop()
         if health:
             await health.stop()
 

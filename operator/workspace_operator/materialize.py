@@ -90,6 +90,12 @@ async def materialize(
         raise Fatal(error.reason.value, str(error)) from None
     except (LockTimeout, LeaseLost) as error:
         reason = "LockTimeout" if isinstance(error, LockTimeout) else "LeaseLost"
+        if isinstance(error, LeaseLost):
+            # Paused, fenced or moved: whoever holds the Lease now may already have
+            # made the Workspace Ready, and our stale view must not turn it back.
+            metrics.MATERIALIZATIONS.labels("retrying").inc()
+            log.warning("workspace %s/%s: %s; retrying without touching its status", namespace, name, error)
+            raise Retry(reason, str(error), _backoff(rt, attempt + 1)) from None
         await _fail(rt, namespace, name, current, generation, reason, str(error), True, attempt)
         raise Retry(reason, str(error), _backoff(rt, attempt + 1)) from None
 

@@ -69,6 +69,8 @@ class Members:
 
     async def beat(self) -> None:
         """Renew our heartbeat, list everyone's, update the live set."""
+        if self._stopped:
+            return
         if self._confirmed_at is not None and not self.alive() and not self._stopped:
             await self._rejoin(f"heartbeat not confirmed for {self.clock() - self._confirmed_at:.1f}s")
         sent = self.clock()
@@ -119,9 +121,10 @@ class Members:
         """Leave: fence ourselves first, then delete the heartbeat so peers take over at once."""
         self._stopped = True
         self._update()
-        if self._version is not None:
+        version, self._version = self._version, None
+        if version is not None:
             try:
-                await self.kube.delete_lease(self.namespace, member_lease_name(self.identity), self._version)
+                await self.kube.delete_lease(self.namespace, member_lease_name(self.identity), version)
                 log.info("left the membership (heartbeat deleted)")
             except Exception as error:
                 log.warning("deleting heartbeat failed (peers will expire it): %s", error)

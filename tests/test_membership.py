@@ -1,0 +1,419 @@
+"""Dynamic membership against the real control plane: replicas die, hang, come and go.
+
+Every replica gets its own git wrapper that journals each call (start, end,
+replica, cwd, arguments), and a watch on the test namespace's Leases records
+every acquisition of every project Lease (holder, acquireTime). Two invariants
+are judged from those records, never assumed:
+
+* no two git writes on one project overlap in time;
+* every git write happens under its replica's own project Lease: the latest
+  acquisition before the write started is by that replica, and nobody acquired
+  the Lease while the write ran.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import watch
+from kubernetes.client import ApiClient, CoordinationV1Api
+
+from cluster import OperatorProcess, Workspaces, wait_for
+from upstreams import SmartHTTP, StandardRepo
+from workspace_operator.membership import MEMBER_LABEL, owner
+
+pytestmark = pytest.mark.cluster
+
+StartOperator = Callable[..., OperatorProcess]
+LEASE = 6  # WORKSPACE_LEASE_SECONDS in these tests
+WRITES = {"fetch", "init", "clone", "worktree", "gc", "sparse-checkout", "checkout", "submodule", "update-ref"}
+
+
+@dataclass
+class Call:
+    replica: str
+    start: float
+    end: float | None  # None: the process was killed before it finished
+    project: str | None
+    args: str
+
+    @property
+    def write(self) -> bool:
+        words = self.args.split(" ")
+        i = 0
+        while i < len(words) and words[i] == "-c":
+            i += 2
+        sub = words[i] if i < len(words) else ""
+        return sub in WRITES or (sub == "config" and not {"--list", "--get", "-l"} & set(words))
+
+
+class Journal:
+    def __init__(self, directory: Path, root: Path) -> None:
+        self.directory, self.root = directory, root
+        self.path = directory / "git-journal"
+        self.path.touch()
+
+    def wrapper(self, replica: str) -> Path:
+        """A directory holding `git` for one replica (put first on its PATH)."""
+        bin_dir = self.directory / f"bin-{replica}"
+        bin_dir.mkdir()
+        real = _real_git()
+        (bin_dir / "git").write_text(f"""#!/bin/bash
+printf 'S\\t%s\\t%s\\t{replica}\\t%s\\t%s\\n' "$$" "$(date +%s.%N)" "$PWD" "$*" >> {self.path}
+{real} "$@"
+rc=$?
+printf 'E\\t%s\\t%s\\n' "$$" "$(date +%s.%N)" >> {self.path}
+exit $rc
+""")
+        (bin_dir / "git").chmod(0o755)
+        return bin_dir
+
+    def calls(self) -> list[Call]:
+        running: dict[str, Call] = {}
+        done: list[Call] = []
+        for line in self.path.read_text().splitlines():
+            fields = line.split("\t")
+            if fields[0] == "S":
+                _, pid, start, replica, cwd, args = fields
+                running[pid] = Call(replica, float(start), None, self._project(cwd), args)
+            elif fields[0] == "E" and fields[1] in running:
+                call = running.pop(fields[1])
+                call.end = float(fields[2])
+                done.append(call)
+        return done + list(running.values())
+
+    def _project(self, cwd: str) -> str | None:
+        try:
+            parts = Path(cwd).resolve().relative_to(self.root.resolve()).parts
+        except ValueError:
+            return None
+        return "/".join(parts[:2]) if len(parts) >= 2 else None
+
+
+def _real_git() -> str:
+    for directory in os.environ["PATH"].split(":"):
+        candidate = Path(directory) / "git"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise AssertionError("git not found")
+
+
+class LeaseHistory:
+    """Every acquisition of every project Lease, from a watch started before the operators."""
+
+    def __init__(self, api_client: ApiClient, namespace: str) -> None:
+        self.api = CoordinationV1Api(api_client)
+        self.namespace = namespace
+        self.acquired: dict[str, set[tuple[float, str]]] = defaultdict(set)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        listing = self.api.list_namespaced_lease(namespace)
+        for lease in listing.items:
+            self._record(lease)
+        assert listing.metadata is not None
+        self._version = listing.metadata.resource_version
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _record(self, lease: Any) -> None:
+        labels = lease.metadata.labels or {}
+        spec = lease.spec
+        if "crafting.dev/project" in labels and spec and spec.holder_identity and spec.acquire_time:
+            project = f"{labels['crafting.dev/namespace']}/{labels['crafting.dev/project']}"
+            self.acquired[project].add((spec.acquire_time.timestamp(), spec.holder_identity.split("_")[0]))
+
+    def _follow(self) -> None:
+        try:
+            while not self._stop.is_set():
+                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+                    self.api.list_namespaced_lease, self.namespace, resource_version=self._version,
+                    timeout_seconds=2)
+                for event in stream:
+                    self._record(event["object"])
+                    self._version = event["object"].metadata.resource_version
+        except BaseException as error:  # surfaced by check()
+            self.error = error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def check(self, calls: list[Call], killed_at: dict[str, float]) -> int:
+        """Assert both invariants over the journal; returns the number of writes judged."""
+        assert self.error is None, f"lease watch failed: {self.error!r}"
+        writes: dict[str, list[Call]] = defaultdict(list)
+        for call in calls:
+            if call.write and call.project is not None:
+                writes[call.project].append(call)
+        for project, spans in writes.items():
+            spans.sort(key=lambda c: c.start)
+            ends = [c.end if c.end is not None else killed_at[c.replica] for c in spans]
+            for (a, a_end), b in zip(zip(spans, ends), spans[1:]):
+                assert b.start >= a_end, f"overlapping git writes on {project}: {a} and {b}"
+            acquisitions = sorted(self.acquired[project])
+            for call, end in zip(spans, ends):
+                before = [who for at, who in acquisitions if at <= call.start]
+                assert before and before[-1] == call.replica, \
+                    f"{call.replica} wrote on {project} without holding its Lease: {call} (acquisitions: " \
+                    f"{acquisitions})"
+                during = [(at, who) for at, who in acquisitions if call.start < at < end]
+                assert not during, f"{project} Lease acquired during {call}: {during}"
+        return sum(len(spans) for spans in writes.values())
+
+
+@pytest.fixture
+def lease_history(api_client: ApiClient, namespace: str) -> Iterator[LeaseHistory]:
+    history = LeaseHistory(api_client, namespace)
+    yield history
+    history.stop()
+
+
+@dataclass
+class Replica:
+    name: str
+    op: OperatorProcess
+    wrapper: Path
+
+    def members_seen(self) -> float:
+        for line in self.op.metrics().splitlines():
+            if line.startswith("workspace_members "):
+                return float(line.split()[1])
+        return 0.0
+
+    def metric(self, name: str) -> float:
+        return sum(float(line.split()[1]) for line in self.op.metrics().splitlines()
+                   if line.startswith(name + " ") or line.startswith(name + "{"))
+
+    def kill(self) -> float:
+        """SIGKILL as a lost pod dies: the operator and every git it started (own sessions)."""
+        assert self.op.proc is not None
+        os.killpg(self.op.proc.pid, signal.SIGKILL)
+        at = time.time()
+        marker = str(self.wrapper / "git").encode()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if marker in (entry / "cmdline").read_bytes():
+                        os.killpg(int(entry.name), signal.SIGKILL)
+                except (OSError, ProcessLookupError):
+                    pass
+        self.op.proc.wait(timeout=30)
+        return at
+
+    def pause(self) -> None:
+        assert self.op.proc is not None
+        os.killpg(self.op.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.op.proc is not None
+        os.killpg(self.op.proc.pid, signal.SIGCONT)
+
+
+def start_replica(factory: StartOperator, journal: Journal, name: str) -> Replica:
+    wrapper = journal.wrapper(name)
+    op = factory(env={"PATH": f"{wrapper}:{os.environ['PATH']}", "WORKSPACE_LEASE_SECONDS": str(LEASE),
+                      "WORKSPACE_IDENTITY": name})
+    return Replica(name, op, wrapper)
+
+
+def identities(api_client: ApiClient, namespace: str) -> dict[str, str]:
+    """replica name -> current process identity, from the live heartbeat Leases."""
+    leases = CoordinationV1Api(api_client).list_namespaced_lease(namespace, label_selector=f"{MEMBER_LABEL}=true")
+    holders = [str(lease.spec.holder_identity) for lease in leases.items if lease.spec and lease.spec.holder_identity]
+    return {holder.split("_")[0]: holder for holder in holders}
+
+
+def projects_for(namespace: str, ids: dict[str, str], per_replica: int, prefix: str) -> dict[str, list[str]]:
+    """Project names chosen so that each replica owns exactly `per_replica` of them."""
+    chosen: dict[str, list[str]] = {name: [] for name in ids}
+    by_identity = {identity: name for name, identity in ids.items()}
+    i = 0
+    while any(len(v) < per_replica for v in chosen.values()):
+        project = f"{prefix}{i}"
+        who = by_identity[owner(namespace, project, set(ids.values())) or ""]
+        if len(chosen[who]) < per_replica:
+            chosen[who].append(project)
+        i += 1
+    return chosen
+
+
+def wait_members(replicas: list[Replica], count: int, timeout: float = 60) -> None:
+    wait_for(lambda: all(r.members_seen() == count for r in replicas), timeout=timeout,
+             message=f"every replica sees {count} members")
+
+
+def worktree_adds(calls: list[Call]) -> dict[str, int]:
+    made: dict[str, int] = defaultdict(int)
+    for call in calls:
+        words = call.args.split(" ")
+        if "worktree" in words and "add" in words:
+            made[words[-2].rsplit("/", 1)[-1]] += 1
+    return made
+
+
+def spec(smart_http: SmartHTTP, project: str) -> dict[str, Any]:
+    return {"project": project, "repository": smart_http.url("repo"), "ref": {"branch": "main"}}
+
+
+def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
+    api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
+    upstream_repo: StandardRepo, smart_http: SmartHTTP, lease_history: LeaseHistory, tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path, tmp_path / "volume")
+    replicas = [start_replica(operator_factory, journal, f"op{i}") for i in range(3)]
+    wait_members(replicas, 3)
+    ids = identities(api_client, namespace)
+    chosen = projects_for(namespace, ids, 4, "p")  # 12 projects, 4 per replica
+    victim = replicas[1]
+    names = [(f"{p}-w{i}", p) for i in range(5) for projects in chosen.values() for p in projects]
+
+    for name, project in names[:30]:
+        workspaces.create(name, spec(smart_http, project))
+    killed_at = victim.kill()
+    unsettled = [n for n, p in names[:30] if p in chosen["op1"] and workspaces.status(n).get("phase") != "Ready"]
+    for name, project in names[30:]:
+        workspaces.create(name, spec(smart_http, project))
+    print(f"op1 killed with {len(unsettled)} of its Workspaces unsettled; 10 more created after its death")
+
+    for name, _ in names:
+        assert workspaces.wait_ready(name, timeout=240)["commit"] == upstream_repo.main, name
+    all_ready = time.time()
+
+    calls = journal.calls()
+    served = {}
+    for project in chosen["op1"]:
+        after = [c.start for c in calls if c.write and c.replica != "op1" and c.project == f"{namespace}/{project}"
+                 and c.start > killed_at]
+        assert after, f"nobody served {project} after op1 died"
+        served[project] = min(after) - killed_at
+    print(f"dead replica's projects first served {sorted(round(s, 1) for s in served.values())}s after death; "
+          f"all 60 Ready {all_ready - killed_at:.1f}s after death")
+    assert max(served.values()) <= 2 * LEASE, served
+
+    judged = lease_history.check(calls, {"op1": killed_at})
+    assert judged >= 60
+    assert all(count == 1 for count in worktree_adds(calls).values()), worktree_adds(calls)
+    assert sum(r.metric("workspace_takeovers_total") for r in (replicas[0], replicas[2])) >= 10
+    wait_members([replicas[0], replicas[2]], 2)
+
+
+def test_sigstopped_replica_is_taken_over_writes_nothing_on_waking_and_rejoins(
+    api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
+    upstream_repo: StandardRepo, smart_http: SmartHTTP, lease_history: LeaseHistory, tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path, tmp_path / "volume")
+    replicas = [start_replica(operator_factory, journal, f"op{i}") for i in range(3)]
+    wait_members(replicas, 3)
+    ids = identities(api_client, namespace)
+    chosen = projects_for(namespace, ids, 3, "s")
+    sleeper = replicas[2]
+    names = [(f"{p}-w{i}", p) for i in range(3) for projects in chosen.values() for p in projects]
+
+    try:
+        for name, project in names[:18]:
+            workspaces.create(name, spec(smart_http, project))
+        sleeper.pause()
+        paused_at = time.time()
+        for name, project in names[18:]:
+            workspaces.create(name, spec(smart_http, project))
+        # Taken over while it sleeps: all of its Workspaces Ready without it.
+        for name, _ in names:
+            workspaces.wait_ready(name, timeout=max(1.0, paused_at + 3 * LEASE - time.time()))
+        wait_for(lambda: time.time() >= paused_at + 3 * LEASE, timeout=3 * LEASE + 1, message="3 lease durations")
+    finally:
+        sleeper.resume()
+    resumed_at = time.time()
+
+    wait_members(replicas, 3)
+    fresh = identities(api_client, namespace)
+    assert fresh["op2"] != ids["op2"], "a fenced replica rejoins under a new identity"
+    assert "membership lost" in sleeper.op.log() and "rejoining as" in sleeper.op.log()
+    taken = {f"{namespace}/{p}" for p in chosen["op2"]}
+    calls = journal.calls()
+    late = [c for c in calls if c.replica == "op2" and c.write and c.project in taken and c.start >= resumed_at]
+    assert not late, f"woken replica wrote on projects taken over from it: {late}"
+    assert any(c.replica != "op2" and c.write and c.project in taken and paused_at < c.start < resumed_at
+               for c in calls), "nobody took the sleeper's projects over"
+
+    # It serves again: new projects that its new identity owns are materialized by it.
+    mine = projects_for(namespace, fresh, 2, "after")["op2"]
+    for project in mine:
+        workspaces.create(f"{project}-w", spec(smart_http, project))
+    for project in mine:
+        assert workspaces.wait_ready(f"{project}-w", timeout=120)["commit"] == upstream_repo.main
+    calls = journal.calls()
+    assert any(c.replica == "op2" and c.write and c.project == f"{namespace}/{p}" for c in calls for p in mine)
+    lease_history.check(calls, {})
+    assert all(count == 1 for count in worktree_adds(calls).values()), worktree_adds(calls)
+
+
+def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
+    api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
+    upstream_repo: StandardRepo, smart_http: SmartHTTP, lease_history: LeaseHistory, tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path, tmp_path / "volume")
+    replicas = [start_replica(operator_factory, journal, "op0")]
+    created: list[tuple[str, float]] = []
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def arrive() -> None:
+        try:
+            i = 0
+            while not stop.is_set():
+                name = f"a{i}"
+                workspaces.create(name, spec(smart_http, f"q{i % 12}"))
+                created.append((name, time.time()))
+                i += 1
+                stop.wait(0.25)
+        except BaseException as error:
+            failures.append(error)
+
+    producer = threading.Thread(target=arrive, daemon=True)
+    producer.start()
+    try:
+        wait_for(lambda: len(created) >= 8, timeout=60, message="first arrivals")
+        replicas += [start_replica(operator_factory, journal, f"op{i}") for i in (1, 2)]
+        wait_members(replicas, 3)
+        wait_for(lambda: "materialized" in replicas[2].op.log(), timeout=60,
+                 message="the new replica serves its share")
+        leaving = replicas.pop()
+        leaving.op.stop()  # SIGTERM: scale-in, heartbeat deleted on the way out
+        stopped_at = time.time()
+        wait_members(replicas, 2, timeout=2 * LEASE)
+        left_after = time.time() - stopped_at
+        wait_for(lambda: any(t > stopped_at + 3 for _, t in created), timeout=30, message="arrivals after scale-in")
+    finally:
+        stop.set()
+        producer.join(timeout=30)
+    assert not failures, failures
+
+    ready_after: list[float] = []
+    for name, at in created:
+        status = workspaces.wait_ready(name, timeout=180)
+        assert status["commit"] == upstream_repo.main, name
+        ready_after.append(_seconds(status["readyAt"]) - at)
+    calls = journal.calls()
+    adds = worktree_adds(calls)
+    assert set(adds) == {name for name, _ in created}
+    assert all(count == 1 for count in adds.values()), adds
+    lease_history.check(calls, {})
+    print(f"{len(created)} Workspaces; peers saw the leaver gone {left_after:.1f}s after SIGTERM; "
+          f"slowest creation-to-Ready {max(ready_after):.1f}s")
+    assert left_after <= LEASE
+    assert max(ready_after) <= LEASE + 5  # readyAt has whole-second resolution
+
+
+def _seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
