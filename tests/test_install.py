@@ -70,7 +70,7 @@ def test_operator_runs_with_its_own_service_account(
     ("watch", "secrets", "-n", "default"),
     ("delete", "leases", "-n", "default"),
     ("create", "leases", "-n", "default"),
-    ("delete", "leases", "-n", OPERATOR_NS),
+    ("watch", "leases", "-n", OPERATOR_NS),
     ("get", "pods", "-n", "default"),
     ("get", "configmaps", "-n", "default"),
     ("create", "workspaces", "-n", "default"),
@@ -87,7 +87,7 @@ def test_operator_permissions_are_exactly_the_documented_ones(kubectl: Kubectl, 
     listing = kubectl("auth", "can-i", "--list", "-n", OPERATOR_NS, token=operator_token).stdout
     print(listing)  # recorded in the test output
     rows = {line.split()[0]: line for line in listing.splitlines()[1:] if line.strip()}
-    assert "[get create update patch]" in rows["leases.coordination.k8s.io"]
+    assert "[get list create update patch delete]" in rows["leases.coordination.k8s.io"]
     assert "[get list watch patch delete]" in rows["workspaces.crafting.dev"]
     assert "[patch]" in rows["workspaces.crafting.dev/status"]
     assert "[get]" in rows["secrets"]
