@@ -74,7 +74,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     rt = _rt(memo)
-    tasks = [*memo.get("background", []), *rt.inflight.values()]
+    tasks = [*memo.get("background", []), *rt.takeovers]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -21,9 +21,10 @@ class Runtime:
     kube: Kube
     locks: LeaseLocks
     members: Members | None = None
-    # Materializations running in this process, by Workspace uid: the takeover
-    # path and kopf's handlers never run the same Workspace twice at once.
-    inflight: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    # Materializations running in this process, by Workspace uid (set when done):
+    # the takeover path and kopf's handlers never run the same Workspace at once.
+    inflight: dict[str, asyncio.Event] = field(default_factory=dict)
+    takeovers: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
     def create(cls, config: Config, kube: Kube | None = None) -> Runtime:

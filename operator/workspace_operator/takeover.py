@@ -36,13 +36,11 @@ async def exclusive(rt: Runtime, namespace: str, name: str, uid: str, status: Ma
     (the caller's copy predates that run), so that a Workspace made Ready meanwhile
     is recognised as such instead of being marked Materializing again.
     """
-    me = asyncio.current_task()
-    assert me is not None
     waited = False
-    while (other := rt.inflight.get(uid)) is not None and other is not me:
+    while (other := rt.inflight.get(uid)) is not None:
         waited = True
-        await asyncio.wait([other])
-    rt.inflight[uid] = me
+        await other.wait()
+    done = rt.inflight[uid] = asyncio.Event()
     try:
         if waited:
             fresh = await rt.kube.get_workspace(namespace, name)
@@ -50,8 +48,8 @@ async def exclusive(rt: Runtime, namespace: str, name: str, uid: str, status: Ma
                 status = fresh.get("status") or {}
         return await run(status)
     finally:
-        if rt.inflight.get(uid) is me:
-            del rt.inflight[uid]
+        del rt.inflight[uid]
+        done.set()
 
 
 async def follow(rt: Runtime) -> None:
@@ -91,7 +89,9 @@ async def pick_up(rt: Runtime, before: frozenset[str], after: frozenset[str]) ->
         if (meta["namespace"], _project(ws)) not in moved or "deletionTimestamp" in meta or uid in rt.inflight \
                 or is_settled(ws.get("status") or {}, int(meta.get("generation") or 0)):
             continue
-        rt.inflight[uid] = asyncio.create_task(_run(rt, ws), name=f"takeover {meta['namespace']}/{meta['name']}")
+        task = asyncio.create_task(_run(rt, ws), name=f"takeover {meta['namespace']}/{meta['name']}")
+        rt.takeovers.add(task)
+        task.add_done_callback(rt.takeovers.discard)
         started += 1
     if moved:
         metrics.TAKEOVERS.inc(started)
@@ -107,31 +107,36 @@ def _project(ws: Mapping[str, Any]) -> str:
 async def _run(rt: Runtime, ws: Mapping[str, Any]) -> None:
     meta = ws["metadata"]
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
-    current: Mapping[str, Any] = ws
-    attempt = 0
     try:
-        while rt.owns(namespace, _project(current)):
-            status = current.get("status") or {}
-            generation = int(current["metadata"].get("generation") or 0)
-            try:
-                await materialize.materialize(rt, namespace=namespace, name=name, generation=generation,
-                                              spec=current.get("spec") or {}, current=status, attempt=attempt)
-                return
-            except materialize.Fatal:
-                return
-            except materialize.Retry as retry:
-                await asyncio.sleep(retry.delay)
-            attempt += 1
-            fresh = await rt.kube.get_workspace(namespace, name)
-            if fresh is None or fresh["metadata"].get("uid") != uid or "deletionTimestamp" in fresh["metadata"] \
-                    or is_settled(fresh.get("status") or {}, int(fresh["metadata"].get("generation") or 0)):
-                return
-            current = fresh
-        log.info("takeover of %s/%s stopped: the project moved on", namespace, name)
+        await exclusive(rt, namespace, name, uid, ws.get("status") or {},
+                        lambda status: _until_settled(rt, ws, status))
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("takeover of %s/%s failed", namespace, name)
-    finally:
-        if rt.inflight.get(uid) is asyncio.current_task():
-            del rt.inflight[uid]
+
+
+async def _until_settled(rt: Runtime, ws: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """Materialize with backoff while the project stays here and the Workspace is unsettled."""
+    meta = ws["metadata"]
+    namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
+    spec: Mapping[str, Any] = ws.get("spec") or {}
+    generation = int(meta.get("generation") or 0)
+    attempt = 0
+    while not is_settled(status, generation):
+        if not rt.owns(namespace, _project(ws)):
+            log.info("takeover of %s/%s stopped: the project moved on", namespace, name)
+            return
+        try:
+            await materialize.materialize(rt, namespace=namespace, name=name, generation=generation,
+                                          spec=spec, current=status, attempt=attempt)
+            return
+        except materialize.Fatal:
+            return
+        except materialize.Retry as retry:
+            await asyncio.sleep(retry.delay)
+        attempt += 1
+        fresh = await rt.kube.get_workspace(namespace, name)
+        if fresh is None or fresh["metadata"].get("uid") != uid or "deletionTimestamp" in fresh["metadata"]:
+            return
+        status = fresh.get("status") or {}
