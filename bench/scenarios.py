@@ -47,6 +47,7 @@ class Settings:
     burst: int = 50
     many: int = 200
     many_projects: int = 20
+    replica_counts: tuple[int, ...] = (1, 2, 3)  # replicas: `many` shared by this many operators
     memory: int = 1000
     memory_projects: int = 4
     memory_batch: int = 50  # steady state: created this many at a time
@@ -581,12 +582,52 @@ def monorepo(cp: ControlPlane, st: Settings) -> Result:
     return result
 
 
+def replicas(cp: ControlPlane, st: Settings) -> Result:
+    """`many` (cold caches) with 1, 2 and 3 operator replicas sharing the projects by membership."""
+    size = st.many_size
+    result = Result(f"replicas-{size}")
+    for count in st.replica_counts:
+        with Env(cp, st, f"replicas-{count}-{size}", size) as env:
+            extra = [Operator(cp.kubeconfig, env.operator.root, env.operator.namespace,
+                              st.results_dir / f"operator-replicas-{count}-{i}.log",
+                              {**st.operator_env, "WORKSPACE_IDENTITY": f"bench{i}"}).start()
+                     for i in range(1, count)]
+            try:
+                ops = [env.operator, *extra]
+                deadline = now() + 60
+                while not all(f"workspace_members {float(count)}" in op.metrics() for op in ops):
+                    if now() > deadline:
+                        raise TimeoutError(f"{count} replicas did not see each other in 60s")
+                    time.sleep(0.2)
+                items = [(f"r{count}-{i}", f"p{i % st.many_projects}", {"branch": "main", "commit": env.head})
+                         for i in range(st.many)]
+                wave = _wave(env, items, timeout=1800)
+                shares = [_counter(op.metrics(), 'workspace_materializations_total{result="ready"}') for op in ops]
+            finally:
+                for op in extra:
+                    op.stop()
+        progress(f"replicas {count}: {wave['ready']}/{st.many} Ready in {wave['wall']:.2f}s "
+                 f"({wave['throughput']:.1f}/s), p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s, "
+                 f"materialized per replica {shares}")
+        result.rows.append(Row(f"replicas: {st.many} Workspaces over {st.many_projects} projects, {count} "
+                               f"replica(s)", size, wave["wall"], None, "", "reported", None,
+                               note=f"{wave['throughput']:.1f} Workspaces/s; created→Ready p50 {wave['p50']:.2f}s, "
+                                    f"p99 {wave['p99']:.2f}s; per replica {shares}"))
+        result.data[f"replicas-{count}"] = {"wave": wave, "per_replica": shares}
+    return result
+
+
+def _counter(metrics: str, series: str) -> int:
+    return sum(int(float(line.split()[-1])) for line in metrics.splitlines() if line.startswith(series + " "))
+
+
 SCENARIOS: dict[str, Callable[[ControlPlane, Settings], Result]] = {
     "cold": cold,
     "warm": warm,
     "warm-new": warm_new,
     "burst": burst,
     "many": many,
+    "replicas": replicas,
     "memory": memory,
     "monorepo": monorepo,
 }
