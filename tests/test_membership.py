@@ -276,9 +276,14 @@ def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
     victim = replicas[1]
     names = [(f"{p}-w{i}", p) for i in range(5) for projects in chosen.values() for p in projects]
 
+    # One Workspace of the victim's, Ready (so it carries the finalizer), deleted after its death.
+    workspaces.create("doomed", spec(smart_http, chosen["op1"][0]))
+    doomed_path = victim.op.root / workspaces.wait_ready("doomed", timeout=60)["path"]
+
     for name, project in names[:30]:
         workspaces.create(name, spec(smart_http, project))
     killed_at = victim.kill()
+    workspaces.delete("doomed")
     unsettled = [n for n, p in names[:30] if p in chosen["op1"] and workspaces.status(n).get("phase") != "Ready"]
     for name, project in names[30:]:
         workspaces.create(name, spec(smart_http, project))
@@ -287,6 +292,8 @@ def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
     for name, _ in names:
         assert workspaces.wait_ready(name, timeout=240)["commit"] == upstream_repo.main, name
     all_ready = time.time()
+    workspaces.wait_gone("doomed", timeout=60)  # its deletion event went to the dead replica
+    assert not doomed_path.exists()
 
     calls = journal.calls()
     served = {}

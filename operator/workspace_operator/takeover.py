@@ -25,6 +25,7 @@ from workspace_operator.runtime import Runtime
 from workspace_operator.status import is_settled
 
 log = logging.getLogger("workspace_operator.takeover")
+TAKEN_OVER_BY = "crafting.dev/taken-over-by"
 T = TypeVar("T")
 
 
@@ -86,8 +87,15 @@ async def pick_up(rt: Runtime, before: frozenset[str], after: frozenset[str]) ->
     for ws in items:
         meta = ws["metadata"]
         uid = str(meta["uid"])
-        if (meta["namespace"], _project(ws)) not in moved or "deletionTimestamp" in meta or uid in rt.inflight \
-                or is_settled(ws.get("status") or {}, int(meta.get("generation") or 0)):
+        if (meta["namespace"], _project(ws)) not in moved:
+            continue
+        if "deletionTimestamp" in meta:
+            if meta.get("finalizers"):
+                # A deletion whose event went to a dead owner: touch the object so
+                # that kopf here sees it again and runs the finalizer (teardown).
+                await rt.kube.annotate_workspace(meta["namespace"], meta["name"], {TAKEN_OVER_BY: me})
+            continue
+        if uid in rt.inflight or is_settled(ws.get("status") or {}, int(meta.get("generation") or 0)):
             continue
         task = asyncio.create_task(_run(rt, ws), name=f"takeover {meta['namespace']}/{meta['name']}")
         rt.takeovers.add(task)
