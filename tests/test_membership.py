@@ -13,6 +13,7 @@ are judged from those records, never assumed:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -29,6 +30,9 @@ from kubernetes.client import ApiClient, CoordinationV1Api
 
 from cluster import OperatorProcess, Workspaces, wait_for
 from upstreams import SmartHTTP, StandardRepo
+from workspace_operator.git import GitSettings
+from workspace_operator.git.runner import GitRunner
+from workspace_operator.lock import LeaseLocks, LeaseLost, lease_name
 from workspace_operator.membership import MEMBER_LABEL, owner
 
 pytestmark = pytest.mark.cluster
@@ -424,3 +428,89 @@ def _seconds(stamp: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_lease_is_not_trusted_past_its_renew_deadline_and_a_dead_holder_is_taken_over_at_once(
+    api_client: ApiClient, namespace: str, tmp_path: Path,
+) -> None:
+    api = CoordinationV1Api(api_client)
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    async def scenario() -> None:
+        sleeper = LeaseLocks(api, namespace, "sleeper", duration_seconds=30, clock=clock)
+        runner = GitRunner(GitSettings())
+        with pytest.raises(LeaseLost, match="not starting git"):
+            async with sleeper.hold(namespace, "fenced", wait_seconds=10):
+                await runner.run("version", ["version"], cwd=tmp_path)  # trusted: runs
+                offset[0] += 25  # as if paused for 25 s (> 2/3 of 30) and just woken up
+                await runner.run("version", ["version"], cwd=tmp_path)  # refused before it starts
+        # The Lease is still the sleeper's on record (not released: it was lost).
+        record = api.read_namespaced_lease(lease_name(namespace, "fenced"), namespace).spec
+        assert record is not None and record.holder_identity == "sleeper"
+
+        # A peer that knows the sleeper is dead (its heartbeat expired) takes over at once,
+        # without waiting the project Lease's own 30 s.
+        peer = LeaseLocks(api, namespace, "peer", duration_seconds=30)
+        peer.holder_gone = lambda holder: holder == "sleeper"
+        async with peer.hold(namespace, "fenced", wait_seconds=5) as waited:
+            assert waited < 5
+        assert not peer._local and not peer._observed and not sleeper._local and not sleeper._observed
+
+    asyncio.run(scenario())
+
+
+def test_lock_maps_hold_only_the_work_in_flight(api_client: ApiClient, namespace: str) -> None:
+    locks = LeaseLocks(CoordinationV1Api(api_client), namespace, "maps", duration_seconds=30)
+
+    async def scenario() -> None:
+        inside = asyncio.Event()
+        release = asyncio.Event()
+
+        async def holder(project: str) -> None:
+            async with locks.hold(namespace, project, wait_seconds=30):
+                inside.set()
+                await release.wait()
+
+        first = asyncio.create_task(holder("busy"))
+        await inside.wait()
+        waiter = asyncio.create_task(holder("busy"))
+        for i in range(20):  # many projects, one after the other
+            async with locks.hold(namespace, f"short-{i}", wait_seconds=30):
+                pass
+        await asyncio.sleep(0.1)
+        assert set(locks._local) == {lease_name(namespace, "busy")}
+        release.set()
+        await asyncio.gather(first, waiter)
+        assert not locks._local and not locks._observed and not locks._users
+
+    asyncio.run(scenario())
+
+
+def test_gc_deletes_leases_of_projects_that_are_gone(
+    api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
+    smart_http: SmartHTTP,
+) -> None:
+    op = operator_factory(env={"WORKSPACE_GC_INTERVAL_SECONDS": "2", "WORKSPACE_CACHE_UNUSED_SECONDS": "1",
+                               "WORKSPACE_ORPHAN_GRACE_SECONDS": "1"})
+    api = CoordinationV1Api(api_client)
+    for project in ("gone", "kept"):
+        workspaces.create(project, {**spec(smart_http, project), "ttlSecondsAfterReady": 0})
+        workspaces.wait_ready(project)
+    workspaces.delete("gone")
+    workspaces.wait_gone("gone")
+
+    def lease_exists(project: str) -> bool:
+        names = {lease.metadata.name for lease in api.list_namespaced_lease(namespace).items if lease.metadata}
+        return lease_name(namespace, project) in names
+
+    wait_for(lambda: not lease_exists("gone"), timeout=60, message="the gone project's Lease deleted")
+    assert not (op.root / namespace / "gone").exists()
+    assert lease_exists("kept") and (op.root / namespace / "kept").is_dir()
+    assert workspaces.status("kept")["phase"] == "Ready"
+    # A new Workspace for the project simply creates the Lease again.
+    workspaces.create("again", spec(smart_http, "gone"))
+    workspaces.wait_ready("again")
+    assert lease_exists("gone")
