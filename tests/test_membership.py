@@ -419,9 +419,14 @@ def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
     calls = journal.calls()
     adds = worktree_adds(calls)
     assert set(adds) == {name for name, _ in created}
-    assert all(count == 1 for count in adds.values()), adds
+    # Once each; the only exception allowed is a worktree whose checkout the leaver's
+    # SIGTERM interrupted (git killed before the completion record): rebuilt once.
+    stayers = worktree_adds(calls, excluding=leaving.name)
+    redone = sorted(name for name, count in adds.items() if count > 1)
+    assert all(count == 1 for count in stayers.values()), stayers
+    assert all(adds[name] == 2 and stayers[name] == 1 for name in redone), redone
     lease_history.check(calls, {})
-    print(f"{len(created)} Workspaces; peers saw the leaver gone {left_after:.1f}s after SIGTERM; "
+    print(f"{len(created)} Workspaces, {len(redone)} rebuilt after the leaver's SIGTERM; peers saw the leaver gone {left_after:.1f}s after SIGTERM; "
           f"slowest creation-to-Ready {max(ready_after):.1f}s")
     assert left_after <= LEASE
     assert max(ready_after) <= LEASE + 5  # readyAt has whole-second resolution
