@@ -19,11 +19,15 @@ import kopf
 
 from workspace_operator import gc, materialize, takeover, teardown
 from workspace_operator.runtime import Runtime
-from workspace_operator.spec import GROUP, PLURAL, VERSION
+from workspace_operator.spec import FINALIZER, GROUP, PLURAL, VERSION
 from workspace_operator.status import is_settled
 
 RESOURCE = (GROUP, VERSION, PLURAL)
-FINALIZER = "crafting.dev/worktree-cleanup"
+# kopf's own finalizer: never added, because no handler asks kopf for one. The
+# operator manages FINALIZER itself (added before materializing, removed after
+# teardown): kopf strips its finalizer from every object its `when=` filters
+# hide, so with several replicas each would strip it from the others' Workspaces.
+KOPF_FINALIZER = "crafting.dev/kopf"
 
 
 def _rt(memo: kopf.Memo) -> Runtime:
@@ -43,7 +47,7 @@ def _owned_unsettled(spec: kopf.Spec, namespace: str | None, status: kopf.Status
 
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     rt = _rt(memo)
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = KOPF_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="crafting.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="crafting.dev", key="last-handled-configuration")
@@ -85,6 +89,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
                     meta: kopf.Meta, retry: int, memo: kopf.Memo, **_: Any) -> None:
     rt = _rt(memo)
+    if not await rt.kube.add_finalizer(namespace, name, FINALIZER, meta):
+        return  # deleted meanwhile: nothing to materialize
     try:
         result = await takeover.exclusive(
             rt, namespace, name, str(meta.get("uid") or ""), status, lambda current: materialize.materialize(
@@ -107,6 +113,7 @@ async def on_delete(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec,
         outcome = await teardown.teardown(_rt(memo), namespace=namespace, name=name, spec=spec, attempt=retry)
     except teardown.RetryDeletion as error:
         raise kopf.TemporaryError(str(error), delay=min(60, 2 ** (retry + 1))) from None
+    await _rt(memo).kube.remove_finalizer(namespace, name, FINALIZER)
     kopf.info(body, reason="Cleaned", message=outcome)
 
 
@@ -121,7 +128,8 @@ def build_registry() -> kopf.OperatorRegistry:
         (kopf.on.cleanup(registry=registry), shutdown),
         (kopf.on.create(*RESOURCE, registry=registry, when=_owned, id="materialize"), on_create),
         (kopf.on.resume(*RESOURCE, registry=registry, when=_owned_unsettled, id="resume"), on_create),
-        (kopf.on.delete(*RESOURCE, registry=registry, when=_owned, id="cleanup"), on_delete),
+        # optional: kopf adds no finalizer of its own; FINALIZER keeps the object until done.
+        (kopf.on.delete(*RESOURCE, registry=registry, when=_owned, id="cleanup", optional=True), on_delete),
     ):
         decorator(handler)
     return registry

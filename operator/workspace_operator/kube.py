@@ -101,6 +101,56 @@ class Kube:
             raise
         return dict(found)
 
+    async def add_finalizer(self, namespace: str, name: str, finalizer: str,
+                            meta: Mapping[str, Any] | None = None) -> bool:
+        """Make sure the Workspace carries `finalizer`; False if it is gone or being deleted.
+
+        A merge patch of the whole list, guarded by resourceVersion (`meta`, when
+        given, is a possibly stale copy: a conflict re-reads it).
+        """
+        for _ in range(10):
+            if meta is None:
+                found = await self.get_workspace(namespace, name)
+                if found is None:
+                    return False
+                meta = found["metadata"]
+            if meta.get("deletionTimestamp"):
+                return False
+            current = list(meta.get("finalizers") or [])
+            if finalizer in current:
+                return True
+            done = await self._patch_finalizers(namespace, name, [*current, finalizer], str(meta["resourceVersion"]))
+            if done is not None:
+                return done
+            meta = None
+        raise RuntimeError(f"workspace {namespace}/{name}: finalizers kept changing")
+
+    async def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        for _ in range(10):
+            found = await self.get_workspace(namespace, name)
+            current = list((found or {}).get("metadata", {}).get("finalizers") or [])
+            if found is None or finalizer not in current:
+                return
+            kept = [f for f in current if f != finalizer]
+            if await self._patch_finalizers(namespace, name, kept, str(found["metadata"]["resourceVersion"])) is not None:
+                return
+        raise RuntimeError(f"workspace {namespace}/{name}: finalizers kept changing")
+
+    async def _patch_finalizers(self, namespace: str, name: str, finalizers: list[str], version: str
+                                ) -> bool | None:
+        """True if written, False if the object is gone, None on a conflict (changed since `version`)."""
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
+        try:
+            await asyncio.to_thread(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
+                                    name, body)
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     async def annotate_workspace(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
         """Merge annotations into a Workspace (an event for every watcher); gone is fine."""
         try:

@@ -17,6 +17,8 @@ GROUP = "crafting.dev"
 VERSION = "v1"
 PLURAL = "workspaces"
 KIND = "Workspace"
+# Added before anything is created on the volume, removed once the worktree is gone.
+FINALIZER = "crafting.dev/worktree-cleanup"
 
 
 def revision_of(spec: Mapping[str, Any]) -> Revision:

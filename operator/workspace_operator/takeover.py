@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from workspace_operator import materialize, metrics
 from workspace_operator.membership import gained, owner
 from workspace_operator.runtime import Runtime
+from workspace_operator.spec import FINALIZER
 from workspace_operator.status import is_settled
 
 log = logging.getLogger("workspace_operator.takeover")
@@ -90,7 +91,7 @@ async def pick_up(rt: Runtime, before: frozenset[str], after: frozenset[str]) ->
         if (meta["namespace"], _project(ws)) not in moved:
             continue
         if "deletionTimestamp" in meta:
-            if meta.get("finalizers"):
+            if FINALIZER in (meta.get("finalizers") or []):
                 # A deletion whose event went to a dead owner: touch the object so
                 # that kopf here sees it again and runs the finalizer (teardown).
                 await rt.kube.annotate_workspace(meta["namespace"], meta["name"], {TAKEN_OVER_BY: me})
@@ -131,6 +132,8 @@ async def _until_settled(rt: Runtime, ws: Mapping[str, Any], status: Mapping[str
     spec: Mapping[str, Any] = ws.get("spec") or {}
     generation = int(meta.get("generation") or 0)
     attempt = 0
+    if not await rt.kube.add_finalizer(namespace, name, FINALIZER):
+        return
     while not is_settled(status, generation):
         if not rt.owns(namespace, _project(ws)):
             log.info("takeover of %s/%s stopped: the project moved on", namespace, name)
