@@ -25,8 +25,10 @@ from workspace_operator.status import is_settled
 RESOURCE = (GROUP, VERSION, PLURAL)
 # kopf's own finalizer: never added, because no handler asks kopf for one. The
 # operator manages FINALIZER itself (added before materializing, removed after
-# teardown): kopf strips its finalizer from every object its `when=` filters
-# hide, so with several replicas each would strip it from the others' Workspaces.
+# teardown, see teardown.finalize_soon): kopf strips its finalizer from every
+# object its `when=` filters hide, so with several replicas each would strip it
+# from the others' Workspaces, and deletions seen first by a non-owner would skip
+# teardown.
 KOPF_FINALIZER = "crafting.dev/kopf"
 
 
@@ -107,14 +109,10 @@ async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec,
                   f"(cache {'hit' if result.cache_hit else 'miss'}, {result.total_seconds:.2f}s)")
 
 
-async def on_delete(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, retry: int,
-                    memo: kopf.Memo, **_: Any) -> None:
-    try:
-        outcome = await teardown.teardown(_rt(memo), namespace=namespace, name=name, spec=spec, attempt=retry)
-    except teardown.RetryDeletion as error:
-        raise kopf.TemporaryError(str(error), delay=min(60, 2 ** (retry + 1))) from None
-    await _rt(memo).kube.remove_finalizer(namespace, name, FINALIZER)
-    kopf.info(body, reason="Cleaned", message=outcome)
+async def on_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    """Deletion of an owned Workspace: remove its worktree, then the operator's finalizer."""
+    if meta.get("deletionTimestamp"):
+        teardown.finalize_soon(_rt(memo), body)
 
 
 def build_registry() -> kopf.OperatorRegistry:
@@ -128,8 +126,8 @@ def build_registry() -> kopf.OperatorRegistry:
         (kopf.on.cleanup(registry=registry), shutdown),
         (kopf.on.create(*RESOURCE, registry=registry, when=_owned, id="materialize"), on_create),
         (kopf.on.resume(*RESOURCE, registry=registry, when=_owned_unsettled, id="resume"), on_create),
-        # optional: kopf adds no finalizer of its own; FINALIZER keeps the object until done.
-        (kopf.on.delete(*RESOURCE, registry=registry, when=_owned, id="cleanup", optional=True), on_delete),
+        # Deletions: the operator's own finalizer keeps the object until teardown is done.
+        (kopf.on.event(*RESOURCE, registry=registry, when=_owned, id="cleanup"), on_event),
     ):
         decorator(handler)
     return registry

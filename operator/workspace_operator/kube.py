@@ -151,15 +151,6 @@ class Kube:
             raise
         return True
 
-    async def annotate_workspace(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
-        """Merge annotations into a Workspace (an event for every watcher); gone is fine."""
-        try:
-            await asyncio.to_thread(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                                    name, {"metadata": {"annotations": dict(annotations)}})
-        except ApiException as error:
-            if error.status != 404:
-                raise
-
     async def list_workspaces(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         if not namespaces:
             listing: Any = await asyncio.to_thread(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)

@@ -130,10 +130,10 @@ class LeaseLocks:
 
     @contextlib.asynccontextmanager
     async def _held(self, name: str, labels: dict[str, str], wait_seconds: float) -> AsyncIterator[None]:
-        resource_version, confirmed_at = await self._acquire(name, labels, wait_seconds)
+        lease, confirmed_at = await self._acquire(name, labels, wait_seconds)
         guarded = asyncio.current_task()
         assert guarded is not None
-        state = _Holding(resource_version, confirmed_at, self.identity)
+        state = _Holding(lease, confirmed_at, _spec(lease).holder_identity or "")
 
         def guard() -> None:
             # Runs before every git process under this Lease: a process that was
@@ -141,8 +141,9 @@ class LeaseLocks:
             # before its renewer has had a chance to notice.
             if state.lost or not self._trusted(state):
                 state.lost = True
-                raise LeaseLost(f"lock {name} not confirmed within {self.renew_deadline:.0f}s; "
-                                "not starting git")
+                why = ("this replica's membership heartbeat lapsed" if not self.alive() else
+                       f"not confirmed for {self.clock() - state.confirmed_at:.1f}s")
+                raise LeaseLost(f"lock {name}: {why}; not starting git")
 
         renewer = asyncio.create_task(self._renew(name, state, guarded), name=f"renew {name}")
         token = write_guard.set(guard)
@@ -159,7 +160,7 @@ class LeaseLocks:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             if not state.lost:
-                await self._release(name, state.resource_version)
+                await self._release(name, _version(state.lease))
         if state.lost:
             raise LeaseLost(f"lost lock {name} while holding it")
 
@@ -169,20 +170,20 @@ class LeaseLocks:
 
     # -- protocol steps ----------------------------------------------------------
 
-    async def _acquire(self, name: str, labels: dict[str, str], wait_seconds: float) -> tuple[str, float]:
-        """(resourceVersion, local time the winning write was sent: the holding's start)."""
+    async def _acquire(self, name: str, labels: dict[str, str], wait_seconds: float) -> tuple[V1Lease, float]:
+        """(the Lease as written, local time the winning write was sent: the holding's start)."""
         deadline = self.clock() + wait_seconds
         while True:
-            sent = self.clock()
-            resource_version = await self._try_acquire(name, labels) if self.alive() else None
-            if resource_version is not None:
-                return resource_version, sent
+            acquired = await self._try_acquire(name, labels) if self.alive() else None
+            if acquired is not None:
+                return acquired
             if self.clock() >= deadline:
                 raise LockTimeout(f"waited {wait_seconds:.0f}s for lock {name}")
             # Poll fast at first (locks are usually held for well under a second).
             await asyncio.sleep(min(deadline - self.clock(), random.uniform(0.05, 0.25)))
 
-    async def _try_acquire(self, name: str, labels: dict[str, str]) -> str | None:
+    async def _try_acquire(self, name: str, labels: dict[str, str]) -> tuple[V1Lease, float] | None:
+        """(the Lease as written, local time the winning write was sent) or None if not acquired."""
         now = datetime.now(UTC)
         try:
             lease = await asyncio.to_thread(self.api.read_namespaced_lease, name, self.namespace)
@@ -194,13 +195,14 @@ class LeaseLocks:
                 spec=V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
                                  acquire_time=now, renew_time=now, lease_transitions=0),
             )
+            sent = self.clock()
             try:
                 created = await asyncio.to_thread(self.api.create_namespaced_lease, self.namespace, body)
             except ApiException as create_error:
                 if create_error.status == 409:
                     return None
                 raise
-            return _version(created)
+            return created, sent
 
         spec = _spec(lease)
         holder = spec.holder_identity or ""
@@ -222,6 +224,7 @@ class LeaseLocks:
             spec=V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
                              acquire_time=now, renew_time=now, lease_transitions=transitions),
         )
+        sent = self.clock()
         try:
             updated = await asyncio.to_thread(self.api.replace_namespaced_lease, name, self.namespace, body)
         except ApiException as error:
@@ -231,7 +234,7 @@ class LeaseLocks:
         if takeover:
             metrics.LEASE_TAKEOVERS.inc()
             log.warning("took over expired lock %s from %s", name, holder)
-        return _version(updated)
+        return updated, sent
 
     async def _renew(self, name: str, state: _Holding, guarded: asyncio.Task[Any]) -> None:
         while True:
@@ -239,15 +242,18 @@ class LeaseLocks:
             try:
                 if not self.alive() or state.identity != self.identity:
                     raise LeaseLost(f"lock {name}: this replica's membership heartbeat lapsed")
+                # One guarded write: any change by anyone else since our last write
+                # (a takeover, a release, a deletion) makes it fail.
                 sent = self.clock()
-                lease = await asyncio.to_thread(self.api.read_namespaced_lease, name, self.namespace)
-                spec = _spec(lease)
-                if spec.holder_identity != state.identity:
-                    raise LeaseLost(f"lock {name} now held by {spec.holder_identity}")
-                spec.renew_time = datetime.now(UTC)
-                updated = await asyncio.to_thread(self.api.replace_namespaced_lease, name, self.namespace, lease)
-                state.resource_version = _version(updated)
-                state.confirmed_at = sent
+                _spec(state.lease).renew_time = datetime.now(UTC)
+                try:
+                    updated = await asyncio.to_thread(self.api.replace_namespaced_lease, name, self.namespace,
+                                                      state.lease)
+                except ApiException as error:
+                    if error.status in (404, 409):
+                        raise LeaseLost(f"lock {name} changed or deleted by someone else ({error.reason})") from None
+                    raise
+                state.lease, state.confirmed_at = updated, sent
             except LeaseLost as lost:
                 log.error("%s; stopping the guarded work", lost)
                 state.lost = True
@@ -286,7 +292,7 @@ def _version(lease: V1Lease) -> str:
 
 @dataclass
 class _Holding:
-    resource_version: str
+    lease: V1Lease  # as we last wrote it
     confirmed_at: float  # local time the last successful write (acquire or renew) was sent
     identity: str
     lost: bool = False

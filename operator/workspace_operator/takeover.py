@@ -19,14 +19,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from workspace_operator import materialize, metrics
+from workspace_operator import materialize, metrics, teardown
 from workspace_operator.membership import gained, owner
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import FINALIZER
 from workspace_operator.status import is_settled
 
 log = logging.getLogger("workspace_operator.takeover")
-TAKEN_OVER_BY = "crafting.dev/taken-over-by"
 T = TypeVar("T")
 
 
@@ -91,10 +90,7 @@ async def pick_up(rt: Runtime, before: frozenset[str], after: frozenset[str]) ->
         if (meta["namespace"], _project(ws)) not in moved:
             continue
         if "deletionTimestamp" in meta:
-            if FINALIZER in (meta.get("finalizers") or []):
-                # A deletion whose event went to a dead owner: touch the object so
-                # that kopf here sees it again and runs the finalizer (teardown).
-                await rt.kube.annotate_workspace(meta["namespace"], meta["name"], {TAKEN_OVER_BY: me})
+            teardown.finalize_soon(rt, ws)  # a deletion whose event went to a dead owner
             continue
         if uid in rt.inflight or is_settled(ws.get("status") or {}, int(meta.get("generation") or 0)):
             continue

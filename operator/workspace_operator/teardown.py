@@ -7,6 +7,8 @@ the directory is then an orphan that GC removes after its grace period.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +18,7 @@ from workspace_operator.git import GitError
 from workspace_operator.git.layout import DNS1123_LABEL
 from workspace_operator.lock import LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
+from workspace_operator.spec import FINALIZER
 
 log = logging.getLogger("workspace_operator.teardown")
 
@@ -45,3 +48,45 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
     metrics.DELETIONS.labels("removed" if existed else "absent").inc()
     log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed)
     return "worktree removed" if existed else "no worktree on the volume"
+
+
+def finalize_soon(rt: Runtime, obj: Mapping[str, Any]) -> bool:
+    """Start removing a deleted Workspace's worktree, then its finalizer; False if already running.
+
+    The operator owns its finalizer (kopf's would be stripped by every replica whose
+    ownership filter hides the object), so deletions are driven from here: by the
+    owner's event handler, or by the takeover path for a dead owner's deletions.
+    """
+    meta = obj["metadata"]
+    key = f"{meta['uid']}/delete"
+    if key in rt.inflight or FINALIZER not in (meta.get("finalizers") or []):
+        return False
+    rt.inflight[key] = asyncio.Event()
+    task = asyncio.create_task(_finalize(rt, obj, key), name=f"finalize {meta['namespace']}/{meta['name']}")
+    rt.takeovers.add(task)
+    task.add_done_callback(rt.takeovers.discard)
+    return True
+
+
+async def _finalize(rt: Runtime, obj: Mapping[str, Any], key: str) -> None:
+    meta = obj["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    outcome = "worktree left for garbage collection"
+    try:
+        for attempt in range(GIVE_UP_AFTER_ATTEMPTS + 1):
+            try:
+                outcome = await teardown(rt, namespace=namespace, name=name, spec=obj.get("spec") or {},
+                                         attempt=attempt)
+                break
+            except RetryDeletion as error:
+                log.info("removing worktree of %s/%s: %s; retrying", namespace, name, error)
+                await asyncio.sleep(min(60, 2 ** (attempt + 1)))
+        await rt.kube.remove_finalizer(namespace, name, FINALIZER)
+        with contextlib.suppress(Exception):
+            await rt.kube.post_event(obj, reason="Cleaned", message=outcome)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the next event or takeover starts over
+        log.exception("finalizing %s/%s failed", namespace, name)
+    finally:
+        rt.inflight.pop(key).set()
