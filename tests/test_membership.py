@@ -429,9 +429,11 @@ def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
     assert all(adds[name] == 2 and stayers[name] == 1 for name in redone), redone
     lease_history.check(calls, {})
     print(f"{len(created)} Workspaces, {len(redone)} rebuilt after the leaver's SIGTERM; peers saw the leaver gone {left_after:.1f}s after SIGTERM; "
-          f"slowest creation-to-Ready {max(ready_after):.1f}s")
+          f"creation-to-Ready median {sorted(ready_after)[len(ready_after) // 2]:.1f}s, max {max(ready_after):.1f}s")
     assert left_after <= LEASE
-    assert max(ready_after) <= LEASE + 5  # readyAt has whole-second resolution
+    # No stall longer than a lease duration on top of the usual latency (readyAt: whole seconds).
+    typical = sorted(ready_after)[len(ready_after) // 2]
+    assert max(ready_after) <= typical + LEASE + 1, (typical, max(ready_after))
 
 
 def _seconds(stamp: str) -> float:

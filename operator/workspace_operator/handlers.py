@@ -41,6 +41,10 @@ def _owned(spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: Any) ->
     return _rt(memo).owns(namespace or "", str(spec.get("project", "")))
 
 
+def _owned_deleting(spec: kopf.Spec, namespace: str | None, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
+    return bool(meta.get("deletionTimestamp")) and _owned(spec, namespace, memo)
+
+
 def _owned_unsettled(spec: kopf.Spec, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
                      memo: kopf.Memo, **_: Any) -> bool:
     """On resume, skip what is already Ready or permanently Failed for this generation."""
@@ -111,8 +115,7 @@ async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec,
 
 async def on_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     """Deletion of an owned Workspace: remove its worktree, then the operator's finalizer."""
-    if meta.get("deletionTimestamp"):
-        teardown.finalize_soon(_rt(memo), body)
+    teardown.finalize_soon(_rt(memo), body)
 
 
 def build_registry() -> kopf.OperatorRegistry:
@@ -127,7 +130,7 @@ def build_registry() -> kopf.OperatorRegistry:
         (kopf.on.create(*RESOURCE, registry=registry, when=_owned, id="materialize"), on_create),
         (kopf.on.resume(*RESOURCE, registry=registry, when=_owned_unsettled, id="resume"), on_create),
         # Deletions: the operator's own finalizer keeps the object until teardown is done.
-        (kopf.on.event(*RESOURCE, registry=registry, when=_owned, id="cleanup"), on_event),
+        (kopf.on.event(*RESOURCE, registry=registry, when=_owned_deleting, id="cleanup"), on_event),
     ):
         decorator(handler)
     return registry

@@ -38,12 +38,18 @@ class LeaseConflict(Exception):
     """The Lease changed or vanished since we last read it (HTTP 409 or 404)."""
 
 
-def load_client_config() -> None:
+def load_client_config(pool: int = 64) -> None:
     """In-cluster config in a pod, else the current kubeconfig (KUBECONFIG)."""
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    # As many pooled connections as threads making calls (`configure_thread_pool`):
+    # the default (5 per CPU) makes busy replicas discard connections and pay a new
+    # TLS handshake for most calls, which slows Lease renewals and heartbeats.
+    default = kubernetes.client.Configuration.get_default_copy()
+    default.connection_pool_maxsize = pool
+    kubernetes.client.Configuration.set_default(default)
 
 
 def configure_thread_pool(loop: asyncio.AbstractEventLoop, workers: int = 64) -> None:

@@ -65,7 +65,10 @@ class Members:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            started = self.clock()
             await self.beat()
+            if (took := self.clock() - started) > self.deadline / 2:
+                log.warning("heartbeat round took %.1fs (renew deadline %.1fs): API server slow?", took, self.deadline)
 
     async def beat(self) -> None:
         """Renew our heartbeat, list everyone's, update the live set."""
