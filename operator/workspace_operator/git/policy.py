@@ -41,6 +41,10 @@ class URLPolicy:
 
     def check(self, url: str, what: str = "repository") -> origins.Origin:
         """Every rule that needs no network; returns the parsed origin."""
+        if isinstance(url, str) and "::" in url.split("/", 1)[0]:
+            # Name the remote-helper syntax (ext::sh -c ...) even when other faults follow.
+            raise GitError(Reason.SCHEME_NOT_ALLOWED, f"{what}: transport '<name>::' syntax is not allowed",
+                           step="validate")
         check_url(url, self.settings.allowed_schemes, what)
         origin = origins.parse(url)
         if origin.scheme == "file":
