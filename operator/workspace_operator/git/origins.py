@@ -99,7 +99,7 @@ def parse(url: str, *, scope: bool = False) -> Origin:
         if scp is None:
             raise URLRefused("not a URL (scheme://host/path) nor scp-like user@host:path")
         user, host, path = scp.groups()
-        segments = _segments(path, scope=scope)
+        segments = _segments(path.removeprefix("/"), scope=scope)
         if not path.startswith("/"):
             segments = ("~", *segments)  # scp-like paths are relative to the login's home
         return Origin("ssh", _host(host, scope=scope), DEFAULT_PORTS["ssh"], segments, user)
@@ -172,8 +172,8 @@ def _host(host: str, *, scope: bool) -> str:
 
 
 def _segments(path: str, *, scope: bool) -> tuple[str, ...]:
-    """Decoded segments of a path (leading '/' optional, one trailing '/' ignored)."""
-    body = path.removeprefix("/")
+    """Decoded segments of a path (after its leading '/'; one trailing '/' ignored)."""
+    body = path
     if body.endswith("/"):
         body = body[:-1]
     if not body:
