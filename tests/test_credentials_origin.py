@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -112,11 +113,10 @@ def assert_nowhere(texts: list[str], roots: list[Path], secrets_: tuple[str, ...
 
 
 @pytest.fixture
-def auth_http(upstream_repo: StandardRepo) -> SmartHTTP:
+def auth_http(upstream_repo: StandardRepo) -> Iterator[SmartHTTP]:
     assert upstream_repo.served_dir is not None
-    server = SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN).start()
-    yield server  # type: ignore[misc]
-    server.stop()
+    with SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN) as server:
+        yield server
 
 
 # -- item 1: submodules never get credentials outside the grant ------------------------------------
