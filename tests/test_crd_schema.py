@@ -137,7 +137,8 @@ def test_printer_columns(version: dict[str, Any]) -> None:
         "Phase": (".status.phase", "string", 0),
         "Age": (".metadata.creationTimestamp", "date", 0),
         "Path": (".status.path", "string", 1),
-        "Reason": ('.status.conditions[?(@.type=="Ready")].reason', "string", 1),
+        "Ready": ('.status.conditions[?(@.type=="Ready")].status', "string", 0),
+        "Reason": ('.status.conditions[?(@.type=="Ready")].reason', "string", 0),
     }
     assert set(columns) == set(expected)
     for name, (json_path, col_type, priority) in expected.items():
@@ -285,7 +286,7 @@ def test_spec_contract(root: Schema) -> None:
     spec = root["properties"]["spec"]
     assert set(spec["properties"]) == {
         "project", "repository", "ref", "subPath", "sparse", "submodules",
-        "credentials", "ttlSecondsAfterReady",
+        "credentials", "ttlSecondsAfterReady", "activeDeadlineSeconds",
     }
     assert sorted(spec["required"]) == ["project", "repository"]
     assert spec_prop(root, "project")["maxLength"] == 63
@@ -305,6 +306,8 @@ def test_spec_contract(root: Schema) -> None:
     assert spec_prop(root, "credentials", "secretName")["maxLength"] == 253
     ttl = spec_prop(root, "ttlSecondsAfterReady")
     assert (ttl["type"], ttl["minimum"], ttl["maximum"]) == ("integer", 0, 31536000)
+    deadline = spec_prop(root, "activeDeadlineSeconds")
+    assert (deadline["type"], deadline["minimum"], deadline["maximum"]) == ("integer", 0, 31536000)
 
 
 # --- CEL rules -------------------------------------------------------------------------
@@ -343,10 +346,13 @@ def test_cel_inputs_are_bounded(root: Schema) -> None:
 
 
 def test_immutable_spec_rule(root: Schema) -> None:
-    """spec carries the immutability transition rule with the agreed message."""
-    assert rules_at(root["properties"]["spec"])["self == oldSelf"] == (
-        "spec is immutable: create a new Workspace for a new revision"
-    )
+    """spec carries the immutability transition rule: every field but ttlSecondsAfterReady."""
+    spec = root["properties"]["spec"]
+    [(rule, message)] = [(r, m) for r, m in rules_at(spec).items() if "oldSelf" in r]
+    assert message == "spec is immutable except ttlSecondsAfterReady: create a new Workspace for a new revision"
+    for field in set(spec["properties"]) - {"ttlSecondsAfterReady"}:
+        assert f"self.{field} == oldSelf.{field}" in rule or f"self.?{field} == oldSelf.?{field}" in rule, field
+    assert "ttlSecondsAfterReady" not in rule
 
 
 def test_metadata_name_rule(root: Schema) -> None:
