@@ -76,7 +76,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
                     meta: kopf.Meta, retry: int, memo: kopf.Memo, **_: Any) -> None:
     try:
-        result = await materialize.materialize(
+        done = await materialize.materialize(
             _rt(memo), namespace=namespace, name=name, generation=int(meta.get("generation") or 0),
             spec=spec, current=status, attempt=retry, meta=meta)
     except materialize.Retry as error:
@@ -87,9 +87,9 @@ async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec,
         if error.announce:
             kopf.warn(body, reason=error.reason, message=error.message)
         raise kopf.PermanentError(error.message) from None
-    if result is not None:
-        kopf.info(body, reason="Materialized", message=f"{result.commit[:12]} at {result.path} "
-                  f"(cache {'hit' if result.cache_hit else 'miss'}, {result.total_seconds:.2f}s)")
+    if done is not None:
+        reason, message = done.event
+        kopf.info(body, reason=reason, message=message)
 
 
 async def on_timer(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,

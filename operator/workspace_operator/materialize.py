@@ -59,6 +59,21 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Done:
+    result: CheckoutResult
+    repaired: bool  # a lost worktree was rebuilt at the commit status reported
+
+    @property
+    def event(self) -> tuple[str, str]:
+        """(reason, message) of the Event that says what happened."""
+        r = self.result
+        if self.repaired:
+            return "Repaired", f"worktree rebuilt at {r.commit[:12]} ({r.path})"
+        return "Materialized", (f"{r.commit[:12]} at {r.path} (cache {'hit' if r.cache_hit else 'miss'}, "
+                                f"{r.total_seconds:.2f}s)")
+
+
+@dataclass(frozen=True)
 class Failure:
     """The outcome of a failed attempt."""
 
@@ -78,7 +93,7 @@ async def materialize(
     current: Mapping[str, Any],
     attempt: int,
     meta: Mapping[str, Any] | None = None,
-) -> CheckoutResult | None:
+) -> Done | None:
     """Bring one Workspace to Ready; None if it already was (nothing touched)."""
     target = Target(namespace, name, generation, spec, current, meta or {})
     key = (namespace, name)
@@ -90,7 +105,7 @@ async def materialize(
         rt.quota.release(namespace, name)
 
 
-async def _materialize(rt: Runtime, target: Target, attempt: int) -> CheckoutResult | None:
+async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None:
     now = datetime.now(UTC)
     current = target.current
     try:
@@ -119,9 +134,13 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> CheckoutRes
             f"{rt.quota.limit} materialized Workspaces (WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE)", True, attempt))
 
     if repair and current.get("phase") == status.Phase.READY.value:  # just found damaged
+        message = f"worktree at {current.get('path')} is missing or damaged: rebuilding it at {reported[:12]}"
+        log.warning("%s/%s: %s", target.namespace, target.name, message)
         await rt.kube.patch_status(target.namespace, target.name, status.worktree_lost(
-            current, message=f"worktree at {current.get('path')} is missing or damaged: rebuilding it at "
-            f"{reported[:12]}", generation=target.generation, now=now))
+            current, message=message, generation=target.generation, now=now))
+        await rt.kube.post_event({"metadata": {"namespace": target.namespace, "name": target.name,
+                                               "uid": target.meta.get("uid")}},
+                                 reason=status.WORKTREE_LOST, message=message, event_type="Warning")
     elif not repair and (attempt == 0 or current.get("phase") != status.Phase.MATERIALIZING.value):
         await rt.kube.patch_status(target.namespace, target.name, status.progressing(
             current, phase=status.Phase.MATERIALIZING, reason="Materializing",
@@ -154,7 +173,7 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> CheckoutRes
         target.namespace, target.name, request.project, result.commit[:12], result.cache_hit, result.fetched,
         result.reused, waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
     )
-    return result
+    return Done(result, repair)
 
 
 async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], repository: str

@@ -34,6 +34,7 @@ async def tick(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str, Any
                meta: Mapping[str, Any]) -> Decision:
     """One timer run for one Workspace; returns what was decided (for tests and logs)."""
     decision = lifecycle.decide(spec, current, meta, limits=rt.limits, now=datetime.now(UTC))
+    metrics.RECONCILES.labels(decision.do.value).inc()
     generation = int(meta.get("generation") or 0)
     if decision.do is Do.EXPIRE:
         if await rt.kube.delete_workspace(namespace, name, str(meta.get("uid", ""))):
@@ -80,23 +81,18 @@ def needs_resume(rt: Runtime, namespace: str, name: str, spec: Mapping[str, Any]
 async def repair(rt: Runtime, namespace: str, name: str, spec: Mapping[str, Any], current: Mapping[str, Any],
                  meta: Mapping[str, Any]) -> None:
     """Rebuild a damaged worktree; failures are in status and retried on the next run."""
-    log.warning("worktree of %s/%s is missing or damaged; rebuilding at %s", namespace, name,
-                str(current.get("commit"))[:12])
-    if current.get("phase") == status.Phase.READY.value:
-        await rt.kube.post_event(_ref(namespace, name, meta), reason=status.WORKTREE_LOST, event_type="Warning",
-                                 message=f"worktree at {current.get('path')} is missing or damaged: rebuilding it")
     try:
-        result = await materialize.materialize(rt, namespace=namespace, name=name,
-                                               generation=int(meta.get("generation") or 0), spec=spec,
-                                               current=current, attempt=0, meta=meta)
+        done = await materialize.materialize(rt, namespace=namespace, name=name,
+                                             generation=int(meta.get("generation") or 0), spec=spec,
+                                             current=current, attempt=0, meta=meta)
     except (materialize.Retry, materialize.Fatal) as error:
         if error.announce:
             await rt.kube.post_event(_ref(namespace, name, meta), reason=error.reason, message=error.message,
                                      event_type="Warning")
         return
-    if result is not None:
-        await rt.kube.post_event(_ref(namespace, name, meta), reason="Repaired",
-                                 message=f"worktree rebuilt at {result.commit[:12]}")
+    if done is not None:
+        reason, message = done.event
+        await rt.kube.post_event(_ref(namespace, name, meta), reason=reason, message=message)
 
 
 async def _deadline(rt: Runtime, namespace: str, name: str, spec: Mapping[str, Any], current: Mapping[str, Any],
