@@ -53,12 +53,10 @@ def test_workspace_owned_by_a_job_lives_as_long_as_the_job(
         smart_http: SmartHTTP) -> None:
     op = operator_factory(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "1"})
     batch = BatchV1Api(api_client)
-    job = batch.create_namespaced_job(namespace, {
-        "metadata": {"name": "ci-build"},
-        "spec": {"template": {"spec": {"restartPolicy": "Never",
-                                       "containers": [{"name": "build", "image": "busybox", "command": ["true"]}]}}},
-    })
-    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "ci-build", "uid": job.metadata.uid}
+    job: Any = {"metadata": {"name": "ci-build"}, "spec": {"template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "build", "image": "busybox", "command": ["true"]}]}}}}
+    uid = batch.create_namespaced_job(namespace, job).metadata.uid  # type: ignore[union-attr]
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "ci-build", "uid": uid}
     workspaces.api.create_namespaced_custom_object("crafting.dev", "v1", namespace, "workspaces", {
         "apiVersion": "crafting.dev/v1", "kind": "Workspace",
         "metadata": {"name": "owned", "ownerReferences": [owner]},
