@@ -119,7 +119,7 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
     # Otherwise it is rebuilt at that same commit, whatever the branch points at now.
     reported = str(current.get("commit") or "")
     repair = bool(reported and current.get("readyAt"))
-    if repair and rt.engine.is_complete(valid, reported):
+    if repair and current.get("phase") == status.Phase.READY.value and rt.engine.is_complete(valid, reported):
         return None
     if repair:
         valid = replace(valid, request=replace(request, revision=Revision(commit=reported)))

@@ -49,7 +49,9 @@ async def tick(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str, Any
         if (namespace, name) not in rt.in_flight:
             await _deadline(rt, namespace, name, spec, current, meta, decision)
     elif decision.do is Do.CHECK:
-        if (namespace, name) not in rt.in_flight and not await intact(rt, namespace, name, spec, current):
+        # Not Ready but Ready once: a rebuild that failed transiently, retried here.
+        if (namespace, name) not in rt.in_flight and (current.get("phase") != status.Phase.READY.value
+                                                       or not await intact(rt, namespace, name, spec, current)):
             await repair(rt, namespace, name, spec, current, meta)
     return decision
 
