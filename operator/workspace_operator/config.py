@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workspace_operator.git import GitSettings
+from workspace_operator.git.origins import URLRefused, normalize_host_pattern
 from workspace_operator.git.runner import ALL_SCHEMES
 
 
@@ -52,6 +53,10 @@ class Config:
     checkout_workers: int = 0
     partial_clone: bool = False
     log_format: str = "text"
+    allowed_hosts: tuple[str, ...] = ()
+    allow_private_networks: bool = False
+    file_roots: tuple[Path, ...] = ()
+    fsck_objects: bool = True
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
     def __post_init__(self) -> None:
@@ -76,6 +81,10 @@ class Config:
             allowed_schemes=self.allowed_schemes,
             checkout_workers=self.checkout_workers,
             partial_clone=self.partial_clone,
+            allowed_hosts=self.allowed_hosts,
+            allow_private_networks=self.allow_private_networks,
+            file_roots=self.file_roots,
+            fsck_objects=self.fsck_objects,
         )
 
 
@@ -105,6 +114,20 @@ def _schemes(value: str) -> frozenset[str]:
     if unknown or not schemes:
         raise ConfigError(f"WORKSPACE_ALLOWED_SCHEMES: unknown or empty: {', '.join(sorted(unknown)) or '(empty)'}")
     return schemes
+
+
+def _hosts(value: str) -> tuple[str, ...]:
+    try:
+        return tuple(normalize_host_pattern(item) for item in _csv(value))
+    except (URLRefused, ValueError) as error:
+        raise ConfigError(f"not a host pattern (host, *.domain or an IP address): {error}") from None
+
+
+def _paths(value: str) -> tuple[Path, ...]:
+    paths = tuple(Path(item) for item in _csv(value))
+    if not all(path.is_absolute() for path in paths):
+        raise ConfigError("paths must be absolute")
+    return tuple(path.resolve() for path in paths)
 
 
 # (flag, env var, field, parser, help)
@@ -157,6 +180,13 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
      "git checkout.workers (parallel checkout); 0 = git default"),
     ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
+    ("--allowed-hosts", "WORKSPACE_ALLOWED_HOSTS", "allowed_hosts", _hosts,
+     "comma-separated host patterns (host, *.domain) repositories may use; empty = any public host"),
+    ("--allow-private-networks", "WORKSPACE_ALLOW_PRIVATE_NETWORKS", "allow_private_networks", _bool,
+     "accept hosts on loopback, link-local and private addresses"),
+    ("--file-roots", "WORKSPACE_FILE_ROOTS", "file_roots", _paths,
+     "comma-separated directories file:// repositories must lie below; empty = no file:// at all"),
+    ("--fsck-objects", "WORKSPACE_FSCK_OBJECTS", "fsck_objects", _bool, "check every fetched object"),
     ("--identity", "WORKSPACE_IDENTITY", "identity", str, "Lease holder identity prefix (default: hostname)"),
 )
 

@@ -189,7 +189,7 @@ async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], rep
     if not credentials_allowed(annotations, repository):
         raise GitError(Reason.CREDENTIALS_NOT_ALLOWED, f"Secret {secret!r} does not list this repository in its "
                        f"{ALLOWED_REPOSITORIES} annotation", step="credentials")
-    return credentials_from_secret(data)
+    return credentials_from_secret(data, annotations)
 
 
 def _observe(result: CheckoutResult, waited: float, repair: bool) -> None:
