@@ -99,11 +99,6 @@ def credentials_from_secret(data: Mapping[str, bytes], annotations: Mapping[str,
     return Credentials(**values, scopes=repository_scopes(annotations or {}))
 
 
-def ttl_seconds(spec: Mapping[str, Any], default: int) -> int:
-    value = spec.get("ttlSecondsAfterReady")
-    return default if value is None else int(value)
-
-
 def shard_of(namespace: str, project: str, replicas: int) -> int:
     """Stable assignment of a project to a replica: all of a project's work on one replica."""
     digest = hashlib.sha256(f"{namespace}/{project}".encode()).digest()
