@@ -84,7 +84,7 @@ async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec,
         kopf.warn(body, reason=error.reason, message=error.message)
         raise kopf.PermanentError(error.message) from None
     if result is not None:
-        kopf.info(body, reason="Materialized", message=f"{result.commit[:12]} at {result.path} "
+        kopf.info(body, reason="Materialized", message=f"{result.commit[:12]} at {result.path or result.cache_path} "
                   f"(cache {'hit' if result.cache_hit else 'miss'}, {result.total_seconds:.2f}s)")
 
 

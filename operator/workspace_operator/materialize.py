@@ -63,7 +63,7 @@ async def materialize(
         await _fail(rt, namespace, name, current, generation, error.reason.value, str(error.message), False, attempt)
         raise Fatal(error.reason.value, error.message) from None
 
-    # Resume after a restart: an intact, completed worktree at the reported commit is the
+    # Resume after a restart: an intact, completed worktree (or the pin) at the reported commit is the
     # proof; re-running must not fetch, lock or patch anything.
     if current.get("phase") == status.Phase.READY.value and current.get("commit") and \
             rt.engine.is_complete(valid, str(current["commit"])):
@@ -78,7 +78,7 @@ async def materialize(
         credentials = await _credentials(rt, namespace, spec, request.repository)
         valid = replace(valid, request=replace(request, credentials=credentials))
         async with rt.locks.hold(namespace, request.project, wait_seconds=rt.config.lock_wait_seconds) as waited:
-            result = await rt.engine.checkout(valid)
+            result = await (rt.engine.pin(valid) if request.cache_only else rt.engine.checkout(valid))
     except GitError as error:
         # Unknown failures are retried, but not forever: after a while they are
         # as permanent as they look (e.g. a .gitmodules git refuses to honour).

@@ -77,13 +77,16 @@ def ready(
 ) -> Patch:
     expires = timestamp(now + timedelta(seconds=ttl_seconds)) if ttl_seconds > 0 else None
     how = "reused" if result.reused else ("from cache" if result.cache_hit else "after fetch")
-    message = f"worktree at {result.path} ({result.commit[:12]}, {how})"
+    where = f"worktree at {result.path}" if result.path is not None else f"pinned in the cache at {result.cache_path}"
+    message = f"{where} ({result.commit[:12]}, {how})"
     return {
         "phase": Phase.READY.value,
         "commit": result.commit,
         "shortCommit": result.commit[:12],
-        "path": str(result.path),
-        "workdir": str(result.workdir),
+        # A cache-only Workspace has no worktree: no path or workdir.
+        "path": str(result.path) if result.path is not None else None,
+        "workdir": str(result.workdir) if result.workdir is not None else None,
+        "cachePath": str(result.cache_path) if result.cache_path is not None else None,
         "volumeClaim": volume_claim,
         "cache": {"hit": result.cache_hit, "fetched": result.fetched},
         "timings": {
