@@ -1,0 +1,118 @@
+"""A job container, emulated for real: no kubelet exists here.
+
+Each `run` starts a private mount namespace (`unshare --mount`, as root, which the
+tests run as), bind-mounts the project's cache READ-ONLY at the path a pod would
+see it (`<cache root>/<status.cachePath>`), then drops to a non-root uid with no
+supplementary groups (`setpriv`) and runs the command. `empty_dir` plays the
+pod's emptyDir: an empty directory owned by that uid. The kubeconfig holds a
+ServiceAccount token, as a pod's projected token would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+JOB_UID = 65532
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class EmulatedPod:
+    base: Path  # 0755, under /tmp: reachable for the job's uid (pytest's tmp_path is not)
+    uid: int = JOB_UID
+    mounts: dict[Path, Path] = field(default_factory=dict)  # target in the pod -> source on the volume
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cache_root(self) -> Path:
+        return self.base / "workspaces"
+
+    @property
+    def empty_dir(self) -> Path:
+        return self.base / "src"
+
+    @property
+    def home(self) -> Path:
+        return self.base / "home"
+
+    def setup(self) -> EmulatedPod:
+        for directory in (self.cache_root, self.empty_dir, self.home):
+            directory.mkdir(parents=True, exist_ok=True)
+        for directory in (self.empty_dir, self.home):
+            os.chown(directory, self.uid, self.uid)
+        return self
+
+    def mount_cache(self, volume_root: Path, cache_path: str) -> Path:
+        """Mount `<volume>/<cache_path>` read-only at `<cache root>/<cache_path>` in every later run."""
+        target = self.cache_root / cache_path
+        target.mkdir(parents=True, exist_ok=True)
+        self.mounts[target] = volume_root / cache_path
+        return target
+
+    def kubeconfig(self, text: str) -> Path:
+        path = self.base / "kubeconfig"
+        path.write_text(text)
+        path.chmod(0o644)
+        self.env["KUBECONFIG"] = str(path)
+        return path
+
+    def run(self, *argv: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        script = ["set -e"]
+        full_env = {
+            "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.home),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "WORKSPACE_CACHE_ROOT": str(self.cache_root),
+            **self.env,
+            **(env or {}),
+        }
+        for index, (target, source) in enumerate(self.mounts.items()):
+            full_env[f"POD_MOUNT_SOURCE_{index}"], full_env[f"POD_MOUNT_TARGET_{index}"] = str(source), str(target)
+            script.append(f'mount --bind -o ro "$POD_MOUNT_SOURCE_{index}" "$POD_MOUNT_TARGET_{index}"')
+        script.append(f'cd "{cwd or self.empty_dir}"')
+        script.append(f'exec setpriv --reuid {self.uid} --regid {self.uid} --clear-groups -- "$@"')
+        return subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", "\n".join(script), "pod", *argv],
+            env=full_env, capture_output=True, text=True, timeout=timeout, input=input)
+
+    def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return self.run("sh", "-c", script, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def pod() -> Iterator[EmulatedPod]:
+    base = Path(tempfile.mkdtemp(prefix="pod-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield EmulatedPod(base).setup()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def tree_digest(root: Path) -> str:
+    """Names, types, modes, sizes, mtimes and contents of everything below root (symlinks not followed)."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted([*dirnames, *filenames]):
+            path = Path(dirpath) / name
+            info = path.lstat()
+            digest.update(f"{path.relative_to(root)}\0{info.st_mode:o}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+            if stat.S_ISREG(info.st_mode):
+                digest.update(path.read_bytes())
+            elif stat.S_ISLNK(info.st_mode):
+                digest.update(os.readlink(path).encode())
+    return digest.hexdigest()
