@@ -11,17 +11,24 @@ ServiceAccount token, as a pod's projected token would.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes.client import ApiClient, CoreV1Api
+
+from cluster import REPO, load_yaml, token_kubeconfig
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 JOB_UID = 65532
 VENV_BIN = Path(sys.executable).parent
@@ -116,3 +123,32 @@ def tree_digest(root: Path) -> str:
             elif stat.S_ISLNK(info.st_mode):
                 digest.update(os.readlink(path).encode())
     return digest.hexdigest()
+
+
+def job_token(kubectl: Kubectl, api_client: ApiClient, namespace: str, account: str = "workspace-job",
+              rbac: bool = True) -> str:
+    """A token of a ServiceAccount in `namespace`, bound to the Role of examples/job-rbac.yaml if `rbac`."""
+    if rbac:
+        for doc in load_yaml(REPO / "examples" / "job-rbac.yaml"):
+            doc["metadata"]["namespace"] = namespace
+            for subject in doc.get("subjects", []):
+                subject["namespace"] = namespace
+            kubectl("apply", "-f", "-", input=json.dumps(doc))
+    core: Any = CoreV1Api(api_client)  # the client's typed signatures want model objects; dicts work
+    if not rbac:
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+    token = core.create_namespaced_service_account_token(
+        account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+    return str(token)
+
+
+def job_kubeconfig(kubeconfig: Path, token: str, namespace: str, path: Path) -> str:
+    """The token's kubeconfig text, with the namespace as a pod's would default to it."""
+    config = json.loads(token_kubeconfig(kubeconfig, token, path).read_text())
+    config["contexts"][0]["context"]["namespace"] = namespace
+    return json.dumps(config)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return result.stdout.strip()

@@ -7,7 +7,6 @@ the ServiceAccount from examples/job-rbac.yaml, so the Role shipped there is wha
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -16,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client import ApiClient
 
-from cluster import REPO, OperatorProcess, Workspaces, load_yaml, token_kubeconfig, wait_for
-from pod import EmulatedPod, pod, tree_digest  # noqa: F401  (pod: the fixture)
+from cluster import OperatorProcess, Workspaces, token_kubeconfig, wait_for
+from pod import EmulatedPod, job_kubeconfig, job_token, ok, pod, tree_digest  # noqa: F401  (pod: the fixture)
 from upstreams import SmartHTTP, StandardRepo, commit, git
 
 pytestmark = pytest.mark.cluster
@@ -35,37 +34,9 @@ GC_EVERY_SECOND = {
 }
 
 
-def job_token(kubectl: Kubectl, api_client: ApiClient, namespace: str, account: str = "workspace-job",
-              rbac: bool = True) -> str:
-    """A token of a ServiceAccount in `namespace`, bound to the Role of examples/job-rbac.yaml if `rbac`."""
-    if rbac:
-        for doc in load_yaml(REPO / "examples" / "job-rbac.yaml"):
-            doc["metadata"]["namespace"] = namespace
-            for subject in doc.get("subjects", []):
-                subject["namespace"] = namespace
-            kubectl("apply", "-f", "-", input=json.dumps(doc))
-    else:
-        CoreV1Api(api_client).create_namespaced_service_account(namespace, {"metadata": {"name": account}})
-    token = CoreV1Api(api_client).create_namespaced_service_account_token(
-        account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
-    return str(token)
-
-
-def job_kubeconfig(kubeconfig: Path, token: str, namespace: str, path: Path) -> str:
-    """The token's kubeconfig text, with the namespace as a pod's would default to it."""
-    config = json.loads(token_kubeconfig(kubeconfig, token, path).read_text())
-    config["contexts"][0]["context"]["namespace"] = namespace
-    return json.dumps(config)
-
-
 def gc_count(op: OperatorProcess, action: str) -> float:
     found = re.search(rf'^workspace_gc_actions_total{{action="{re.escape(action)}"}} (\S+)$', op.metrics(), re.M)
     return float(found.group(1)) if found else 0.0
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    return result.stdout.strip()
 
 
 def cache_has(cache: Path, sha: str) -> bool:
