@@ -31,7 +31,17 @@ from cluster import REPO, load_yaml, token_kubeconfig
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 JOB_UID = 65532
-VENV_BIN = Path(sys.executable).parent
+
+
+def _world_reachable(path: Path) -> bool:
+    return all(part.stat().st_mode & 0o001 for part in [*path.parents, path])
+
+
+def _interpreter() -> str:
+    """A Python of this ABI the job's uid may run (the venv's may live under a 0700 home)."""
+    own = Path(os.path.realpath(sys.executable))
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    return str(own if _world_reachable(own) or not system.exists() else system)
 
 
 @dataclass
@@ -53,11 +63,21 @@ class EmulatedPod:
     def home(self) -> Path:
         return self.base / "home"
 
+    @property
+    def bin(self) -> Path:
+        return self.base / "bin"
+
     def setup(self) -> EmulatedPod:
-        for directory in (self.cache_root, self.empty_dir, self.home):
+        for directory in (self.cache_root, self.empty_dir, self.home, self.bin):
             directory.mkdir(parents=True, exist_ok=True)
         for directory in (self.empty_dir, self.home):
             os.chown(directory, self.uid, self.uid)
+        # The command as the image installs it: on PATH, run by a Python the uid can execute.
+        command = self.bin / "kubectl-workspace"
+        site_packages = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+        command.write_text(f"#!{_interpreter()}\nimport site, sys\nsite.addsitedir({site_packages!r})\n"
+                           "from workspace_operator.cli.main import main\nsys.exit(main())\n")
+        command.chmod(0o755)
         return self
 
     def mount_cache(self, volume_root: Path, cache_path: str) -> Path:
@@ -78,7 +98,7 @@ class EmulatedPod:
             timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
         script = ["set -e"]
         full_env = {
-            "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.home),
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
