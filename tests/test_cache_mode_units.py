@@ -148,3 +148,23 @@ def test_sparse_checkout_borrows_objects_and_copies_the_asked_tag(cache: tuple[P
     assert git(into, "count-objects", "-v").splitlines()[0] == "count: 0"
     assert not list((into / ".git" / "objects" / "pack").glob("*.pack"))
     assert not (into / ".git" / "hooks").exists()
+
+
+def test_submodules_are_checked_out_from_their_own_upstream(tmp_path: Path) -> None:
+    library = make_standard_repo(tmp_path / "library")
+    superproject = make_standard_repo(tmp_path / "super")
+    git(superproject.src, "-c", "protocol.file.allow=always", "submodule", "add", "-q", f"file://{library.src}",
+        "vendor/library")
+    git(superproject.src, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "vendor")
+    head = git(superproject.src, "rev-parse", "HEAD")
+    bare = tmp_path / "cache"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(bare, "fetch", "-q", str(superproject.src), "+refs/heads/*:refs/remotes/origin/*")
+    source = Source(repository="https://git.example.com/super.git", commit=head, cache=bare, submodules=True)
+    into = tmp_path / "job"
+    asyncio.run(checkout(source, into, clean=False, settings=GitSettings(allowed_schemes=frozenset({"file"}))))
+    assert (into / "vendor" / "library" / "README.md").is_file()
+    assert git(into / "vendor" / "library", "rev-parse", "HEAD") == library.main
+    with pytest.raises(CliError) as refused:  # transports outside the allow-list stay closed
+        asyncio.run(checkout(source, tmp_path / "job2", clean=False, settings=GitSettings()))
+    assert refused.value.code is Exit.FAILED and "submodules" in refused.value.message
