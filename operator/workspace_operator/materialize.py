@@ -163,11 +163,12 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         reason = "LockTimeout" if isinstance(error, LockTimeout) else "LeaseLost"
         raise await _fail(rt, target, Failure(reason, str(error), True, attempt)) from None
 
+    # Counted before Ready is written: whoever sees Ready also sees it in the metrics.
+    _observe(result, waited, repair)
     await rt.kube.patch_status(target.namespace, target.name, status.ready(
         current, result, lock_wait_seconds=waited, volume_claim=rt.config.volume_claim,
         expires_after=lifecycle.expires_after(target.spec, target.meta, rt.limits),
         generation=target.generation, now=datetime.now(UTC), repaired=repair))
-    _observe(result, waited, repair)
     log.info(
         "%s %s/%s project=%s commit=%s cache_hit=%s fetched=%s reused=%s "
         "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs", "repaired" if repair else "materialized",
