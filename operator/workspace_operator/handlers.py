@@ -4,31 +4,30 @@ Runtime objects arrive through kopf's `memo`. Handlers are registered by
 `build_registry` on a registry of their own rather than kopf's global one, so
 that embedders and tests can run several operators in one process.
 
-There is deliberately no per-Workspace timer: expiry is part of the GC pass
-(gc.py), which lists every Workspace anyway; a kopf timer per object costs
-memory and wake-ups proportional to the number of Workspaces.
+Each Workspace has a kopf timer (`reconcile`, acting only where the Workspace is
+owned): TTL, deadline and the health of its worktree. The volume sweep is a loop of its own (gc.py says why).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 import kopf
 
-from workspace_operator import gc, materialize, takeover, teardown
+from workspace_operator import gc, materialize, reconcile, takeover, teardown
+from workspace_operator.config import Config
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import FINALIZER, GROUP, PLURAL, VERSION
-from workspace_operator.status import is_settled
 
 RESOURCE = (GROUP, VERSION, PLURAL)
-# kopf's own finalizer: never added, because no handler asks kopf for one. The
-# operator manages FINALIZER itself (added before materializing, removed after
-# teardown, see teardown.finalize_soon): kopf strips its finalizer from every
-# object its `when=` filters hide, so with several replicas each would strip it
-# from the others' Workspaces, and deletions seen first by a non-owner would skip
-# teardown.
+# kopf's own finalizer, only for stopping its timers. The operator manages FINALIZER
+# itself (added before materializing, removed after teardown, see
+# teardown.finalize_soon): kopf strips its finalizer from every object its `when=`
+# filters hide, so with several replicas each stripped it from the others'
+# Workspaces (endlessly), and a deletion seen first by a non-owner skipped teardown.
 KOPF_FINALIZER = "crafting.dev/kopf"
 
 
@@ -45,10 +44,12 @@ def _owned_deleting(spec: kopf.Spec, namespace: str | None, meta: kopf.Meta, mem
     return bool(meta.get("deletionTimestamp")) and _owned(spec, namespace, memo)
 
 
-def _owned_unsettled(spec: kopf.Spec, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
-                     memo: kopf.Memo, **_: Any) -> bool:
-    """On resume, skip what is already Ready or permanently Failed for this generation."""
-    return _owned(spec, namespace, memo) and not is_settled(status, int(meta.get("generation") or 0))
+def _owned_unsettled(spec: kopf.Spec, namespace: str | None, name: str | None, status: kopf.Status,
+                     meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
+    """On resume (kopf asks only then): what is not settled, and Ready ones whose worktree
+    is not intact on disk — file reads, no API call."""
+    return _owned(spec, namespace, memo) and reconcile.needs_resume(_rt(memo), namespace or "", name or "", spec, status,
+                                  int(meta.get("generation") or 0))
 
 
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -98,19 +99,21 @@ async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec,
     if not await rt.kube.add_finalizer(namespace, name, FINALIZER, meta):
         return  # deleted meanwhile: nothing to materialize
     try:
-        result = await takeover.exclusive(
+        done = await takeover.exclusive(
             rt, namespace, name, str(meta.get("uid") or ""), status, lambda current: materialize.materialize(
                 rt, namespace=namespace, name=name, generation=int(meta.get("generation") or 0),
-                spec=spec, current=current, attempt=retry))
+                spec=spec, current=current, attempt=retry, meta=meta))
     except materialize.Retry as error:
-        kopf.warn(body, reason=error.reason, message=error.message)
+        if error.announce:
+            kopf.warn(body, reason=error.reason, message=error.message)
         raise kopf.TemporaryError(error.message, delay=error.delay) from None
     except materialize.Fatal as error:
-        kopf.warn(body, reason=error.reason, message=error.message)
+        if error.announce:
+            kopf.warn(body, reason=error.reason, message=error.message)
         raise kopf.PermanentError(error.message) from None
-    if result is not None:
-        kopf.info(body, reason="Materialized", message=f"{result.commit[:12]} at {result.path} "
-                  f"(cache {'hit' if result.cache_hit else 'miss'}, {result.total_seconds:.2f}s)")
+    if done is not None:
+        reason, message = done.event
+        kopf.info(body, reason=reason, message=message)
 
 
 async def on_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
@@ -118,8 +121,21 @@ async def on_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) 
     teardown.finalize_soon(_rt(memo), body)
 
 
-def build_registry() -> kopf.OperatorRegistry:
+async def on_timer(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                   memo: kopf.Memo, **_: Any) -> None:
+    rt = _rt(memo)
+    if rt.owns(namespace, str(spec.get("project", ""))):
+        await reconcile.tick(rt, namespace=namespace, name=name, spec=spec, current=status, meta=meta)
+
+
+def build_registry(config: Config) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    jitter = config.reconcile_jitter_seconds
+
+    def first_delay(**_: Any) -> float:
+        # Spread the timers of Workspaces seen at once (a burst, a restart) over the jitter.
+        return random.uniform(0, jitter)
+
     # kopf's callback protocols spell out every keyword; ours take what they use.
     handler: Any
     for decorator, handler in (
@@ -131,6 +147,14 @@ def build_registry() -> kopf.OperatorRegistry:
         (kopf.on.resume(*RESOURCE, registry=registry, when=_owned_unsettled, id="resume"), on_create),
         # Deletions: the operator's own finalizer keeps the object until teardown is done.
         (kopf.on.event(*RESOURCE, registry=registry, when=_owned_deleting, id="cleanup"), on_event),
+        # The TTL may change after creation: take the new expiresAt now, not at the next timer run.
+        (kopf.on.update(*RESOURCE, registry=registry, when=_owned, id="retime", field="spec.ttlSecondsAfterReady"),
+         on_timer),
+        # Not sharp: an interval after each run ends, so the jittered first runs stay spread.
+        # Not filtered by ownership (on_timer checks it): kopf adds its finalizer for timers,
+        # and strips it wherever a filter hides the object — replicas would fight over it.
+        (kopf.timer(*RESOURCE, registry=registry, id="reconcile", sharp=False,
+                    interval=config.reconcile_interval_seconds, initial_delay=first_delay), on_timer),
     ):
         decorator(handler)
     return registry

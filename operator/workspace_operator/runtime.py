@@ -9,9 +9,12 @@ from typing import Any
 from workspace_operator.config import Config
 from workspace_operator.git import Engine
 from workspace_operator.kube import Kube
+from workspace_operator.lifecycle import Limits
 from workspace_operator.lock import LeaseLocks, new_identity
 from workspace_operator.members import Members
+from workspace_operator.quota import NamespaceQuota
 from workspace_operator.spec import shard_of
+from workspace_operator.status import retry_delay
 
 
 @dataclass
@@ -20,9 +23,13 @@ class Runtime:
     engine: Engine
     kube: Kube
     locks: LeaseLocks
+    quota: NamespaceQuota
     members: Members | None = None
-    # Materializations running in this process, by Workspace uid (set when done):
-    # the takeover path and kopf's handlers never run the same Workspace at once.
+    # (namespace, name) of the Workspaces a handler of this process is materializing
+    # right now: the timer leaves them alone.
+    in_flight: set[tuple[str, str]] = field(default_factory=set)
+    # Materializations and deletions running in this process, by Workspace uid (set
+    # when done): the takeover path and kopf's handlers never run one twice at once.
     inflight: dict[str, asyncio.Event] = field(default_factory=dict)
     takeovers: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -31,14 +38,24 @@ class Runtime:
         kube = kube or Kube()
         locks = LeaseLocks(kube.coordination, config.lease_namespace, new_identity(config.identity),
                            duration_seconds=config.lease_seconds)
+        quota = NamespaceQuota(config.root, config.max_workspaces_per_namespace)
         members = Members(kube, locks, namespace=config.lease_namespace, prefix=config.identity,
                           duration_seconds=config.lease_seconds)
-        return cls(config, Engine(config.root, config.git), kube, locks, members)
+        return cls(config, Engine(config.root, config.git), kube, locks, quota, members)
 
     @property
     def fixed_shards(self) -> bool:
         """Deprecated WORKSPACE_REPLICAS > 1: a fixed share by index instead of membership."""
         return self.config.replicas > 1
+
+    @property
+    def limits(self) -> Limits:
+        c = self.config
+        return Limits(c.default_ttl_seconds, c.failed_ttl_seconds, c.active_deadline_seconds, c.allow_no_ttl)
+
+    def backoff(self, attempt: int) -> float:
+        """The one retry policy, for creation and deletion: exponential from the base, capped."""
+        return retry_delay(attempt, base=self.config.retry_base_seconds, cap=self.config.retry_max_seconds)
 
     def owns(self, namespace: str, project: str) -> bool:
         """This replica's share of the work: by live membership (all of it when alone)."""

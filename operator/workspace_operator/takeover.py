@@ -136,7 +136,7 @@ async def _until_settled(rt: Runtime, ws: Mapping[str, Any], status: Mapping[str
             return
         try:
             await materialize.materialize(rt, namespace=namespace, name=name, generation=generation,
-                                          spec=spec, current=status, attempt=attempt)
+                                          spec=spec, current=status, attempt=attempt, meta=meta)
             return
         except materialize.Fatal:
             return
