@@ -4,13 +4,14 @@ Runtime objects arrive through kopf's `memo`. Handlers are registered by
 `build_registry` on a registry of their own rather than kopf's global one, so
 that embedders and tests can run several operators in one process.
 
-Each Workspace has a kopf timer (`reconcile`, acting only where the Workspace is
-owned): TTL, deadline and the health of its worktree. The volume sweep is a loop of its own (gc.py says why).
+Each owned Workspace has a kopf timer (`reconcile`): TTL, deadline and the health
+of its worktree. The volume sweep is a loop of its own (gc.py says why).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from typing import Any
@@ -23,8 +24,8 @@ from workspace_operator.runtime import Runtime
 from workspace_operator.spec import FINALIZER, GROUP, PLURAL, VERSION
 
 RESOURCE = (GROUP, VERSION, PLURAL)
-# kopf's own finalizer, only for stopping its timers. The operator manages FINALIZER
-# itself (added before materializing, removed after teardown, see
+# kopf's own finalizer: never added (no handler asks kopf for one). The operator
+# manages FINALIZER itself (added before materializing, removed after teardown, see
 # teardown.finalize_soon): kopf strips its finalizer from every object its `when=`
 # filters hide, so with several replicas each stripped it from the others'
 # Workspaces (endlessly), and a deletion seen first by a non-owner skipped teardown.
@@ -123,9 +124,7 @@ async def on_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) 
 
 async def on_timer(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
                    memo: kopf.Memo, **_: Any) -> None:
-    rt = _rt(memo)
-    if rt.owns(namespace, str(spec.get("project", ""))):
-        await reconcile.tick(rt, namespace=namespace, name=name, spec=spec, current=status, meta=meta)
+    await reconcile.tick(_rt(memo), namespace=namespace, name=name, spec=spec, current=status, meta=meta)
 
 
 def build_registry(config: Config) -> kopf.OperatorRegistry:
@@ -151,10 +150,15 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         (kopf.on.update(*RESOURCE, registry=registry, when=_owned, id="retime", field="spec.ttlSecondsAfterReady"),
          on_timer),
         # Not sharp: an interval after each run ends, so the jittered first runs stay spread.
-        # Not filtered by ownership (on_timer checks it): kopf adds its finalizer for timers,
-        # and strips it wherever a filter hides the object — replicas would fight over it.
-        (kopf.timer(*RESOURCE, registry=registry, id="reconcile", sharp=False,
+        (kopf.timer(*RESOURCE, registry=registry, when=_owned, id="reconcile", sharp=False,
                     interval=config.reconcile_interval_seconds, initial_delay=first_delay), on_timer),
     ):
         decorator(handler)
+    # kopf puts its finalizer on every object with a timer and strips it wherever a
+    # `when=` filter hides the object: replicas owning different Workspaces would
+    # patch it on and off forever (or race adding it, stalling creation). A timer
+    # needs none: the operator's own finalizer keeps a deleting Workspace until its
+    # teardown is done, and kopf stops the timer when the object is gone.
+    spawning = registry._spawning
+    spawning._handlers = [dataclasses.replace(h, requires_finalizer=False) for h in spawning._handlers]
     return registry
