@@ -89,7 +89,7 @@ class LeaseLocks:
         self.namespace = namespace
         self.identity = identity
         self.duration = duration_seconds
-        self.renew_interval = max(1.0, duration_seconds / 6)
+        self.renew_interval = max(0.5, duration_seconds / 6)
         self.renew_deadline = duration_seconds * 2 / 3
         self.clock = clock
         self._observed: dict[str, _Observed] = {}
@@ -159,8 +159,10 @@ class LeaseLocks:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            if not state.lost:
-                await self._release(name, _version(state.lease))
+            # Even when lost: guarded by resourceVersion, the release only clears a
+            # record nobody else has written since (e.g. we fenced ourselves while
+            # the API was slow), so the next holder need not wait for expiry.
+            await self._release(name, _version(state.lease))
         if state.lost:
             raise LeaseLost(f"lost lock {name} while holding it")
 
@@ -277,6 +279,8 @@ class LeaseLocks:
         except ApiException as error:
             # 409: someone took it over after all; anything else: it will expire.
             log.info("releasing lock %s: %s", name, error.reason)
+        except Exception as error:  # API unreachable: it will expire
+            log.info("releasing lock %s: %s", name, error)
 
 
 def _spec(lease: V1Lease) -> V1LeaseSpec:
