@@ -98,11 +98,13 @@ async def materialize(
     target = Target(namespace, name, generation, spec, current, meta or {})
     key = (namespace, name)
     rt.in_flight.add(key)
+    rt.trimmer.observe(len(rt.in_flight))
     try:
         return await _materialize(rt, target, attempt)
     finally:
         rt.in_flight.discard(key)
         rt.quota.release(namespace, name)
+        rt.trimmer.observe(len(rt.in_flight))
 
 
 async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None:
