@@ -56,7 +56,7 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()
     allow_private_networks: bool = False
     file_roots: tuple[Path, ...] = ()
-    fsck_objects: bool = True
+    fsck_objects: bool = False
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
     def __post_init__(self) -> None:

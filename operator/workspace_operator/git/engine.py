@@ -116,7 +116,7 @@ class Engine:
                                           verified=layout.relative_dir in self._verified)
             self._verified.add(layout.relative_dir)
             checkout_started = time.monotonic()
-            submodules = (Submodules(runner, self.policy, session), request.repository)
+            submodules = Submodules(runner, self.policy, session, request.repository)
             worktree = await Worktrees(runner, layout).add(valid.worktree_spec(resolution.commit), env, submodules)
             stamp(layout.cache_dir, LAST_USED)
         checkout_seconds = time.monotonic() - checkout_started

@@ -51,8 +51,8 @@ class GitSettings:
     allow_private_networks: bool = False
     # file:// repositories must lie below one of these (never below the volume root).
     file_roots: tuple[Path, ...] = ()
-    # Check every object a fetch receives (transfer.fsckObjects).
-    fsck_objects: bool = True
+    # Check every object a fetch receives (transfer.fsckObjects); costly on cold clones.
+    fsck_objects: bool = False
 
     def __post_init__(self) -> None:
         unknown = self.allowed_schemes - ALL_SCHEMES

@@ -96,9 +96,9 @@ class Worktrees:
         return (metadata.parent.resolve() == (self.cache / "worktrees").resolve()
                 and back.resolve() == (path / ".git").resolve())
 
-    async def add(self, spec: WorktreeSpec, env: dict[str, str], submodules: tuple[Submodules, str] | None = None
+    async def add(self, spec: WorktreeSpec, env: dict[str, str], submodules: Submodules | None = None
                   ) -> WorktreeResult:
-        """Check out spec; `submodules` (updater, superproject URL) is required when spec asks for them."""
+        """Check out spec; `submodules` is required when spec asks for them."""
         started = time.monotonic()
         path = self.layout.worktree_dir(spec.name)
         if self.is_complete(spec):
@@ -128,8 +128,7 @@ class Worktrees:
         if spec.submodules:
             if submodules is None:
                 raise ValueError("a worktree with submodules needs a Submodules updater")
-            updater, url = submodules
-            await updater.update(path, url)
+            await submodules.update(path)
         workdir = self._workdir(path, spec)
         self._write_record(spec)
         return WorktreeResult(path, workdir, False, time.monotonic() - started)
