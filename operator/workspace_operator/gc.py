@@ -31,6 +31,7 @@ from pathlib import Path
 from workspace_operator import metrics
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
 from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
+from workspace_operator.git import pins
 from workspace_operator.git.engine import Maintenance
 from workspace_operator.git.layout import (
     CACHE_DIR,
@@ -98,7 +99,7 @@ def snapshot_project(root: Path, namespace: str, project: str) -> ProjectSnapsho
     return ProjectSnapshot(
         namespace=namespace, project=project, has_cache=cache.is_dir(),
         last_used=stamp_time(cache, LAST_USED), last_fetch=stamp_time(cache, LAST_FETCH),
-        last_gc=stamp_time(cache, LAST_GC), worktrees=worktrees, debris=debris)
+        last_gc=stamp_time(cache, LAST_GC), worktrees=worktrees, debris=debris, pins=pins.names(cache))
 
 
 def with_sizes(snaps: list[ProjectSnapshot], root: Path,
@@ -202,6 +203,8 @@ async def _execute(rt: Runtime, action: Action) -> None:
         await asyncio.to_thread(maintenance.remove_debris, ns, project, action.target)
     elif action.kind is Kind.PRUNE:
         await maintenance.prune(ns, project)
+    elif action.kind is Kind.UNPIN:
+        await maintenance.unpin(ns, project, action.target)
     elif action.kind is Kind.GC_CACHE:
         await maintenance.gc_cache(ns, project)
     elif action.kind in (Kind.DELETE_UNUSED_CACHE, Kind.EVICT_CACHE):

@@ -1,4 +1,4 @@
-"""Operation: remove a deleted Workspace's worktree under the project Lease.
+"""Operation: remove a deleted Workspace's worktree (or pin) under the project Lease.
 
 Deletion must never wedge: a missing volume, directory or cache is success, and
 if the lock cannot be had after many attempts the finalizer is released anyway —
@@ -51,4 +51,4 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
         raise RetryDeletion(str(error), rt.backoff(attempt + 1)) from None
     metrics.DELETIONS.labels("removed" if existed else "absent").inc()
     log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed)
-    return "worktree removed" if existed else "no worktree on the volume"
+    return "worktree or pin removed" if existed else "no worktree or pin on the volume"

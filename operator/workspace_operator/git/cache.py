@@ -284,6 +284,10 @@ class Cache:
         stamp(repo, LAST_FETCH)
         return result.seconds
 
+    async def fetch_tags(self, env: dict[str, str]) -> float:
+        """Every upstream tag (and the commits they need), under the project lock."""
+        return await self._fetch(self.path, env, "refs/tags/*", "refs/tags/*")
+
     # -- maintenance ---------------------------------------------------------------
 
     async def prune_worktrees(self) -> None:
@@ -291,6 +295,7 @@ class Cache:
         await self.runner.run("worktree-prune", ["worktree", "prune"], cwd=self.path)
 
     async def gc(self) -> None:
-        # Default prune grace (2 weeks) keeps objects a concurrent reader might still need.
-        await self.runner.run("gc", ["gc", "--quiet"], cwd=self.path)
+        # Unreachable objects go at once: nothing writes under our lock, worktrees' HEADs
+        # and the pins of cache-only Workspaces (git/pins.py) keep what is in use reachable.
+        await self.runner.run("gc", ["gc", "--quiet", "--prune=now"], cwd=self.path)
         stamp(self.path, LAST_GC)

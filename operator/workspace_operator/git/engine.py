@@ -1,8 +1,12 @@
 """The git engine's public face: validate a request, materialize it, remove it.
 
 It knows paths, git and credentials, and nothing of Kubernetes (an import-linter
-contract enforces that). Callers hold the project's lock around `checkout` and
-`remove`; `validate` and `is_complete` need no lock.
+contract enforces that). Callers hold the project's lock around `checkout`,
+`pin` and `remove`; `validate` and `is_complete` need no lock.
+
+Two ways to materialize: `checkout` adds a worktree on the volume; `pin` (cache-only
+Workspaces) only makes sure the commit is in the cache and pins it there, for a job
+to make its own checkout from the read-only cache (see git/pins.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from workspace_operator.git.cache import LAST_USED, Cache, stamp
+from workspace_operator.git import pins
+from workspace_operator.git.cache import LAST_USED, Cache, Resolution, stamp
 from workspace_operator.git.credentials import Credentials, credential_env
 from workspace_operator.git.errors import Redactor
 from workspace_operator.git.layout import (
@@ -42,20 +47,23 @@ class CheckoutRequest:
     sparse: tuple[str, ...] = ()
     submodules: bool = False
     credentials: Credentials | None = None
+    cache_only: bool = False  # pin the commit in the cache; no worktree
+    tags: bool = False  # also fetch every upstream tag into the cache
 
 
 @dataclass(frozen=True)
 class CheckoutResult:
     commit: str
-    path: PurePosixPath  # worktree, relative to the volume root
-    workdir: PurePosixPath  # path + subPath
+    path: PurePosixPath | None  # worktree, relative to the volume root; None when cache-only
+    workdir: PurePosixPath | None  # path + subPath
     cache_hit: bool
     fetched: bool
     reused: bool  # an intact worktree was already there: nothing was done
     cache_repaired: str | None
     fetch_seconds: float
-    checkout_seconds: float
+    checkout_seconds: float  # worktree checkout, or pinning when cache-only
     total_seconds: float
+    cache_path: PurePosixPath | None = None  # the project's cache, relative to the volume root
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,9 @@ class Engine:
         return GitRunner(self.settings, redact)
 
     def is_complete(self, valid: ValidRequest, commit: str) -> bool:
-        """An intact, completed worktree for this request at this commit exists (no git call)."""
+        """An intact, completed worktree (or, cache-only, the pin) at this commit exists (no git call)."""
+        if valid.request.cache_only:
+            return pins.read(valid.layout.cache_dir, valid.request.name) == commit
         worktrees = Worktrees(self.runner_for(None), valid.layout)
         return worktrees.is_complete(valid.worktree_spec(commit))
 
@@ -112,9 +122,7 @@ class Engine:
         await self.policy.check_addresses(self.policy.check(request.repository))
         with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
             env = session.env
-            resolution = await cache.open(request.repository, env, request.revision,
-                                          verified=layout.relative_dir in self._verified)
-            self._verified.add(layout.relative_dir)
+            resolution = await self._resolve(cache, valid, env)
             checkout_started = time.monotonic()
             submodules = Submodules(runner, self.policy, session, request.repository)
             worktree = await Worktrees(runner, layout).add(valid.worktree_spec(resolution.commit), env, submodules)
@@ -131,12 +139,47 @@ class Engine:
             fetch_seconds=resolution.fetch_seconds,
             checkout_seconds=checkout_seconds,
             total_seconds=time.monotonic() - started,
+            cache_path=_relative(self.root, layout.cache_dir),
         )
 
+    async def pin(self, valid: ValidRequest) -> CheckoutResult:
+        """Cache → fetch (only if needed) → pin ref; no worktree. The caller holds the project lock."""
+        started = time.monotonic()
+        request, layout = valid.request, valid.layout
+        runner = self.runner_for(request.credentials)
+        cache = Cache(runner, layout)
+        await self.policy.check_addresses(self.policy.check(request.repository))
+        with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
+            resolution = await self._resolve(cache, valid, session.env)
+            pin_started = time.monotonic()
+            reused = pins.read(layout.cache_dir, request.name) == resolution.commit
+            if not reused:
+                await pins.pin(runner, layout.cache_dir, request.name, resolution.commit)
+            stamp(layout.cache_dir, LAST_USED)
+        return CheckoutResult(
+            commit=resolution.commit, path=None, workdir=None, cache_hit=resolution.cache_hit,
+            fetched=resolution.fetched, reused=reused, cache_repaired=resolution.repaired,
+            fetch_seconds=resolution.fetch_seconds, checkout_seconds=time.monotonic() - pin_started,
+            total_seconds=time.monotonic() - started, cache_path=_relative(self.root, layout.cache_dir),
+        )
+
+    async def _resolve(self, cache: Cache, valid: ValidRequest, env: dict[str, str]) -> Resolution:
+        layout, request = valid.layout, valid.request
+        resolution = await cache.open(request.repository, env, request.revision,
+                                      verified=layout.relative_dir in self._verified)
+        self._verified.add(layout.relative_dir)
+        if request.tags:
+            # Every tag, so that `git describe` gives the same answer in every checkout.
+            await cache.fetch_tags(env)
+        return resolution
+
     async def remove(self, namespace: str, project: str, name: str) -> bool:
-        """Remove a Workspace's worktree; the caller holds the project lock."""
+        """Remove a Workspace's worktree and pin; False if neither existed. The caller holds the project lock."""
         layout = ProjectLayout(self.root, namespace, project)
-        return await Worktrees(self.runner_for(None), layout).remove(name)
+        runner = self.runner_for(None)
+        existed = await Worktrees(runner, layout).remove(name)
+        unpinned = layout.cache_dir.is_dir() and await pins.unpin(runner, layout.cache_dir, name)
+        return existed or unpinned
 
 
 def _relative(root: Path, path: Path) -> PurePosixPath:
@@ -156,6 +199,11 @@ class Maintenance:
         layout = self._layout(namespace, project)
         if layout.cache_dir.is_dir():
             await Cache(self.engine.runner_for(None), layout).prune_worktrees()
+
+    async def unpin(self, namespace: str, project: str, name: str) -> None:
+        layout = self._layout(namespace, project)
+        if layout.cache_dir.is_dir():
+            await pins.unpin(self.engine.runner_for(None), layout.cache_dir, name)
 
     async def gc_cache(self, namespace: str, project: str) -> None:
         layout = self._layout(namespace, project)
