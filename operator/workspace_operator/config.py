@@ -44,6 +44,7 @@ class Config:
     replica_index: int = 0
     checkout_workers: int = 0
     partial_clone: bool = False
+    max_git_processes: int = 0
     log_format: str = "text"
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
@@ -54,6 +55,8 @@ class Config:
             raise ConfigError("WORKSPACE_REPLICA_INDEX must be in [0, WORKSPACE_REPLICAS)")
         if self.lease_seconds < 3:
             raise ConfigError("WORKSPACE_LEASE_SECONDS must be at least 3")
+        if self.max_git_processes < 0:
+            raise ConfigError("WORKSPACE_MAX_GIT_PROCESSES must be 0 (automatic) or more")
         if self.log_format not in ("text", "json"):
             raise ConfigError("WORKSPACE_LOG_FORMAT must be text or json")
 
@@ -64,6 +67,7 @@ class Config:
             allowed_schemes=self.allowed_schemes,
             checkout_workers=self.checkout_workers,
             partial_clone=self.partial_clone,
+            max_processes=self.max_git_processes,
         )
 
 
@@ -130,6 +134,8 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--checkout-workers", "WORKSPACE_CHECKOUT_WORKERS", "checkout_workers", int,
      "git checkout.workers (parallel checkout); 0 = git default"),
     ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
+    ("--max-git-processes", "WORKSPACE_MAX_GIT_PROCESSES", "max_git_processes", int,
+     "git processes running at once in this operator; 0 = 2 per CPU (cgroup quota), at least 4"),
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
     ("--identity", "WORKSPACE_IDENTITY", "identity", str, "Lease holder identity prefix (default: hostname)"),
 )

@@ -32,6 +32,10 @@ _EXPECTED_CONFIG = frozenset({
     "remote.origin.url", "remote.origin.promisor", "remote.origin.partialclonefilter",
     "extensions.partialclone", "extensions.worktreeconfig", "extensions.objectformat",
 })
+# Output caps of the calls whose answer is a few lines: anything more is an attack.
+LS_REMOTE_LIMIT = 64 * 1024
+CONFIG_LIMIT = 64 * 1024
+REV_PARSE_LIMIT = 4 * 1024
 # Timestamps (file mtimes) that garbage collection decides on.
 LAST_USED = "workspace-operator.last-used"
 LAST_FETCH = "workspace-operator.last-fetch"
@@ -148,7 +152,8 @@ class Cache:
         """The cache's own config (common and, once sparse worktrees enabled
         extensions.worktreeConfig, its config.worktree, where git then keeps
         core.bare) in one git call; keys lowercased, as git reports them."""
-        result = await self.runner.run("read-config", ["config", "--list", "--null", "--show-scope"], cwd=self.path)
+        result = await self.runner.run("read-config", ["config", "--list", "--null", "--show-scope"], cwd=self.path,
+                                      max_stdout=CONFIG_LIMIT)
         tokens = result.stdout.split("\0")
         config: dict[str, str] = {}
         for scope, entry in zip(tokens[0::2], tokens[1::2]):
@@ -235,7 +240,7 @@ class Cache:
 
     async def _peel(self, repo: Path, ref: str) -> str:
         result = await self.runner.run("resolve", ["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"],
-                                       cwd=repo)
+                                       cwd=repo, max_stdout=REV_PARSE_LIMIT)
         return result.stdout.strip()
 
     async def _remote_tip(self, repo: Path, env: dict[str, str], revision: Revision) -> tuple[str, str]:
@@ -243,14 +248,14 @@ class Cache:
         wanted = revision.remote_ref
         if wanted is None:
             result = await self.runner.run("ls-remote", ["ls-remote", "--symref", "--", "origin", "HEAD"],
-                                           cwd=repo, env=env)
+                                           cwd=repo, env=env, max_stdout=LS_REMOTE_LIMIT)
             for line in result.stdout.splitlines():
                 if line.startswith("ref: ") and line.endswith("\tHEAD"):
                     wanted = line.removeprefix("ref: ").split("\t")[0]
             if wanted is None:
                 raise GitError(Reason.REF_NOT_FOUND, "upstream has no default branch (HEAD)", step="ls-remote")
         result = await self.runner.run("ls-remote", ["ls-remote", "--", "origin", wanted, f"{wanted}^{{}}"],
-                                       cwd=repo, env=env)
+                                       cwd=repo, env=env, max_stdout=LS_REMOTE_LIMIT)
         found: dict[str, str] = {}
         for line in result.stdout.splitlines():
             sha, _, ref = line.partition("\t")
