@@ -76,7 +76,8 @@ async def materialize(
 
     try:
         credentials = await _credentials(rt, namespace, spec, request.repository)
-        valid = replace(valid, request=replace(request, credentials=credentials))
+        owner = await rt.kube.namespace_uid(namespace)
+        valid = replace(valid, request=replace(request, credentials=credentials, namespace_uid=owner))
         async with rt.locks.hold(namespace, request.project, wait_seconds=rt.config.lock_wait_seconds) as waited:
             result = await rt.engine.checkout(valid)
     except GitError as error:

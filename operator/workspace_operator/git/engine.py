@@ -8,14 +8,14 @@ contract enforces that). Callers hold the project's lock around `checkout` and
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from workspace_operator.git import safepath
 from workspace_operator.git.cache import LAST_USED, Cache, stamp
 from workspace_operator.git.credentials import Credentials, credential_env
-from workspace_operator.git.errors import Redactor
+from workspace_operator.git.errors import GitError, Redactor
 from workspace_operator.git.layout import (
     QUARANTINE_PREFIX,
     STAGING_PREFIX,
@@ -40,6 +40,9 @@ class CheckoutRequest:
     sparse: tuple[str, ...] = ()
     submodules: bool = False
     credentials: Credentials | None = None
+    # UID of the namespace now: a cache recorded for another UID (a namespace
+    # deleted and created again) is not reused. None: not checked.
+    namespace_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,9 @@ class ValidRequest:
 
 class Engine:
     def __init__(self, root: Path, settings: GitSettings) -> None:
-        self.root = root
+        # Resolved once: below it every path is compared as written, never resolved
+        # again (resolving would follow links planted on the volume).
+        self.root = root.resolve()
         self.settings = settings
         # Caches fully checked (fsck) by this process; others get the deep check first.
         self._verified: set[PurePosixPath] = set()
@@ -108,11 +113,12 @@ class Engine:
         cache = Cache(runner, layout)
         with credential_env(request.credentials, self.settings.scratch_dir) as env:
             resolution = await cache.open(request.repository, env, request.revision,
-                                          verified=layout.relative_dir in self._verified)
+                                          verified=layout.relative_dir in self._verified,
+                                          owner=request.namespace_uid)
             self._verified.add(layout.relative_dir)
             checkout_started = time.monotonic()
             worktree = await Worktrees(runner, layout).add(valid.worktree_spec(resolution.commit), env)
-            stamp(layout.cache_dir, LAST_USED)
+            stamp(layout.root, layout.cache_dir, LAST_USED)
         checkout_seconds = time.monotonic() - checkout_started
         return CheckoutResult(
             commit=resolution.commit,
@@ -134,7 +140,7 @@ class Engine:
 
 
 def _relative(root: Path, path: Path) -> PurePosixPath:
-    return PurePosixPath(path.resolve().relative_to(root.resolve()))
+    return PurePosixPath(path.relative_to(root))
 
 
 class Maintenance:
@@ -146,27 +152,37 @@ class Maintenance:
     def _layout(self, namespace: str, project: str) -> ProjectLayout:
         return ProjectLayout(self.engine.root, namespace, project)
 
-    async def prune(self, namespace: str, project: str) -> None:
+    async def _checked_cache(self, namespace: str, project: str) -> Cache | None:
+        """The project's cache if git may run in it: present, and passing the same
+        inspection as before a checkout (else it is quarantined now)."""
         layout = self._layout(namespace, project)
-        if layout.cache_dir.is_dir():
-            await Cache(self.engine.runner_for(None), layout).prune_worktrees()
+        if safepath.kind(layout.cache_dir) is None:
+            return None
+        cache = Cache(self.engine.runner_for(None), layout)
+        if await cache.check_for_maintenance():
+            return cache
+        self.engine.forget(layout)
+        return None
+
+    async def prune(self, namespace: str, project: str) -> None:
+        if cache := await self._checked_cache(namespace, project):
+            await cache.prune_worktrees()
 
     async def gc_cache(self, namespace: str, project: str) -> None:
-        layout = self._layout(namespace, project)
-        if layout.cache_dir.is_dir():
-            await Cache(self.engine.runner_for(None), layout).gc()
+        if cache := await self._checked_cache(namespace, project):
+            await cache.gc()
 
     def delete_cache(self, namespace: str, project: str) -> None:
         """Remove the cache; the project directory goes too once nothing else is in it."""
         layout = self._layout(namespace, project)
-        shutil.rmtree(layout.cache_dir, ignore_errors=True)
-        shutil.rmtree(layout.ready_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            layout.project_dir.rmdir()
+        safepath.remove(layout.root, layout.cache_dir)
+        safepath.remove(layout.root, layout.ready_dir)
+        with contextlib.suppress(OSError, GitError):
+            safepath.rmdir(layout.root, layout.project_dir)
         self.engine.forget(layout)
 
     def remove_debris(self, namespace: str, project: str, entry: str) -> None:
         layout = self._layout(namespace, project)
         if not entry.startswith((STAGING_PREFIX, QUARANTINE_PREFIX)) or "/" in entry:
             raise ValueError(f"not a debris entry: {entry!r}")
-        shutil.rmtree(layout.project_dir / entry, ignore_errors=True)
+        safepath.remove(layout.root, layout.project_dir / entry)

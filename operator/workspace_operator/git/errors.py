@@ -45,6 +45,7 @@ PERMANENT = frozenset(
         Reason.TLS_VERIFY_FAILED,
         Reason.CREDENTIALS_NOT_ALLOWED,
         Reason.OUTPUT_TOO_LARGE,
+        Reason.UNSAFE_PATH,
     }
 )
 
