@@ -107,10 +107,10 @@ def snapshot_project(root: Path, namespace: str, project: str) -> ProjectSnapsho
     debris: dict[str, float] = {}
     try:
         safepath.check_real_dirs(root, project_dir)
-        entries = _entries(project_dir)
     except (FileNotFoundError, GitError):
-        entries = []
-    for entry in entries:
+        return ProjectSnapshot(namespace=namespace, project=project, has_cache=False,
+                               last_used=None, last_fetch=None, last_gc=None)
+    for entry in _entries(project_dir):
         try:
             mtime = entry.stat(follow_symlinks=False).st_mtime
         except FileNotFoundError:

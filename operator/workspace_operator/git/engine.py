@@ -156,6 +156,10 @@ class Maintenance:
         """The project's cache if git may run in it: present, and passing the same
         inspection as before a checkout (else it is quarantined now)."""
         layout = self._layout(namespace, project)
+        try:
+            safepath.check_real_dirs(layout.root, layout.project_dir)  # UnsafeVolumePath through a link
+        except FileNotFoundError:
+            return None
         if safepath.kind(layout.cache_dir) is None:
             return None
         cache = Cache(self.engine.runner_for(None), layout)
