@@ -254,11 +254,13 @@ async def _collect(proc: asyncio.subprocess.Process, max_stdout: int) -> tuple[b
             err.extend(chunk)
             del err[:-_STDERR_LIMIT]
 
-    readers = asyncio.gather(read_stdout(proc.stdout), read_stderr(proc.stderr))
+    readers = [asyncio.ensure_future(read_stdout(proc.stdout)), asyncio.ensure_future(read_stderr(proc.stderr))]
     try:
-        await readers
+        await asyncio.gather(*readers)
     except BaseException:
-        readers.cancel()
+        for reader in readers:
+            reader.cancel()
+        await asyncio.wait(readers)  # stopped for good before anyone else reads the pipes
         raise
     await proc.wait()
     return bytes(out), bytes(err)
