@@ -222,26 +222,32 @@ class Cache:
         return self._inspect_worktree_metadata()
 
     def _inspect_worktree_metadata(self) -> str | None:
-        """Each worktrees/<id>: points back into this project, shares this cache, plain config."""
-        root = self.layout.root
-        for entry in _entries(self.path / "worktrees"):
-            meta = Path(entry.path)
-            try:
-                commondir = safepath.read_text(root, meta / "commondir").strip()
-                gitdir = Path(safepath.read_text(root, meta / "gitdir").strip())
-            except FileNotFoundError:
-                continue  # a crash's leftover: prune drops it
-            except OSError:
-                return f"unreadable worktree metadata ({entry.name})"
-            if commondir != "../.." or gitdir.parent.parent != self.layout.project_dir \
-                    or gitdir.name != ".git" or not is_worktree_name(gitdir.parent.name):
-                return f"worktree metadata {entry.name} points elsewhere"
-            if safepath.kind(meta / "config.worktree") is None:
-                continue
-            keys = worktree_config_keys(safepath.read_text(root, meta / "config.worktree"))
-            unexpected = sorted(set(keys) - _WORKTREE_CONFIG) if keys is not None else ["(unparseable)"]
-            if unexpected:
-                return f"unexpected settings in worktree {entry.name}'s config.worktree ({', '.join(unexpected[:5])})"
+        """Each worktrees/<id>: points back into this project, shares this cache, plain config.
+
+        Read through one directory descriptor: a few system calls per worktree.
+        """
+        metadata = self.path / "worktrees"
+        if not safepath.is_real_dir(metadata):
+            return None
+        with safepath.open_dir(self.layout.root, metadata) as worktrees:
+            for name in sorted(os.listdir(worktrees)):
+                try:
+                    files = safepath.read_files_at(worktrees, name, ("commondir", "gitdir", "config.worktree"))
+                except OSError:
+                    return f"unreadable worktree metadata ({name})"
+                if files is None:
+                    return f"worktree metadata {name} is not a directory"
+                if "commondir" not in files or "gitdir" not in files:
+                    continue  # a crash's leftover: prune drops it
+                gitdir = Path(files["gitdir"].strip())
+                if files["commondir"].strip() != "../.." or gitdir.parent.parent != self.layout.project_dir \
+                        or gitdir.name != ".git" or not is_worktree_name(gitdir.parent.name):
+                    return f"worktree metadata {name} points elsewhere"
+                if "config.worktree" in files:
+                    keys = worktree_config_keys(files["config.worktree"])
+                    unexpected = sorted(set(keys) - _WORKTREE_CONFIG) if keys is not None else ["(unparseable)"]
+                    if unexpected:
+                        return f"unexpected settings in worktree {name}'s config.worktree ({', '.join(unexpected[:5])})"
         return None
 
     async def _read_config(self) -> dict[str, str]:

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from workspace_operator.git.errors import GitError, Reason
@@ -174,6 +174,31 @@ def read_text(root: Path, path: Path, limit: int = 64 * 1024) -> str:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", str(path))
             return handle.read(limit).decode("utf-8", "replace")
+
+
+def read_files_at(dir_fd: int, name: str, files: Sequence[str], limit: int = 64 * 1024) -> dict[str, str] | None:
+    """The regular files `files` of subdirectory `name` of `dir_fd` (absent ones left out), opened
+    without following links; None if `name` is not a real directory. OSError for a link or other."""
+    try:
+        sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            return None
+        raise
+    try:
+        found: dict[str, str] = {}
+        for file in files:
+            try:
+                fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=sub)
+            except FileNotFoundError:
+                continue
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file", file)
+                found[file] = handle.read(limit).decode("utf-8", "replace")
+        return found
+    finally:
+        os.close(sub)
 
 
 def write_atomic(root: Path, path: Path, data: str) -> None:
