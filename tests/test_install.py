@@ -78,7 +78,7 @@ def test_operator_runs_with_its_own_service_account(
     ("get", "nodes"),
     ("list", "namespaces"),
     ("watch", "namespaces"),
-    ("delete", "namespaces", "default"),
+    ("delete", "namespaces/default"),
 ])
 def test_operator_token_is_denied_what_it_does_not_need(kubectl: Kubectl, operator_token: str,
                                                         verb_resource: tuple[str, ...]) -> None:
