@@ -116,8 +116,11 @@ async def test_link_on_the_way_to_the_project_is_refused_everywhere(
             await attempt()
         assert caught.value.reason is Reason.UNSAFE_PATH, caught.value
         assert caught.value.retryable is False
-    for sync_attempt in (lambda: maintenance.delete_cache(namespace, project),
-                         lambda: maintenance.remove_debris(namespace, project, ".quarantine-x")):
+    sync_attempts: list[Callable[[], None]] = [
+        lambda: maintenance.delete_cache(namespace, project),
+        lambda: maintenance.remove_debris(namespace, project, ".quarantine-x"),
+    ]
+    for sync_attempt in sync_attempts:
         with pytest.raises(GitError) as caught:
             sync_attempt()
         assert caught.value.reason is Reason.UNSAFE_PATH

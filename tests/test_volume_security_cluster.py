@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Namespace, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
 from cluster import OperatorProcess, Workspaces, wait_for
@@ -114,7 +114,7 @@ def lease_namespace(api_client: ApiClient) -> Iterator[str]:
     """Leases outside the namespace the test deletes."""
     name = f"l-{uuid.uuid4().hex[:10]}"
     core = CoreV1Api(api_client)
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=name)))
     yield name
     try:
         core.delete_namespace(name)
@@ -127,7 +127,7 @@ def test_recreated_namespace_does_not_inherit_caches(
         lease_namespace: str, upstream_repo: StandardRepo, smart_http: SmartHTTP, tmp_path: Path) -> None:
     core = CoreV1Api(api_client)
     env = {"WORKSPACE_LEASE_NAMESPACE": lease_namespace}
-    old_uid = core.read_namespace(namespace).metadata.uid
+    old_uid = _uid(core, namespace)
     op = operator_factory(env=env)
     workspaces.create("old", {"project": "p", "repository": smart_http.url("repo")})
     old = workspaces.wait_ready("old")
@@ -139,8 +139,8 @@ def test_recreated_namespace_does_not_inherit_caches(
         "crafting.dev", "v1", namespace, "workspaces", "old", {"metadata": {"finalizers": None}})
     core.delete_namespace(namespace)
     wait_for(lambda: _gone(core, namespace), timeout=120, message=f"namespace {namespace} deleted")
-    core.create_namespace({"metadata": {"name": namespace}})
-    new_uid = core.read_namespace(namespace).metadata.uid
+    core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=namespace)))
+    new_uid = _uid(core, namespace)
     assert new_uid != old_uid
     assert (op.root / old["path"] / "README.md").is_file()
 
@@ -160,11 +160,17 @@ def test_recreated_namespace_does_not_inherit_caches(
     assert "made for another namespace of this name" in op2.log()
 
 
+def _uid(core: CoreV1Api, name: str) -> str:
+    meta = core.read_namespace(name).metadata
+    assert meta is not None and meta.uid
+    return str(meta.uid)
+
+
 def _gone(core: CoreV1Api, name: str) -> bool:
     try:
         core.read_namespace(name)
     except ApiException as error:
-        return error.status == 404
+        return bool(error.status == 404)
     return False
 
 
