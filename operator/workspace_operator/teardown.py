@@ -42,7 +42,7 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
         # A link planted where the project directory belongs: what it points at is
         # not this Workspace's to delete. Nothing was touched.
         metrics.UNSAFE_PATHS.labels("teardown").inc()
-        metrics.DELETIONS.labels("abandoned").inc()
+        metrics.DELETIONS.labels("unsafe").inc()
         log.error("not removing worktree %s/%s/%s: %s", namespace, project, name, error)
         return f"worktree left alone: {error}"
     except (LockTimeout, LeaseLost, OSError) as error:
