@@ -25,6 +25,7 @@ GC_DURATION = Histogram("workspace_gc_pass_seconds", "Duration of one GC pass", 
 UNSAFE_PATHS = Counter("workspace_unsafe_paths_total",
                        "Symlinks found where the operator expects its own directories (never followed)",
                        ["operation"])
+RECONCILES = Counter("workspace_reconcile_total", "Per-Workspace timer runs by decision", ["decision"])
 VOLUME_USAGE = Gauge("workspace_volume_usage_ratio", "Used fraction of the workspace volume")
 
 

@@ -216,7 +216,8 @@ class Cache:
             return f"unexpected files in the cache ({', '.join(planted)})"
         if _entries(path / "refs" / "replace") or _packed_replace_refs(path / "packed-refs"):
             return "replace refs in the cache (refs/replace/)"
-        for tree in ("refs", "worktrees", *(("objects",) if deep else ())):
+        # worktrees/ is checked entry by entry below (its modules/ may be large).
+        for tree in ("refs", *(("objects",) if deep else ())):
             if safepath.is_real_dir(path / tree) and (links := safepath.find_links(root, path / tree)):
                 return f"symlinks in the cache ({tree}/{links[0]})"
         return self._inspect_worktree_metadata()
@@ -236,7 +237,7 @@ class Cache:
                 except OSError:
                     return f"unreadable worktree metadata ({name})"
                 if files is None:
-                    return f"worktree metadata {name} is not a directory"
+                    return f"worktree metadata {name} is a symlink or not a directory"
                 if "commondir" not in files or "gitdir" not in files:
                     continue  # a crash's leftover: prune drops it
                 gitdir = Path(files["gitdir"].strip())
@@ -401,6 +402,8 @@ class Cache:
                  "--quiet", "--", "origin", refspec],
                 cwd=repo,
                 env=env,
+                # Every received object is checked (malformed trees, paths like .git or ../).
+                config=["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else [],
             )
         except GitError as error:
             if error.reason is Reason.REF_NOT_FOUND and missing is not Reason.REF_NOT_FOUND:
@@ -409,6 +412,10 @@ class Cache:
         safepath.remove(self.layout.root, marker)
         stamp(self.layout.root, repo, LAST_FETCH)
         return result.seconds
+
+    async def fetch_tags(self, env: dict[str, str]) -> float:
+        """Every upstream tag (and the commits they need), under the project lock."""
+        return await self._fetch(self.path, env, "refs/tags/*", "refs/tags/*")
 
     # -- maintenance ---------------------------------------------------------------
 
@@ -426,8 +433,9 @@ class Cache:
         await self.runner.run("worktree-prune", ["worktree", "prune"], cwd=self.path)
 
     async def gc(self) -> None:
-        # Default prune grace (2 weeks) keeps objects a concurrent reader might still need.
-        await self.runner.run("gc", ["gc", "--quiet"], cwd=self.path)
+        # Unreachable objects go at once: nothing writes under our lock, worktrees' HEADs
+        # and the pins of cache-only Workspaces (git/pins.py) keep what is in use reachable.
+        await self.runner.run("gc", ["gc", "--quiet", "--prune=now"], cwd=self.path)
         stamp(self.layout.root, self.path, LAST_GC)
 
 

@@ -5,8 +5,8 @@ below hold everywhere by construction:
 
 * a timeout on every call; on timeout or cancellation the whole process group
   (git and its ssh / remote-https / index-pack children) is SIGKILLed;
-* no prompts, no user or system config, no hooks, no credential helpers, no
-  fsmonitor; transports limited to the configured allow-list (GIT_ALLOW_PROTOCOL
+* no prompts, no user or system config, no hooks, no credential helper but
+  ours (credentials.py: it answers only granted origins), no fsmonitor; transports limited to the configured allow-list (GIT_ALLOW_PROTOCOL
   also covers submodules and redirects);
 * user-supplied arguments are placed after `--` by callers, and anything that
   looks like an option where a ref belongs is refused before git runs;
@@ -54,6 +54,15 @@ class GitSettings:
     scratch_dir: Path | None = None
     # Concurrent git processes in this operator process; 0 = sized from the CPUs.
     max_processes: int = 0
+    # Host patterns repositories may name ("h", "*.h"); empty = any public host.
+    allowed_hosts: tuple[str, ...] = ()
+    # Loopback, link-local and private addresses are refused unless this is set
+    # (or the host is listed in allowed_hosts).
+    allow_private_networks: bool = False
+    # file:// repositories must lie below one of these (never below the volume root).
+    file_roots: tuple[Path, ...] = ()
+    # Check every object a fetch receives (transfer.fsckObjects).
+    fsck_objects: bool = True
 
     def __post_init__(self) -> None:
         unknown = self.allowed_schemes - ALL_SCHEMES
@@ -73,7 +82,6 @@ class GitResult:
 _HARDENING = (
     "-c", "core.hooksPath=/dev/null",
     "-c", "core.fsmonitor=false",
-    "-c", "credential.helper=",
     "-c", "core.askPass=",
     "-c", "protocol.version=2",
     "-c", "safe.directory=*",
@@ -114,6 +122,19 @@ def process_slots(limit: int) -> asyncio.Semaphore:
     if limit not in per_loop:
         per_loop[limit] = asyncio.Semaphore(limit)
     return per_loop[limit]
+def config_env(*pairs: tuple[str, str]) -> dict[str, str]:
+    """git config passed through the environment (GIT_CONFIG_COUNT), not argv.
+
+    Always starts by resetting credential.helper: git reads these entries
+    before the `-c` ones, and an empty credential.helper clears the helpers
+    configured before it, so the reset must come first and a helper after it.
+    """
+    entries = [("credential.helper", ""), *pairs]
+    env = {"GIT_CONFIG_COUNT": str(len(entries))}
+    for index, (key, value) in enumerate(entries):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
 
 
 @dataclass
@@ -141,6 +162,7 @@ class GitRunner:
             # Without explicit credentials, ssh must still never prompt or trust new hosts.
             "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes "
                                "-o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null",
+            **config_env(),  # no credential helper unless credentials.py configures ours
         }
         for passthrough in ("TMPDIR", "GIT_TRACE_PACKET_DISABLED"):
             if passthrough in os.environ:

@@ -19,6 +19,7 @@ from workspace_operator.git.cache import unlock_crashed_worktrees
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import ProjectLayout, invalid
 from workspace_operator.git.runner import GitRunner
+from workspace_operator.git.submodules import Submodules
 
 log = logging.getLogger("workspace_operator.worktree")
 
@@ -99,7 +100,9 @@ class Worktrees:
             return False
         return back == path / ".git"
 
-    async def add(self, spec: WorktreeSpec, env: dict[str, str]) -> WorktreeResult:
+    async def add(self, spec: WorktreeSpec, env: dict[str, str], submodules: tuple[Submodules, str] | None = None
+                  ) -> WorktreeResult:
+        """Check out spec; `submodules` (updater, superproject URL) is required when spec asks for them."""
         started = time.monotonic()
         path = self.layout.worktree_dir(spec.name)
         if self.is_complete(spec):
@@ -129,8 +132,10 @@ class Worktrees:
             await self.runner.run("checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"],
                                   cwd=path, env=env, config=config)
         if spec.submodules:
-            await self.runner.run("submodules", ["submodule", "update", "--init", "--recursive", "--quiet"],
-                                  cwd=path, env=env)
+            if submodules is None:
+                raise ValueError("a worktree with submodules needs a Submodules updater")
+            updater, url = submodules
+            await updater.update(path, url)
         workdir = self._workdir(path, spec)
         self._write_record(spec)
         return WorktreeResult(path, workdir, False, time.monotonic() - started)
