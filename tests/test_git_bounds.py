@@ -82,7 +82,7 @@ from workspace_operator.git import CheckoutRequest, Engine, GitError, GitSetting
 async def main() -> None:
     root, scratch, url = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     engine = Engine(root, GitSettings(allowed_schemes=frozenset({"http", "git"}), scratch_dir=scratch,
-                                      timeout_seconds=120))
+                                      timeout_seconds=120, allow_private_networks=True))
     request = CheckoutRequest(namespace="ns", project="p", name="w", repository=url, revision=Revision(branch="main"))
     outcome = "Ready"
     try:
