@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import logging
+import time
 from datetime import UTC, datetime
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +31,13 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from workspace_operator.spec import GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger("workspace_operator.kube")
+
+# How long a namespace's UID is reused without asking again. Short, and dropped
+# when a Workspace there is deleted: a namespace is only gone (and can be
+# created again) after all its Workspaces are.
+NAMESPACE_UID_TTL = 10.0
 
 
 def load_client_config() -> None:
@@ -51,6 +60,7 @@ class Kube:
         self.custom = CustomObjectsApi(self.client)
         self.core = CoreV1Api(self.client)
         self.coordination = CoordinationV1Api(self.client)
+        self._namespace_uids: dict[str, tuple[float, str | None]] = {}
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *,
                            missing_ok: bool = False) -> None:
@@ -77,6 +87,29 @@ class Kube:
         data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
         annotations = dict((secret.metadata.annotations if secret.metadata else None) or {})
         return data, annotations
+
+    async def namespace_uid(self, namespace: str) -> str | None:
+        """The namespace's UID (cached briefly); None if it cannot be read (no RBAC), logged."""
+        now = time.monotonic()
+        cached = self._namespace_uids.get(namespace)
+        if cached is not None and now - cached[0] < NAMESPACE_UID_TTL:
+            return cached[1]
+        try:
+            found = await asyncio.to_thread(self.core.read_namespace, namespace)
+            uid: str | None = str(found.metadata.uid) if found.metadata and found.metadata.uid else None
+        except ApiException as error:
+            if error.status not in (403, 404):
+                raise
+            log.warning("cannot read namespace %s (%s): caches there are not checked against the namespace "
+                        "UID; grant get on namespaces", namespace, error.status)
+            uid = None
+        if len(self._namespace_uids) > 4096:
+            self._namespace_uids.clear()  # bounded: entries are cheap to look up again
+        self._namespace_uids[namespace] = (now, uid)
+        return uid
+
+    def forget_namespace(self, namespace: str) -> None:
+        self._namespace_uids.pop(namespace, None)
 
     async def delete_workspace(self, namespace: str, name: str, uid: str) -> bool:
         """Delete if it is still the same object (uid precondition); False if already gone."""

@@ -149,7 +149,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
 
     try:
         credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
-        valid = replace(valid, request=replace(valid.request, credentials=credentials))
+        owner = await rt.kube.namespace_uid(target.namespace)
+        valid = replace(valid, request=replace(valid.request, credentials=credentials, namespace_uid=owner))
         async with rt.locks.hold(target.namespace, request.project,
                                  wait_seconds=rt.config.lock_wait_seconds) as waited:
             result = await (rt.engine.pin(valid) if request.cache_only else rt.engine.checkout(valid))
