@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workspace_operator.git import GitSettings
+from workspace_operator.git.origins import URLRefused, normalize_host_pattern
 from workspace_operator.git.runner import ALL_SCHEMES
 
 
@@ -51,7 +52,12 @@ class Config:
     replica_index: int = 0
     checkout_workers: int = 0
     partial_clone: bool = False
+    max_git_processes: int = 0
     log_format: str = "text"
+    allowed_hosts: tuple[str, ...] = ()
+    allow_private_networks: bool = False
+    file_roots: tuple[Path, ...] = ()
+    fsck_objects: bool = False
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
     def __post_init__(self) -> None:
@@ -61,6 +67,8 @@ class Config:
             raise ConfigError("WORKSPACE_REPLICA_INDEX must be in [0, WORKSPACE_REPLICAS)")
         if self.lease_seconds < 3:
             raise ConfigError("WORKSPACE_LEASE_SECONDS must be at least 3")
+        if self.max_git_processes < 0:
+            raise ConfigError("WORKSPACE_MAX_GIT_PROCESSES must be 0 (automatic) or more")
         if self.reconcile_interval_seconds <= 0 or self.reconcile_jitter_seconds < 0:
             raise ConfigError("WORKSPACE_RECONCILE_INTERVAL_SECONDS must be > 0, the jitter >= 0")
         if min(self.failed_ttl_seconds, self.active_deadline_seconds, self.max_workspaces_per_namespace,
@@ -76,6 +84,11 @@ class Config:
             allowed_schemes=self.allowed_schemes,
             checkout_workers=self.checkout_workers,
             partial_clone=self.partial_clone,
+            max_processes=self.max_git_processes,
+            allowed_hosts=self.allowed_hosts,
+            allow_private_networks=self.allow_private_networks,
+            file_roots=self.file_roots,
+            fsck_objects=self.fsck_objects,
         )
 
 
@@ -105,6 +118,20 @@ def _schemes(value: str) -> frozenset[str]:
     if unknown or not schemes:
         raise ConfigError(f"WORKSPACE_ALLOWED_SCHEMES: unknown or empty: {', '.join(sorted(unknown)) or '(empty)'}")
     return schemes
+
+
+def _hosts(value: str) -> tuple[str, ...]:
+    try:
+        return tuple(normalize_host_pattern(item) for item in _csv(value))
+    except (URLRefused, ValueError) as error:
+        raise ConfigError(f"not a host pattern (host, *.domain or an IP address): {error}") from None
+
+
+def _paths(value: str) -> tuple[Path, ...]:
+    paths = tuple(Path(item) for item in _csv(value))
+    if not all(path.is_absolute() for path in paths):
+        raise ConfigError("paths must be absolute")
+    return tuple(path.resolve() for path in paths)
 
 
 # (flag, env var, field, parser, help)
@@ -156,7 +183,16 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--checkout-workers", "WORKSPACE_CHECKOUT_WORKERS", "checkout_workers", int,
      "git checkout.workers (parallel checkout); 0 = git default"),
     ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
+    ("--max-git-processes", "WORKSPACE_MAX_GIT_PROCESSES", "max_git_processes", int,
+     "git processes running at once in this operator; 0 = 2 per CPU (cgroup quota), at least 4"),
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
+    ("--allowed-hosts", "WORKSPACE_ALLOWED_HOSTS", "allowed_hosts", _hosts,
+     "comma-separated host patterns (host, *.domain) repositories may use; empty = any public host"),
+    ("--allow-private-networks", "WORKSPACE_ALLOW_PRIVATE_NETWORKS", "allow_private_networks", _bool,
+     "accept hosts on loopback, link-local and private addresses"),
+    ("--file-roots", "WORKSPACE_FILE_ROOTS", "file_roots", _paths,
+     "comma-separated directories file:// repositories must lie below; empty = no file:// at all"),
+    ("--fsck-objects", "WORKSPACE_FSCK_OBJECTS", "fsck_objects", _bool, "check every fetched object"),
     ("--identity", "WORKSPACE_IDENTITY", "identity", str, "Lease holder identity prefix (default: hostname)"),
 )
 

@@ -1,9 +1,10 @@
 """The few Kubernetes API calls the operator makes itself (kopf makes the rest).
 
 The official client is synchronous; calls run in a thread pool sized for many
-concurrent Workspaces (see `configure_thread_pool`). The one Secret read and the
-Events go through the ApiClient directly rather than `CoreV1Api`: importing that
-class loads ~250 model modules, 20 MB of the operator's memory, for two calls.
+concurrent Workspaces (see `configure_thread_pool`). The core/v1 calls (a Secret,
+a Namespace's UID, Events) go through the ApiClient directly rather than
+`CoreV1Api`: importing that class loads ~250 model modules, 20 MB of the
+operator's memory, for three calls.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import logging
+import time
 from datetime import UTC, datetime
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +30,13 @@ from kubernetes.client.exceptions import ApiException
 
 from workspace_operator.spec import GROUP, KIND, PLURAL, VERSION
 from workspace_operator.status import timestamp
+
+log = logging.getLogger("workspace_operator.kube")
+
+# How long a namespace's UID is reused without asking again. Short, and dropped
+# when a Workspace there is deleted: a namespace is only gone (and can be
+# created again) after all its Workspaces are.
+NAMESPACE_UID_TTL = 10.0
 
 
 def load_client_config() -> None:
@@ -48,6 +58,7 @@ class Kube:
         self.client = client or ApiClient()
         self.custom = CustomObjectsApi(self.client)
         self.coordination = CoordinationV1Api(self.client)
+        self._namespace_uids: dict[str, tuple[float, str | None]] = {}
 
     def _core(self, method: str, path: str, path_params: Mapping[str, str], body: Any = None) -> Any:
         """One call of the core/v1 API, JSON in and out (plain dicts); errors raise ApiException."""
@@ -72,8 +83,10 @@ class Kube:
             if not (missing_ok and error.status == 404):
                 raise
 
-    async def read_secret(self, namespace: str, name: str) -> tuple[dict[str, str], dict[str, str]] | None:
-        """(decoded data, annotations) of a Secret, or None if it does not exist."""
+    async def read_secret(self, namespace: str, name: str) -> tuple[dict[str, bytes], dict[str, str]] | None:
+        """(base64-decoded data, annotations) of a Secret, or None if it does not exist.
+
+        Values stay bytes: whether they must be text is the reader's decision."""
         try:
             secret = await asyncio.to_thread(self._core, "GET", "/api/v1/namespaces/{namespace}/secrets/{name}",
                                              {"namespace": namespace, "name": name})
@@ -81,9 +94,32 @@ class Kube:
             if error.status == 404:
                 return None
             raise
-        data = {key: base64.b64decode(value).decode() for key, value in (secret.get("data") or {}).items()}
+        data = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
         annotations = dict((secret.get("metadata") or {}).get("annotations") or {})
         return data, annotations
+
+    async def namespace_uid(self, namespace: str) -> str | None:
+        """The namespace's UID (cached briefly); None if it cannot be read (no RBAC), logged."""
+        now = time.monotonic()
+        cached = self._namespace_uids.get(namespace)
+        if cached is not None and now - cached[0] < NAMESPACE_UID_TTL:
+            return cached[1]
+        try:
+            found = await asyncio.to_thread(self._core, "GET", "/api/v1/namespaces/{name}", {"name": namespace})
+            uid: str | None = (found.get("metadata") or {}).get("uid") or None
+        except ApiException as error:
+            if error.status not in (403, 404):
+                raise
+            log.warning("cannot read namespace %s (%s): caches there are not checked against the namespace "
+                        "UID; grant get on namespaces", namespace, error.status)
+            uid = None
+        if len(self._namespace_uids) > 4096:
+            self._namespace_uids.clear()  # bounded: entries are cheap to look up again
+        self._namespace_uids[namespace] = (now, uid)
+        return uid
+
+    def forget_namespace(self, namespace: str) -> None:
+        self._namespace_uids.pop(namespace, None)
 
     async def delete_workspace(self, namespace: str, name: str, uid: str) -> bool:
         """Delete if it is still the same object (uid precondition); False if already gone."""

@@ -68,8 +68,8 @@ class Done:
         """(reason, message) of the Event that says what happened."""
         r = self.result
         if self.repaired:
-            return "Repaired", f"worktree rebuilt at {r.commit[:12]} ({r.path})"
-        return "Materialized", (f"{r.commit[:12]} at {r.path} (cache {'hit' if r.cache_hit else 'miss'}, "
+            return "Repaired", f"rebuilt at {r.commit[:12]} ({r.path or r.cache_path})"
+        return "Materialized", (f"{r.commit[:12]} at {r.path or r.cache_path} (cache {'hit' if r.cache_hit else 'miss'}, "
                                 f"{r.total_seconds:.2f}s)")
 
 
@@ -117,8 +117,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         raise await _fail(rt, target, Failure(error.reason.value, str(error.message), False, attempt)) from None
 
     # Reported Ready before (a restart, or the timer found it damaged): an intact, completed
-    # worktree at the reported commit is the proof, and nothing is fetched, locked or patched.
-    # Otherwise it is rebuilt at that same commit, whatever the branch points at now.
+    # worktree (CacheOnly: the pin) at the reported commit is the proof, and nothing is fetched,
+    # locked or patched. Otherwise it is rebuilt at that same commit, whatever the branch points at now.
     reported = str(current.get("commit") or "")
     repair = bool(reported and current.get("readyAt"))
     if repair and current.get("phase") == status.Phase.READY.value and rt.engine.is_complete(valid, reported):
@@ -136,7 +136,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
             f"{rt.quota.limit} materialized Workspaces (WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE)", True, attempt))
 
     if repair and current.get("phase") == status.Phase.READY.value:  # just found damaged
-        message = f"worktree at {current.get('path')} is missing or damaged: rebuilding it at {reported[:12]}"
+        message = (f"{current.get('path') or 'the pin'} is missing or damaged: "
+                   f"rebuilding it at {reported[:12]}")
         log.warning("%s/%s: %s", target.namespace, target.name, message)
         await rt.kube.patch_status(target.namespace, target.name, status.worktree_lost(
             current, message=message, generation=target.generation, now=now))
@@ -150,10 +151,11 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
 
     try:
         credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
-        valid = replace(valid, request=replace(valid.request, credentials=credentials))
+        owner = await rt.kube.namespace_uid(target.namespace)
+        valid = replace(valid, request=replace(valid.request, credentials=credentials, namespace_uid=owner))
         async with rt.locks.hold(target.namespace, request.project,
                                  wait_seconds=rt.config.lock_wait_seconds) as waited:
-            result = await rt.engine.checkout(valid)
+            result = await (rt.engine.pin(valid) if request.cache_only else rt.engine.checkout(valid))
     except GitError as error:
         # Unknown failures are retried, but not forever: after a while they are
         # as permanent as they look (e.g. a .gitmodules git refuses to honour).
@@ -192,7 +194,7 @@ async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], rep
     if not credentials_allowed(annotations, repository):
         raise GitError(Reason.CREDENTIALS_NOT_ALLOWED, f"Secret {secret!r} does not list this repository in its "
                        f"{ALLOWED_REPOSITORIES} annotation", step="credentials")
-    return credentials_from_secret(data)
+    return credentials_from_secret(data, annotations)
 
 
 def _observe(result: CheckoutResult, waited: float, repair: bool) -> None:
