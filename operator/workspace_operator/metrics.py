@@ -27,6 +27,9 @@ PROJECTS_OWNED = Gauge("workspace_projects_owned", "Projects with Workspaces thi
 TAKEOVERS = Counter("workspace_takeovers_total", "Unsettled Workspaces picked up after a change of membership")
 PROJECT_LEASES_DELETED = Counter("workspace_project_leases_deleted_total",
                                  "Leases of projects with no cache and no Workspaces, deleted by GC")
+UNSAFE_PATHS = Counter("workspace_unsafe_paths_total",
+                       "Symlinks found where the operator expects its own directories (never followed)",
+                       ["operation"])
 RECONCILES = Counter("workspace_reconcile_total", "Per-Workspace timer runs by decision", ["decision"])
 VOLUME_USAGE = Gauge("workspace_volume_usage_ratio", "Used fraction of the workspace volume")
 

@@ -12,6 +12,7 @@ from workspace_operator.kube import Kube
 from workspace_operator.lifecycle import Limits
 from workspace_operator.lock import LeaseLocks, new_identity
 from workspace_operator.members import Members
+from workspace_operator.memory import BurstTrimmer
 from workspace_operator.quota import NamespaceQuota
 from workspace_operator.spec import shard_of
 from workspace_operator.status import retry_delay
@@ -32,6 +33,7 @@ class Runtime:
     # when done): the takeover path and kopf's handlers never run one twice at once.
     inflight: dict[str, asyncio.Event] = field(default_factory=dict)
     takeovers: set[asyncio.Task[Any]] = field(default_factory=set)
+    trimmer: BurstTrimmer = field(default_factory=BurstTrimmer)
 
     @classmethod
     def create(cls, config: Config, kube: Kube | None = None) -> Runtime:
