@@ -459,16 +459,30 @@ def test_a_lease_is_not_trusted_past_its_renew_deadline_and_a_dead_holder_is_tak
                 await runner.run("version", ["version"], cwd=tmp_path)  # trusted: runs
                 offset[0] += 25  # as if paused for 25 s (> 2/3 of 30) and just woken up
                 await runner.run("version", ["version"], cwd=tmp_path)  # refused before it starts
-        # The Lease is still the sleeper's on record (not released: it was lost).
+        # Nobody else wrote the Lease meanwhile, so the (resourceVersion-guarded) release cleared it.
         record = api.read_namespaced_lease(lease_name(namespace, "fenced"), namespace).spec
-        assert record is not None and record.holder_identity == "sleeper"
+        assert record is not None and not record.holder_identity
 
-        # A peer that knows the sleeper is dead (its heartbeat expired) takes over at once,
-        # without waiting the project Lease's own 30 s.
+        # A peer that knows the holder is dead (its heartbeat expired) takes over at once,
+        # without waiting the project Lease's own 30 s; the old holder's release then
+        # cannot clear it (resourceVersion precondition).
+        holding, done = asyncio.Event(), asyncio.Event()
+
+        async def hold_on() -> None:
+            async with sleeper.hold(namespace, "taken", wait_seconds=10):
+                holding.set()
+                await done.wait()
+
+        old = asyncio.create_task(hold_on())
+        await holding.wait()
         peer = LeaseLocks(api, namespace, "peer", duration_seconds=30)
         peer.holder_gone = lambda holder: holder == "sleeper"
-        async with peer.hold(namespace, "fenced", wait_seconds=5) as waited:
+        async with peer.hold(namespace, "taken", wait_seconds=5) as waited:
             assert waited < 5
+            done.set()
+            await old
+            record = api.read_namespaced_lease(lease_name(namespace, "taken"), namespace).spec
+            assert record is not None and record.holder_identity == "peer"
         assert not peer._local and not peer._observed and not sleeper._local and not sleeper._observed
 
     asyncio.run(scenario())
