@@ -31,7 +31,7 @@ class Runtime:
     in_flight: set[tuple[str, str]] = field(default_factory=set)
     # Materializations and deletions running in this process, by Workspace uid (set
     # when done): the takeover path and kopf's handlers never run one twice at once.
-    inflight: dict[str, asyncio.Event] = field(default_factory=dict)
+    runs_by_uid: dict[str, asyncio.Event] = field(default_factory=dict)
     takeovers: set[asyncio.Task[Any]] = field(default_factory=set)
     trimmer: BurstTrimmer = field(default_factory=BurstTrimmer)
 

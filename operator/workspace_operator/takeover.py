@@ -38,10 +38,10 @@ async def exclusive(rt: Runtime, namespace: str, name: str, uid: str, status: Ma
     is recognised as such instead of being marked Materializing again.
     """
     waited = False
-    while (other := rt.inflight.get(uid)) is not None:
+    while (other := rt.runs_by_uid.get(uid)) is not None:
         waited = True
         await other.wait()
-    done = rt.inflight[uid] = asyncio.Event()
+    done = rt.runs_by_uid[uid] = asyncio.Event()
     try:
         if waited:
             fresh = await rt.kube.get_workspace(namespace, name)
@@ -49,7 +49,7 @@ async def exclusive(rt: Runtime, namespace: str, name: str, uid: str, status: Ma
                 status = fresh.get("status") or {}
         return await run(status)
     finally:
-        del rt.inflight[uid]
+        del rt.runs_by_uid[uid]
         done.set()
 
 
@@ -92,7 +92,7 @@ async def pick_up(rt: Runtime, before: frozenset[str], after: frozenset[str]) ->
         if "deletionTimestamp" in meta:
             teardown.finalize_soon(rt, ws)  # a deletion whose event went to a dead owner
             continue
-        if uid in rt.inflight or is_settled(ws.get("status") or {}, int(meta.get("generation") or 0)):
+        if uid in rt.runs_by_uid or is_settled(ws.get("status") or {}, int(meta.get("generation") or 0)):
             continue
         task = asyncio.create_task(_run(rt, ws), name=f"takeover {meta['namespace']}/{meta['name']}")
         rt.takeovers.add(task)

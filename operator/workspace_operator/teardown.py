@@ -74,9 +74,9 @@ def finalize_soon(rt: Runtime, obj: Mapping[str, Any]) -> bool:
     """
     meta = obj["metadata"]
     key = f"{meta['uid']}/delete"
-    if key in rt.inflight or FINALIZER not in (meta.get("finalizers") or []):
+    if key in rt.runs_by_uid or FINALIZER not in (meta.get("finalizers") or []):
         return False
-    rt.inflight[key] = asyncio.Event()
+    rt.runs_by_uid[key] = asyncio.Event()
     task = asyncio.create_task(_finalize(rt, obj, key), name=f"finalize {meta['namespace']}/{meta['name']}")
     rt.takeovers.add(task)
     task.add_done_callback(rt.takeovers.discard)
@@ -105,4 +105,4 @@ async def _finalize(rt: Runtime, obj: Mapping[str, Any], key: str) -> None:
     except Exception:  # the next event or takeover starts over
         log.exception("finalizing %s/%s failed", namespace, name)
     finally:
-        rt.inflight.pop(key).set()
+        rt.runs_by_uid.pop(key).set()
