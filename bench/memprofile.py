@@ -169,6 +169,9 @@ def _profile(opts: argparse.Namespace, op: Operator, ws: Workspaces, gen: repoge
     print(f"RSS idle {rss0 / 1024:.1f} MB -> {rss1 / 1024:.1f} MB with {opts.count} Workspaces "
           f"(+{(rss1 - rss0) / opts.count:.1f} KB per Workspace); env {opts.env or '-'}"
           f"{'; no per-object timers' if opts.no_timers else ''}{'' if opts.no_trace else '; tracemalloc on'}")
+    for line in op.log_path.read_text(errors="replace").splitlines():
+        if "materializations drained" in line:
+            print(f"operator: {line}")
     if opts.idle_writes:
         idle_writes(ws, opts.idle_writes)
     if opts.trim:
