@@ -182,8 +182,10 @@ def test_one_event_per_reason_not_one_per_retry(api_client: ApiClient, namespace
     smart_http.fault = None
     assert workspaces.wait_ready("flaky", timeout=60)["commit"] == upstream_repo.main
     # kopf posts the handler's Event just after the handler returned.
-    found = wait_for(lambda: (e := event_reasons(api_client, namespace, "flaky")) and "Materialized" in e and e,
-                     message="the Materialized Event")
+    def materialized() -> list[str] | None:
+        reasons = event_reasons(api_client, namespace, "flaky")
+        return reasons if "Materialized" in reasons else None
+    found = wait_for(materialized, message="the Materialized Event")
     assert found.count("UpstreamUnavailable") == 1, found
     assert found.count("Materialized") == 1, found
 
