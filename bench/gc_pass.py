@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "operator"))
 from workspace_operator import gc, gc_plan  # noqa: E402
 from workspace_operator.config import Config  # noqa: E402
 from workspace_operator.git import Engine  # noqa: E402
-from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED  # noqa: E402
+from workspace_operator.git.markers import LAST_FETCH, LAST_GC, LAST_USED  # noqa: E402
 from workspace_operator.runtime import Runtime  # noqa: E402
 
 NAMESPACE = "bench"

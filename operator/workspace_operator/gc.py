@@ -26,7 +26,7 @@ from typing import Any
 
 from workspace_operator import metrics
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
-from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
+from workspace_operator.git.markers import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
 from workspace_operator.git.engine import Maintenance
 from workspace_operator.git.layout import (
     CACHE_DIR,

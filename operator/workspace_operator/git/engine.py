@@ -1,8 +1,9 @@
 """The git engine's public face: validate a request, materialize it, remove it.
 
 It knows paths, git and credentials, and nothing of Kubernetes (an import-linter
-contract enforces that). Callers hold the project's lock around `checkout` and
-`remove`; `validate` and `is_complete` need no lock.
+contract enforces that). Callers hold the project's lock around `prepare`,
+`checkout` and `remove`; `populate` (writing a registered worktree's files),
+`validate` and `is_complete` need no lock.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from workspace_operator.git.cache import LAST_USED, Cache, stamp
+from workspace_operator.git.cache import Cache
+from workspace_operator.git.housekeeping import Housekeeping
+from workspace_operator.git.markers import HOLD_MARKER, LAST_USED, stamp
+from workspace_operator.git.resolve import Resolution
 from workspace_operator.git.credentials import Credentials, credential_env
 from workspace_operator.git.errors import Redactor
 from workspace_operator.git.layout import (
@@ -26,7 +30,7 @@ from workspace_operator.git.layout import (
 )
 from workspace_operator.git.runner import GitRunner, GitSettings
 from workspace_operator.git.source import Revision, check_url
-from workspace_operator.git.worktree import Worktrees, WorktreeSpec
+from workspace_operator.git.worktree import Registered, WorktreeResult, Worktrees, WorktreeSpec
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,25 @@ class ValidRequest:
         return WorktreeSpec(self.request.name, commit, self.sub_path, self.sparse, self.request.submodules)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request after the exclusive phase: commit resolved, worktree registered (or reused)."""
+
+    valid: ValidRequest
+    resolution: Resolution
+    worktree: WorktreeResult | Registered
+    started: float
+    partial_clone: bool
+
+    @property
+    def needs_lock(self) -> bool:
+        """Whether writing the files also writes the cache, so must stay under the lock:
+        in a partial clone checkout fetches blobs into the object store, and
+        submodule init writes the cache's config."""
+        pending = isinstance(self.worktree, Registered)
+        return pending and (self.partial_clone or self.valid.request.submodules)
+
+
 class Engine:
     def __init__(self, root: Path, settings: GitSettings) -> None:
         self.root = root
@@ -101,19 +124,45 @@ class Engine:
         return worktrees.is_complete(valid.worktree_spec(commit))
 
     async def checkout(self, valid: ValidRequest) -> CheckoutResult:
-        """Cache → fetch (only if needed) → worktree. The caller holds the project lock."""
+        """Both phases in one go; the caller holds the project lock throughout."""
+        return await self.populate(await self.prepare(valid))
+
+    async def prepare(self, valid: ValidRequest) -> Prepared:
+        """The exclusive phase: cache → fetch (only if needed) → worktree registered.
+
+        The caller holds the project lock. While this runs, the cache carries a
+        hold marker; a process that dies here leaves it, and the next opening
+        of the cache checks it in depth.
+        """
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials)
-        cache = Cache(runner, layout)
         with credential_env(request.credentials, self.settings.scratch_dir) as env:
-            resolution = await cache.open(request.repository, env, request.revision,
-                                          verified=layout.relative_dir in self._verified)
+            resolution = await Cache(runner, layout).open(
+                request.repository, env, request.revision, verified=layout.relative_dir in self._verified)
+            held = layout.cache_dir / HOLD_MARKER
+            held.touch()
             self._verified.add(layout.relative_dir)
-            checkout_started = time.monotonic()
-            worktree = await Worktrees(runner, layout).add(valid.worktree_spec(resolution.commit), env)
+            worktree = await Worktrees(runner, layout).register(valid.worktree_spec(resolution.commit), env)
             stamp(layout.cache_dir, LAST_USED)
-        checkout_seconds = time.monotonic() - checkout_started
+            held.unlink()  # not in a finally: only a clean end proves nothing was cut short
+        return Prepared(valid, resolution, worktree, started, self.settings.partial_clone)
+
+    async def populate(self, prepared: Prepared) -> CheckoutResult:
+        """Write the worktree's files and its completion record.
+
+        Needs no lock unless `prepared.needs_lock`: it writes only the worktree's
+        own directory and private metadata. Garbage collection must not remove
+        the worktree or its cache meanwhile (the operator's shared/exclusive
+        guard in-process; the registration and the orphan grace across replicas).
+        """
+        request, layout = prepared.valid.request, prepared.valid.layout
+        worktree = prepared.worktree
+        if isinstance(worktree, Registered):
+            runner = self.runner_for(request.credentials)
+            with credential_env(request.credentials, self.settings.scratch_dir) as env:
+                worktree = await Worktrees(runner, layout).populate(worktree, env)
+        resolution = prepared.resolution
         return CheckoutResult(
             commit=resolution.commit,
             path=_relative(self.root, worktree.path),
@@ -123,8 +172,8 @@ class Engine:
             reused=worktree.reused,
             cache_repaired=resolution.repaired,
             fetch_seconds=resolution.fetch_seconds,
-            checkout_seconds=checkout_seconds,
-            total_seconds=time.monotonic() - started,
+            checkout_seconds=worktree.seconds,
+            total_seconds=time.monotonic() - prepared.started,
         )
 
     async def remove(self, namespace: str, project: str, name: str) -> bool:
@@ -149,12 +198,12 @@ class Maintenance:
     async def prune(self, namespace: str, project: str) -> None:
         layout = self._layout(namespace, project)
         if layout.cache_dir.is_dir():
-            await Cache(self.engine.runner_for(None), layout).prune_worktrees()
+            await Housekeeping(self.engine.runner_for(None), layout.cache_dir).prune_worktrees()
 
     async def gc_cache(self, namespace: str, project: str) -> None:
         layout = self._layout(namespace, project)
         if layout.cache_dir.is_dir():
-            await Cache(self.engine.runner_for(None), layout).gc()
+            await Housekeeping(self.engine.runner_for(None), layout.cache_dir).gc()
 
     def delete_cache(self, namespace: str, project: str) -> None:
         """Remove the cache; the project directory goes too once nothing else is in it."""

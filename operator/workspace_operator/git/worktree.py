@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-from workspace_operator.git.cache import unlock_crashed_worktrees
+from workspace_operator.git.markers import unlock_crashed_worktrees
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import ProjectLayout, resolve_inside
 from workspace_operator.git.runner import GitRunner
@@ -49,6 +49,15 @@ class CompletionRecord:
         other = CompletionRecord.of(spec)
         return (self.commit, self.sub_path, self.sparse, self.submodules) == (
             other.commit, other.sub_path, other.sparse, other.submodules)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A worktree whose git metadata exists and whose files are not written yet."""
+
+    spec: WorktreeSpec
+    path: Path
+    started: float
 
 
 @dataclass(frozen=True)
@@ -96,38 +105,55 @@ class Worktrees:
                 and back.resolve() == (path / ".git").resolve())
 
     async def add(self, spec: WorktreeSpec, env: dict[str, str]) -> WorktreeResult:
+        """Register and populate in one go (the caller holds the project lock throughout)."""
+        registered = await self.register(spec, env)
+        if isinstance(registered, WorktreeResult):
+            return registered
+        return await self.populate(registered, env)
+
+    async def register(self, spec: WorktreeSpec, env: dict[str, str]) -> WorktreeResult | Registered:
+        """The step that writes the cache: the worktree's git metadata, no files yet.
+
+        Returns the finished result when an intact worktree is already there.
+        The caller holds the project lock. The files are written by `populate`,
+        which needs no lock: it touches only this worktree's directory and its
+        private metadata (index, HEAD) — never the shared objects or refs.
+        """
         started = time.monotonic()
         path = self.layout.worktree_dir(spec.name)
         if self.is_complete(spec):
             return WorktreeResult(path, self._workdir(path, spec), True, time.monotonic() - started)
         if self._leftovers(spec.name):
             await self.remove(spec.name)  # whatever a crash or an older spec left there
-
-        workers = self.runner.settings.checkout_workers
-        config = [f"checkout.workers={workers}"] if workers else []
-        sparse = bool(spec.sparse)
-        # Every checkout step gets the credentials: in a partial clone (blob:none)
-        # git fetches the blobs it writes from the promisor remote right here.
         await self.runner.run(
             "worktree-add",
-            ["worktree", "add", "--detach", "--quiet", *(["--no-checkout"] if sparse else []),
-             "--", str(path), spec.commit],
+            ["worktree", "add", "--detach", "--quiet", "--no-checkout", "--", str(path), spec.commit],
             cwd=self.cache,
             env=env,
-            config=config,
         )
-        if sparse:
+        if spec.sparse:
+            # Here rather than in populate: the first sparse worktree of a cache turns on
+            # extensions.worktreeConfig in the cache's shared config.
             await self.runner.run("sparse-checkout",
                                   ["sparse-checkout", "set", "--cone", "--", *map(str, spec.sparse)],
                                   cwd=path, env=env)
-            await self.runner.run("checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"],
-                                  cwd=path, env=env, config=config)
+        return Registered(spec, path, started)
+
+    async def populate(self, registered: Registered, env: dict[str, str]) -> WorktreeResult:
+        """Write a registered worktree's files, then its completion record (last)."""
+        spec, path = registered.spec, registered.path
+        workers = self.runner.settings.checkout_workers
+        config = [f"checkout.workers={workers}"] if workers else []
+        # Every checkout step gets the credentials: in a partial clone (blob:none)
+        # git fetches the blobs it writes from the promisor remote right here.
+        await self.runner.run("checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"],
+                              cwd=path, env=env, config=config)
         if spec.submodules:
             await self.runner.run("submodules", ["submodule", "update", "--init", "--recursive", "--quiet"],
                                   cwd=path, env=env)
         workdir = self._workdir(path, spec)
         self._write_record(spec)
-        return WorktreeResult(path, workdir, False, time.monotonic() - started)
+        return WorktreeResult(path, workdir, False, time.monotonic() - registered.started)
 
     def _leftovers(self, name: str) -> bool:
         """Anything of a previous attempt at this name: directory, record or git metadata."""

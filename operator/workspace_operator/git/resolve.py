@@ -1,0 +1,104 @@
+"""Resolving a revision to a commit in a cache, fetching only what is missing.
+
+Callers hold the project's lock: fetches write the object store and refs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from workspace_operator.git.errors import GitError, Reason
+from workspace_operator.git.markers import LAST_FETCH, OPERATION_MARKER, stamp
+from workspace_operator.git.runner import GitRunner
+from workspace_operator.git.source import Revision, local_ref_for
+
+
+@dataclass(frozen=True)
+class Resolution:
+    commit: str
+    cache_hit: bool  # the commit was already in the cache
+    fetched: bool  # a fetch transferred objects
+    fetch_seconds: float
+    created: bool  # the cache was (re)created by this call
+    repaired: str | None  # why an existing cache was repaired or replaced
+
+
+class Resolver:
+    def __init__(self, runner: GitRunner, repo: Path) -> None:
+        self.runner = runner
+        self.repo = repo
+
+    async def resolve(self, env: dict[str, str], revision: Revision) -> Resolution:
+        if revision.commit:
+            if await self.has_commit(revision.commit):
+                return Resolution(revision.commit, True, False, 0.0, False, None)
+            seconds = 0.0
+            if revision.remote_ref:
+                seconds += await self.fetch(env, revision.remote_ref, revision.local_ref)
+            if not await self.has_commit(revision.commit):
+                seconds += await self.fetch(env, revision.commit, f"refs/cache/commits/{revision.commit}",
+                                            missing=Reason.COMMIT_NOT_FOUND)
+            if not await self.has_commit(revision.commit):
+                raise GitError(Reason.COMMIT_NOT_FOUND, f"commit {revision.commit} not found upstream", step="fetch")
+            return Resolution(revision.commit, False, True, seconds, False, None)
+
+        remote_ref, tip = await self.remote_tip(env, revision)
+        local_ref = local_ref_for(remote_ref)
+        if await self.has_commit(tip):
+            return Resolution(tip, True, False, 0.0, False, None)
+        seconds = await self.fetch(env, remote_ref, local_ref)
+        commit = await self.peel(local_ref)
+        return Resolution(commit, False, True, seconds, False, None)
+
+    async def has_commit(self, sha: str) -> bool:
+        return await self.runner.ok("has-commit", ["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.repo)
+
+    async def peel(self, ref: str) -> str:
+        result = await self.runner.run("resolve", ["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"],
+                                       cwd=self.repo)
+        return result.stdout.strip()
+
+    async def remote_tip(self, env: dict[str, str], revision: Revision) -> tuple[str, str]:
+        """(full remote ref, commit it points at) via one ls-remote round trip."""
+        wanted = revision.remote_ref
+        if wanted is None:
+            result = await self.runner.run("ls-remote", ["ls-remote", "--symref", "--", "origin", "HEAD"],
+                                           cwd=self.repo, env=env)
+            for line in result.stdout.splitlines():
+                if line.startswith("ref: ") and line.endswith("\tHEAD"):
+                    wanted = line.removeprefix("ref: ").split("\t")[0]
+            if wanted is None:
+                raise GitError(Reason.REF_NOT_FOUND, "upstream has no default branch (HEAD)", step="ls-remote")
+        result = await self.runner.run("ls-remote", ["ls-remote", "--", "origin", wanted, f"{wanted}^{{}}"],
+                                       cwd=self.repo, env=env)
+        found: dict[str, str] = {}
+        for line in result.stdout.splitlines():
+            sha, _, ref = line.partition("\t")
+            found[ref] = sha
+        tip = found.get(f"{wanted}^{{}}") or found.get(wanted)
+        if tip is None:
+            raise GitError(Reason.REF_NOT_FOUND, f"{wanted} not found upstream", step="ls-remote")
+        return wanted, tip
+
+    async def fetch(self, env: dict[str, str], source: str, destination: str | None,
+                    missing: Reason = Reason.REF_NOT_FOUND) -> float:
+        """Fetch exactly one ref or commit; auto-gc off; marked so a crash is detected."""
+        refspec = f"+{source}:{destination}" if destination else source
+        marker = self.repo / OPERATION_MARKER
+        marker.touch()
+        try:
+            result = await self.runner.run(
+                "fetch",
+                ["fetch", "--no-tags", "--no-auto-gc", "--no-recurse-submodules", "--no-write-fetch-head",
+                 "--quiet", "--", "origin", refspec],
+                cwd=self.repo,
+                env=env,
+            )
+        except GitError as error:
+            if error.reason is Reason.REF_NOT_FOUND and missing is not Reason.REF_NOT_FOUND:
+                raise GitError(missing, error.message, step=error.step) from None
+            raise
+        marker.unlink(missing_ok=True)
+        stamp(self.repo, LAST_FETCH)
+        return result.seconds
