@@ -44,6 +44,8 @@ class Config:
     replica_index: int = 0
     checkout_workers: int = 0
     partial_clone: bool = False
+    checkout_concurrency: int = 0
+    maintenance_budget_seconds: float = 0.5
     log_format: str = "text"
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
@@ -54,6 +56,10 @@ class Config:
             raise ConfigError("WORKSPACE_REPLICA_INDEX must be in [0, WORKSPACE_REPLICAS)")
         if self.lease_seconds < 3:
             raise ConfigError("WORKSPACE_LEASE_SECONDS must be at least 3")
+        if self.checkout_concurrency < 0:
+            raise ConfigError("WORKSPACE_CHECKOUT_CONCURRENCY must be 0 (from the CPUs) or more")
+        if self.maintenance_budget_seconds < 0:
+            raise ConfigError("WORKSPACE_MAINTENANCE_BUDGET_SECONDS must be 0 (off) or more")
         if self.log_format not in ("text", "json"):
             raise ConfigError("WORKSPACE_LOG_FORMAT must be text or json")
 
@@ -130,6 +136,10 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--checkout-workers", "WORKSPACE_CHECKOUT_WORKERS", "checkout_workers", int,
      "git checkout.workers (parallel checkout); 0 = git default"),
     ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
+    ("--checkout-concurrency", "WORKSPACE_CHECKOUT_CONCURRENCY", "checkout_concurrency", int,
+     "worktrees written in parallel, outside the project lock; 0 = one per CPU of the pod (at least 2)"),
+    ("--maintenance-budget-seconds", "WORKSPACE_MAINTENANCE_BUDGET_SECONDS", "maintenance_budget_seconds", float,
+     "time box of one cache maintenance step between queued work; 0 = no such maintenance"),
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
     ("--identity", "WORKSPACE_IDENTITY", "identity", str, "Lease holder identity prefix (default: hostname)"),
 )

@@ -178,7 +178,9 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
             async with rt.locks.hold(namespace, project, wait_seconds=5):
                 # Re-decide on what is there now that nothing else can change it.
                 fresh = await asyncio.to_thread(snapshot_project, root, namespace, project)
-                still_live = await _live_names(rt, namespace, project)
+                # Names being materialized by this process count as live: their files
+                # are written outside the Lease, possibly right now.
+                still_live = await _live_names(rt, namespace, project) | rt.checkouts.busy(namespace, project)
                 confirmed = confirm(planned, fresh, still_live, now=time.time(), policy=policy)
                 for action in planned:
                     if action not in confirmed:

@@ -8,13 +8,14 @@ writing a status that says why.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from workspace_operator import metrics, status
-from workspace_operator.git import CheckoutResult, Credentials, GitError, Reason
+from workspace_operator.git import CheckoutResult, Credentials, GitError, Prepared, Reason, ValidRequest
 from workspace_operator.lock import LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import (
@@ -56,6 +57,7 @@ async def materialize(
 ) -> CheckoutResult | None:
     """Bring one Workspace to Ready; None if it already was (nothing touched)."""
     now = datetime.now(UTC)
+    received = time.monotonic()  # after the Workspace's creation: upstream answers from later serve it
     try:
         request = checkout_request(namespace, name, spec)
         valid = rt.engine.validate(request)
@@ -77,8 +79,8 @@ async def materialize(
     try:
         credentials = await _credentials(rt, namespace, spec, request.repository)
         valid = replace(valid, request=replace(request, credentials=credentials))
-        async with rt.locks.hold(namespace, request.project, wait_seconds=rt.config.lock_wait_seconds) as waited:
-            result = await rt.engine.checkout(valid)
+        with rt.checkouts.in_flight(namespace, request.project, name):
+            result, waited = await _checkout(rt, valid, received)
     except GitError as error:
         # Unknown failures are retried, but not forever: after a while they are
         # as permanent as they look (e.g. a .gitmodules git refuses to honour).
@@ -105,6 +107,22 @@ async def materialize(
         waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
     )
     return result
+
+
+async def _checkout(rt: Runtime, valid: ValidRequest, received: float) -> tuple[CheckoutResult, float]:
+    """The exclusive phase in the project's queue (one Lease hold per burst), then the
+    files in a parallel slot; (result, seconds waited for the lock)."""
+
+    async def exclusive() -> Prepared | CheckoutResult:
+        prepared = await rt.engine.prepare(valid, not_before=received)
+        return await rt.engine.populate(prepared) if prepared.needs_lock else prepared
+
+    outcome, waited = await rt.queues.run(valid.request.namespace, valid.request.project, exclusive,
+                                          wait_seconds=rt.config.lock_wait_seconds)
+    if isinstance(outcome, CheckoutResult):
+        return outcome, waited
+    async with rt.checkouts.slot():
+        return await rt.engine.populate(outcome), waited
 
 
 async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], repository: str

@@ -1,4 +1,4 @@
-"""Operation: remove a deleted Workspace's worktree under the project Lease.
+"""Operation: remove a deleted Workspace's worktree under the project Lease (in the project's queue).
 
 Deletion must never wedge: a missing volume, directory or cache is success, and
 if the lock cannot be had after many attempts the finalizer is released anyway —
@@ -33,8 +33,8 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
         metrics.DELETIONS.labels("nothing").inc()
         return "nothing to remove (invalid spec was never materialized)"
     try:
-        async with rt.locks.hold(namespace, project, wait_seconds=rt.config.lock_wait_seconds):
-            existed = await rt.engine.remove(namespace, project, name)
+        existed, _waited = await rt.queues.run(namespace, project, lambda: rt.engine.remove(namespace, project, name),
+                                               wait_seconds=rt.config.lock_wait_seconds)
     except (GitError, LockTimeout, LeaseLost, OSError) as error:
         if attempt + 1 >= GIVE_UP_AFTER_ATTEMPTS:
             metrics.DELETIONS.labels("abandoned").inc()

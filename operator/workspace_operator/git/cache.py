@@ -18,10 +18,10 @@ from pathlib import Path
 
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import QUARANTINE_PREFIX, STAGING_PREFIX, ProjectLayout
-from workspace_operator.git.markers import HOLD_MARKER, OPERATION_MARKER
-from workspace_operator.git.resolve import Resolution, Resolver
+from workspace_operator.git.markers import HOLD_MARKER, LAST_FETCH, OPERATION_MARKER, stamp
+from workspace_operator.git.resolve import Answer, Answers, Resolution, Resolver
 from workspace_operator.git.runner import GitRunner
-from workspace_operator.git.source import Revision
+from workspace_operator.git.source import Revision, local_ref_for
 
 log = logging.getLogger("workspace_operator.cache")
 
@@ -35,16 +35,19 @@ _EXPECTED_CONFIG = frozenset({
 
 
 class Cache:
-    def __init__(self, runner: GitRunner, layout: ProjectLayout) -> None:
+    def __init__(self, runner: GitRunner, layout: ProjectLayout, answers: Answers | None = None) -> None:
         self.runner = runner
         self.layout = layout
         self.path = layout.cache_dir
+        self.answers = answers or Answers()
 
-    async def open(self, url: str, env: dict[str, str], revision: Revision, *, verified: bool) -> Resolution:
+    async def open(self, url: str, env: dict[str, str], revision: Revision, *, verified: bool,
+                   not_before: float | None = None) -> Resolution:
         """Make sure a trustworthy cache exists and holds the revision; return its commit.
 
         `verified` says this process already opened this cache since it started;
-        the cheap checks run every time regardless.
+        the cheap checks run every time regardless. Upstream answers asked at or
+        after `not_before` may stand in for asking again (see `Answers`).
         """
         self.layout.project_dir.mkdir(parents=True, exist_ok=True)
         repaired: str | None = None
@@ -53,10 +56,12 @@ class Cache:
             if problem is not None:
                 repaired = problem
                 self.quarantine(problem)
+                self.answers.forget(self.path)
         if not self.path.exists():
             resolution = await self._create(url, env, revision)
             return Resolution(resolution.commit, False, True, resolution.fetch_seconds, True, repaired)
-        resolution = await Resolver(self.runner, self.path).resolve(env, revision)
+        resolution = await Resolver(self.runner, self.path, self.answers).resolve(env, revision,
+                                                                                 not_before=not_before)
         return Resolution(resolution.commit, resolution.cache_hit, resolution.fetched,
                           resolution.fetch_seconds, False, repaired)
 
@@ -165,25 +170,73 @@ class Cache:
         return target
 
     async def _create(self, url: str, env: dict[str, str], revision: Revision) -> Resolution:
-        """init + fetch into a staging directory, then rename: a cache exists whole or not at all."""
+        """Build the cache in a staging directory, then rename: it exists whole or not at all."""
         staging = self.layout.project_dir / f"{STAGING_PREFIX}cache-{uuid.uuid4().hex[:8]}"
         try:
-            await self.runner.run("init", ["init", "--bare", "--quiet", "--", str(staging)],
-                                  cwd=self.layout.project_dir)
-            settings = [("remote.origin.url", url), ("core.logAllRefUpdates", "false")]
-            if self.runner.settings.partial_clone:
-                settings += [
-                    ("core.repositoryFormatVersion", "1"),
-                    ("extensions.partialClone", "origin"),
-                    ("remote.origin.promisor", "true"),
-                    ("remote.origin.partialCloneFilter", "blob:none"),
-                ]
-            for key, value in settings:
-                await self.runner.run("configure", ["config", key, value], cwd=staging)
-            resolution = await Resolver(self.runner, staging).resolve(env, revision)
+            if revision.branch or revision.tag or not (revision.name or revision.commit):
+                resolution = await self._clone(url, env, revision, staging)
+            else:
+                resolution = await self._init_and_fetch(url, env, revision, staging)
             os.rename(staging, self.path)
             log.info("cache %s created", self.layout.relative_dir)
             return resolution
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    async def _clone(self, url: str, env: dict[str, str], revision: Revision, staging: Path) -> Resolution:
+        """One branch or tag (or the default branch) by `git clone`.
+
+        Faster than init + fetch for the same objects: clone trusts a pack that
+        is self-contained and skips fetch's connectivity walk over every object.
+        """
+        options = ["--bare", "--quiet", "--single-branch", "--no-tags", "--config", "core.logAllRefUpdates=false"]
+        if self.runner.settings.partial_clone:
+            options.append("--filter=blob:none")
+        named = revision.branch or revision.tag
+        if named:
+            options += ["--branch", named]
+        asked = self.answers.clock()
+        await self.runner.run("clone", ["clone", *options, "--", url, str(staging)], cwd=self.layout.project_dir,
+                              env=env)
+        # Leave the config as init + fetch would (inspect trusts no other key).
+        await self.runner.run("configure", ["config", "--unset-all", "remote.origin.tagOpt"], cwd=staging)
+        resolver = Resolver(self.runner, staging, self.answers, key=self.path)
+        if revision.remote_ref:
+            remote_ref = revision.remote_ref
+        else:
+            head = await self.runner.run("default-branch", ["symbolic-ref", "--quiet", "HEAD"], cwd=staging)
+            remote_ref = head.stdout.strip()
+        try:
+            tip = await resolver.peel(remote_ref)
+        except GitError:
+            raise GitError(Reason.REF_NOT_FOUND, f"{remote_ref} not found upstream (empty repository?)",
+                           step="clone") from None
+        local_ref = local_ref_for(remote_ref)
+        if local_ref != remote_ref:  # a branch: kept where a worktree can never check it out
+            await self.runner.run("move-ref", ["update-ref", "--no-deref", local_ref, tip], cwd=staging)
+            await self.runner.run("move-ref", ["update-ref", "-d", remote_ref], cwd=staging)
+        stamp(staging, LAST_FETCH)
+        self.answers.put(self.path, revision.remote_ref or "HEAD", Answer(remote_ref, tip, asked))
+        if revision.commit and revision.commit != tip:
+            pinned = await resolver.resolve(env, revision)  # fetches the pinned commit if the clone lacks it
+            return Resolution(pinned.commit, False, True, pinned.fetch_seconds, True, None)
+        seconds = self.answers.clock() - asked
+        return Resolution(revision.commit or tip, False, True, seconds, True, None)
+
+    async def _init_and_fetch(self, url: str, env: dict[str, str], revision: Revision, staging: Path
+                              ) -> Resolution:
+        """A bare commit or another ref (refs/pull/...): fetch exactly that."""
+        await self.runner.run("init", ["init", "--bare", "--quiet", "--", str(staging)],
+                              cwd=self.layout.project_dir)
+        settings = [("remote.origin.url", url), ("core.logAllRefUpdates", "false")]
+        if self.runner.settings.partial_clone:
+            settings += [
+                ("core.repositoryFormatVersion", "1"),
+                ("extensions.partialClone", "origin"),
+                ("remote.origin.promisor", "true"),
+                ("remote.origin.partialCloneFilter", "blob:none"),
+            ]
+        for key, value in settings:
+            await self.runner.run("configure", ["config", key, value], cwd=staging)
+        return await Resolver(self.runner, staging, self.answers, key=self.path).resolve(env, revision)

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from workspace_operator.git.cache import Cache
 from workspace_operator.git.housekeeping import Housekeeping
 from workspace_operator.git.markers import HOLD_MARKER, LAST_USED, stamp
-from workspace_operator.git.resolve import Resolution
+from workspace_operator.git.resolve import Answers, Resolution
 from workspace_operator.git.credentials import Credentials, credential_env
 from workspace_operator.git.errors import Redactor
 from workspace_operator.git.layout import (
@@ -31,6 +31,9 @@ from workspace_operator.git.layout import (
 from workspace_operator.git.runner import GitRunner, GitSettings
 from workspace_operator.git.source import Revision, check_url
 from workspace_operator.git.worktree import Registered, WorktreeResult, Worktrees, WorktreeSpec
+
+
+DEFER_CUT_OFF_STEP_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,11 @@ class Engine:
     def __init__(self, root: Path, settings: GitSettings) -> None:
         self.root = root
         self.settings = settings
-        # Caches fully checked (fsck) by this process; others get the deep check first.
+        # Caches this process opened already; others get the once-per-process checks first.
         self._verified: set[PurePosixPath] = set()
+        self.answers = Answers()
+        # Upkeep steps cut off by their time box, and until when they are not tried again.
+        self._deferred: dict[tuple[PurePosixPath, str], float] = {}
 
     def validate(self, request: CheckoutRequest) -> ValidRequest:
         """Every rule the CRD enforces, again, before anything touches the disk or network."""
@@ -111,6 +117,7 @@ class Engine:
     def forget(self, layout: ProjectLayout) -> None:
         """The cache was removed: a new one must be fully checked again."""
         self._verified.discard(layout.relative_dir)
+        self.answers.forget(layout.cache_dir)
 
     def runner_for(self, credentials: Credentials | None) -> GitRunner:
         redact = Redactor()
@@ -127,19 +134,21 @@ class Engine:
         """Both phases in one go; the caller holds the project lock throughout."""
         return await self.populate(await self.prepare(valid))
 
-    async def prepare(self, valid: ValidRequest) -> Prepared:
+    async def prepare(self, valid: ValidRequest, *, not_before: float | None = None) -> Prepared:
         """The exclusive phase: cache → fetch (only if needed) → worktree registered.
 
         The caller holds the project lock. While this runs, the cache carries a
         hold marker; a process that dies here leaves it, and the next opening
-        of the cache checks it in depth.
+        of the cache checks it in depth. `not_before` (monotonic) is when the
+        request arrived: upstream answers asked since then may serve it.
         """
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials)
         with credential_env(request.credentials, self.settings.scratch_dir) as env:
-            resolution = await Cache(runner, layout).open(
-                request.repository, env, request.revision, verified=layout.relative_dir in self._verified)
+            resolution = await Cache(runner, layout, self.answers).open(
+                request.repository, env, request.revision, verified=layout.relative_dir in self._verified,
+                not_before=not_before)
             held = layout.cache_dir / HOLD_MARKER
             held.touch()
             self._verified.add(layout.relative_dir)
@@ -175,6 +184,25 @@ class Engine:
             checkout_seconds=worktree.seconds,
             total_seconds=time.monotonic() - prepared.started,
         )
+
+    async def maintain(self, namespace: str, project: str, *, budget_seconds: float) -> str | None:
+        """One time-boxed upkeep step on a busy cache, if one is due; its name, or None.
+
+        The caller holds the project lock. A step cut off by the time box is not
+        retried for a while: it is too big for this cache and waits for gc.
+        """
+        layout = ProjectLayout(self.root, namespace, project)
+        if not layout.cache_dir.is_dir():
+            return None
+        housekeeping = Housekeeping(self.runner_for(None), layout.cache_dir)
+        task = housekeeping.due()
+        now = time.monotonic()
+        if task is None or self._deferred.get((layout.relative_dir, task), 0.0) > now:
+            return None
+        if not await housekeeping.step(task, budget_seconds):
+            self._deferred[(layout.relative_dir, task)] = now + DEFER_CUT_OFF_STEP_SECONDS
+            return None
+        return task
 
     async def remove(self, namespace: str, project: str, name: str) -> bool:
         """Remove a Workspace's worktree; the caller holds the project lock."""

@@ -5,6 +5,8 @@ Callers hold the project's lock: fetches write the object store and refs.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +26,52 @@ class Resolution:
     repaired: str | None  # why an existing cache was repaired or replaced
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What upstream said a ref points at, and when (monotonic) the question was asked."""
+
+    ref: str  # full upstream ref
+    tip: str
+    asked_at: float
+
+
+class Answers:
+    """Recent upstream answers per cache, so a burst of one branch asks upstream once.
+
+    An answer serves a request only if the question was asked *after* the request
+    arrived (`not_before`): a Workspace never gets a tip older than itself.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._latest: dict[tuple[Path, str], Answer] = {}
+
+    def get(self, repo: Path, question: str, not_before: float | None) -> Answer | None:
+        answer = self._latest.get((repo, question))
+        if answer is None or not_before is None or answer.asked_at < not_before:
+            return None
+        return answer
+
+    def put(self, repo: Path, question: str, answer: Answer) -> None:
+        latest = self._latest.get((repo, question))
+        if latest is None or latest.asked_at <= answer.asked_at:
+            self._latest[(repo, question)] = answer
+
+    def forget(self, repo: Path) -> None:
+        for key in [key for key in self._latest if key[0] == repo]:
+            del self._latest[key]
+
+
 class Resolver:
-    def __init__(self, runner: GitRunner, repo: Path) -> None:
+    def __init__(self, runner: GitRunner, repo: Path, answers: Answers | None = None,
+                 key: Path | None = None) -> None:
         self.runner = runner
         self.repo = repo
+        self.answers = answers or Answers()
+        self.key = key or repo  # the cache's path, also while it is built in a staging dir
 
-    async def resolve(self, env: dict[str, str], revision: Revision) -> Resolution:
+    async def resolve(self, env: dict[str, str], revision: Revision, *, not_before: float | None = None
+                      ) -> Resolution:
         if revision.commit:
             if await self.has_commit(revision.commit):
                 return Resolution(revision.commit, True, False, 0.0, False, None)
@@ -43,12 +85,22 @@ class Resolver:
                 raise GitError(Reason.COMMIT_NOT_FOUND, f"commit {revision.commit} not found upstream", step="fetch")
             return Resolution(revision.commit, False, True, seconds, False, None)
 
-        remote_ref, tip = await self.remote_tip(env, revision)
+        question = revision.remote_ref or "HEAD"
+        answer = self.answers.get(self.key, question, not_before)
+        if answer is None:
+            asked = self.answers.clock()
+            remote_ref, tip = await self.remote_tip(env, revision)
+            self.answers.put(self.key, question, Answer(remote_ref, tip, asked))
+        else:
+            remote_ref, tip = answer.ref, answer.tip
         local_ref = local_ref_for(remote_ref)
         if await self.has_commit(tip):
             return Resolution(tip, True, False, 0.0, False, None)
+        asked = self.answers.clock()
         seconds = await self.fetch(env, remote_ref, local_ref)
         commit = await self.peel(local_ref)
+        # The fetch read the ref after `asked`: a fresher answer than the ls-remote's.
+        self.answers.put(self.key, question, Answer(remote_ref, commit, asked))
         return Resolution(commit, False, True, seconds, False, None)
 
     async def has_commit(self, sha: str) -> bool:
