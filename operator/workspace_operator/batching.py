@@ -62,13 +62,10 @@ class ProjectQueues:
         if key not in self._drainers:
             self._start(key, wait_seconds)
         try:
-            try:
-                await asyncio.wait_for(_first(item.started, item.future), timeout=wait_seconds)
-            except TimeoutError:
-                if not item.future.done():
-                    item.future.cancel()  # the drainer skips it
-                    raise LockTimeout(f"waited {wait_seconds:.0f}s for lock "
-                                      f"{lease_name(namespace, project)} (queued in this process)") from None
+            if not await _started(item, wait_seconds):
+                item.future.cancel()  # the drainer skips it
+                raise LockTimeout(f"waited {wait_seconds:.0f}s for lock "
+                                  f"{lease_name(namespace, project)} (queued in this process)")
             return await asyncio.shield(item.future)
         except asyncio.CancelledError:
             if item.task is not None:
@@ -134,10 +131,15 @@ class ProjectQueues:
             item.future.set_result((result, waited))
 
 
-async def _first(event: asyncio.Event, future: asyncio.Future[Any]) -> None:
-    """Return once the event is set or the future is done."""
-    waiter = asyncio.ensure_future(event.wait())
+async def _started(item: _Item[Any], wait_seconds: float) -> bool:
+    """Wait until the item's step started (or ended); False if that took longer than allowed.
+
+    asyncio.wait, not wait_for: it never swallows a cancellation of the caller
+    that coincides with the step starting.
+    """
+    waiter = asyncio.ensure_future(item.started.wait())
     try:
-        await asyncio.wait({waiter, future}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, item.future}, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
+    return item.started.is_set() or item.future.done()
