@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ async def test_a_burst_is_served_under_one_hold_in_arrival_order() -> None:
         await asyncio.sleep(0)
         return i * 10
 
-    results = await asyncio.gather(*(q.run("ns", "p", lambda i=i: step(i), wait_seconds=5) for i in range(20)))
+    results = await asyncio.gather(*(q.run("ns", "p", functools.partial(step, i), wait_seconds=5) for i in range(20)))
     assert [result for result, _waited in results] == [i * 10 for i in range(20)]
     assert order == list(range(20))
     assert locks.holds == 1
