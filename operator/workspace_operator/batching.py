@@ -138,8 +138,9 @@ async def _started(item: _Item[Any], wait_seconds: float) -> bool:
     that coincides with the step starting.
     """
     waiter = asyncio.ensure_future(item.started.wait())
+    either: set[asyncio.Future[Any]] = {waiter, item.future}
     try:
-        await asyncio.wait({waiter, item.future}, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(either, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
     return item.started.is_set() or item.future.done()

@@ -205,16 +205,29 @@ class LeaseRecords:
         return _version(updated)
 
     async def release(self, name: str, resource_version: str) -> None:
-        body = {
-            "metadata": {"name": name, "resourceVersion": resource_version},
-            "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": datetime.now(UTC)},
-        }
-        try:
-            await asyncio.to_thread(self.api.patch_namespaced_lease, name, self.namespace, body)
-        except ApiException as error:
-            # 409: someone took it over after all; anything else: it will expire.
-            log.info("releasing lock %s: %s", name, error.reason)
-
+        for _attempt in range(2):
+            body = {
+                "metadata": {"name": name, "resourceVersion": resource_version},
+                "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": datetime.now(UTC)},
+            }
+            try:
+                await asyncio.to_thread(self.api.patch_namespaced_lease, name, self.namespace, body)
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    log.info("releasing lock %s: %s", name, error.reason)  # it will expire
+                    return
+            # 409: a renewal cut short by the release may have landed after all (a newer
+            # resourceVersion); if the Lease is still ours, release that version.
+            try:
+                lease = await asyncio.to_thread(self.api.read_namespaced_lease, name, self.namespace)
+            except ApiException as error:
+                log.info("releasing lock %s: %s", name, error.reason)
+                return
+            if _spec(lease).holder_identity != self.identity:
+                return  # someone took it over after all
+            resource_version = _version(lease)
+        log.info("releasing lock %s: conflicts persisted; it will expire", name)
 
 
 class Renewal:
