@@ -41,6 +41,7 @@ from workspace_operator.config import Config  # noqa: E402
 from workspace_operator.git import Engine  # noqa: E402
 from workspace_operator.git.markers import LAST_FETCH, LAST_GC, LAST_USED  # noqa: E402
 from workspace_operator.runtime import Runtime  # noqa: E402
+from workspace_operator.quota import NamespaceQuota  # noqa: E402
 
 NAMESPACE = "bench"
 GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "b",
@@ -145,7 +146,7 @@ def main() -> int:
                         cache_quiet_seconds=7 * 86400, cache_unused_seconds=30 * 86400)
         locks = StubLocks()
         rt = Runtime(config, Engine(root, config.git), StubKube(live), locks,  # type: ignore[arg-type]
-                     ProjectQueues(locks), Checkouts(2))  # type: ignore[arg-type]
+                     NamespaceQuota(root, 0), ProjectQueues(locks), Checkouts(2))  # type: ignore[arg-type]
         for label in (f"sweep removing {len(orphans)} orphans", "sweep, steady state (nothing to do)"):
             started = time.perf_counter()
             done = asyncio.run(gc.sweep(rt))

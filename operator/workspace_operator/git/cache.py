@@ -197,8 +197,10 @@ class Cache:
         if named:
             options += ["--branch", named]
         asked = self.answers.clock()
+        # Every received object is checked (malformed trees, paths like .git or ../), as in fetch.
+        fsck = ["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else []
         await self.runner.run("clone", ["clone", *options, "--", url, str(staging)], cwd=self.layout.project_dir,
-                              env=env)
+                              env=env, config=fsck)
         # Leave the config as init + fetch would (inspect trusts no other key).
         await self.runner.run("configure", ["config", "--unset-all", "remote.origin.tagOpt"], cwd=staging)
         resolver = Resolver(self.runner, staging, self.answers, key=self.path)
@@ -223,6 +225,10 @@ class Cache:
             return Resolution(pinned.commit, False, True, pinned.fetch_seconds, True, None)
         seconds = self.answers.clock() - asked
         return Resolution(revision.commit or tip, False, True, seconds, True, None)
+
+    async def fetch_tags(self, env: dict[str, str]) -> float:
+        """Every upstream tag (and the commits they need), under the project lock."""
+        return await Resolver(self.runner, self.path, self.answers).fetch(env, "refs/tags/*", "refs/tags/*")
 
     async def _init_and_fetch(self, url: str, env: dict[str, str], revision: Revision, staging: Path
                               ) -> Resolution:

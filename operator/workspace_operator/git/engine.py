@@ -2,8 +2,13 @@
 
 It knows paths, git and credentials, and nothing of Kubernetes (an import-linter
 contract enforces that). Callers hold the project's lock around `prepare`,
-`checkout` and `remove`; `populate` (writing a registered worktree's files),
-`validate` and `is_complete` need no lock.
+`checkout`, `pin` and `remove`; `populate` (writing a registered worktree's
+files), `validate` and `is_complete` need no lock.
+
+Two ways to materialize: `prepare` + `populate` (or `checkout`, both at once)
+add a worktree on the volume; `pin` (cache-only Workspaces) only makes sure the
+commit is in the cache and pins it there, for a job to make its own checkout
+from the read-only cache (see git/pins.py).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from workspace_operator.git import pins
 from workspace_operator.git.cache import Cache
 from workspace_operator.git.housekeeping import Housekeeping
 from workspace_operator.git.markers import HOLD_MARKER, LAST_USED, stamp
@@ -28,10 +34,11 @@ from workspace_operator.git.layout import (
     check_relpath,
     invalid,
 )
+from workspace_operator.git.policy import URLPolicy
 from workspace_operator.git.runner import GitRunner, GitSettings
-from workspace_operator.git.source import Revision, check_url
+from workspace_operator.git.source import Revision
+from workspace_operator.git.submodules import Submodules
 from workspace_operator.git.worktree import Registered, WorktreeResult, Worktrees, WorktreeSpec
-
 
 DEFER_CUT_OFF_STEP_SECONDS = 600.0
 
@@ -47,20 +54,23 @@ class CheckoutRequest:
     sparse: tuple[str, ...] = ()
     submodules: bool = False
     credentials: Credentials | None = None
+    cache_only: bool = False  # pin the commit in the cache; no worktree
+    tags: bool = False  # also fetch every upstream tag into the cache
 
 
 @dataclass(frozen=True)
 class CheckoutResult:
     commit: str
-    path: PurePosixPath  # worktree, relative to the volume root
-    workdir: PurePosixPath  # path + subPath
+    path: PurePosixPath | None  # worktree, relative to the volume root; None when cache-only
+    workdir: PurePosixPath | None  # path + subPath
     cache_hit: bool
     fetched: bool
     reused: bool  # an intact worktree was already there: nothing was done
     cache_repaired: str | None
     fetch_seconds: float
-    checkout_seconds: float
+    checkout_seconds: float  # worktree checkout, or pinning when cache-only
     total_seconds: float
+    cache_path: PurePosixPath | None = None  # the project's cache, relative to the volume root
 
 
 @dataclass(frozen=True)
@@ -87,16 +97,15 @@ class Prepared:
     @property
     def needs_lock(self) -> bool:
         """Whether writing the files also writes the cache, so must stay under the lock:
-        in a partial clone checkout fetches blobs into the object store, and
-        submodule init writes the cache's config."""
-        pending = isinstance(self.worktree, Registered)
-        return pending and (self.partial_clone or self.valid.request.submodules)
+        in a partial clone checkout fetches missing blobs into the shared object store."""
+        return isinstance(self.worktree, Registered) and self.partial_clone
 
 
 class Engine:
     def __init__(self, root: Path, settings: GitSettings) -> None:
         self.root = root
         self.settings = settings
+        self.policy = URLPolicy(settings, root)
         # Caches this process opened already; others get the once-per-process checks first.
         self._verified: set[PurePosixPath] = set()
         self.answers = Answers()
@@ -107,7 +116,7 @@ class Engine:
         """Every rule the CRD enforces, again, before anything touches the disk or network."""
         layout = ProjectLayout(self.root, request.namespace, request.project)
         check_label("workspace name", request.name)
-        check_url(request.repository, self.settings.allowed_schemes)
+        self.policy.check(request.repository)
         sub_path = check_relpath("subPath", request.sub_path) if request.sub_path else None
         sparse = tuple(check_relpath("sparse entry", entry) for entry in request.sparse)
         if sub_path and sparse and not any(sub_path == s or s in sub_path.parents for s in sparse):
@@ -126,7 +135,9 @@ class Engine:
         return GitRunner(self.settings, redact)
 
     def is_complete(self, valid: ValidRequest, commit: str) -> bool:
-        """An intact, completed worktree for this request at this commit exists (no git call)."""
+        """An intact, completed worktree (or, cache-only, the pin) at this commit exists (no git call)."""
+        if valid.request.cache_only:
+            return pins.read(valid.layout.cache_dir, valid.request.name) == commit
         worktrees = Worktrees(self.runner_for(None), valid.layout)
         return worktrees.is_complete(valid.worktree_spec(commit))
 
@@ -145,13 +156,12 @@ class Engine:
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials)
-        with credential_env(request.credentials, self.settings.scratch_dir) as env:
-            resolution = await Cache(runner, layout, self.answers).open(
-                request.repository, env, request.revision, verified=layout.relative_dir in self._verified,
-                not_before=not_before)
+        await self.policy.check_addresses(self.policy.check(request.repository))
+        with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
+            env = session.env
+            resolution = await self._resolve(Cache(runner, layout, self.answers), valid, env, not_before)
             held = layout.cache_dir / HOLD_MARKER
             held.touch()
-            self._verified.add(layout.relative_dir)
             worktree = await Worktrees(runner, layout).register(valid.worktree_spec(resolution.commit), env)
             stamp(layout.cache_dir, LAST_USED)
             held.unlink()  # not in a finally: only a clean end proves nothing was cut short
@@ -161,16 +171,18 @@ class Engine:
         """Write the worktree's files and its completion record.
 
         Needs no lock unless `prepared.needs_lock`: it writes only the worktree's
-        own directory and private metadata. Garbage collection must not remove
-        the worktree or its cache meanwhile (the operator's shared/exclusive
-        guard in-process; the registration and the orphan grace across replicas).
+        own directory and private metadata (submodules included). Garbage
+        collection must not remove the worktree or its cache meanwhile: the
+        operator counts the name as live while it is in flight, and across
+        replicas the Workspace is live and young directories are never orphans.
         """
         request, layout = prepared.valid.request, prepared.valid.layout
         worktree = prepared.worktree
         if isinstance(worktree, Registered):
             runner = self.runner_for(request.credentials)
-            with credential_env(request.credentials, self.settings.scratch_dir) as env:
-                worktree = await Worktrees(runner, layout).populate(worktree, env)
+            with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
+                submodules = (Submodules(runner, self.policy, session), request.repository)
+                worktree = await Worktrees(runner, layout).populate(worktree, session.env, submodules)
         resolution = prepared.resolution
         return CheckoutResult(
             commit=resolution.commit,
@@ -183,7 +195,39 @@ class Engine:
             fetch_seconds=resolution.fetch_seconds,
             checkout_seconds=worktree.seconds,
             total_seconds=time.monotonic() - prepared.started,
+            cache_path=_relative(self.root, layout.cache_dir),
         )
+
+    async def pin(self, valid: ValidRequest, *, not_before: float | None = None) -> CheckoutResult:
+        """Cache → fetch (only if needed) → pin ref; no worktree. The caller holds the project lock."""
+        started = time.monotonic()
+        request, layout = valid.request, valid.layout
+        runner = self.runner_for(request.credentials)
+        await self.policy.check_addresses(self.policy.check(request.repository))
+        with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
+            resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)
+            pin_started = time.monotonic()
+            reused = pins.read(layout.cache_dir, request.name) == resolution.commit
+            if not reused:
+                await pins.pin(runner, layout.cache_dir, request.name, resolution.commit)
+            stamp(layout.cache_dir, LAST_USED)
+        return CheckoutResult(
+            commit=resolution.commit, path=None, workdir=None, cache_hit=resolution.cache_hit,
+            fetched=resolution.fetched, reused=reused, cache_repaired=resolution.repaired,
+            fetch_seconds=resolution.fetch_seconds, checkout_seconds=time.monotonic() - pin_started,
+            total_seconds=time.monotonic() - started, cache_path=_relative(self.root, layout.cache_dir),
+        )
+
+    async def _resolve(self, cache: Cache, valid: ValidRequest, env: dict[str, str],
+                       not_before: float | None) -> Resolution:
+        layout, request = valid.layout, valid.request
+        resolution = await cache.open(request.repository, env, request.revision,
+                                      verified=layout.relative_dir in self._verified, not_before=not_before)
+        self._verified.add(layout.relative_dir)
+        if request.tags:
+            # Every tag, so that `git describe` gives the same answer in every checkout.
+            await cache.fetch_tags(env)
+        return resolution
 
     async def maintain(self, namespace: str, project: str, *, budget_seconds: float) -> str | None:
         """One time-boxed upkeep step on a busy cache, if one is due; its name, or None.
@@ -205,9 +249,12 @@ class Engine:
         return task
 
     async def remove(self, namespace: str, project: str, name: str) -> bool:
-        """Remove a Workspace's worktree; the caller holds the project lock."""
+        """Remove a Workspace's worktree and pin; False if neither existed. The caller holds the project lock."""
         layout = ProjectLayout(self.root, namespace, project)
-        return await Worktrees(self.runner_for(None), layout).remove(name)
+        runner = self.runner_for(None)
+        existed = await Worktrees(runner, layout).remove(name)
+        unpinned = layout.cache_dir.is_dir() and await pins.unpin(runner, layout.cache_dir, name)
+        return existed or unpinned
 
 
 def _relative(root: Path, path: Path) -> PurePosixPath:
@@ -227,6 +274,11 @@ class Maintenance:
         layout = self._layout(namespace, project)
         if layout.cache_dir.is_dir():
             await Housekeeping(self.engine.runner_for(None), layout.cache_dir).prune_worktrees()
+
+    async def unpin(self, namespace: str, project: str, name: str) -> None:
+        layout = self._layout(namespace, project)
+        if layout.cache_dir.is_dir():
+            await pins.unpin(self.engine.runner_for(None), layout.cache_dir, name)
 
     async def gc_cache(self, namespace: str, project: str) -> None:
         layout = self._layout(namespace, project)

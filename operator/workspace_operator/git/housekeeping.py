@@ -37,8 +37,10 @@ class Housekeeping:
         await self.runner.run("worktree-prune", ["worktree", "prune"], cwd=self.repo)
 
     async def gc(self) -> None:
-        # Default prune grace (2 weeks) keeps objects a concurrent reader might still need.
-        await self.runner.run("gc", ["gc", "--quiet"], cwd=self.repo)
+        # Unreachable objects go at once: nothing writes under our lock, worktrees' HEADs
+        # (set when a worktree is registered, before its files are written) and the pins
+        # of cache-only Workspaces (git/pins.py) keep what is in use reachable.
+        await self.runner.run("gc", ["gc", "--quiet", "--prune=now"], cwd=self.repo)
         stamp(self.repo, LAST_GC)
 
     def due(self) -> str | None:

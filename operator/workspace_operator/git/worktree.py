@@ -20,6 +20,7 @@ from workspace_operator.git.markers import unlock_crashed_worktrees
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import ProjectLayout, resolve_inside
 from workspace_operator.git.runner import GitRunner
+from workspace_operator.git.submodules import Submodules
 
 log = logging.getLogger("workspace_operator.worktree")
 
@@ -104,12 +105,13 @@ class Worktrees:
         return (metadata.parent.resolve() == (self.cache / "worktrees").resolve()
                 and back.resolve() == (path / ".git").resolve())
 
-    async def add(self, spec: WorktreeSpec, env: dict[str, str]) -> WorktreeResult:
+    async def add(self, spec: WorktreeSpec, env: dict[str, str], submodules: tuple[Submodules, str] | None = None
+                  ) -> WorktreeResult:
         """Register and populate in one go (the caller holds the project lock throughout)."""
         registered = await self.register(spec, env)
         if isinstance(registered, WorktreeResult):
             return registered
-        return await self.populate(registered, env)
+        return await self.populate(registered, env, submodules)
 
     async def register(self, spec: WorktreeSpec, env: dict[str, str]) -> WorktreeResult | Registered:
         """The step that writes the cache: the worktree's git metadata, no files yet.
@@ -117,7 +119,8 @@ class Worktrees:
         Returns the finished result when an intact worktree is already there.
         The caller holds the project lock. The files are written by `populate`,
         which needs no lock: it touches only this worktree's directory and its
-        private metadata (index, HEAD) — never the shared objects or refs.
+        private metadata (index, HEAD, submodules) — never the shared objects,
+        refs or config.
         """
         started = time.monotonic()
         path = self.layout.worktree_dir(spec.name)
@@ -139,8 +142,13 @@ class Worktrees:
                                   cwd=path, env=env)
         return Registered(spec, path, started)
 
-    async def populate(self, registered: Registered, env: dict[str, str]) -> WorktreeResult:
-        """Write a registered worktree's files, then its completion record (last)."""
+    async def populate(self, registered: Registered, env: dict[str, str],
+                       submodules: tuple[Submodules, str] | None = None) -> WorktreeResult:
+        """Write a registered worktree's files, then its completion record (last).
+
+        `submodules` (updater, superproject URL) is required when the spec asks for them;
+        they live in this worktree's private metadata, so they need no lock either.
+        """
         spec, path = registered.spec, registered.path
         workers = self.runner.settings.checkout_workers
         config = [f"checkout.workers={workers}"] if workers else []
@@ -149,8 +157,10 @@ class Worktrees:
         await self.runner.run("checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"],
                               cwd=path, env=env, config=config)
         if spec.submodules:
-            await self.runner.run("submodules", ["submodule", "update", "--init", "--recursive", "--quiet"],
-                                  cwd=path, env=env)
+            if submodules is None:
+                raise ValueError("a worktree with submodules needs a Submodules updater")
+            updater, url = submodules
+            await updater.update(path, url)
         workdir = self._workdir(path, spec)
         self._write_record(spec)
         return WorktreeResult(path, workdir, False, time.monotonic() - registered.started)
