@@ -71,7 +71,7 @@ class Driver:
                                   wait_seconds=600)
 
     def report(self, name: str, cache: Path) -> str:
-        house = Housekeeping(self.engine.runner_for(None), cache)
+        house = Housekeeping(self.engine.runner_for(None), self.engine.root, cache)
         ordered = sorted(self.seconds)
         p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
         stall = max(self.stalls, default=0.0)

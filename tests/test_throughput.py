@@ -141,7 +141,7 @@ async def test_busy_cache_upkeep_rolls_up_packs_and_loose_objects(
         # unpackLimit=1: every fetch keeps its own pack, as big pushes do.
         run_git("-c", "fetch.unpackLimit=1", "fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main",
                 cwd=cache)
-    housekeeping = Housekeeping(engine.runner_for(None), cache)
+    housekeeping = Housekeeping(engine.runner_for(None), volume, cache)
     assert housekeeping.pack_count() > MAX_PACKS
     (cache / "workspace-operator.last-fetch").touch()
     done = []

@@ -54,11 +54,12 @@ class Config:
     partial_clone: bool = False
     checkout_concurrency: int = 0
     maintenance_budget_seconds: float = 0.5
+    max_git_processes: int = 0
     log_format: str = "text"
     allowed_hosts: tuple[str, ...] = ()
     allow_private_networks: bool = False
     file_roots: tuple[Path, ...] = ()
-    fsck_objects: bool = True
+    fsck_objects: bool = False
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
     def __post_init__(self) -> None:
@@ -72,6 +73,8 @@ class Config:
             raise ConfigError("WORKSPACE_CHECKOUT_CONCURRENCY must be 0 (from the CPUs) or more")
         if self.maintenance_budget_seconds < 0:
             raise ConfigError("WORKSPACE_MAINTENANCE_BUDGET_SECONDS must be 0 (off) or more")
+        if self.max_git_processes < 0:
+            raise ConfigError("WORKSPACE_MAX_GIT_PROCESSES must be 0 (automatic) or more")
         if self.reconcile_interval_seconds <= 0 or self.reconcile_jitter_seconds < 0:
             raise ConfigError("WORKSPACE_RECONCILE_INTERVAL_SECONDS must be > 0, the jitter >= 0")
         if min(self.failed_ttl_seconds, self.active_deadline_seconds, self.max_workspaces_per_namespace,
@@ -87,6 +90,7 @@ class Config:
             allowed_schemes=self.allowed_schemes,
             checkout_workers=self.checkout_workers,
             partial_clone=self.partial_clone,
+            max_processes=self.max_git_processes,
             allowed_hosts=self.allowed_hosts,
             allow_private_networks=self.allow_private_networks,
             file_roots=self.file_roots,
@@ -189,6 +193,8 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
      "worktrees written in parallel, outside the project lock; 0 = one per CPU of the pod (at least 2)"),
     ("--maintenance-budget-seconds", "WORKSPACE_MAINTENANCE_BUDGET_SECONDS", "maintenance_budget_seconds", float,
      "time box of one cache maintenance step between queued work; 0 = no such maintenance"),
+    ("--max-git-processes", "WORKSPACE_MAX_GIT_PROCESSES", "max_git_processes", int,
+     "git processes running at once in this operator; 0 = 2 per CPU (cgroup quota), at least 4"),
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
     ("--allowed-hosts", "WORKSPACE_ALLOWED_HOSTS", "allowed_hosts", _hosts,
      "comma-separated host patterns (host, *.domain) repositories may use; empty = any public host"),

@@ -99,11 +99,13 @@ async def materialize(
     target = Target(namespace, name, generation, spec, current, meta or {})
     key = (namespace, name)
     rt.in_flight.add(key)
+    rt.trimmer.observe(len(rt.in_flight))
     try:
         return await _materialize(rt, target, attempt)
     finally:
         rt.in_flight.discard(key)
         rt.quota.release(namespace, name)
+        rt.trimmer.observe(len(rt.in_flight))
 
 
 async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None:
@@ -151,7 +153,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
 
     try:
         credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
-        valid = replace(valid, request=replace(valid.request, credentials=credentials))
+        owner = await rt.kube.namespace_uid(target.namespace)
+        valid = replace(valid, request=replace(valid.request, credentials=credentials, namespace_uid=owner))
         with rt.checkouts.in_flight(target.namespace, request.project, target.name):
             result, waited = await _checkout(rt, valid, received)
     except GitError as error:

@@ -1,24 +1,26 @@
 """Opening the bare clone of one project: create crash-safely, trust only after checks.
 
-Resolving revisions (fetching) lives in `resolve.py`, upkeep in `housekeeping.py`.
+Resolving revisions (fetching) lives in `resolve.py`, upkeep in `housekeeping.py`,
+the marker and stamp files in `markers.py`.
 
 Callers hold the project's lock (the Lease) around every method here; that is
-what makes "any *.lock file is stale" and "an operation marker means a crash"
-true statements.
+what makes "any *.lock file in the shared store is stale" and "an operation
+marker means a crash" true statements.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
+import re
 import time
 import uuid
 from pathlib import Path
 
+from workspace_operator.git import safepath
 from workspace_operator.git.errors import GitError, Reason
-from workspace_operator.git.layout import QUARANTINE_PREFIX, STAGING_PREFIX, ProjectLayout
-from workspace_operator.git.markers import HOLD_MARKER, LAST_FETCH, OPERATION_MARKER, stamp
+from workspace_operator.git.layout import QUARANTINE_PREFIX, READY_DIR, STAGING_PREFIX, ProjectLayout, is_worktree_name
+from workspace_operator.git.markers import HOLD_MARKER, LAST_FETCH, OPERATION_MARKER, entries, stamp
 from workspace_operator.git.resolve import Answer, Answers, Resolution, Resolver
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.git.source import Revision, local_ref_for
@@ -32,6 +34,38 @@ _EXPECTED_CONFIG = frozenset({
     "remote.origin.url", "remote.origin.promisor", "remote.origin.partialclonefilter",
     "extensions.partialclone", "extensions.worktreeconfig", "extensions.objectformat",
 })
+# Output cap of the config listing (a few lines): anything more is an attack.
+CONFIG_LIMIT = 64 * 1024
+
+
+# The namespace UID the cache was created for: a namespace deleted and created
+# again under the same name is another tenant and must not inherit the cache.
+OWNER = "workspace-operator.owner"
+# Keys git writes to a worktree's own config.worktree (sparse-checkout); any other is planted.
+_WORKTREE_CONFIG = frozenset({"core.sparsecheckout", "core.sparsecheckoutcone", "index.sparse"})
+# Files that would make git read objects or history from elsewhere, or redirect the repository.
+_REDIRECTS = ("objects/info/alternates", "objects/info/http-alternates", "info/grafts", "commondir")
+_GIT_ENTRIES = ("HEAD", "config", "objects", "refs", "packed-refs", "info", "worktrees", "shallow", "index")
+
+
+def worktree_config_keys(text: str) -> list[str] | None:
+    """Keys of a config.worktree in the plain form git writes; None if it uses anything else
+    (includes, subsections, continuation lines), which git never writes there."""
+    section: str | None = None
+    keys: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        header = re.fullmatch(r"\[([A-Za-z0-9-]+)\]", line)
+        if header:
+            section = header[1].lower()
+            continue
+        entry = re.fullmatch(r"([A-Za-z][A-Za-z0-9-]*)\s*(=[^\\]*)?", line)
+        if entry is None or section is None:
+            return None
+        keys.append(f"{section}.{entry[1].lower()}")
+    return keys
 
 
 class Cache:
@@ -42,37 +76,50 @@ class Cache:
         self.answers = answers or Answers()
 
     async def open(self, url: str, env: dict[str, str], revision: Revision, *, verified: bool,
-                   not_before: float | None = None) -> Resolution:
+                   owner: str | None = None, not_before: float | None = None) -> Resolution:
         """Make sure a trustworthy cache exists and holds the revision; return its commit.
 
         `verified` says this process already opened this cache since it started;
         the cheap checks run every time regardless. Upstream answers asked at or
-        after `not_before` may stand in for asking again (see `Answers`).
+        after `not_before` may stand in for asking again (see `Answers`). `owner` (the
+        namespace UID) is recorded with a new cache; an existing cache recorded for
+        another owner is quarantined and the old owner's worktrees removed.
         """
-        self.layout.project_dir.mkdir(parents=True, exist_ok=True)
+        root = self.layout.root
+        safepath.make_dirs(root, self.layout.project_dir)
         repaired: str | None = None
-        if self.path.exists():
-            problem = await self.inspect(url, first_use=not verified)
+        if safepath.kind(self.path) is not None:
+            problem = await self.inspect(url, first_use=not verified, owner=owner)
             if problem is not None:
                 repaired = problem
                 self.quarantine(problem)
                 self.answers.forget(self.path)
-        if not self.path.exists():
-            resolution = await self._create(url, env, revision)
+                if problem.startswith(_FOREIGN):
+                    self._drop_worktrees()
+            elif owner and safepath.mtime(root, self.path / OWNER) is None:
+                safepath.write_atomic(root, self.path / OWNER, owner)  # a cache from before owners were kept
+        if safepath.kind(self.path) is None:
+            resolution = await self._create(url, env, revision, owner)
             return Resolution(resolution.commit, False, True, resolution.fetch_seconds, True, repaired)
-        resolution = await Resolver(self.runner, self.path, self.answers).resolve(env, revision,
-                                                                                 not_before=not_before)
+        resolution = await self._resolver(self.path).resolve(env, revision, not_before=not_before)
         return Resolution(resolution.commit, resolution.cache_hit, resolution.fetched,
                           resolution.fetch_seconds, False, repaired)
 
-    async def inspect(self, url: str, *, first_use: bool) -> str | None:
+    def _resolver(self, repo: Path) -> Resolver:
+        return Resolver(self.runner, self.layout.root, repo, self.answers, key=self.path)
+
+    async def inspect(self, url: str | None, *, first_use: bool, owner: str | None = None) -> str | None:
         """None if the cache can be trusted, else what is wrong with it.
 
         Raises RepositoryMismatch when the cache is healthy but tracks another URL:
         that is the user's mistake, never a reason to re-point or replace it.
+        `url=None` (garbage collection) skips that comparison only. `first_use`: the
+        first opening by this process, which also looks deeper (links in objects/,
+        ref tips that parse).
         """
-        if not (self.path / "HEAD").is_file() or not (self.path / "objects").is_dir():
-            return "not a git repository"
+        problem = self._inspect_files(owner, deep=first_use)
+        if problem is not None:
+            return problem
         try:
             config = await self._read_config()
         except GitError as error:
@@ -82,7 +129,7 @@ class Cache:
         origin = config.get("remote.origin.url", "")
         if not origin:
             return "no origin configured"
-        if origin != url:
+        if url is not None and origin != url:
             raise GitError(
                 Reason.REPOSITORY_MISMATCH,
                 f"project cache tracks {self.runner.redact(origin)}, not {self.runner.redact(url)}; "
@@ -93,8 +140,6 @@ class Cache:
         # url.*.insteadOf, filter drivers or remote.*.uploadpack and make our git run
         # commands or send credentials elsewhere. Such a cache is not trusted.
         tampered = [key for key in config if key not in _EXPECTED_CONFIG]
-        if (self.path / "info" / "attributes").exists():
-            tampered.append("info/attributes")
         if tampered:
             return f"unexpected settings in the cache's config ({', '.join(sorted(tampered)[:5])})"
         why = await self._reason_for_fsck(first_use)
@@ -104,8 +149,8 @@ class Cache:
                 return f"fsck failed after {why}"
             log.info("cache %s verified (%s)", self.layout.relative_dir, why)
             self._drop_temporary_packs()
-            (self.path / OPERATION_MARKER).unlink(missing_ok=True)
-            (self.path / HOLD_MARKER).unlink(missing_ok=True)
+            safepath.remove(self.layout.root, self.path / OPERATION_MARKER)
+            safepath.remove(self.layout.root, self.path / HOLD_MARKER)
         return None
 
     async def _reason_for_fsck(self, first_use: bool) -> str | None:
@@ -117,9 +162,9 @@ class Cache:
         even parse. A clean stop leaves none of these.
         """
         removed = self.remove_stale_locks()
-        if (self.path / OPERATION_MARKER).exists():
+        if safepath.kind(self.path / OPERATION_MARKER) is not None:
             return "interrupted fetch"
-        if (self.path / HOLD_MARKER).exists():
+        if safepath.kind(self.path / HOLD_MARKER) is not None:
             return "unclean stop of the previous holder"
         if removed:
             return "stale lock files"
@@ -128,11 +173,67 @@ class Cache:
             return "unreadable ref tips"
         return None
 
+    def _inspect_files(self, owner: str | None, *, deep: bool) -> str | None:
+        """Checks by looking at files only (no git): links, redirections, replace refs, owner."""
+        root, path = self.layout.root, self.path
+        found = safepath.kind(path)
+        if found != "dir":
+            return "the cache is a symlink" if found == "link" else "the cache is not a directory"
+        safepath.check_real_dirs(root, path)
+        links = [name for name in _GIT_ENTRIES if safepath.kind(path / name) == "link"]
+        if links:
+            return f"symlinks in the cache ({', '.join(links)})"
+        if safepath.kind(path / "HEAD") != "file" or safepath.kind(path / "objects") != "dir":
+            return "not a git repository"
+        recorded = safepath.read_text(root, path / OWNER).strip() if safepath.mtime(root, path / OWNER) else None
+        if owner and recorded and recorded != owner:
+            return f"{_FOREIGN} (namespace uid {recorded}, now {owner})"
+        planted = [name for name in (*_REDIRECTS, "info/attributes") if safepath.kind(path / name) is not None]
+        if planted:
+            return f"unexpected files in the cache ({', '.join(planted)})"
+        if entries(path / "refs" / "replace") or _packed_replace_refs(path / "packed-refs"):
+            return "replace refs in the cache (refs/replace/)"
+        # worktrees/ is checked entry by entry below (its modules/ may be large).
+        for tree in ("refs", *(("objects",) if deep else ())):
+            if safepath.is_real_dir(path / tree) and (links := safepath.find_links(root, path / tree)):
+                return f"symlinks in the cache ({tree}/{links[0]})"
+        return self._inspect_worktree_metadata()
+
+    def _inspect_worktree_metadata(self) -> str | None:
+        """Each worktrees/<id>: points back into this project, shares this cache, plain config.
+
+        Read through one directory descriptor: a few system calls per worktree.
+        """
+        metadata = self.path / "worktrees"
+        if not safepath.is_real_dir(metadata):
+            return None
+        with safepath.open_dir(self.layout.root, metadata) as worktrees:
+            for name in sorted(os.listdir(worktrees)):
+                try:
+                    files = safepath.read_files_at(worktrees, name, ("commondir", "gitdir", "config.worktree"))
+                except OSError:
+                    return f"unreadable worktree metadata ({name})"
+                if files is None:
+                    return f"worktree metadata {name} is a symlink or not a directory"
+                if "commondir" not in files or "gitdir" not in files:
+                    continue  # a crash's leftover: prune drops it
+                gitdir = Path(files["gitdir"].strip())
+                if files["commondir"].strip() != "../.." or gitdir.parent.parent != self.layout.project_dir \
+                        or gitdir.name != ".git" or not is_worktree_name(gitdir.parent.name):
+                    return f"worktree metadata {name} points elsewhere"
+                if "config.worktree" in files:
+                    keys = worktree_config_keys(files["config.worktree"])
+                    unexpected = sorted(set(keys) - _WORKTREE_CONFIG) if keys is not None else ["(unparseable)"]
+                    if unexpected:
+                        return f"unexpected settings in worktree {name}'s config.worktree ({', '.join(unexpected[:5])})"
+        return None
+
     async def _read_config(self) -> dict[str, str]:
         """The cache's own config (common and, once sparse worktrees enabled
         extensions.worktreeConfig, its config.worktree, where git then keeps
         core.bare) in one git call; keys lowercased, as git reports them."""
-        result = await self.runner.run("read-config", ["config", "--list", "--null", "--show-scope"], cwd=self.path)
+        result = await self.runner.run("read-config", ["config", "--list", "--null", "--show-scope"], cwd=self.path,
+                                      max_stdout=CONFIG_LIMIT)
         tokens = result.stdout.split("\0")
         config: dict[str, str] = {}
         for scope, entry in zip(tokens[0::2], tokens[1::2]):
@@ -145,46 +246,64 @@ class Cache:
         """Delete lock files a killed git left behind (no git writes the shared store
         without our lock). A worktree without a completion record may be being
         populated right now, outside the lock: its locks are left alone (if it
-        crashed instead, it is rebuilt whole anyway)."""
-        candidates = list(self.path.glob("*.lock"))
-        for lock in self.path.glob("worktrees/*/*.lock"):
-            if self.layout.ready_record(lock.parent.name).exists():
-                candidates.append(lock)
-        refs = self.path / "refs"
-        if refs.is_dir():
-            candidates += refs.rglob("*.lock")
+        crashed instead, it is rebuilt whole anyway).
+
+        Directories are walked without following links (the inspection refused
+        caches with links in refs/ and worktrees/ before this runs).
+        """
+        candidates = [Path(e.path) for e in entries(self.path) if e.name.endswith(".lock")]
+        for meta in entries(self.path / "worktrees"):
+            completed = safepath.kind(self.layout.ready_dir / meta.name) is not None
+            if completed and meta.is_dir(follow_symlinks=False):
+                candidates += [Path(e.path) for e in entries(Path(meta.path)) if e.name.endswith(".lock")]
+        if safepath.is_real_dir(self.path / "refs"):
+            for dirpath, _dirs, files in os.walk(self.path / "refs"):  # os.walk never follows links
+                candidates += [Path(dirpath) / name for name in files if name.endswith(".lock")]
         for lock in candidates:
             log.warning("removing stale lock %s", lock.relative_to(self.layout.root))
-            lock.unlink(missing_ok=True)
+            safepath.remove(self.layout.root, lock)
         return candidates
 
     def _drop_temporary_packs(self) -> None:
-        for tmp in (self.path / "objects" / "pack").glob("tmp_*"):
-            tmp.unlink(missing_ok=True)
+        for tmp in entries(self.path / "objects" / "pack"):
+            if tmp.name.startswith("tmp_"):
+                safepath.remove(self.layout.root, Path(tmp.path))
 
     def quarantine(self, why: str) -> Path:
-        """Move a broken cache aside (kept for inspection, collected by GC later)."""
+        """Move a broken cache aside (kept for inspection, collected by GC later).
+
+        A link planted at the cache's place is moved aside as a link: never followed.
+        """
         target = self.layout.project_dir / f"{QUARANTINE_PREFIX}{int(time.time())}-{uuid.uuid4().hex[:6]}"
         log.warning("quarantining cache %s: %s -> %s", self.layout.relative_dir, why, target.name)
-        os.rename(self.path, target)
+        safepath.rename(self.layout.root, self.path, target.name)
         return target
 
-    async def _create(self, url: str, env: dict[str, str], revision: Revision) -> Resolution:
+    def _drop_worktrees(self) -> None:
+        """Remove every worktree and completion record of the project (another tenant's)."""
+        for entry in entries(self.layout.project_dir):
+            if is_worktree_name(entry.name) or entry.name == READY_DIR:
+                log.warning("removing %s/%s: made for a deleted namespace of the same name",
+                            self.layout.relative_dir, entry.name)
+                safepath.remove(self.layout.root, Path(entry.path))
+
+    async def _create(self, url: str, env: dict[str, str], revision: Revision, owner: str | None = None
+                      ) -> Resolution:
         """Build the cache in a staging directory, then rename: it exists whole or not at all."""
         staging = self.layout.project_dir / f"{STAGING_PREFIX}cache-{uuid.uuid4().hex[:8]}"
         try:
             if revision.branch or revision.tag or not (revision.name or revision.commit):
-                resolution = await self._clone(url, env, revision, staging)
+                resolution = await self._clone(url, env, revision, staging, owner)
             else:
-                resolution = await self._init_and_fetch(url, env, revision, staging)
-            os.rename(staging, self.path)
+                resolution = await self._init_and_fetch(url, env, revision, staging, owner)
+            safepath.rename(self.layout.root, staging, self.path.name)
             log.info("cache %s created", self.layout.relative_dir)
             return resolution
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            safepath.remove(self.layout.root, staging)
 
-    async def _clone(self, url: str, env: dict[str, str], revision: Revision, staging: Path) -> Resolution:
+    async def _clone(self, url: str, env: dict[str, str], revision: Revision, staging: Path,
+                     owner: str | None) -> Resolution:
         """One branch or tag (or the default branch) by `git clone`.
 
         Faster than init + fetch for the same objects: clone trusts a pack that
@@ -203,11 +322,14 @@ class Cache:
                               env=env, config=fsck)
         # Leave the config as init + fetch would (inspect trusts no other key).
         await self.runner.run("configure", ["config", "--unset-all", "remote.origin.tagOpt"], cwd=staging)
-        resolver = Resolver(self.runner, staging, self.answers, key=self.path)
+        if owner:
+            safepath.write_atomic(self.layout.root, staging / OWNER, owner)
+        resolver = self._resolver(staging)
         if revision.remote_ref:
             remote_ref = revision.remote_ref
         else:
-            head = await self.runner.run("default-branch", ["symbolic-ref", "--quiet", "HEAD"], cwd=staging)
+            head = await self.runner.run("default-branch", ["symbolic-ref", "--quiet", "HEAD"], cwd=staging,
+                                         max_stdout=1024)
             remote_ref = head.stdout.strip()
         try:
             tip = await resolver.peel(remote_ref)
@@ -218,7 +340,7 @@ class Cache:
         if local_ref != remote_ref:  # a branch: kept where a worktree can never check it out
             await self.runner.run("move-ref", ["update-ref", "--no-deref", local_ref, tip], cwd=staging)
             await self.runner.run("move-ref", ["update-ref", "-d", remote_ref], cwd=staging)
-        stamp(staging, LAST_FETCH)
+        stamp(self.layout.root, staging, LAST_FETCH)
         self.answers.put(self.path, revision.remote_ref or "HEAD", Answer(remote_ref, tip, asked))
         if revision.commit and revision.commit != tip:
             pinned = await resolver.resolve(env, revision)  # fetches the pinned commit if the clone lacks it
@@ -226,12 +348,8 @@ class Cache:
         seconds = self.answers.clock() - asked
         return Resolution(revision.commit or tip, False, True, seconds, True, None)
 
-    async def fetch_tags(self, env: dict[str, str]) -> float:
-        """Every upstream tag (and the commits they need), under the project lock."""
-        return await Resolver(self.runner, self.path, self.answers).fetch(env, "refs/tags/*", "refs/tags/*")
-
-    async def _init_and_fetch(self, url: str, env: dict[str, str], revision: Revision, staging: Path
-                              ) -> Resolution:
+    async def _init_and_fetch(self, url: str, env: dict[str, str], revision: Revision, staging: Path,
+                              owner: str | None) -> Resolution:
         """A bare commit or another ref (refs/pull/...): fetch exactly that."""
         await self.runner.run("init", ["init", "--bare", "--quiet", "--", str(staging)],
                               cwd=self.layout.project_dir)
@@ -245,4 +363,36 @@ class Cache:
             ]
         for key, value in settings:
             await self.runner.run("configure", ["config", key, value], cwd=staging)
-        return await Resolver(self.runner, staging, self.answers, key=self.path).resolve(env, revision)
+        if owner:
+            safepath.write_atomic(self.layout.root, staging / OWNER, owner)
+        return await self._resolver(staging).resolve(env, revision)
+
+    async def fetch_tags(self, env: dict[str, str]) -> float:
+        """Every upstream tag (and the commits they need), under the project lock."""
+        return await self._resolver(self.path).fetch(env, "refs/tags/*", "refs/tags/*")
+
+    async def check_for_maintenance(self) -> bool:
+        """The same inspection as before a checkout (origin aside): False if the cache was
+        untrustworthy and has been quarantined, so no git runs in it."""
+        problem = await self.inspect(None, first_use=False)
+        if problem is None:
+            return True
+        self.quarantine(problem)
+        return False
+
+
+_FOREIGN = "made for another namespace of this name"
+
+
+def _packed_replace_refs(packed: Path) -> bool:
+    """Does packed-refs list a refs/replace/ entry? Read in chunks: the file may be large."""
+    if safepath.kind(packed) != "file":
+        return False
+    needle = b" refs/replace/"
+    tail = b""
+    with open(packed, "rb") as handle:
+        while chunk := handle.read(1 << 16):
+            if needle in tail + chunk:
+                return True
+            tail = chunk[-len(needle):]
+    return False

@@ -12,10 +12,11 @@ Two kinds of upkeep:
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from workspace_operator.git.errors import GitError, Reason
-from workspace_operator.git.markers import LAST_FETCH, LAST_GC, stamp, stamp_time, unlock_crashed_worktrees
+from workspace_operator.git.markers import LAST_FETCH, LAST_GC, entries, stamp, stamp_time, unlock_crashed_worktrees
 from workspace_operator.git.runner import GitRunner
 
 log = logging.getLogger("workspace_operator.housekeeping")
@@ -28,12 +29,13 @@ COMMIT_GRAPH = Path("objects/info/commit-graphs")
 
 
 class Housekeeping:
-    def __init__(self, runner: GitRunner, repo: Path) -> None:
+    def __init__(self, runner: GitRunner, root: Path, repo: Path) -> None:
         self.runner = runner
+        self.root = root  # the volume root: files below it are read and written without following links
         self.repo = repo
 
     async def prune_worktrees(self) -> None:
-        unlock_crashed_worktrees(self.repo)
+        unlock_crashed_worktrees(self.root, self.repo)
         await self.runner.run("worktree-prune", ["worktree", "prune"], cwd=self.repo)
 
     async def gc(self) -> None:
@@ -41,7 +43,7 @@ class Housekeeping:
         # (set when a worktree is registered, before its files are written) and the pins
         # of cache-only Workspaces (git/pins.py) keep what is in use reachable.
         await self.runner.run("gc", ["gc", "--quiet", "--prune=now"], cwd=self.repo)
-        stamp(self.repo, LAST_GC)
+        stamp(self.root, self.repo, LAST_GC)
 
     def due(self) -> str | None:
         """The most useful busy-cache step now, from file counts alone; None if none is due."""
@@ -49,8 +51,8 @@ class Housekeeping:
             return "repack"
         if self.loose_ref_count() > MAX_LOOSE_REFS:
             return "pack-refs"
-        graphs = stamp_time(self.repo / COMMIT_GRAPH, "commit-graph-chain")
-        fetched = stamp_time(self.repo, LAST_FETCH)
+        graphs = stamp_time(self.root, self.repo / COMMIT_GRAPH, "commit-graph-chain")
+        fetched = stamp_time(self.root, self.repo, LAST_FETCH)
         if fetched is not None and (graphs is None or graphs < fetched):
             return "commit-graph"
         return None
@@ -75,11 +77,14 @@ class Housekeeping:
         return True
 
     def pack_count(self) -> int:
-        return sum(1 for _ in (self.repo / "objects" / "pack").glob("*.pack"))
+        return sum(1 for entry in entries(self.repo / "objects" / "pack") if entry.name.endswith(".pack"))
 
     def loose_object_count(self) -> int:
-        return sum(1 for _ in (self.repo / "objects").glob("[0-9a-f][0-9a-f]/*"))
+        fanout = [entry for entry in entries(self.repo / "objects") if len(entry.name) == 2]
+        return sum(len(entries(Path(entry.path))) for entry in fanout)
 
     def loose_ref_count(self) -> int:
-        refs = self.repo / "refs"
-        return sum(1 for path in refs.rglob("*") if path.is_file()) if refs.is_dir() else 0
+        count = 0
+        for _dirpath, _dirs, files in os.walk(self.repo / "refs"):  # os.walk never follows links
+            count += len(files)
+        return count

@@ -1,12 +1,16 @@
 """Files the engine keeps inside a cache: crash markers and the stamps GC decides on.
 
 Plain files, so a crash leaves exactly what was there: a marker found at the
-start of an operation is evidence, never a guess.
+start of an operation is evidence, never a guess. Read and written through
+`safepath` (never following a link planted on the volume).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from workspace_operator.git import safepath
 
 # Present while a fetch writes into the cache; found at the start of an
 # operation it means the previous holder died mid-write.
@@ -22,25 +26,35 @@ LAST_FETCH = "workspace-operator.last-fetch"
 LAST_GC = "workspace-operator.last-gc"
 
 
-def stamp(repo: Path, name: str) -> None:
-    (repo / name).touch()
+def stamp(root: Path, repo: Path, name: str) -> None:
+    safepath.touch(root, repo / name)
 
 
-def stamp_time(repo: Path, name: str) -> float | None:
+def stamp_time(root: Path, repo: Path, name: str) -> float | None:
+    return safepath.mtime(root, repo / name)
+
+
+def entries(path: Path) -> list[os.DirEntry[str]]:
+    """Entries of a directory that is not itself a link (callers check the parents)."""
+    if not safepath.is_real_dir(path):
+        return []
     try:
-        return (repo / name).stat().st_mtime
-    except FileNotFoundError:
-        return None
+        with os.scandir(path) as listing:
+            return list(listing)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
-def unlock_crashed_worktrees(repo: Path) -> None:
+def unlock_crashed_worktrees(root: Path, repo: Path) -> None:
     """Drop the `locked` marks that killed `git worktree add` runs left behind.
 
     `worktree add` locks new metadata ("initializing") until it is done. Killed
     mid-add, the mark stays: prune then keeps the entry forever, and any later
     add at that path fails ("missing but locked worktree"). The engine never
-    locks a worktree itself and callers hold the project lock, so no add is in
-    progress and every mark is a crash's leftover.
+    locks a worktree itself, registration runs under the project lock and ends
+    with the mark gone, so while callers hold the lock every mark is a crash's
+    leftover.
     """
-    for locked in repo.glob("worktrees/*/locked"):
-        locked.unlink(missing_ok=True)
+    for entry in entries(repo / "worktrees"):
+        if entry.is_dir(follow_symlinks=False):
+            safepath.remove(root, Path(entry.path) / "locked")

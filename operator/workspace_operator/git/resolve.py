@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from workspace_operator.git import safepath
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.markers import LAST_FETCH, OPERATION_MARKER, stamp
 from workspace_operator.git.runner import GitRunner
@@ -62,10 +63,16 @@ class Answers:
             del self._latest[key]
 
 
+# Output caps of the calls whose answer is a few lines: anything more is an attack.
+LS_REMOTE_LIMIT = 64 * 1024
+REV_PARSE_LIMIT = 4 * 1024
+
+
 class Resolver:
-    def __init__(self, runner: GitRunner, repo: Path, answers: Answers | None = None,
+    def __init__(self, runner: GitRunner, root: Path, repo: Path, answers: Answers | None = None,
                  key: Path | None = None) -> None:
         self.runner = runner
+        self.root = root  # the volume root: marker files are written without following links below it
         self.repo = repo
         self.answers = answers or Answers()
         self.key = key or repo  # the cache's path, also while it is built in a staging dir
@@ -108,7 +115,7 @@ class Resolver:
 
     async def peel(self, ref: str) -> str:
         result = await self.runner.run("resolve", ["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"],
-                                       cwd=self.repo)
+                                       cwd=self.repo, max_stdout=REV_PARSE_LIMIT)
         return result.stdout.strip()
 
     async def remote_tip(self, env: dict[str, str], revision: Revision) -> tuple[str, str]:
@@ -116,14 +123,14 @@ class Resolver:
         wanted = revision.remote_ref
         if wanted is None:
             result = await self.runner.run("ls-remote", ["ls-remote", "--symref", "--", "origin", "HEAD"],
-                                           cwd=self.repo, env=env)
+                                           cwd=self.repo, env=env, max_stdout=LS_REMOTE_LIMIT)
             for line in result.stdout.splitlines():
                 if line.startswith("ref: ") and line.endswith("\tHEAD"):
                     wanted = line.removeprefix("ref: ").split("\t")[0]
             if wanted is None:
                 raise GitError(Reason.REF_NOT_FOUND, "upstream has no default branch (HEAD)", step="ls-remote")
         result = await self.runner.run("ls-remote", ["ls-remote", "--", "origin", wanted, f"{wanted}^{{}}"],
-                                       cwd=self.repo, env=env)
+                                       cwd=self.repo, env=env, max_stdout=LS_REMOTE_LIMIT)
         found: dict[str, str] = {}
         for line in result.stdout.splitlines():
             sha, _, ref = line.partition("\t")
@@ -138,7 +145,7 @@ class Resolver:
         """Fetch exactly one ref or commit; auto-gc off; marked so a crash is detected."""
         refspec = f"+{source}:{destination}" if destination else source
         marker = self.repo / OPERATION_MARKER
-        marker.touch()
+        safepath.touch(self.root, marker)
         try:
             result = await self.runner.run(
                 "fetch",
@@ -153,6 +160,6 @@ class Resolver:
             if error.reason is Reason.REF_NOT_FOUND and missing is not Reason.REF_NOT_FOUND:
                 raise GitError(missing, error.message, step=error.step) from None
             raise
-        marker.unlink(missing_ok=True)
-        stamp(self.repo, LAST_FETCH)
+        safepath.remove(self.root, marker)
+        stamp(self.root, self.repo, LAST_FETCH)
         return result.seconds
