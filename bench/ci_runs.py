@@ -61,7 +61,8 @@ class Driver:
     async def run(self, index: int) -> None:
         received = time.monotonic()
         valid = self.engine.validate(CheckoutRequest("ci", "repo", f"run-{index}", self.url, Revision(branch="main")))
-        prepared, _ = await self.queues.run("ci", "repo", lambda: self.engine.prepare(valid, not_before=received),
+        prepared, _ = await self.queues.run("ci", "repo", lambda: self.engine.prepare(valid, not_before=received,
+                                                                          hold=self.queues.hold_id("ci", "repo")),
                                             wait_seconds=600)
         async with self.checkouts.slot():
             await self.engine.populate(prepared)

@@ -37,7 +37,9 @@ async def materialize(engine: Engine, queues: ProjectQueues, checkouts: Checkout
                       revision: Revision) -> None:
     received = time.monotonic()
     valid = engine.validate(CheckoutRequest("bench", "repo", name, url, revision))
-    prepared, _ = await queues.run("bench", "repo", lambda: engine.prepare(valid, not_before=received),
+    hold = queues.hold_id  # asked inside the step: the hold it runs in
+    prepared, _ = await queues.run("bench", "repo",
+                                   lambda: engine.prepare(valid, not_before=received, hold=hold("bench", "repo")),
                                    wait_seconds=1800)
     async with checkouts.slot():
         await engine.populate(prepared)

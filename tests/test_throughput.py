@@ -32,7 +32,7 @@ from test_batching import FakeLocks
 from upstreams import GitDaemon, StandardRepo, commit
 from workspace_operator.batching import ProjectQueues
 from workspace_operator.checkouts import Checkouts
-from workspace_operator.git import CheckoutResult, Engine, Revision
+from workspace_operator.git import CheckoutResult, Engine, Prepared, Revision
 from workspace_operator.git.housekeeping import MAX_PACKS, Housekeeping
 from workspace_operator.git.markers import HOLD_MARKER
 
@@ -49,8 +49,10 @@ async def burst(engine: Engine, url: str, revision: Revision, names: list[str],
     async def one(name: str) -> CheckoutResult:
         received = time.monotonic()
         valid = engine.validate(request(url, revision, name=name))
-        prepared, _waited = await queues.run(NS, PROJECT, lambda: engine.prepare(valid, not_before=received),
-                                             wait_seconds=60)
+        async def exclusive() -> Prepared:
+            return await engine.prepare(valid, not_before=received, hold=queues.hold_id(NS, PROJECT))
+
+        prepared, _waited = await queues.run(NS, PROJECT, exclusive, wait_seconds=60)
         async with checkouts.slot():
             return await engine.populate(prepared)
 
@@ -97,10 +99,15 @@ async def test_an_answer_older_than_the_request_never_serves_it(
 
 
 async def test_parallel_populates_leave_every_worktree_complete(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     url = git_daemon.url("repo")
+    await checkout(engine, request(url, Revision(tag="v1.0"), name="seed"))
     names = [f"p{i}" for i in range(8)]
+    caplog.set_level(logging.DEBUG, logger="workspace_operator")
     results = await burst(engine, url, Revision(tag="v1.0"), names)
+    # One hold of the lock: the cache is inspected (its config read) once, not once per Workspace.
+    assert caplog.text.count("git step read-config ok") == 1
     assert {r.commit for r in results} == {upstream_repo.v1_0}
     for name in names:
         assert_worktree_at(layout(volume), name, upstream_repo.v1_0)

@@ -49,6 +49,15 @@ class ProjectQueues:
         self._queues: dict[Key, deque[_Item[Any]]] = {}
         self._drainers: dict[Key, asyncio.Task[None]] = {}
         self.holds = 0  # Lease acquisitions made, for tests and metrics
+        self._current: dict[Key, int] = {}  # project -> number of the hold its drainer is in
+
+    def hold_id(self, namespace: str, project: str) -> int | None:
+        """Which Lease hold the project's steps run in now (a step asks while it runs).
+
+        Within one hold nothing else writes the project's cache, so what a step
+        found out about the cache still holds for the next step of the same hold.
+        """
+        return self._current.get((namespace, project))
 
     async def run(self, namespace: str, project: str, step: Callable[[], Coroutine[Any, Any, T]], *,
                   wait_seconds: float) -> tuple[T, float]:
@@ -83,6 +92,7 @@ class ProjectQueues:
         try:
             async with self.locks.hold(namespace, project, wait_seconds=wait_seconds):
                 self.holds += 1
+                self._current[key] = self.holds
                 while queue:
                     while queue:
                         current = queue.popleft()
@@ -102,6 +112,7 @@ class ProjectQueues:
                 raise
             log.info("project %s/%s: %d queued step(s) failed: %s", namespace, project, len(failed), error)
         finally:
+            self._current.pop(key, None)
             del self._drainers[key]
             if queue:
                 self._start(key, wait_seconds)  # arrived while the Lease was being released

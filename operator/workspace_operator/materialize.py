@@ -189,7 +189,8 @@ async def _checkout(rt: Runtime, valid: ValidRequest, received: float) -> tuple[
     async def exclusive() -> Prepared | CheckoutResult:
         if valid.request.cache_only:
             return await rt.engine.pin(valid, not_before=received)
-        prepared = await rt.engine.prepare(valid, not_before=received)
+        hold = rt.queues.hold_id(valid.request.namespace, valid.request.project)
+        prepared = await rt.engine.prepare(valid, not_before=received, hold=hold)
         return await rt.engine.populate(prepared) if prepared.needs_lock else prepared
 
     outcome, waited = await rt.queues.run(valid.request.namespace, valid.request.project, exclusive,

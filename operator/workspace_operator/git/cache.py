@@ -76,11 +76,14 @@ class Cache:
         self.answers = answers or Answers()
 
     async def open(self, url: str, env: dict[str, str], revision: Revision, *, verified: bool,
-                   owner: str | None = None, not_before: float | None = None) -> Resolution:
+                   owner: str | None = None, not_before: float | None = None,
+                   checked: frozenset[str] | None = None) -> Resolution:
         """Make sure a trustworthy cache exists and holds the revision; return its commit.
 
         `verified` says this process already opened this cache since it started;
-        the cheap checks run every time regardless. Upstream answers asked at or
+        the cheap checks run every time regardless — except when `checked` is given:
+        this very hold of the lock already inspected the cache (nothing else wrote
+        it since), and these commits were found in it. Upstream answers asked at or
         after `not_before` may stand in for asking again (see `Answers`). `owner` (the
         namespace UID) is recorded with a new cache; an existing cache recorded for
         another owner is quarantined and the old owner's worktrees removed.
@@ -88,6 +91,8 @@ class Cache:
         root = self.layout.root
         safepath.make_dirs(root, self.layout.project_dir)
         repaired: str | None = None
+        if checked is not None and safepath.kind(self.path) == "dir":
+            return await self._resolver(self.path).resolve(env, revision, not_before=not_before, present=checked)
         if safepath.kind(self.path) is not None:
             problem = await self.inspect(url, first_use=not verified, owner=owner)
             if problem is not None:

@@ -113,6 +113,9 @@ class Engine:
         # Caches this process opened already; others get the once-per-process checks first.
         self._verified: set[PurePosixPath] = set()
         self.answers = Answers()
+        # Per cache: the lock hold (the caller's token) in which it was last inspected, and
+        # the commits found in it during that hold.
+        self._checked: dict[PurePosixPath, tuple[object, frozenset[str]]] = {}
         # Upkeep steps cut off by their time box, and until when they are not tried again.
         self._deferred: dict[tuple[PurePosixPath, str], float] = {}
 
@@ -130,6 +133,7 @@ class Engine:
     def forget(self, layout: ProjectLayout) -> None:
         """The cache was removed: a new one must be fully checked again."""
         self._verified.discard(layout.relative_dir)
+        self._checked.pop(layout.relative_dir, None)
         self.answers.forget(layout.cache_dir)
 
     def runner_for(self, credentials: Credentials | None) -> GitRunner:
@@ -149,26 +153,34 @@ class Engine:
         """Both phases in one go; the caller holds the project lock throughout."""
         return await self.populate(await self.prepare(valid))
 
-    async def prepare(self, valid: ValidRequest, *, not_before: float | None = None) -> Prepared:
+    async def prepare(self, valid: ValidRequest, *, not_before: float | None = None,
+                      hold: object | None = None) -> Prepared:
         """The exclusive phase: cache → fetch (only if needed) → worktree registered.
 
         The caller holds the project lock. While this runs, the cache carries a
         hold marker; a process that dies here leaves it, and the next opening
         of the cache checks it in depth. `not_before` (monotonic) is when the
-        request arrived: upstream answers asked since then may serve it.
+        request arrived: upstream answers asked since then may serve it. `hold`
+        identifies the caller's hold of the lock: the steps of one hold share
+        what they found out about the cache (inspected, commits present), so a
+        burst costs one inspection, not one per Workspace.
         """
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials)
         await self.policy.check_addresses(self.policy.check(request.repository))
+        previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
+        checked = previous[1] if previous is not None and hold is not None and previous[0] == hold else None
         with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
             env = session.env
-            resolution = await self._resolve(Cache(runner, layout, self.answers), valid, env, not_before)
+            resolution = await self._resolve(Cache(runner, layout, self.answers), valid, env, not_before, checked)
             held = layout.cache_dir / HOLD_MARKER
             safepath.touch(layout.root, held)
             worktree = await Worktrees(runner, layout).register(valid.worktree_spec(resolution.commit), env)
             stamp(layout.root, layout.cache_dir, LAST_USED)
             safepath.remove(layout.root, held)  # not in a finally: only a clean end proves nothing was cut short
+        if hold is not None:
+            self._checked[layout.relative_dir] = (hold, (checked or frozenset()) | {resolution.commit})
         return Prepared(valid, resolution, worktree, started, self.settings.partial_clone)
 
     async def populate(self, prepared: Prepared) -> CheckoutResult:
@@ -223,11 +235,11 @@ class Engine:
         )
 
     async def _resolve(self, cache: Cache, valid: ValidRequest, env: dict[str, str],
-                       not_before: float | None) -> Resolution:
+                       not_before: float | None, checked: frozenset[str] | None = None) -> Resolution:
         layout, request = valid.layout, valid.request
         resolution = await cache.open(request.repository, env, request.revision,
                                       verified=layout.relative_dir in self._verified, owner=request.namespace_uid,
-                                      not_before=not_before)
+                                      not_before=not_before, checked=checked)
         self._verified.add(layout.relative_dir)
         if request.tags:
             # Every tag, so that `git describe` gives the same answer in every checkout.

@@ -77,10 +77,11 @@ class Resolver:
         self.answers = answers or Answers()
         self.key = key or repo  # the cache's path, also while it is built in a staging dir
 
-    async def resolve(self, env: dict[str, str], revision: Revision, *, not_before: float | None = None
-                      ) -> Resolution:
+    async def resolve(self, env: dict[str, str], revision: Revision, *, not_before: float | None = None,
+                      present: frozenset[str] = frozenset()) -> Resolution:
+        """`present`: commits known to be in the cache already (no need to ask git)."""
         if revision.commit:
-            if await self.has_commit(revision.commit):
+            if revision.commit in present or await self.has_commit(revision.commit):
                 return Resolution(revision.commit, True, False, 0.0, False, None)
             seconds = 0.0
             if revision.remote_ref:
@@ -101,7 +102,7 @@ class Resolver:
         else:
             remote_ref, tip = answer.ref, answer.tip
         local_ref = local_ref_for(remote_ref)
-        if await self.has_commit(tip):
+        if tip in present or await self.has_commit(tip):
             return Resolution(tip, True, False, 0.0, False, None)
         asked = self.answers.clock()
         seconds = await self.fetch(env, remote_ref, local_ref)
