@@ -45,7 +45,7 @@ class LocalLocks:
 
 class Driver:
     def __init__(self, root: Path, url: str, budget: float | None) -> None:
-        self.engine = Engine(root, GitSettings(allowed_schemes=frozenset({"http"})))
+        self.engine = Engine(root, GitSettings(allowed_schemes=frozenset({"http"}), allow_private_networks=True))
         self.url = url
         self.stalls: list[float] = []
         self.seconds: list[float] = []

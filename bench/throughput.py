@@ -30,7 +30,7 @@ from workspace_operator.batching import ProjectQueues
 from workspace_operator.checkouts import Checkouts, default_limit
 from workspace_operator.git import CheckoutRequest, Engine, GitSettings, Revision
 
-SETTINGS = GitSettings(allowed_schemes=frozenset({"http"}), timeout_seconds=1800)
+SETTINGS = GitSettings(allowed_schemes=frozenset({"http"}), timeout_seconds=1800, allow_private_networks=True)
 
 
 async def materialize(engine: Engine, queues: ProjectQueues, checkouts: Checkouts, url: str, name: str,

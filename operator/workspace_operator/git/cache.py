@@ -323,8 +323,14 @@ class Cache:
         asked = self.answers.clock()
         # Every received object is checked (malformed trees, paths like .git or ../), as in fetch.
         fsck = ["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else []
-        await self.runner.run("clone", ["clone", *options, "--", url, str(staging)], cwd=self.layout.project_dir,
-                              env=env, config=fsck)
+        try:
+            await self.runner.run("clone", ["clone", *options, "--", url, str(staging)], cwd=self.layout.project_dir,
+                                  env=env, config=fsck)
+        except GitError as error:
+            if error.reason is Reason.REF_NOT_FOUND and revision.remote_ref:  # say it as ls-remote would
+                raise GitError(Reason.REF_NOT_FOUND, f"{revision.remote_ref} not found upstream",
+                               step="clone") from None
+            raise
         # Leave the config as init + fetch would (inspect trusts no other key).
         await self.runner.run("configure", ["config", "--unset-all", "remote.origin.tagOpt"], cwd=staging)
         if owner:
