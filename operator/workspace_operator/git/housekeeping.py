@@ -23,7 +23,7 @@ log = logging.getLogger("workspace_operator.housekeeping")
 
 # Thresholds of the busy-cache steps: below them a step costs more than it saves.
 MAX_PACKS = 8
-MAX_LOOSE_OBJECTS = 512
+MAX_LOOSE_OBJECTS = 128  # small roll-ups: each fits the time box, the big pack is never rewritten
 MAX_LOOSE_REFS = 128
 COMMIT_GRAPH = Path("objects/info/commit-graphs")
 
