@@ -99,7 +99,10 @@ class ProjectQueues:
                         await self._run(current)
                         current = None
                     if self.idle is not None:
-                        await self.idle(namespace, project)
+                        try:
+                            await self.idle(namespace, project)
+                        except Exception:  # upkeep is optional: never fail the steps queued meanwhile
+                            log.exception("idle step on %s/%s failed", namespace, project)
         except BaseException as error:
             failed = [item for item in ([current] if current else []) + list(queue) if not item.future.done()]
             queue.clear()
