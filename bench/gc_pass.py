@@ -35,9 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "operator"))
 
 from workspace_operator import gc, gc_plan  # noqa: E402
+from workspace_operator.batching import ProjectQueues  # noqa: E402
+from workspace_operator.checkouts import Checkouts  # noqa: E402
 from workspace_operator.config import Config  # noqa: E402
 from workspace_operator.git import Engine  # noqa: E402
-from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED  # noqa: E402
+from workspace_operator.git.markers import LAST_FETCH, LAST_GC, LAST_USED  # noqa: E402
 from workspace_operator.runtime import Runtime  # noqa: E402
 from workspace_operator.quota import NamespaceQuota  # noqa: E402
 
@@ -142,8 +144,9 @@ def main() -> int:
 
         config = Config(root=root, namespaces=(NAMESPACE,), orphan_grace_seconds=3600,
                         cache_quiet_seconds=7 * 86400, cache_unused_seconds=30 * 86400)
-        rt = Runtime(config, Engine(root, config.git), StubKube(live), StubLocks(),  # type: ignore[arg-type]
-                     NamespaceQuota(root, 0))
+        locks = StubLocks()
+        rt = Runtime(config, Engine(root, config.git), StubKube(live), locks,  # type: ignore[arg-type]
+                     NamespaceQuota(root, 0), ProjectQueues(locks), Checkouts(2))  # type: ignore[arg-type]
         for label in (f"sweep removing {len(orphans)} orphans", "sweep, steady state (nothing to do)"):
             started = time.perf_counter()
             done = asyncio.run(gc.sweep(rt))

@@ -296,7 +296,7 @@ def git_subcommand(args: str) -> str:
 
 
 def journal_intervals(journal: Path, root: Path) -> dict[tuple[str, str], list[tuple[float, float, str]]]:
-    """(namespace, project) -> [(start, end, command)] of every git run inside a project dir."""
+    """(namespace, project) -> [(start, end, command)] of every git run on a project's shared store."""
     started: dict[str, tuple[float, str, str]] = {}
     spans: dict[tuple[str, str], list[tuple[float, float, str]]] = defaultdict(list)
     end_of_journal = 0.0
@@ -319,7 +319,9 @@ def _record(spans: dict[tuple[str, str], list[tuple[float, float, str]]], root: 
         parts = Path(cwd).resolve().relative_to(root.resolve()).parts
     except ValueError:
         return  # not on the volume (the test's own git)
-    if len(parts) >= 2:
+    # Runs inside a worktree (writing its own files, outside the Lease, in parallel) touch
+    # no shared state: only runs in the project dir, the cache or a staging dir count.
+    if len(parts) == 2 or (len(parts) > 2 and parts[2].startswith(".")):
         spans[(parts[0], parts[1])].append((begin, end, git_subcommand(args)))
 
 

@@ -83,7 +83,10 @@ async def main() -> None:
     root, scratch, url = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     engine = Engine(root, GitSettings(allowed_schemes=frozenset({"http", "git"}), scratch_dir=scratch,
                                       timeout_seconds=120, allow_private_networks=True))
-    request = CheckoutRequest(namespace="ns", project="p", name="w", repository=url, revision=Revision(branch="main"))
+    # A full ref name: a new cache is then made by init + ls-remote + fetch (a branch or tag
+    # would be cloned, and git's clone reads the advertisement, not the engine).
+    request = CheckoutRequest(namespace="ns", project="p", name="w", repository=url,
+                              revision=Revision(name="refs/heads/main"))
     outcome = "Ready"
     try:
         await engine.checkout(engine.validate(request))

@@ -44,7 +44,7 @@ from engine_fixtures import (
 )
 from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, git, publish
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
-from workspace_operator.git.cache import OPERATION_MARKER
+from workspace_operator.git.markers import OPERATION_MARKER
 
 __all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template",
            "upstream_repo", "volume"]  # fixtures, used by name

@@ -30,9 +30,8 @@ from pathlib import Path
 
 from workspace_operator import metrics
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
-from workspace_operator.git import GitError
-from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
-from workspace_operator.git import pins, safepath
+from workspace_operator.git import GitError, pins, safepath
+from workspace_operator.git.markers import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
 from workspace_operator.git.engine import Maintenance
 from workspace_operator.git.layout import (
     CACHE_DIR,
@@ -177,7 +176,9 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
             async with rt.locks.hold(namespace, project, wait_seconds=5):
                 # Re-decide on what is there now that nothing else can change it.
                 fresh = await asyncio.to_thread(snapshot_project, root, namespace, project)
-                still_live = await _live_names(rt, namespace, project)
+                # Names being materialized by this process count as live: their files
+                # are written outside the Lease, possibly right now.
+                still_live = await _live_names(rt, namespace, project) | rt.checkouts.busy(namespace, project)
                 confirmed = confirm(planned, fresh, still_live, now=time.time(), policy=policy)
                 for action in planned:
                     if action not in confirmed:

@@ -75,6 +75,12 @@ class _Observed:
 
 
 class LeaseLocks:
+    """This process's project locks: queues local contenders, then holds the Lease.
+
+    The protocol steps live in `LeaseRecords` (acquire, release) and `Renewal`
+    (keep a held Lease fresh, fence the guarded task when that fails).
+    """
+
     def __init__(
         self,
         api: CoordinationV1Api,
@@ -84,14 +90,9 @@ class LeaseLocks:
         duration_seconds: int = 30,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.api = api
-        self.namespace = namespace
         self.identity = identity
-        self.duration = duration_seconds
-        self.renew_interval = max(1.0, duration_seconds / 6)
-        self.renew_deadline = duration_seconds * 2 / 3
         self.clock = clock
-        self._observed: dict[str, _Observed] = {}
+        self.records = LeaseRecords(api, namespace, identity, duration_seconds, clock)
         self._local: dict[str, asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
@@ -107,32 +108,44 @@ class LeaseLocks:
             raise LockTimeout(f"waited {wait_seconds:.0f}s for lock {name} (held in this process)") from None
         try:
             remaining = wait_seconds - (self.clock() - started)
-            resource_version = await self._acquire(name, labels, remaining)
+            resource_version = await self.records.acquire(name, labels, remaining)
             guarded = asyncio.current_task()
             assert guarded is not None
-            state = _Holding(resource_version)
-            renewer = asyncio.create_task(self._renew(name, state, guarded), name=f"renew {name}")
+            renewal = Renewal(self.records, name, resource_version, guarded)
             try:
                 yield self.clock() - started
             except asyncio.CancelledError:
-                if state.lost:
+                if renewal.lost:
                     guarded.uncancel()
-                    raise LeaseLost(f"lost lock {name}: renewal failed for {self.renew_deadline:.0f}s") from None
+                    raise LeaseLost(f"lost lock {name}: renewal failed for "
+                                    f"{self.records.renew_deadline:.0f}s") from None
                 raise
             finally:
-                renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewer
-                if not state.lost:
-                    await self._release(name, state.resource_version)
-            if state.lost:
+                await renewal.stop()
+                if not renewal.lost:
+                    await self.records.release(name, renewal.resource_version)
+            if renewal.lost:
                 raise LeaseLost(f"lost lock {name} while holding it")
         finally:
             local.release()
 
-    # -- protocol steps ----------------------------------------------------------
 
-    async def _acquire(self, name: str, labels: dict[str, str], wait_seconds: float) -> str:
+class LeaseRecords:
+    """The Lease objects in the API: acquire (create, free, or expired takeover) and release."""
+
+    def __init__(self, api: CoordinationV1Api, namespace: str, identity: str, duration_seconds: int,
+                 clock: Callable[[], float]) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.identity = identity
+        self.duration = duration_seconds
+        self.renew_interval = max(1.0, duration_seconds / 6)
+        self.renew_deadline = duration_seconds * 2 / 3
+        self.clock = clock
+        self._observed: dict[str, _Observed] = {}
+
+    async def acquire(self, name: str, labels: dict[str, str], wait_seconds: float) -> str:
+        """Poll until this identity holds the Lease; its resourceVersion."""
         deadline = self.clock() + wait_seconds
         while True:
             resource_version = await self._try_acquire(name, labels)
@@ -191,42 +204,81 @@ class LeaseLocks:
             log.warning("took over expired lock %s from %s", name, holder)
         return _version(updated)
 
-    async def _renew(self, name: str, state: _Holding, guarded: asyncio.Task[Any]) -> None:
-        last_success = self.clock()
-        while True:
-            await asyncio.sleep(self.renew_interval)
+    async def release(self, name: str, resource_version: str) -> None:
+        for _attempt in range(2):
+            body = {
+                "metadata": {"name": name, "resourceVersion": resource_version},
+                "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": datetime.now(UTC)},
+            }
+            try:
+                await asyncio.to_thread(self.api.patch_namespaced_lease, name, self.namespace, body)
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    log.info("releasing lock %s: %s", name, error.reason)  # it will expire
+                    return
+            # 409: a renewal cut short by the release may have landed after all (a newer
+            # resourceVersion); if the Lease is still ours, release that version.
             try:
                 lease = await asyncio.to_thread(self.api.read_namespaced_lease, name, self.namespace)
+            except ApiException as error:
+                log.info("releasing lock %s: %s", name, error.reason)
+                return
+            if _spec(lease).holder_identity != self.identity:
+                return  # someone took it over after all
+            resource_version = _version(lease)
+        log.info("releasing lock %s: conflicts persisted; it will expire", name)
+
+
+class Renewal:
+    """Keeps one held Lease renewed in the background.
+
+    If no renewal succeeds within the renew deadline, or someone else holds the
+    Lease, the guarded task is cancelled (which kills its git) and `lost` is set.
+    """
+
+    def __init__(self, records: LeaseRecords, name: str, resource_version: str, guarded: asyncio.Task[Any]) -> None:
+        self.records = records
+        self.name = name
+        self.resource_version = resource_version
+        self.guarded = guarded
+        self.lost = False
+        self._task = asyncio.create_task(self._run(), name=f"renew {name}")
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        records, name = self.records, self.name
+        last_success = records.clock()
+        while True:
+            await asyncio.sleep(records.renew_interval)
+            try:
+                lease = await asyncio.to_thread(records.api.read_namespaced_lease, name, records.namespace)
                 spec = _spec(lease)
-                if spec.holder_identity != self.identity:
+                if spec.holder_identity != records.identity:
                     raise LeaseLost(f"lock {name} now held by {spec.holder_identity}")
                 spec.renew_time = datetime.now(UTC)
-                updated = await asyncio.to_thread(self.api.replace_namespaced_lease, name, self.namespace, lease)
-                state.resource_version = _version(updated)
-                last_success = self.clock()
+                updated = await asyncio.to_thread(records.api.replace_namespaced_lease, name, records.namespace,
+                                                  lease)
+                self.resource_version = _version(updated)
+                last_success = records.clock()
             except LeaseLost as lost:
                 log.error("%s; stopping the guarded work", lost)
-                state.lost = True
-                guarded.cancel()
+                self._fence()
                 return
             except Exception as error:  # network, API errors: retry until the deadline
                 log.warning("renewing lock %s failed: %s", name, error)
-            if self.clock() - last_success > self.renew_deadline:
-                log.error("lock %s not renewed for %.0fs; stopping the guarded work", name, self.renew_deadline)
-                state.lost = True
-                guarded.cancel()
+            if records.clock() - last_success > records.renew_deadline:
+                log.error("lock %s not renewed for %.0fs; stopping the guarded work", name, records.renew_deadline)
+                self._fence()
                 return
 
-    async def _release(self, name: str, resource_version: str) -> None:
-        body = {
-            "metadata": {"name": name, "resourceVersion": resource_version},
-            "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": datetime.now(UTC)},
-        }
-        try:
-            await asyncio.to_thread(self.api.patch_namespaced_lease, name, self.namespace, body)
-        except ApiException as error:
-            # 409: someone took it over after all; anything else: it will expire.
-            log.info("releasing lock %s: %s", name, error.reason)
+    def _fence(self) -> None:
+        self.lost = True
+        self.guarded.cancel()
 
 
 def _spec(lease: V1Lease) -> V1LeaseSpec:
@@ -238,9 +290,3 @@ def _spec(lease: V1Lease) -> V1LeaseSpec:
 def _version(lease: V1Lease) -> str:
     assert lease.metadata is not None
     return str(lease.metadata.resource_version)
-
-
-@dataclass
-class _Holding:
-    resource_version: str
-    lost: bool = False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from workspace_operator.batching import IdleStep, ProjectQueues
+from workspace_operator.checkouts import Checkouts, default_limit
 from workspace_operator.config import Config
 from workspace_operator.git import Engine
 from workspace_operator.kube import Kube
@@ -22,6 +24,8 @@ class Runtime:
     kube: Kube
     locks: LeaseLocks
     quota: NamespaceQuota
+    queues: ProjectQueues
+    checkouts: Checkouts
     # (namespace, name) of the Workspaces a handler of this process is materializing
     # right now: the timer leaves them alone.
     in_flight: set[tuple[str, str]] = field(default_factory=set)
@@ -33,7 +37,10 @@ class Runtime:
         locks = LeaseLocks(kube.coordination, config.lease_namespace, new_identity(config.identity),
                            duration_seconds=config.lease_seconds)
         quota = NamespaceQuota(config.root, config.max_workspaces_per_namespace)
-        return cls(config, Engine(config.root, config.git), kube, locks, quota)
+        engine = Engine(config.root, config.git)
+        queues = ProjectQueues(locks, idle=_maintenance(engine, config.maintenance_budget_seconds))
+        checkouts = Checkouts(config.checkout_concurrency or default_limit())
+        return cls(config, engine, kube, locks, quota, queues, checkouts)
 
     @property
     def limits(self) -> Limits:
@@ -49,3 +56,14 @@ class Runtime:
         if self.config.replicas <= 1:
             return True
         return shard_of(namespace, project, self.config.replicas) == self.config.replica_index
+
+
+def _maintenance(engine: Engine, budget: float) -> IdleStep | None:
+    """The queue's idle step: one time-boxed maintenance step on the cache just served."""
+    if budget <= 0:
+        return None
+
+    async def step(namespace: str, project: str) -> None:
+        await engine.maintain(namespace, project, budget_seconds=budget)
+
+    return step

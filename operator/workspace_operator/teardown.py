@@ -1,4 +1,4 @@
-"""Operation: remove a deleted Workspace's worktree (or pin) under the project Lease.
+"""Operation: remove a deleted Workspace's worktree (or pin) under the project Lease, in its queue.
 
 Deletion must never wedge: a missing volume, directory or cache is success, and
 if the lock cannot be had after many attempts the finalizer is released anyway —
@@ -41,8 +41,8 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
         return "nothing to remove (invalid spec was never materialized)"
     rt.kube.forget_namespace(namespace)  # it may be on its way out: look its UID up afresh
     try:
-        async with rt.locks.hold(namespace, project, wait_seconds=rt.config.lock_wait_seconds):
-            existed = await rt.engine.remove(namespace, project, name)
+        existed, _waited = await rt.queues.run(namespace, project, lambda: rt.engine.remove(namespace, project, name),
+                                               wait_seconds=rt.config.lock_wait_seconds)
     except (GitError, LockTimeout, LeaseLost, OSError) as error:
         if isinstance(error, GitError) and error.reason is Reason.UNSAFE_PATH:
             # A link planted where the project directory belongs: what it points at is
