@@ -98,11 +98,13 @@ async def materialize(
     target = Target(namespace, name, generation, spec, current, meta or {})
     key = (namespace, name)
     rt.in_flight.add(key)
+    rt.trimmer.observe(len(rt.in_flight))
     try:
         return await _materialize(rt, target, attempt)
     finally:
         rt.in_flight.discard(key)
         rt.quota.release(namespace, name)
+        rt.trimmer.observe(len(rt.in_flight))
 
 
 async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None:
@@ -149,7 +151,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
 
     try:
         credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
-        valid = replace(valid, request=replace(valid.request, credentials=credentials))
+        owner = await rt.kube.namespace_uid(target.namespace)
+        valid = replace(valid, request=replace(valid.request, credentials=credentials, namespace_uid=owner))
         async with rt.locks.hold(target.namespace, request.project,
                                  wait_seconds=rt.config.lock_wait_seconds) as waited:
             result = await (rt.engine.pin(valid) if request.cache_only else rt.engine.checkout(valid))
@@ -163,11 +166,12 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         reason = "LockTimeout" if isinstance(error, LockTimeout) else "LeaseLost"
         raise await _fail(rt, target, Failure(reason, str(error), True, attempt)) from None
 
+    # Counted before Ready is written: whoever sees Ready also sees it in the metrics.
+    _observe(result, waited, repair)
     await rt.kube.patch_status(target.namespace, target.name, status.ready(
         current, result, lock_wait_seconds=waited, volume_claim=rt.config.volume_claim,
         expires_after=lifecycle.expires_after(target.spec, target.meta, rt.limits),
         generation=target.generation, now=datetime.now(UTC), repaired=repair))
-    _observe(result, waited, repair)
     log.info(
         "%s %s/%s project=%s commit=%s cache_hit=%s fetched=%s reused=%s "
         "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs", "repaired" if repair else "materialized",
