@@ -134,9 +134,8 @@ def test_stalled_on_a_permanent_failure_and_kubectl_wait_returns(
     assert status["phase"] == "Failed" and status["attempts"] == 1
     assert (parse(status["expiresAt"]) - parse(found["Stalled"]["lastTransitionTime"])).total_seconds() == 3600
     table = kubectl("get", "ws", "-n", namespace).stdout.splitlines()
-    assert table[0].split()[-3:] == ["READY", "REASON", "AGE"], table[0]
-    row = table[1].split()  # empty columns (COMMIT) take no token: read READY, REASON from the end
-    assert row[-3:-1] == ["False", "RefNotFound"] and "Failed" in row, table[1]
+    assert table[0].split()[5:9] == ["MODE", "READY", "REASON", "AGE"], table[0]
+    assert table[1].split()[-5:-1] == ["Failed", "Worktree", "False", "RefNotFound"], table[1]  # COMMIT is empty
 
 
 def test_failed_workspace_expires(namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
