@@ -9,17 +9,13 @@ so tests never see each other's objects.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kubernetes
 import pytest
@@ -31,32 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hack"))
 import devcluster  # noqa: E402
 
+from testsupport.net import free_port
+from testsupport.operator import OperatorProcess, operator_env
+from testsupport.wait import wait_for
+
+__all__ = ["OperatorProcess", "Workspaces", "dump", "free_port", "load_yaml", "token_kubeconfig", "wait_for"]
+
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.1,
-             message: str = "condition") -> T:
-    """Poll until predicate returns a truthy value; fail the test with `message` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as error:  # noqa: BLE001 - surfaced at the deadline
-            last_error = error
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}"
-                                 + (f" (last error: {last_error})" if last_error else ""))
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -179,58 +156,6 @@ def workspaces(api_client: ApiClient, namespace: str, crd: None) -> Workspaces:
     return Workspaces(CustomObjectsApi(api_client), namespace)
 
 
-@dataclass
-class OperatorProcess:
-    root: Path
-    log_path: Path
-    metrics_port: int
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    extra_args: list[str] = field(default_factory=list)
-
-    def start(self) -> OperatorProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "workspace_operator", *self.extra_args],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        wait_for(self._ready, timeout=60, message=f"operator ready (log: {self.log_path})")
-        return self
-
-    def _ready(self) -> bool:
-        import urllib.request
-
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"operator exited {self.proc.returncode}: {self.log()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            return str(resp.read().decode())
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
-
-
 @pytest.fixture
 def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
                      ) -> Iterator[Callable[..., OperatorProcess]]:
@@ -241,14 +166,7 @@ def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
     def start(*, env: dict[str, str] | None = None, root_dir: Path | None = None,
               args: list[str] | None = None) -> OperatorProcess:
         port = free_port()
-        full_env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "WORKSPACE_ROOT": str(root_dir or root),
-            "WORKSPACE_NAMESPACES": namespace,
-            "WORKSPACE_LEASE_NAMESPACE": namespace,
-            "WORKSPACE_ALLOWED_SCHEMES": "https,ssh,http,git,file",
-            "WORKSPACE_METRICS_PORT": str(port),
+        overrides = {
             "WORKSPACE_GIT_TIMEOUT_SECONDS": "30",
             "WORKSPACE_LEASE_SECONDS": "10",
             "WORKSPACE_RETRY_BASE_SECONDS": "0.5",
@@ -257,6 +175,8 @@ def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
             "TMPDIR": str(tmp_path),
             **(env or {}),
         }
+        full_env = operator_env(kubeconfig=kubeconfig, root=root_dir or root, metrics_port=port,
+                                namespace=namespace, overrides=overrides)
         process = OperatorProcess(Path(full_env["WORKSPACE_ROOT"]), tmp_path / f"operator-{len(started)}.log",
                                   port, full_env, extra_args=args or [])
         started.append(process)

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from upstreams import GitDaemon, StandardRepo, git_env, make_standard_repo
+from testsupport.gitenv import run_git as run_git
+from testsupport.upstreams import GitDaemon, StandardRepo, make_standard_repo
 from workspace_operator.git import CheckoutRequest, CheckoutResult, Engine, GitSettings, Revision
 from workspace_operator.git.layout import ProjectLayout
 
 SUBPROCESS_TIMEOUT = 60
+
 ALL_SCHEMES = frozenset({"git", "http", "https", "ssh", "file"})
 NS, PROJECT, NAME = "team-a", "proj", "ws"
 
@@ -81,18 +83,6 @@ def ro_daemon(standard_repo_template: StandardRepo,
 @pytest.fixture
 def ro_repo(standard_repo_template: StandardRepo, ro_daemon: GitDaemon) -> StandardRepo:
     return standard_repo_template
-
-
-# -- running git ---------------------------------------------------------------
-
-
-def run_git(*args: str, cwd: Path, check: bool = True,
-            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=cwd, env=git_env(env),
-                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, stdin=subprocess.DEVNULL)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} in {cwd} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
 
 
 # -- the engine ------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from testsupport import gitenv
 from upstreams import (
     GitDaemon,
     SmartHTTP,
@@ -27,13 +28,9 @@ from upstreams import (
 TIMEOUT = 30
 
 
-def run_git(
-    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=git_env(env), capture_output=True, text=True,
-        timeout=timeout, stdin=subprocess.DEVNULL,
-    )
+def run_git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+            timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return gitenv.run_git(*args, cwd=cwd, env=env, timeout=timeout, check=False)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
