@@ -12,6 +12,8 @@ from kubernetes.client.exceptions import ApiException
 
 from cluster import wait_for
 
+pytestmark = pytest.mark.cluster
+
 Kubectl = Callable[..., CompletedProcess[str]]
 
 GADGET_CRD = {

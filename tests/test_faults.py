@@ -18,6 +18,8 @@ from kubernetes.client import ApiClient, CoordinationV1Api
 from cluster import OperatorProcess, Workspaces, wait_for
 from upstreams import SmartHTTP, git_env, publish
 
+pytestmark = pytest.mark.cluster
+
 StartOperator = Callable[..., OperatorProcess]
 TRIALS = int(os.environ.get("FAULT_TRIALS", "20"))
 

@@ -26,6 +26,8 @@ import pytest
 from cluster import OperatorProcess, Workspaces, wait_for
 from upstreams import SmartHTTP, StandardRepo, commit, init_upstream, publish
 
+pytestmark = pytest.mark.cluster
+
 StartOperator = Callable[..., OperatorProcess]
 
 # Short clock; each test overrides what it exercises. Large values switch a rule off.

@@ -62,7 +62,7 @@ from workspace_operator.git import Engine, GitError, Revision
 
 __all__ = ["engine", "no_leftover_processes", "scratch", "standard_repo_template", "upstream_repo", "volume"]
 
-pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
 ITERATIONS = 10
 FILES = 600  # enough for a checkout to take a good fraction of a second here

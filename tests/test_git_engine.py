@@ -49,7 +49,7 @@ from workspace_operator.git.cache import OPERATION_MARKER
 __all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template",
            "upstream_repo", "volume"]  # fixtures, used by name
 
-pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
 
 def closed_port() -> int:

@@ -43,7 +43,7 @@ from workspace_operator.git import CheckoutRequest, Engine, GitError, GitSetting
 
 __all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template", "upstream_repo", "volume"]
 
-pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
 LITERAL_TMP_X = Path("/tmp/x")
 Outside = Callable[[], Callable[[], None]]  # the path the classic payloads in the brief touch

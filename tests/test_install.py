@@ -12,6 +12,8 @@ from kubernetes.client import ApiClient, CoreV1Api
 from cluster import REPO, OperatorProcess, Workspaces, token_kubeconfig
 from upstreams import SmartHTTP, StandardRepo
 
+pytestmark = pytest.mark.cluster
+
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 StartOperator = Callable[..., OperatorProcess]
 OPERATOR_NS = "workspace-operator"

@@ -17,6 +17,8 @@ from workspace_operator.git import GitSettings
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.lock import LeaseLocks, LeaseLost, LockTimeout, lease_name
 
+pytestmark = pytest.mark.cluster
+
 WORKER = Path(__file__).parent / "helpers" / "lock_worker.py"
 
 

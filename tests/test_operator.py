@@ -16,6 +16,8 @@ from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api
 from cluster import OperatorProcess, Workspaces, wait_for
 from upstreams import SmartHTTP, StandardRepo, commit
 
+pytestmark = pytest.mark.cluster
+
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 StartOperator = Callable[..., OperatorProcess]
 

@@ -25,6 +25,8 @@ from upstreams import (
     make_standard_repo,
 )
 
+pytestmark = pytest.mark.upstreams
+
 TIMEOUT = 30
 
 
