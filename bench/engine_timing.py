@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # runnable without installing
 
-from workspace_operator.git import CheckoutRequest, Engine, GitSettings, Revision  # noqa: E402
+from workspace_operator.git import CheckoutRequest, Engine, GitSettings, Revision
 
 TIMEOUT = 300
 GIT_ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}

@@ -30,11 +30,12 @@ for extra in (REPO / "hack", REPO / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-import devcluster  # noqa: E402
 import kubernetes  # noqa: E402
 from kubernetes import watch  # noqa: E402
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Namespace, V1ObjectMeta  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
+
+import devcluster  # noqa: E402
 from upstreams import SmartHTTP  # noqa: E402
 
 GROUP, VERSION, PLURAL = "crafting.dev", "v1", "workspaces"

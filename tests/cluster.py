@@ -15,24 +15,33 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kubernetes
 import pytest
 import yaml
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import (
+    ApiClient,
+    AuthenticationV1TokenRequest,
+    CoreV1Api,
+    CustomObjectsApi,
+    V1Lease,
+    V1LeaseSpec,
+    V1Namespace,
+    V1ObjectMeta,
+    V1TokenRequestSpec,
+)
 from kubernetes.client.exceptions import ApiException
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
-import devcluster  # noqa: E402
-
+import devcluster  # hack/, on pytest's pythonpath
 from testsupport.net import free_port
 from testsupport.operator import OperatorProcess, operator_env
 from testsupport.wait import wait_for
 
-__all__ = ["OperatorProcess", "Workspaces", "dump", "free_port", "load_yaml", "token_kubeconfig", "wait_for"]
+__all__ = ["KUBECTL", "REPO", "OperatorProcess", "Workspaces", "dump", "free_port", "lease_spec", "load_yaml", "new_api_client",
+           "service_account_token", "token_kubeconfig", "wait_for"]
 
+REPO = Path(__file__).resolve().parent.parent
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 
 
@@ -51,11 +60,30 @@ def kubeconfig(control_plane: devcluster.Cluster) -> Path:
     return control_plane.kubeconfig
 
 
+def new_api_client(kubeconfig: Path) -> ApiClient:
+    client: ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig))
+    return client
+
+
 @pytest.fixture(scope="session")
 def api_client(kubeconfig: Path) -> Iterator[ApiClient]:
-    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    client = new_api_client(kubeconfig)
     yield client
-    client.close()
+    client.close()  # type: ignore[no-untyped-call]
+
+
+def service_account_token(core: CoreV1Api, name: str, namespace: str, seconds: int = 600) -> str:
+    """A bound token of the ServiceAccount (TokenRequest API)."""
+    request = AuthenticationV1TokenRequest(spec=V1TokenRequestSpec(audiences=[], expiration_seconds=seconds))
+    status = core.create_namespaced_service_account_token(name, namespace, request).status
+    assert status is not None and status.token
+    return str(status.token)
+
+
+def lease_spec(lease: V1Lease) -> V1LeaseSpec:
+    assert lease.spec is not None, lease
+    return lease.spec
 
 
 def token_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
@@ -95,7 +123,7 @@ def crd(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
 def namespace(api_client: ApiClient) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     core = CoreV1Api(api_client)
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=name)))
     yield name
     try:
         core.delete_namespace(name)
@@ -113,13 +141,13 @@ class Workspaces:
     def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": "crafting.dev/v1", "kind": "Workspace",
                 "metadata": {"name": name, "namespace": self.namespace}, "spec": spec}
-        return dict(self.api.create_namespaced_custom_object("crafting.dev", "v1", self.namespace,
-                                                             "workspaces", body))
+        created = self.api.create_namespaced_custom_object("crafting.dev", "v1", self.namespace, "workspaces", body)
+        return cast(dict[str, Any], created)
 
     def get(self, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.api.get_namespaced_custom_object("crafting.dev", "v1", self.namespace,
-                                                              "workspaces", name))
+            found = self.api.get_namespaced_custom_object("crafting.dev", "v1", self.namespace, "workspaces", name)
+            return cast(dict[str, Any], found)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -139,13 +167,19 @@ class Workspaces:
         return None
 
     def wait_ready(self, name: str, timeout: float = 60) -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(name)).get("phase") == "Ready" and s,
-                        timeout=timeout, message=f"workspace {name} Ready (status: {self.status(name)})")
+        def ready() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status.get("phase") == "Ready" else None
+
+        return wait_for(ready, timeout=timeout, message=f"workspace {name} Ready (status: {self.status(name)})")
 
     def wait_reason(self, name: str, reason: str, timeout: float = 60) -> dict[str, Any]:
-        return wait_for(lambda: (c := self.ready_condition(name)) and c.get("reason") == reason and c,
-                        timeout=timeout, message=f"workspace {name} Ready reason {reason} "
-                        f"(status: {self.status(name)})")
+        def with_reason() -> dict[str, Any] | None:
+            condition = self.ready_condition(name)
+            return condition if condition and condition.get("reason") == reason else None
+
+        return wait_for(with_reason, timeout=timeout,
+                        message=f"workspace {name} Ready reason {reason} (status: {self.status(name)})")
 
     def wait_gone(self, name: str, timeout: float = 60) -> None:
         wait_for(lambda: self.get(name) is None, timeout=timeout, message=f"workspace {name} deleted")

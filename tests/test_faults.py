@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient, CoordinationV1Api
 
-from cluster import OperatorProcess, Workspaces, wait_for
+from cluster import OperatorProcess, Workspaces, lease_spec, wait_for
 from upstreams import SmartHTTP, git_env, publish
 
 pytestmark = pytest.mark.cluster
@@ -116,7 +116,7 @@ def test_sigkill_during_clone_fetch_checkout(api_client: ApiClient, namespace: s
         check_volume(op.root)
         coordination = CoordinationV1Api(api_client)
         leases = coordination.list_namespaced_lease(namespace).items
-        assert leases and all(not lease.spec.holder_identity for lease in leases)
+        assert leases and all(not lease_spec(lease).holder_identity for lease in leases)
     finally:
         server.stop()
 
@@ -182,7 +182,7 @@ def test_sigterm_kills_git_and_releases_the_lease(api_client: ApiClient, namespa
         lease = f"ws-{namespace}.term"
 
         def held() -> bool:
-            return bool(coordination.read_namespaced_lease(lease, namespace).spec.holder_identity)
+            return bool(lease_spec(coordination.read_namespaced_lease(lease, namespace)).holder_identity)
 
         wait_for(held, timeout=30, message="the project lease to be held during the hung fetch")
         assert op.proc is not None

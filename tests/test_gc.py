@@ -7,8 +7,6 @@ measured with the workspace_gc_pass_seconds_count metric.
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
 import re
 import secrets
@@ -20,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 

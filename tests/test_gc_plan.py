@@ -341,7 +341,7 @@ def iso(delta_seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=delta_seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@pytest.mark.parametrize("status, deleted", [
+@pytest.mark.parametrize(("status", "deleted"), [
     ({"phase": "Ready", "expiresAt": iso(-5)}, True),
     ({"phase": "Ready", "expiresAt": iso(+3600)}, False),
     ({"phase": "Ready", "expiresAt": None}, False),  # ttl 0: never

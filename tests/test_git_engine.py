@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -61,7 +62,8 @@ def closed_port() -> int:
 # -- refs --------------------------------------------------------------------------
 
 
-REFS = {
+RefCase = tuple[Callable[[StandardRepo], Revision], Callable[[StandardRepo], str]]
+REFS: dict[str, RefCase] = {
     "default-branch": (lambda r: Revision(), lambda r: r.main),
     "branch": (lambda r: Revision(branch="main"), lambda r: r.main),
     "branch-with-slashes": (lambda r: Revision(branch=r.FEATURE_BRANCH), lambda r: r.feature),
@@ -674,7 +676,7 @@ async def test_ssh_key_and_known_hosts(engine: Engine, upstream_repo: StandardRe
 
     # Another host key for the same [host]:port, i.e. a man in the middle; and no entry at all.
     impostor = tmp_path / "impostor"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True,
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True,  # noqa: ASYNC221 - test setup, nothing runs concurrently
                    capture_output=True, timeout=SUBPROCESS_TIMEOUT)
     impostor_pub = " ".join(impostor.with_suffix(".pub").read_text().split()[:2])
     for known_hosts in (f"[127.0.0.1]:{ssh_server.port} {impostor_pub}\n", ""):

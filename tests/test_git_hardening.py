@@ -134,7 +134,7 @@ def test_transports_outside_the_allow_list_are_refused(url: str, volume: Path, s
 
 def test_unknown_transports_cannot_even_be_configured() -> None:
     for scheme in ("ext", "fd", "testgit"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="unknown git transports"):
             GitSettings(allowed_schemes=frozenset({"https", scheme}))
 
 

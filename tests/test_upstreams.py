@@ -271,5 +271,5 @@ def test_servers_stop_their_processes(upstream_repo: StandardRepo, tmp_path: Pat
         if hung.poll() is None:
             hung.kill()
             hung.wait(timeout=TIMEOUT)
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()

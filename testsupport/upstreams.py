@@ -16,16 +16,14 @@ import hmac
 import os
 import pwd
 import re
-import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
-import time
 import traceback
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,8 +38,8 @@ from testsupport.wait import wait_for
 __all__ = [
     "GitDaemon",
     "HTTPRequest",
-    "SSHServer",
     "SSHDMissingError",
+    "SSHServer",
     "SmartHTTP",
     "StandardRepo",
     "commit",
@@ -276,7 +274,7 @@ class _LoggedServer:
         for _attempt in range(5):
             port = free_port()
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "wb")  # truncates the previous attempt's log
+            self._log = open(self.log_path, "wb")  # noqa: SIM115 - open while the server runs; truncates the last attempt's log
             proc = subprocess.Popen(
                 self._command(port), stdin=subprocess.DEVNULL, stdout=self._log,
                 stderr=subprocess.STDOUT, env=self._env(),

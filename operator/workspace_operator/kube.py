@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-from datetime import UTC, datetime
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
@@ -18,8 +18,8 @@ from kubernetes.client import (
     ApiClient,
     CoordinationV1Api,
     CoreV1Api,
-    CustomObjectsApi,
     CoreV1Event,
+    CustomObjectsApi,
     V1DeleteOptions,
     V1EventSource,
     V1ObjectMeta,

@@ -209,7 +209,7 @@ class LeaseLocks:
                 state.lost = True
                 guarded.cancel()
                 return
-            except Exception as error:  # network, API errors: retry until the deadline
+            except Exception as error:  # noqa: BLE001 - network, API errors: retry until the deadline
                 log.warning("renewing lock %s failed: %s", name, error)
             if self.clock() - last_success > self.renew_deadline:
                 log.error("lock %s not renewed for %.0fs; stopping the guarded work", name, self.renew_deadline)
