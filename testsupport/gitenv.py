@@ -30,23 +30,38 @@ def hermetic_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """`hermetic_env` plus a fixed identity and date, for commits with reproducible SHAs."""
-    return hermetic_env({
-        "GIT_AUTHOR_NAME": AUTHOR[0],
-        "GIT_AUTHOR_EMAIL": AUTHOR[1],
-        "GIT_COMMITTER_NAME": COMMITTER[0],
-        "GIT_COMMITTER_EMAIL": COMMITTER[1],
-        "GIT_AUTHOR_DATE": f"@{BASE_EPOCH} +0000",
-        "GIT_COMMITTER_DATE": f"@{BASE_EPOCH} +0000",
-        **(extra or {}),
-    })
+    return hermetic_env(
+        {
+            "GIT_AUTHOR_NAME": AUTHOR[0],
+            "GIT_AUTHOR_EMAIL": AUTHOR[1],
+            "GIT_COMMITTER_NAME": COMMITTER[0],
+            "GIT_COMMITTER_EMAIL": COMMITTER[1],
+            "GIT_AUTHOR_DATE": f"@{BASE_EPOCH} +0000",
+            "GIT_COMMITTER_DATE": f"@{BASE_EPOCH} +0000",
+            **(extra or {}),
+        }
+    )
 
 
-def run_git(*args: str, cwd: Path | None = None, check: bool = True, env: Mapping[str, str] | None = None,
-            timeout: float = GIT_TIMEOUT, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_git(
+    *args: str,
+    cwd: Path | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    timeout: float = GIT_TIMEOUT,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """`git ARGS` in cwd (any owner: `safe.directory=*`); raises GitCommandError if check and it fails."""
-    proc = subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=cwd, env=git_env(env), input=input,
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=None if input is not None else subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["git", "-c", "safe.directory=*", *args],
+        cwd=cwd,
+        env=git_env(env),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
     if check and proc.returncode != 0:
         where = f" in {cwd}" if cwd else ""
         raise GitCommandError(f"git {' '.join(args)}{where} exited {proc.returncode}:\n{proc.stderr[-4000:]}")

@@ -19,8 +19,14 @@ from testsupport.wait import wait_for
 ALL_SCHEMES = "https,ssh,http,git,file"
 
 
-def operator_env(*, kubeconfig: Path, root: Path, metrics_port: int, namespace: str | None = None,
-                 overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+def operator_env(
+    *,
+    kubeconfig: Path,
+    root: Path,
+    metrics_port: int,
+    namespace: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """This process's environment plus the settings every local run needs; `namespace`
     confines the operator (watch and Leases) to one namespace."""
     env = {
@@ -50,12 +56,22 @@ class OperatorProcess:
     def start(self, timeout: float = 60) -> Self:
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*self.command, *self.extra_args], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*self.command, *self.extra_args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
-            wait_for(self._ready, timeout=timeout, interval=0.05, swallow=False,
-                     message=f"operator ready (log: {self.log_path})")
+            wait_for(
+                self._ready,
+                timeout=timeout,
+                interval=0.05,
+                swallow=False,
+                message=f"operator ready (log: {self.log_path})",
+            )
         except BaseException:
             self.stop(grace=2.0)  # never leave it running behind a failed start
             raise

@@ -13,8 +13,14 @@ class WaitTimeout(AssertionError, TimeoutError):
     """The condition did not hold by the deadline (a test failure, or a script's TimeoutError)."""
 
 
-def wait_for(predicate: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.1,
-             message: str = "condition", swallow: bool = True) -> T:
+def wait_for(
+    predicate: Callable[[], T | None],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    message: str = "condition",
+    swallow: bool = True,
+) -> T:
     """Poll until predicate returns a truthy value and return it; WaitTimeout at the deadline.
 
     With `swallow`, exceptions from the predicate count as "not yet" and the last one is
@@ -32,6 +38,8 @@ def wait_for(predicate: Callable[[], T | None], *, timeout: float = 30.0, interv
                 raise
             last_error = error
         if time.monotonic() > deadline:
-            raise WaitTimeout(f"timed out after {timeout}s waiting for {message}"
-                              + (f" (last error: {last_error})" if last_error else ""))
+            raise WaitTimeout(
+                f"timed out after {timeout}s waiting for {message}"
+                + (f" (last error: {last_error})" if last_error else "")
+            )
         time.sleep(interval)  # poll interval, not synchronisation

@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workspace_operator.git import GitSettings
-from workspace_operator.git.runner import ALL_SCHEMES
+from workspace_operator.git import ALL_SCHEMES, GitSettings
 
 
 class ConfigError(ValueError):

@@ -1,21 +1,18 @@
 """Operation: garbage collection — expire Workspaces, sweep the volume.
 
-Two parts:
-* expiry runs as a kopf timer on each Workspace: past `status.expiresAt` it is
-  deleted (uid-guarded), and the finalizer removes the worktree;
-* the volume sweep runs periodically in each replica over the projects it owns:
-  snapshot disk + list Workspaces → `gc_plan.plan` (pure) → execute, one project
-  Lease at a time, held only for that project's actions, yielding in between so
-  materializations are never starved. The snapshot is taken without the Lease, so
-  under it the project is read again and only what `gc_plan.confirm` still
-  justifies is done: a Workspace created meanwhile keeps its worktree and cache.
+* expiry: a Ready Workspace past `status.expiresAt` is deleted (uid-guarded); its
+  finalizer then removes the worktree;
+* the volume sweep, over the projects this replica owns: snapshot the disk (as the
+  engine reports it) + list Workspaces → `gc_plan.plan` (pure) → execute, one project
+  Lease at a time, yielding in between so materializations are never starved. The
+  snapshot is taken without the Lease, so under it the project is read again and
+  only what `gc_plan.confirm` still justifies is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -26,15 +23,7 @@ from typing import Any
 
 from workspace_operator import metrics
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
-from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
-from workspace_operator.git.engine import Maintenance
-from workspace_operator.git.layout import (
-    CACHE_DIR,
-    DNS1123_LABEL,
-    QUARANTINE_PREFIX,
-    STAGING_PREFIX,
-    is_worktree_name,
-)
+from workspace_operator.git import Maintenance, cache_bytes, list_projects, project_state
 from workspace_operator.lock import LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
 
@@ -61,54 +50,17 @@ def policy_of(rt: Runtime) -> Policy:
                   c.disk_high_watermark, c.disk_low_watermark)
 
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-
-
 def snapshot(root: Path, owns: Callable[[str, str], bool]) -> list[ProjectSnapshot]:
     """What is on the volume, for the projects this replica owns."""
-    snaps: list[ProjectSnapshot] = []
-    for ns_dir in _subdirs(root):
-        if not DNS1123_LABEL.match(ns_dir.name):
-            continue
-        for project_dir in _subdirs(ns_dir):
-            if DNS1123_LABEL.match(project_dir.name) and owns(ns_dir.name, project_dir.name):
-                snaps.append(snapshot_project(root, ns_dir.name, project_dir.name))
-    return snaps
-
-
-def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(entry for entry in path.iterdir() if entry.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []  # removed meanwhile (a cache deletion takes an empty project dir with it)
+    return [snapshot_project(root, ns, project) for ns, project in list_projects(root) if owns(ns, project)]
 
 
 def snapshot_project(root: Path, namespace: str, project: str) -> ProjectSnapshot:
-    """One project's directory; a project that is gone reads as empty."""
-    project_dir = root / namespace / project
-    cache = project_dir / CACHE_DIR
-    worktrees: dict[str, float] = {}
-    debris: dict[str, float] = {}
-    try:
-        entries = list(project_dir.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        entries = []
-    for entry in entries:
-        mtime = _mtime(entry)
-        if mtime is None:
-            continue
-        if is_worktree_name(entry.name) and entry.is_dir():
-            worktrees[entry.name] = mtime
-        elif entry.name.startswith((STAGING_PREFIX, QUARANTINE_PREFIX)):
-            debris[entry.name] = mtime
+    """One project's directory, as the engine reports it; a project that is gone reads as empty."""
+    state = project_state(root, namespace, project)
     return ProjectSnapshot(
-        namespace=namespace, project=project, has_cache=cache.is_dir(),
-        last_used=stamp_time(cache, LAST_USED), last_fetch=stamp_time(cache, LAST_FETCH),
-        last_gc=stamp_time(cache, LAST_GC), worktrees=worktrees, debris=debris)
+        namespace=namespace, project=project, has_cache=state.has_cache, last_used=state.last_used,
+        last_fetch=state.last_fetch, last_gc=state.last_gc, worktrees=state.worktrees, debris=state.debris)
 
 
 def with_sizes(snaps: list[ProjectSnapshot], root: Path,
@@ -119,20 +71,8 @@ def with_sizes(snaps: list[ProjectSnapshot], root: Path,
         if not snap.has_cache or (snap.namespace, snap.project) in live_projects:
             sized.append(snap)
             continue
-        size = _du(root / snap.namespace / snap.project / CACHE_DIR)
-        sized.append(replace(snap, cache_bytes=size))
+        sized.append(replace(snap, cache_bytes=cache_bytes(root, snap.namespace, snap.project)))
     return sized
-
-
-def _du(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for file in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, file)).st_blocks * 512
-            except FileNotFoundError:
-                pass
-    return total
 
 
 def volume_usage(root: Path) -> Usage:

@@ -10,8 +10,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from workspace_operator.git import CheckoutRequest, Credentials, GitError, Revision
-from workspace_operator.git.layout import invalid
+from workspace_operator.git import CheckoutRequest, Credentials, GitError, Revision, invalid
 
 GROUP = "crafting.dev"
 VERSION = "v1"

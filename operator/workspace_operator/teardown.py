@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from workspace_operator import metrics
-from workspace_operator.git import GitError
-from workspace_operator.git.layout import DNS1123_LABEL
+from workspace_operator.git import DNS1123_LABEL, GitError
 from workspace_operator.lock import LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
 

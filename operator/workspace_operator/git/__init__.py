@@ -1,20 +1,34 @@
-"""The git engine: bare caches and worktrees on a volume. No Kubernetes in here."""
+"""The git engine: bare caches and worktrees on a volume. No Kubernetes in here.
+
+This package's namespace is the engine's public interface: the rest of the operator
+imports from `workspace_operator.git`, never from its submodules (an import contract).
+"""
 
 from workspace_operator.git.credentials import Credentials
-from workspace_operator.git.engine import CheckoutRequest, CheckoutResult, Engine, ValidRequest
+from workspace_operator.git.engine import CheckoutRequest, CheckoutResult, Engine, Maintenance, ValidRequest
 from workspace_operator.git.errors import GitError, Reason, Redactor
-from workspace_operator.git.runner import GitSettings
+from workspace_operator.git.inventory import ProjectState, cache_bytes, list_projects, project_state
+from workspace_operator.git.layout import DNS1123_LABEL, invalid
+from workspace_operator.git.runner import ALL_SCHEMES, GitSettings
 from workspace_operator.git.source import Revision
 
 __all__ = [
+    "ALL_SCHEMES",
+    "DNS1123_LABEL",
     "CheckoutRequest",
     "CheckoutResult",
     "Credentials",
     "Engine",
     "GitError",
     "GitSettings",
+    "Maintenance",
+    "ProjectState",
     "Reason",
     "Redactor",
     "Revision",
     "ValidRequest",
+    "cache_bytes",
+    "invalid",
+    "list_projects",
+    "project_state",
 ]
