@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["upstreams", "cluster"]
+pytest_plugins = ["upstreams", "cluster", "runtime_fakes"]
 
 CLUSTER_FIXTURE = "control_plane"
 
