@@ -1,4 +1,4 @@
-"""The benchmark scenarios (SPEC §12). Each runs against the real control plane, with the
+"""The benchmark scenarios. Each runs against the real control plane, with the
 operator subprocess as it ships and the upstream behind `git http-backend` on loopback.
 
 Operator and raw-git measurements are interleaved rep by rep (their order alternating),
@@ -21,7 +21,6 @@ from typing import Any
 from bench import repogen
 from bench.harness import (
     ControlPlane,
-    Operator,
     Sample,
     Upstream,
     Workspaces,
@@ -29,6 +28,7 @@ from bench.harness import (
     cpu_snapshot,
     git,
     now,
+    start_operator,
     timed_git,
 )
 
@@ -123,9 +123,9 @@ class Env:
         self.url = self.upstream.url("repo")
         namespace = cp.namespace(f"bench-{name}-{uuid.uuid4().hex[:6]}")
         settings.results_dir.mkdir(parents=True, exist_ok=True)
-        self.operator = Operator(cp.kubeconfig, self.dir / "volume", namespace,
-                                 settings.results_dir / f"operator-{name}.log",
-                                 {**settings.operator_env, **(operator_env or {})}).start()
+        self.operator = start_operator(cp.kubeconfig, self.dir / "volume", namespace,
+                                       settings.results_dir / f"operator-{name}.log",
+                                       {**settings.operator_env, **(operator_env or {})})
         self.ws = Workspaces(cp, namespace, self.url)
         self.raw = self.dir / "raw"
         self.raw.mkdir()
