@@ -12,7 +12,8 @@ PYTHON_SOURCES := operator tests bench hack testsupport
 # Files already in `ruff format` style. The rest is reformatted once (`make fmt`) after the
 # parallel work of the moment has landed; then this becomes $(PYTHON_SOURCES).
 FORMATTED ?= $(filter-out testsupport/upstreams.py,$(wildcard testsupport/*.py)) tests/conftest.py \
-	tests/upstreams.py tests/runtime_fakes.py tests/test_spec.py tests/test_materialize.py tests/test_teardown.py
+	tests/upstreams.py tests/runtime_fakes.py tests/test_spec.py tests/test_materialize.py tests/test_teardown.py \
+	tests/test_logging.py operator/workspace_operator/logs.py operator/workspace_operator/git/inventory.py
 
 .PHONY: test lint fmt unit deps deps-py tools controlplane cluster-up cluster-down dev bench bench-quick clean
 

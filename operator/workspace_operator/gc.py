@@ -25,6 +25,7 @@ from workspace_operator import metrics
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
 from workspace_operator.git import Maintenance, cache_bytes, list_projects, project_state
 from workspace_operator.lock import LeaseLost, LockTimeout
+from workspace_operator.logs import fields
 from workspace_operator.runtime import Runtime
 
 log = logging.getLogger("workspace_operator.gc")
@@ -40,7 +41,8 @@ async def expire_workspace(rt: Runtime, *, namespace: str, name: str, uid: str, 
     deleted = await rt.kube.delete_workspace(namespace, name, uid)
     if deleted:
         metrics.GC_ACTIONS.labels("expire-workspace").inc()
-        log.info("gc: expire-workspace %s/%s (expiresAt %s)", namespace, name, expires)
+        log.info("gc: expire-workspace %s/%s (expiresAt %s)", namespace, name, expires,
+                 extra=fields(namespace, name, reason="Expired"))
     return deleted
 
 
@@ -156,7 +158,8 @@ async def _execute(rt: Runtime, action: Action) -> None:
         await asyncio.to_thread(maintenance.delete_cache, ns, project)
     metrics.GC_ACTIONS.labels(action.kind.value).inc()
     log.info("gc: %s %s/%s%s (%s)", action.kind.value, ns, project,
-             f"/{action.target}" if action.target else "", action.why)
+             f"/{action.target}" if action.target else "", action.why,
+             extra=fields(ns, project=project, reason=action.kind.value))
 
 
 async def _expire(rt: Runtime, items: list[dict[str, Any]], owns: Callable[[str, str], bool]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from workspace_operator import metrics, status
 from workspace_operator.git import CheckoutResult, Credentials, GitError, Reason
 from workspace_operator.lock import LeaseLost, LockTimeout
+from workspace_operator.logs import fields
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import (
     ALLOWED_REPOSITORIES,
@@ -103,6 +104,7 @@ async def materialize(
         "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs",
         namespace, name, request.project, result.commit[:12], result.cache_hit, result.fetched, result.reused,
         waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
+        extra=fields(namespace, name, project=request.project, reason="Materialized", commit=result.commit),
     )
     return result
 
@@ -144,7 +146,7 @@ async def _fail(rt: Runtime, namespace: str, name: str, current: Mapping[str, An
     metrics.GIT_FAILURES.labels(reason).inc()
     metrics.MATERIALIZATIONS.labels("retrying" if retryable else "failed").inc()
     log.warning("workspace %s/%s failed (%s, %s): %s", namespace, name, reason,
-                "retryable" if retryable else "permanent", message)
+                "retryable" if retryable else "permanent", message, extra=fields(namespace, name, reason=reason))
     await rt.kube.patch_status(namespace, name, status.failed(
         current, reason=reason, message=message, retryable=retryable,
         retry_in=_backoff(rt, attempt + 1) if retryable else None,
