@@ -3,7 +3,7 @@
     python -m bench.repogen small            # build (or find cached) and print its path
     python -m bench.repogen gitgit --force   # rebuild
 
-Sizes (SPEC §12):
+Sizes:
 
 * ``tiny``     10 files, 10 commits: the memory scenario (RSS does not depend on the tree);
 * ``small``    ~200 files, ~100 commits: quick mode and the many/burst/memory scenarios;

@@ -186,7 +186,7 @@ def render(results: list[Result], machine: Mapping[str, str], settings: Settings
         "",
         table(results),
         "",
-        *([("**Quick mode** runs everything on the ~200-file `small` repository with 2 reps. The SPEC targets are "
+        *([("**Quick mode** runs everything on the ~200-file `small` repository with 2 reps. The targets (docs/design.md) are "
             "stated for a git.git-sized repository; on a 0.5 MB tree the operator's fixed per-Workspace cost "
             "(0.1–0.2 s: API round trips, a few extra git processes) dominates the ratios, so quick-mode "
             "verdicts are a smoke test, not the verdict. `python -m bench` (full) is."), ""] if settings.quick else []),

@@ -1,4 +1,4 @@
-"""manifests/ installs, and the operator works with exactly the RBAC it grants (SPEC §10, §13)."""
+"""manifests/ installs, and the operator works with exactly the RBAC it grants."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Operator settings: one typed, frozen object, read once from flags and WORKSPACE_* env.
 
-The environment names are a contract (SPEC §9): manifests, docs and scripts use them.
+The environment names are a contract (docs/design.md): manifests, docs and scripts use them.
 Every flag has an environment equivalent; a flag given on the command line wins.
 """
 
