@@ -167,20 +167,25 @@ async def test_missing_upstream_reports_why(fake_runtime: FakeRuntime, tmp_path:
     assert not (fake_runtime.root / NS / PROJECT / NAME).exists()
 
 
+PASSWORD = "s3cret-password-never-shown"
+
+
+def secret_listing(fr: FakeRuntime, repositories: str) -> dict[str, Any]:
+    """A Secret `creds` that lends itself to `repositories`; the spec fields that name it."""
+    fr.kube.secrets["creds"] = ({"username": "ci", "password": PASSWORD}, {"crafting.dev/repositories": repositories})
+    return {"credentials": {"secretName": "creds"}}
+
+
 async def test_credentials_secret_must_list_the_repository(
     fake_runtime: FakeRuntime, local_upstream: LocalUpstream
 ) -> None:
-    password = "s3cret-password-never-shown"
-    fake_runtime.kube.secrets["creds"] = (
-        {"username": "ci", "password": password},
-        {"crafting.dev/repositories": "https://example.invalid/other"},
-    )
+    creds = secret_listing(fake_runtime, "https://example.invalid/other")
     with pytest.raises(op.Fatal) as caught:
-        await run(fake_runtime, spec(local_upstream, credentials={"secretName": "creds"}))
+        await run(fake_runtime, spec(local_upstream, **creds))
 
     assert caught.value.reason == "CredentialsNotAllowed"
     assert fake_runtime.engine.checkouts == 0
-    assert password not in repr(fake_runtime.kube.patches)
+    assert PASSWORD not in repr(fake_runtime.kube.patches)
 
 
 async def test_missing_credentials_secret_is_permanent(
@@ -196,16 +201,11 @@ async def test_missing_credentials_secret_is_permanent(
 async def test_listed_credentials_are_lent_and_never_written_to_status(
     fake_runtime: FakeRuntime, local_upstream: LocalUpstream
 ) -> None:
-    password = "s3cret-password-never-shown"
-    fake_runtime.kube.secrets["creds"] = (
-        {"username": "ci", "password": password},
-        {"crafting.dev/repositories": local_upstream.url},
-    )
-    result = await run(fake_runtime, spec(local_upstream, credentials={"secretName": "creds"}))
+    result = await run(fake_runtime, spec(local_upstream, **secret_listing(fake_runtime, local_upstream.url)))
 
     assert result is not None and result.commit == local_upstream.head
-    assert password not in repr(fake_runtime.kube.patches)
-    assert password not in (fake_runtime.root / NS / PROJECT / ".cache" / "config").read_text()
+    assert PASSWORD not in repr(fake_runtime.kube.patches)
+    assert PASSWORD not in (fake_runtime.root / NS / PROJECT / ".cache" / "config").read_text()
 
 
 async def test_default_ttl_sets_expires_at_and_the_spec_overrides_it(

@@ -35,22 +35,6 @@ from testsupport.gitenv import BASE_EPOCH, GIT_TIMEOUT, git, git_env, run_git
 from testsupport.net import free_port, port_accepts
 from testsupport.wait import wait_for
 
-__all__ = [
-    "GitDaemon",
-    "HTTPRequest",
-    "SSHDMissingError",
-    "SSHServer",
-    "SmartHTTP",
-    "StandardRepo",
-    "commit",
-    "git",
-    "git_env",
-    "init_upstream",
-    "make_standard_repo",
-    "publish",
-    "serve_config",
-]
-
 READY_DEADLINE = 10.0
 SSHD = Path("/usr/sbin/sshd")
 
