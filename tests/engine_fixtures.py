@@ -216,6 +216,16 @@ def assert_worktree_at(project_layout: ProjectLayout, name: str, commit: str) ->
     assert (project_layout.ready_record(name)).is_file()
 
 
+def assert_materialized(volume: Path, repo: StandardRepo, result: CheckoutResult, url: str, sha: str, *,
+                        name: str = NAME) -> None:
+    """The checkout of `sha` is complete: exactly its files, a clean worktree on the real cache,
+    and a consistent cache."""
+    assert result.commit == sha
+    assert tree_files(volume / result.path) == expected_files(repo, sha)
+    assert_worktree_at(layout(volume), name, sha)
+    assert_cache_consistent(layout(volume), url)
+
+
 # -- processes ---------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from engine_fixtures import (
     PROJECT,
     SUBPROCESS_TIMEOUT,
     assert_cache_consistent,
+    assert_materialized,
     assert_worktree_at,
     checkout,
     engine,
@@ -90,9 +91,7 @@ async def test_every_kind_of_ref_checks_out_the_right_commit(
     assert result.path == PurePosixPath(NS, PROJECT, NAME)
     assert result.workdir == result.path
     assert (result.cache_hit, result.fetched, result.reused, result.cache_repaired) == (False, True, False, None)
-    assert tree_files(volume / result.path) == expected_files(ro_repo, sha)
-    assert_worktree_at(layout(volume), NAME, sha)
-    assert_cache_consistent(layout(volume), url)
+    assert_materialized(volume, ro_repo, result, url, sha)
 
 
 async def test_all_refs_side_by_side_share_one_cache(
@@ -135,9 +134,7 @@ async def test_sparse_cone_checks_out_only_those_dirs(
 
     # Sparse settings are per worktree: a later full workspace from the same cache is complete.
     full = await checkout(engine, request(url, Revision(branch=ro_repo.FEATURE_BRANCH), name="full"))
-    assert tree_files(volume / full.path) == expected_files(ro_repo, ro_repo.feature)
-    assert_worktree_at(layout(volume), "full", ro_repo.feature)
-    assert_cache_consistent(layout(volume), url)
+    assert_materialized(volume, ro_repo, full, url, ro_repo.feature, name="full")
 
 
 async def test_sub_path_outside_sparse_dirs_is_refused(engine: Engine, ro_daemon: GitDaemon,
@@ -289,9 +286,7 @@ async def test_worktree_without_completion_record_is_rebuilt(
 
     result = await checkout(engine, req)
     assert result.reused is False
-    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.main)
-    assert_worktree_at(project, NAME, ro_repo.main)
-    assert_cache_consistent(project, url)
+    assert_materialized(volume, ro_repo, result, url, ro_repo.main)
 
 
 async def test_half_created_directory_is_replaced(
@@ -305,9 +300,7 @@ async def test_half_created_directory_is_replaced(
 
     result = await checkout(engine, request(url, Revision(tag="v1.0")))
     assert result.reused is False
-    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.v1_0)
-    assert_worktree_at(project, NAME, ro_repo.v1_0)
-    assert_cache_consistent(project, url)
+    assert_materialized(volume, ro_repo, result, url, ro_repo.v1_0)
 
 
 async def test_deleted_worktree_dir_with_record_is_rebuilt(

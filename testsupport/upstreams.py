@@ -432,22 +432,19 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     return
-                remaining = size
-                while remaining:
-                    chunk = self.rfile.read(min(remaining, 65536))
-                    if not chunk:
-                        raise ConnectionError("client closed mid-chunk")
-                    remaining -= len(chunk)
-                    yield chunk
+                yield from self._read_exactly(size)
                 self.rfile.readline(1024)
         else:
-            remaining = int(self.headers.get("Content-Length") or 0)
-            while remaining:
-                chunk = self.rfile.read(min(remaining, 65536))
-                if not chunk:
-                    raise ConnectionError("client closed mid-body")
-                remaining -= len(chunk)
-                yield chunk
+            yield from self._read_exactly(int(self.headers.get("Content-Length") or 0))
+
+    def _read_exactly(self, size: int) -> Iterator[bytes]:
+        remaining = size
+        while remaining:
+            chunk = self.rfile.read(min(remaining, 65536))
+            if not chunk:
+                raise ConnectionError("client closed mid-body")
+            remaining -= len(chunk)
+            yield chunk
 
     def _reply(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         for _ in self._body():
