@@ -201,6 +201,9 @@ def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
               args: list[str] | None = None) -> OperatorProcess:
         port = free_port()
         overrides = {
+            # Test upstreams listen on loopback and live in the test's temp dir: allow both explicitly.
+            "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",
+            "WORKSPACE_FILE_ROOTS": str(tmp_path),
             "WORKSPACE_GIT_TIMEOUT_SECONDS": "30",
             "WORKSPACE_LEASE_SECONDS": "10",
             "WORKSPACE_RETRY_BASE_SECONDS": "0.5",

@@ -1,7 +1,8 @@
-"""Two tiers: `make unit` runs `-m "not cluster"` (no control plane, no build, seconds);
-`make test` runs everything. Modules that need the control plane say so with
-`pytestmark = pytest.mark.cluster`; a test that reaches the `control_plane` fixture
-without the marker gets it here, so the fast tier can never start (or build) one.
+"""Three tiers. `make unit` runs `-m "not cluster and not upstreams"`: no control plane,
+no build, no network, seconds. `make test` runs everything. Modules say what they need
+with `pytestmark = pytest.mark.cluster` (the local API server) or `pytest.mark.upstreams`
+(git servers on loopback); a test that reaches one of those fixtures without the marker
+gets it here, so the fast tier can never start (or build) them.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ import pytest
 
 pytest_plugins = ["upstreams", "cluster", "runtime_fakes"]
 
-CLUSTER_FIXTURE = "control_plane"
+NEEDS = {
+    "cluster": {"control_plane"},
+    "upstreams": {"git_daemon", "smart_http", "smart_http_auth", "ssh_server", "ro_daemon"},
+}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if CLUSTER_FIXTURE in getattr(item, "fixturenames", ()) and item.get_closest_marker("cluster") is None:
-            item.add_marker(pytest.mark.cluster)
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in NEEDS.items():
+            if used & fixtures and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)

@@ -20,6 +20,7 @@ from workspace_operator.config import Config
 from workspace_operator.git import CheckoutResult, Engine, GitSettings, ValidRequest
 from workspace_operator.kube import Kube
 from workspace_operator.lock import LeaseLocks, LeaseLost, LockTimeout
+from workspace_operator.quota import NamespaceQuota
 from workspace_operator.runtime import Runtime
 
 
@@ -40,16 +41,21 @@ class FakeClock:
 class FakeKube:
     """Records status patches; serves Secrets from a dict (name -> (data, annotations))."""
 
-    secrets: dict[str, tuple[dict[str, str], dict[str, str]]] = field(default_factory=dict)
+    secrets: dict[str, tuple[dict[str, bytes], dict[str, str]]] = field(default_factory=dict)
     patches: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     secret_reads: list[str] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.patches.append((namespace, name, dict(status)))
 
-    async def read_secret(self, namespace: str, name: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    async def read_secret(self, namespace: str, name: str) -> tuple[dict[str, bytes], dict[str, str]] | None:
         self.secret_reads.append(name)
         return self.secrets.get(name)
+
+    async def post_event(self, obj: Mapping[str, Any], *, reason: str, message: str,
+                         event_type: str = "Normal") -> None:
+        self.events.append((reason, message))
 
     def last_status(self) -> dict[str, Any]:
         assert self.patches, "no status was written"
@@ -126,7 +132,8 @@ class FakeRuntime:
         return self.rt.config.root
 
 
-def make_runtime(tmp_path: Path, **config: Any) -> FakeRuntime:
+def make_runtime(tmp_path: Path, file_roots: tuple[Path, ...] = (), **config: Any) -> FakeRuntime:
+    """A runtime over fakes on tmp_path; file:// upstreams are allowed below `file_roots`."""
     root, scratch = tmp_path / "volume", tmp_path / "scratch"
     root.mkdir()
     scratch.mkdir()
@@ -141,10 +148,10 @@ def make_runtime(tmp_path: Path, **config: Any) -> FakeRuntime:
     cfg = Config(root=root, **settings)
     clock = FakeClock()
     kube, locks = FakeKube(), FakeLocks(clock)
-    engine = LockCheckingEngine(
-        root, GitSettings(allowed_schemes=cfg.allowed_schemes, scratch_dir=scratch, timeout_seconds=60.0), locks
-    )
-    rt = Runtime(cfg, engine, cast(Kube, kube), cast(LeaseLocks, locks))
+    git = GitSettings(allowed_schemes=cfg.allowed_schemes, scratch_dir=scratch, timeout_seconds=60.0,
+                      file_roots=file_roots)
+    engine = LockCheckingEngine(root, git, locks)
+    rt = Runtime(cfg, engine, cast(Kube, kube), cast(LeaseLocks, locks), NamespaceQuota(root, 0))
     return FakeRuntime(rt, kube, locks, engine, clock)
 
 
@@ -170,5 +177,5 @@ def local_upstream(tmp_path_factory: pytest.TempPathFactory) -> LocalUpstream:
 
 
 @pytest.fixture
-def fake_runtime(tmp_path: Path) -> FakeRuntime:
-    return make_runtime(tmp_path)
+def fake_runtime(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> FakeRuntime:
+    return make_runtime(tmp_path, file_roots=(tmp_path_factory.getbasetemp(),))

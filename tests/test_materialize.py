@@ -41,9 +41,9 @@ async def run(
 async def test_ready_at_the_branch_tip_under_the_lease(
     fake_runtime: FakeRuntime, local_upstream: LocalUpstream
 ) -> None:
-    result = await run(fake_runtime, spec(local_upstream))
+    done = await run(fake_runtime, spec(local_upstream))
 
-    assert result is not None and result.commit == local_upstream.head
+    assert done is not None and done.result.commit == local_upstream.head and not done.repaired
     worktree = fake_runtime.root / NS / PROJECT / NAME
     assert (worktree / "app" / "main.py").read_text() == "print('v2')\n"
     assert git(worktree, "rev-parse", "HEAD") == local_upstream.head
@@ -56,9 +56,9 @@ async def test_ready_at_the_branch_tip_under_the_lease(
 
 
 async def test_pinned_commit_and_subpath(fake_runtime: FakeRuntime, local_upstream: LocalUpstream) -> None:
-    result = await run(fake_runtime, spec(local_upstream, ref={"commit": local_upstream.first}, subPath="app"))
+    done = await run(fake_runtime, spec(local_upstream, ref={"commit": local_upstream.first}, subPath="app"))
 
-    assert result is not None and result.commit == local_upstream.first
+    assert done is not None and done.result.commit == local_upstream.first
     status = fake_runtime.kube.last_status()
     assert status["workdir"] == f"{NS}/{PROJECT}/{NAME}/app"
     assert (fake_runtime.root / status["workdir"] / "main.py").read_text() == "print('v1')\n"
@@ -93,8 +93,8 @@ async def test_resume_with_a_lost_worktree_materializes_again(
     ready = fake_runtime.kube.last_status()
     (fake_runtime.root / NS / PROJECT / ".ready" / NAME).unlink()  # no completion record: not trusted
 
-    result = await run(fake_runtime, spec(local_upstream), current=ready)
-    assert result is not None and result.commit == local_upstream.head
+    done = await run(fake_runtime, spec(local_upstream), current=ready)
+    assert done is not None and done.result.commit == local_upstream.head
     assert fake_runtime.engine.checkouts == 2
 
 
@@ -107,7 +107,7 @@ async def test_resume_with_a_lost_worktree_materializes_again(
         ({"sparse": "not-a-list"}, "InvalidSpec", "sparse"),
         ({"ref": {"branch": "main", "tag": "v1"}}, "InvalidSpec", ""),
         ({"repository": "https://example.invalid/repo.git"}, "TransportNotAllowed", "https"),
-        ({"repository": "ext::sh -c touch% /tmp/pwned"}, "InvalidSpec", "repository"),
+        ({"repository": "ext::sh -c touch% /tmp/pwned"}, "TransportNotAllowed", "transport"),
     ],
 )
 async def test_invalid_spec_fails_permanently_before_any_lock_or_disk_write(
@@ -172,7 +172,7 @@ PASSWORD = "s3cret-password-never-shown"
 
 def secret_listing(fr: FakeRuntime, repositories: str) -> dict[str, Any]:
     """A Secret `creds` that lends itself to `repositories`; the spec fields that name it."""
-    fr.kube.secrets["creds"] = ({"username": "ci", "password": PASSWORD}, {"crafting.dev/repositories": repositories})
+    fr.kube.secrets["creds"] = ({"username": b"ci", "password": PASSWORD.encode()}, {"crafting.dev/repositories": repositories})
     return {"credentials": {"secretName": "creds"}}
 
 
@@ -201,20 +201,20 @@ async def test_missing_credentials_secret_is_permanent(
 async def test_listed_credentials_are_lent_and_never_written_to_status(
     fake_runtime: FakeRuntime, local_upstream: LocalUpstream
 ) -> None:
-    result = await run(fake_runtime, spec(local_upstream, **secret_listing(fake_runtime, local_upstream.url)))
+    done = await run(fake_runtime, spec(local_upstream, **secret_listing(fake_runtime, local_upstream.url)))
 
-    assert result is not None and result.commit == local_upstream.head
+    assert done is not None and done.result.commit == local_upstream.head
     assert PASSWORD not in repr(fake_runtime.kube.patches)
     assert PASSWORD not in (fake_runtime.root / NS / PROJECT / ".cache" / "config").read_text()
 
 
-async def test_default_ttl_sets_expires_at_and_the_spec_overrides_it(
-    tmp_path: Path, local_upstream: LocalUpstream
+async def test_the_ttl_in_force_sets_expires_at(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, local_upstream: LocalUpstream
 ) -> None:
-    fr = make_runtime(tmp_path, default_ttl_seconds=3600)
+    fr = make_runtime(tmp_path, (tmp_path_factory.getbasetemp(),), default_ttl_seconds=3600, allow_no_ttl=True)
     await run(fr, spec(local_upstream))
     assert fr.kube.last_status()["expiresAt"] is not None
-    await run(fr, spec(local_upstream, ttlSecondsAfterReady=0))
+    await run(fr, spec(local_upstream, ttlSecondsAfterReady=0))  # allowed here: never expires
     assert fr.kube.last_status()["expiresAt"] is None
 
 

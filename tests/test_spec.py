@@ -15,7 +15,6 @@ from workspace_operator.spec import (
     revision_of,
     secret_name,
     shard_of,
-    ttl_seconds,
 )
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -103,11 +102,11 @@ def test_no_annotation_lends_nothing() -> None:
 def test_credentials_from_secret_takes_known_keys_only() -> None:
     creds = credentials_from_secret(
         {
-            "username": "bot",
-            "password": "pw",
-            "ssh-privatekey": "KEY",
-            "known_hosts": "host ssh-ed25519 AAAA",
-            "unrelated": "x",
+            "username": b"bot",
+            "password": b"pw",
+            "ssh-privatekey": b"KEY",
+            "known_hosts": b"host ssh-ed25519 AAAA",
+            "unrelated": b"x",
         }
     )
     assert (creds.username, creds.password, creds.ssh_private_key, creds.known_hosts) == (
@@ -117,13 +116,6 @@ def test_credentials_from_secret_takes_known_keys_only() -> None:
         "host ssh-ed25519 AAAA",
     )
     assert credentials_from_secret({}).password is None
-
-
-@pytest.mark.parametrize(
-    ("spec", "expected"), [({}, 86400), ({"ttlSecondsAfterReady": 0}, 0), ({"ttlSecondsAfterReady": 60}, 60)]
-)
-def test_ttl_seconds(spec: dict[str, Any], expected: int) -> None:
-    assert ttl_seconds(spec, 86400) == expected
 
 
 def test_shards_are_stable_in_range_and_spread() -> None:

@@ -34,6 +34,7 @@ def operator_env(
         "KUBECONFIG": str(kubeconfig),
         "WORKSPACE_ROOT": str(root),
         "WORKSPACE_ALLOWED_SCHEMES": ALL_SCHEMES,
+        "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",  # local upstreams listen on loopback
         "WORKSPACE_METRICS_PORT": str(metrics_port),
     }
     if namespace:

@@ -49,7 +49,7 @@ async def run(config: configuration.Config, stop_flag: asyncio.Event | None = No
     marker = asyncio.create_task(mark_ready())
     try:
         await kopf.operator(
-            registry=build_registry(),
+            registry=build_registry(config),
             memo=kopf.Memo(runtime=runtime),
             standalone=True,  # kopf peering is active/standby; replicas share the work instead
             clusterwide=not config.namespaces,

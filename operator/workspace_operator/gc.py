@@ -1,12 +1,19 @@
-"""Operation: garbage collection — expire Workspaces, sweep the volume.
+"""Operation: garbage collection — the volume sweep.
 
-* expiry: a Ready Workspace past `status.expiresAt` is deleted (uid-guarded); its
-  finalizer then removes the worktree;
-* the volume sweep, over the projects this replica owns: snapshot the disk (as the
-  engine reports it) + list Workspaces → `gc_plan.plan` (pure) → execute, one project
-  Lease at a time, yielding in between so materializations are never starved. The
-  snapshot is taken without the Lease, so under it the project is read again and
-  only what `gc_plan.confirm` still justifies is done.
+Expiry is not here: each Workspace's own kopf timer deletes it when due
+(reconcile.py). The sweep runs periodically in each replica over the projects
+it owns: snapshot the disk (as the engine reports it) + list Workspaces →
+`gc_plan.plan` (pure) → execute, one project Lease at a time, held only for that
+project's actions, yielding in between so materializations are never starved. The snapshot is taken without the Lease, so
+  under it the project is read again and only what `gc_plan.confirm` still
+  justifies is done: a Workspace created meanwhile keeps its worktree and cache.
+
+The sweep is one loop per replica, not a kopf timer: what it removes (orphan
+worktrees, unused caches, debris) has no Workspace left to hang a timer on, and
+eviction is a decision over the whole volume. The per-project Leases would be
+the only candidates, but kopf watches every resource in every watched namespace
+alike: in the cluster-wide install that means watching all Leases of the
+cluster (every node's heartbeat every 10 s) and granting list/watch on them.
 """
 
 from __future__ import annotations
@@ -15,11 +22,9 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from workspace_operator import metrics
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
@@ -31,25 +36,10 @@ from workspace_operator.runtime import Runtime
 log = logging.getLogger("workspace_operator.gc")
 
 
-async def expire_workspace(rt: Runtime, *, namespace: str, name: str, uid: str, status: Mapping[str, Any]) -> bool:
-    """Delete a Ready Workspace whose expiresAt has passed; True if this call deleted it."""
-    expires = status.get("expiresAt")
-    if status.get("phase") != "Ready" or not expires:
-        return False
-    if datetime.now(UTC) < datetime.fromisoformat(str(expires).replace("Z", "+00:00")):
-        return False
-    deleted = await rt.kube.delete_workspace(namespace, name, uid)
-    if deleted:
-        metrics.GC_ACTIONS.labels("expire-workspace").inc()
-        log.info("gc: expire-workspace %s/%s (expiresAt %s)", namespace, name, expires,
-                 extra=fields(namespace, name, reason="Expired"))
-    return deleted
-
-
 def policy_of(rt: Runtime) -> Policy:
     c = rt.config
     return Policy(c.orphan_grace_seconds, c.cache_quiet_seconds, c.cache_unused_seconds,
-                  c.disk_high_watermark, c.disk_low_watermark)
+                  c.disk_high_watermark, c.disk_low_watermark, c.max_cache_bytes_per_namespace)
 
 
 def snapshot(root: Path, owns: Callable[[str, str], bool]) -> list[ProjectSnapshot]:
@@ -101,13 +91,15 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
         (ws["metadata"]["namespace"], str(ws.get("spec", {}).get("project", "")), ws["metadata"]["name"])
         for ws in items
     }
-    await _expire(rt, items, owns)
     usage: Usage | None = usage_probe(root) if root.is_dir() else None
     if usage is not None:
         metrics.VOLUME_USAGE.set(usage.ratio)
-        if usage.ratio > rt.config.disk_high_watermark:
-            live_projects = {(ns, project) for ns, project, _ in live}
-            snaps = await asyncio.to_thread(with_sizes, snaps, root, live_projects)
+    if rt.config.max_cache_bytes_per_namespace:
+        # A namespace's total counts its caches in use too: measure every cache, every pass.
+        snaps = await asyncio.to_thread(with_sizes, snaps, root)
+    elif usage is not None and usage.ratio > rt.config.disk_high_watermark:
+        live_projects = {(ns, project) for ns, project, _ in live}
+        snaps = await asyncio.to_thread(with_sizes, snaps, root, live_projects)
     policy = policy_of(rt)
     actions = plan(snaps, live, now=time.time(), policy=policy, usage=usage)
     done: list[Action] = []
@@ -160,25 +152,6 @@ async def _execute(rt: Runtime, action: Action) -> None:
     log.info("gc: %s %s/%s%s (%s)", action.kind.value, ns, project,
              f"/{action.target}" if action.target else "", action.why,
              extra=fields(ns, project=project, reason=action.kind.value))
-
-
-async def _expire(rt: Runtime, items: list[dict[str, Any]], owns: Callable[[str, str], bool]) -> None:
-    """Delete this replica's Ready Workspaces past expiresAt (the finalizer then cleans up).
-
-    Done here, in the pass that lists every Workspace anyway, rather than by a kopf
-    timer per object: a thousand timers cost the operator tens of megabytes.
-    """
-    for ws in items:
-        meta, spec = ws["metadata"], ws.get("spec", {})
-        if "deletionTimestamp" in meta or not owns(meta["namespace"], str(spec.get("project", ""))):
-            continue
-        try:
-            if await expire_workspace(rt, namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
-                                      status=ws.get("status") or {}):
-                await rt.kube.post_event(ws, reason="Expired",
-                                         message=f"deleted: past expiresAt {ws['status'].get('expiresAt')}")
-        except Exception:
-            log.exception("gc: expiring %s/%s failed", meta["namespace"], meta["name"])
 
 
 async def sweep_forever(rt: Runtime) -> None:

@@ -4,11 +4,18 @@ This package's namespace is the engine's public interface: the rest of the opera
 imports from `workspace_operator.git`, never from its submodules (an import contract).
 """
 
-from workspace_operator.git.credentials import Credentials
+from workspace_operator.git.credentials import Credentials, allowed_by, invalid_credentials
 from workspace_operator.git.engine import CheckoutRequest, CheckoutResult, Engine, Maintenance, ValidRequest
 from workspace_operator.git.errors import GitError, Reason, Redactor
-from workspace_operator.git.inventory import ProjectState, cache_bytes, list_projects, project_state
+from workspace_operator.git.inventory import (
+    ProjectState,
+    cache_bytes,
+    completed_worktrees,
+    list_projects,
+    project_state,
+)
 from workspace_operator.git.layout import DNS1123_LABEL, invalid
+from workspace_operator.git.origins import URLRefused, normalize_host_pattern
 from workspace_operator.git.runner import ALL_SCHEMES, GitSettings
 from workspace_operator.git.source import Revision
 
@@ -26,9 +33,14 @@ __all__ = [
     "Reason",
     "Redactor",
     "Revision",
+    "URLRefused",
     "ValidRequest",
+    "allowed_by",
     "cache_bytes",
+    "completed_worktrees",
     "invalid",
+    "invalid_credentials",
     "list_projects",
+    "normalize_host_pattern",
     "project_state",
 ]

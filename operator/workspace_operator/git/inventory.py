@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
-from workspace_operator.git.layout import CACHE_DIR, DNS1123_LABEL, QUARANTINE_PREFIX, STAGING_PREFIX, is_worktree_name
+from workspace_operator.git.layout import (
+    CACHE_DIR,
+    DNS1123_LABEL,
+    QUARANTINE_PREFIX,
+    READY_DIR,
+    STAGING_PREFIX,
+    is_worktree_name,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,26 @@ def project_state(root: Path, namespace: str, project: str) -> ProjectState:
         worktrees=worktrees,
         debris=debris,
     )
+
+
+def completed_worktrees(root: Path, namespace: str) -> set[str]:
+    """Names of the namespace's completed worktrees (their completion records); symlinks are never followed."""
+    names: set[str] = set()
+    for project in _entries(root / namespace):
+        if project.is_dir(follow_symlinks=False) and DNS1123_LABEL.match(project.name):
+            names.update(record.name for record in _entries(Path(project.path) / READY_DIR)
+                         if record.is_file(follow_symlinks=False) and DNS1123_LABEL.match(record.name))
+    return names
+
+
+def _entries(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        if path.is_symlink():
+            return []
+        with os.scandir(path) as listing:
+            return list(listing)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def cache_bytes(root: Path, namespace: str, project: str) -> int:
