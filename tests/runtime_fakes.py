@@ -53,8 +53,9 @@ class FakeKube:
         self.secret_reads.append(name)
         return self.secrets.get(name)
 
-    async def post_event(self, obj: Mapping[str, Any], *, reason: str, message: str,
-                         event_type: str = "Normal") -> None:
+    async def post_event(
+        self, obj: Mapping[str, Any], *, reason: str, message: str, event_type: str = "Normal"
+    ) -> None:
         self.events.append((reason, message))
 
     def last_status(self) -> dict[str, Any]:
@@ -148,8 +149,9 @@ def make_runtime(tmp_path: Path, file_roots: tuple[Path, ...] = (), **config: An
     cfg = Config(root=root, **settings)
     clock = FakeClock()
     kube, locks = FakeKube(), FakeLocks(clock)
-    git = GitSettings(allowed_schemes=cfg.allowed_schemes, scratch_dir=scratch, timeout_seconds=60.0,
-                      file_roots=file_roots)
+    git = GitSettings(
+        allowed_schemes=cfg.allowed_schemes, scratch_dir=scratch, timeout_seconds=60.0, file_roots=file_roots
+    )
     engine = LockCheckingEngine(root, git, locks)
     rt = Runtime(cfg, engine, cast(Kube, kube), cast(LeaseLocks, locks), NamespaceQuota(root, 0))
     return FakeRuntime(rt, kube, locks, engine, clock)

@@ -172,7 +172,10 @@ PASSWORD = "s3cret-password-never-shown"
 
 def secret_listing(fr: FakeRuntime, repositories: str) -> dict[str, Any]:
     """A Secret `creds` that lends itself to `repositories`; the spec fields that name it."""
-    fr.kube.secrets["creds"] = ({"username": b"ci", "password": PASSWORD.encode()}, {"crafting.dev/repositories": repositories})
+    fr.kube.secrets["creds"] = (
+        {"username": b"ci", "password": PASSWORD.encode()},
+        {"crafting.dev/repositories": repositories},
+    )
     return {"credentials": {"secretName": "creds"}}
 
 

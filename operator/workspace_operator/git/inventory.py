@@ -78,8 +78,11 @@ def completed_worktrees(root: Path, namespace: str) -> set[str]:
     names: set[str] = set()
     for project in _entries(root / namespace):
         if project.is_dir(follow_symlinks=False) and DNS1123_LABEL.match(project.name):
-            names.update(record.name for record in _entries(Path(project.path) / READY_DIR)
-                         if record.is_file(follow_symlinks=False) and DNS1123_LABEL.match(record.name))
+            names.update(
+                record.name
+                for record in _entries(Path(project.path) / READY_DIR)
+                if record.is_file(follow_symlinks=False) and DNS1123_LABEL.match(record.name)
+            )
     return names
 
 
