@@ -536,11 +536,14 @@ def _memory_run(cp: ControlPlane, st: Settings, size: str, batch: int) -> tuple[
         time.sleep(2.0)
         at_ready = env.operator.rss_kb()
         settled = at_ready
+        writes_at_ready, idle_since = sum(env.ws.writes_per_workspace().values()), now()
         if st.settle_seconds > 0:  # kopf's per-object timers start 30 s after each object is handled
             remaining = st.settle_seconds - (now() - max(env.ws.created_at.values()))
             if remaining > 0:
                 time.sleep(remaining)
             settled = env.operator.rss_kb()
+        # Writes to Ready Workspaces while nothing changes (timers must not write when idle).
+        idle_writes = sum(env.ws.writes_per_workspace().values()) - writes_at_ready
         worst = max(at_ready["rss"], settled["rss"]) / 1024
         progress(f"memory {size} ({how}): {st.memory} Ready in {wall:.1f}s; RSS idle {idle['rss'] / 1024:.0f} MB, "
                  f"with {st.memory} Workspaces {worst:.0f} MB (peak {settled['hwm'] / 1024:.0f} MB)")
@@ -548,8 +551,10 @@ def _memory_run(cp: ControlPlane, st: Settings, size: str, batch: int) -> tuple[
                   idle["rss"] / 1024, "the same operator, idle, no Workspaces", "< 150 MB", worst < 150, unit="MB",
                   note=f"+{(worst * 1024 - idle['rss']) / st.memory:.0f} KB per Workspace; peak (VmHWM) "
                        f"{max(at_ready['hwm'], settled['hwm']) / 1024:.0f} MB; "
-                       f"{st.memory / wall:.1f} Workspaces/s")
+                       f"{st.memory / wall:.1f} Workspaces/s; {idle_writes} object writes in "
+                       f"{now() - idle_since:.0f} s idle")
         data = {"idle_kb": idle, "at_ready_kb": at_ready, "settled_kb": settled, "batch": batch,
+                "idle_writes": idle_writes,
                 "wave": {**waves[-1], "count": st.memory, "wall": wall, "throughput": st.memory / wall}
                 if len(waves) == 1 else None,
                 "operator_cpu_seconds": env.operator.cpu_seconds(), "writes": _writes(env)}
