@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["upstreams", "cluster", "runtime_fakes"]
+# engine_fixtures comes after upstreams on purpose: its upstream_repo (a copy of one
+# session-wide template, same SHAs and places) replaces the one built per test.
+pytest_plugins = ["upstreams", "cluster", "runtime_fakes", "engine_fixtures", "attackers"]
 
 NEEDS = {
     "cluster": {"control_plane"},

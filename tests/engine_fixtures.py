@@ -1,7 +1,7 @@
 """Shared helpers and fixtures for the git engine tests (tests/test_git_*.py).
 
-Import the fixtures you use by name into the test module (pytest only sees
-fixtures that are module attributes). Nothing here knows Kubernetes.
+A pytest plugin (tests/conftest.py): its fixtures are there for every test;
+import only the helpers. Nothing here knows Kubernetes.
 """
 
 from __future__ import annotations

@@ -18,31 +18,22 @@ from pathlib import Path
 
 import pytest
 
-from attackers import CredentialSink, credential_sink
+from attackers import CredentialSink
 from engine_fixtures import (
     NS,
     assert_cache_consistent,
     assert_worktree_at,
     checkout,
-    engine,
     layout,
     make_settings,
-    no_leftover_processes,
     processes_under,
     request,
     run_git,
-    scratch,
     snapshot,
-    standard_repo_template,
     tree_files,
-    upstream_repo,
-    volume,
 )
 from upstreams import GitDaemon, SmartHTTP, SSHDMissingError, SSHServer, StandardRepo, commit, git, git_env, publish
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
-
-__all__ = ["credential_sink", "engine", "no_leftover_processes", "scratch", "standard_repo_template",
-           "upstream_repo", "volume"]
 
 pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 

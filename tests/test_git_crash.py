@@ -40,26 +40,18 @@ from engine_fixtures import (
     assert_cache_consistent,
     assert_worktree_at,
     checkout,
-    engine,
     kill_processes_under,
     layout,
     make_settings,
-    no_leftover_processes,
     processes_under,
     request,
     run_git,
-    scratch,
-    standard_repo_template,
     tree_files,
-    upstream_repo,
-    volume,
     wait_no_processes,
     worktree_entries,
 )
 from upstreams import GitDaemon, SmartHTTP, StandardRepo
 from workspace_operator.git import Engine, GitError, Revision
-
-__all__ = ["engine", "no_leftover_processes", "scratch", "standard_repo_template", "upstream_repo", "volume"]
 
 pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 

@@ -26,30 +26,19 @@ from engine_fixtures import (
     assert_materialized,
     assert_worktree_at,
     checkout,
-    engine,
     expected_files,
     layout,
     make_settings,
-    no_leftover_processes,
     request,
-    ro_daemon,
-    ro_repo,
     run_git,
-    scratch,
     snapshot,
-    standard_repo_template,
     tree_files,
-    upstream_repo,
-    volume,
     wait_no_processes,
     worktree_entries,
 )
 from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, git, publish
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
 from workspace_operator.git.cache import OPERATION_MARKER
-
-__all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template",
-           "upstream_repo", "volume"]  # fixtures, used by name
 
 pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 

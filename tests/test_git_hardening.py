@@ -22,26 +22,16 @@ from engine_fixtures import (
     assert_cache_consistent,
     assert_worktree_at,
     checkout,
-    engine,
     expected_files,
     layout,
     make_settings,
-    no_leftover_processes,
     request,
-    ro_daemon,
-    ro_repo,
     run_git,
-    scratch,
     snapshot,
-    standard_repo_template,
     tree_files,
-    upstream_repo,
-    volume,
 )
 from upstreams import GitDaemon, StandardRepo, commit, git, publish
 from workspace_operator.git import CheckoutRequest, Engine, GitError, GitSettings, Reason, Revision
-
-__all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template", "upstream_repo", "volume"]
 
 pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
