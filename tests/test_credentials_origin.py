@@ -32,27 +32,23 @@ from engine_fixtures import (
     snapshot,
     tree_files,
 )
-from upstreams import GitDaemon, SmartHTTP, SSHDMissingError, SSHServer, StandardRepo, commit, git, git_env, publish
+from upstreams import (
+    GitDaemon,
+    SmartHTTP,
+    SSHDMissingError,
+    SSHServer,
+    StandardRepo,
+    git,
+    git_env,
+    publish,
+    served_repo,
+)
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
 
 pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
 USER = "ci5x"  # short on purpose: masked too
 TOKEN = "tok-" + secrets.token_hex(12)
-
-
-def served_repo(served: Path, name: str, files: dict[str, str], gitlinks: dict[str, str] | None = None,
-                gitmodules: str | None = None) -> str:
-    """Build and publish served/<name>.git with files (+ submodule gitlinks); return its commit."""
-    src = served.parent / f"{name}-src"
-    git(served.parent, "init", "-q", "-b", "main", str(src))
-    for path, sha in (gitlinks or {}).items():
-        git(src, "update-index", "--add", "--cacheinfo", f"160000,{sha},{path}")
-    if gitmodules is not None:
-        files = {**files, ".gitmodules": gitmodules}
-    sha = commit(src, files, f"{name} content")
-    publish(src, served / f"{name}.git")
-    return sha
 
 
 def submodule(name: str, path: str, url: str) -> str:

@@ -36,7 +36,7 @@ from engine_fixtures import (
     wait_no_processes,
     worktree_entries,
 )
-from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, git, publish
+from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, publish, served_repo
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
 from workspace_operator.git.cache import OPERATION_MARKER
 
@@ -134,28 +134,14 @@ async def test_sub_path_outside_sparse_dirs_is_refused(engine: Engine, ro_daemon
     assert list(volume.iterdir()) == []
 
 
-def _served_repo(served: Path, name: str, files: dict[str, str], gitlinks: dict[str, str] | None = None,
-                 gitmodules: str | None = None) -> str:
-    """Build and publish served/<name>.git with files (+ submodule gitlinks); return its commit."""
-    src = served.parent / f"{name}-src"
-    git(served.parent, "init", "-q", "-b", "main", str(src))
-    for path, sha in (gitlinks or {}).items():
-        git(src, "update-index", "--add", "--cacheinfo", f"160000,{sha},{path}")
-    if gitmodules is not None:
-        files = {**files, ".gitmodules": gitmodules}
-    sha = commit(src, files, f"{name} content")
-    publish(src, served / f"{name}.git")
-    return sha
-
-
 async def test_submodules_are_checked_out_recursively(
         engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
     served = git_daemon.base
-    deep = _served_repo(served, "deep", {"deep.txt": "deepest\n"})
+    deep = served_repo(served, "deep", {"deep.txt": "deepest\n"})
     # lib -> deep by absolute git:// URL; super -> lib by a URL relative to super's own.
-    lib = _served_repo(served, "lib", {"lib.txt": "library\n"}, {"deep": deep},
+    lib = served_repo(served, "lib", {"lib.txt": "library\n"}, {"deep": deep},
                        f'[submodule "deep"]\n\tpath = deep\n\turl = {git_daemon.url("deep")}\n')
-    top = _served_repo(served, "super", {"top.txt": "top\n"}, {"vendor/lib": lib},
+    top = served_repo(served, "super", {"top.txt": "top\n"}, {"vendor/lib": lib},
                        '[submodule "lib"]\n\tpath = vendor/lib\n\turl = ../lib.git\n')
     url = git_daemon.url("super")
 
@@ -183,8 +169,8 @@ async def test_submodules_are_checked_out_recursively(
 async def test_submodule_over_a_disallowed_transport_is_refused(
         volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon) -> None:
     served = git_daemon.base
-    lib = _served_repo(served, "lib", {"lib.txt": "library\n"})
-    _served_repo(served, "super", {"top.txt": "top\n"}, {"lib": lib},
+    lib = served_repo(served, "lib", {"lib.txt": "library\n"})
+    served_repo(served, "super", {"top.txt": "top\n"}, {"lib": lib},
                  f'[submodule "lib"]\n\tpath = lib\n\turl = file://{served / "lib.git"}\n')
     engine = Engine(volume, make_settings(scratch, allowed_schemes=frozenset({"git"})))
     with pytest.raises(GitError) as caught:

@@ -25,6 +25,7 @@ from testsupport.upstreams import (
     make_standard_repo,
     publish,
     serve_config,
+    served_repo,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "publish",
     "run_git",
     "serve_config",
+    "served_repo",
 ]
 
 

@@ -113,6 +113,20 @@ def serve_config(repo: Path, extra: tuple[tuple[str, str], ...] = ()) -> None:
         git(repo, "config", key, value)
 
 
+def served_repo(served: Path, name: str, files: dict[str, str], gitlinks: dict[str, str] | None = None,
+                gitmodules: str | None = None) -> str:
+    """Build and publish served/<name>.git with files (+ submodule gitlinks); return its commit."""
+    src = served.parent / f"{name}-src"
+    git(served.parent, "init", "-q", "-b", "main", str(src))
+    for path, sha in (gitlinks or {}).items():
+        git(src, "update-index", "--add", "--cacheinfo", f"160000,{sha},{path}")
+    if gitmodules is not None:
+        files = {**files, ".gitmodules": gitmodules}
+    sha = commit(src, files, f"{name} content")
+    publish(src, served / f"{name}.git")
+    return sha
+
+
 def _repo_dir(name: str) -> str:
     """``url(name)`` accepts "name" or "name.git"; served repos are name.git."""
     return name if name.endswith(".git") else f"{name}.git"
