@@ -11,7 +11,7 @@ import pytest
 
 # engine_fixtures comes after upstreams on purpose: its upstream_repo (a copy of one
 # session-wide template, same SHAs and places) replaces the one built per test.
-pytest_plugins = ["upstreams", "cluster", "runtime_fakes", "engine_fixtures", "attackers"]
+pytest_plugins = ["upstreams", "cluster", "runtime_fakes", "engine_fixtures", "attackers", "pod"]
 
 NEEDS = {
     "cluster": {"control_plane"},

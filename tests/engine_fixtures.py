@@ -129,6 +129,12 @@ def layout(volume: Path, project: str = PROJECT, namespace: str = NS) -> Project
     return ProjectLayout(volume, namespace, project)
 
 
+def worktree_path(volume: Path, result: CheckoutResult) -> Path:
+    """Where a worktree checkout landed (cache-only checkouts have none)."""
+    assert result.path is not None, "a cache-only checkout has no worktree"
+    return volume / result.path
+
+
 # -- inspecting the volume -----------------------------------------------------------
 
 
@@ -224,7 +230,7 @@ def assert_materialized(volume: Path, repo: StandardRepo, result: CheckoutResult
     """The checkout of `sha` is complete: exactly its files, a clean worktree on the real cache,
     and a consistent cache."""
     assert result.commit == sha
-    assert tree_files(volume / result.path) == expected_files(repo, sha)
+    assert tree_files(worktree_path(volume, result)) == expected_files(repo, sha)
     assert_worktree_at(layout(volume), name, sha)
     assert_cache_consistent(layout(volume), url)
 

@@ -53,6 +53,12 @@ class FakeKube:
         self.secret_reads.append(name)
         return self.secrets.get(name)
 
+    async def namespace_uid(self, namespace: str) -> str | None:
+        return f"uid-of-{namespace}"
+
+    def forget_namespace(self, namespace: str) -> None:
+        pass
+
     async def post_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, event_type: str = "Normal"
     ) -> None:

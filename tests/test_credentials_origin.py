@@ -31,6 +31,7 @@ from engine_fixtures import (
     run_git,
     snapshot,
     tree_files,
+    worktree_path,
 )
 from upstreams import (
     GitDaemon,
@@ -151,7 +152,7 @@ async def test_same_host_other_path_gets_credentials_only_when_the_secret_lists_
 
     whole_host = Credentials(username=USER, password=TOKEN, scopes=(url.rsplit("/", 1)[0] + "/",))
     result = await checkout(engine, request(url, submodules=True, credentials=whole_host, project="wide"))
-    assert tree_files(volume / result.path / "lib")["README.md"] == "# demo\n\nv1.1\n"
+    assert tree_files(worktree_path(volume, result) / "lib")["README.md"] == "# demo\n\nv1.1\n"
     assert any(r.user == USER and r.status == 200 for r in auth_http.requests() if r.path.startswith(lib_path))
 
 
@@ -185,7 +186,7 @@ async def test_ssh_key_only_for_granted_submodules(
         assert caught.value.reason is Reason.AUTH_FAILED, caught.value  # the submodule ran without the key
         wide = Credentials(ssh_private_key=key, known_hosts=known, scopes=(url.rsplit("/", 1)[0] + "/",))
         result = await checkout(engine, request(url, submodules=True, credentials=wide, project="wide"))
-        assert (volume / result.path / "lib" / "README.md").is_file()
+        assert (worktree_path(volume, result) / "lib" / "README.md").is_file()
     finally:
         server.stop()
 
@@ -218,7 +219,7 @@ async def test_submodule_workspace_keeps_one_clean_cache(
     assert run_git("config", "--list", "--local", cwd=cache).stdout == config_after_first
     for index in range(6):
         assert_worktree_at(layout(volume), f"ws-{index}", top)
-    files = tree_files(volume / first.path)
+    files = tree_files(worktree_path(volume, first))
     assert files["vendor/lib/lib.txt"] == "library\n" and files["vendor/lib/deep/deep.txt"] == "deepest\n"
     # A restarted engine (deep check of the cache) still trusts it.
     restarted = Engine(volume, engine.settings)
@@ -238,6 +239,8 @@ async def test_unsafe_submodule_urls_are_refused_before_any_update(
         "ext": (submodule("lib", "lib", "ext::sh -c id"), Reason.SCHEME_NOT_ALLOWED),
         "volume": (submodule("lib", "lib", f"file://{volume}/team-b/p/.cache"), Reason.HOST_NOT_ALLOWED),
         "name": (submodule("a=b", "lib", git_daemon.url("repo")), Reason.INVALID_SPEC),
+        "command": (submodule("lib", "lib", git_daemon.url("repo")) + f"\tupdate = !touch {volume}/x\n",
+                    Reason.INVALID_SPEC),
     }
     for project, (gitmodules, _) in cases.items():
         served_repo(served, project, {"top.txt": "top\n"}, {"lib": upstream_repo.main}, gitmodules)
@@ -251,6 +254,15 @@ async def test_unsafe_submodule_urls_are_refused_before_any_update(
         assert not (worktree / "lib" / ".git").exists()  # no submodule was updated
         assert not layout(volume, project).ready_record("ws").exists()
     assert credential_sink.received() == before
+    assert git_daemon.count("repo") == 0
+
+
+async def test_submodule_marked_update_none_is_left_out(
+        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    served_repo(git_daemon.base, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
+                submodule("lib", "lib", git_daemon.url("repo")) + "\tupdate = none\n")
+    result = await checkout(engine, request(git_daemon.url("super"), submodules=True))
+    assert sorted(tree_files(worktree_path(volume, result))) == [".gitmodules", "top.txt"]
     assert git_daemon.count("repo") == 0
 
 
@@ -311,9 +323,10 @@ async def test_loopback_upstreams_need_explicit_permission(
 # -- item 12: fetched objects are checked ----------------------------------------------------------------
 
 
-async def test_fetch_checks_objects(engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon,
-                                    volume: Path) -> None:
+async def test_fetch_checks_objects_when_asked(upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path,
+                                              scratch: Path) -> None:
     """A tree with a `.GIT` entry (a hostile repository's classic) is refused at fetch."""
+    engine = Engine(volume, make_settings(scratch, fsck_objects=True))
     src = git_daemon.base.parent / "evil-src"
     git(git_daemon.base.parent, "init", "-q", "-b", "main", str(src))
     empty_blob = run_git("hash-object", "-w", "-t", "blob", "/dev/null", cwd=src).stdout.strip()

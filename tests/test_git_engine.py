@@ -35,6 +35,7 @@ from engine_fixtures import (
     tree_files,
     wait_no_processes,
     worktree_entries,
+    worktree_path,
 )
 from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, publish, served_repo
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
@@ -90,7 +91,7 @@ async def test_all_refs_side_by_side_share_one_cache(
         make_revision, expected = REFS[case]
         result = await checkout(engine, request(url, make_revision(upstream_repo), name=f"w{index}"))
         assert result.commit == expected(upstream_repo), case
-        assert tree_files(volume / result.path) == expected_files(upstream_repo, result.commit), case
+        assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, result.commit), case
     assert sorted(p.name for p in layout(volume).project_dir.iterdir()) == [
         ".cache", ".ready", *sorted(f"w{i}" for i in range(len(REFS)))]
     assert len(worktree_entries(layout(volume).cache_dir)) == len(REFS)
@@ -114,12 +115,12 @@ async def test_sparse_cone_checks_out_only_those_dirs(
     assert result.commit == ro_repo.feature
     assert result.workdir == PurePosixPath(NS, PROJECT, NAME, "services", "api")
     # Cone mode: the listed directory recursively plus top-level files, nothing else.
-    assert tree_files(volume / result.path) == {
+    assert tree_files(worktree_path(volume, result)) == {
         "README.md": "# demo\n\nv1.1\n",
         "services/api/app.py": "print('api v1.1')\n",
         "services/api/feature.py": "FEATURE = True\n",
     }
-    assert run_git("rev-parse", "HEAD", cwd=volume / result.path).stdout.strip() == ro_repo.feature
+    assert run_git("rev-parse", "HEAD", cwd=worktree_path(volume, result)).stdout.strip() == ro_repo.feature
 
     # Sparse settings are per worktree: a later full workspace from the same cache is complete.
     full = await checkout(engine, request(url, Revision(branch=ro_repo.FEATURE_BRANCH), name="full"))
@@ -147,17 +148,17 @@ async def test_submodules_are_checked_out_recursively(
 
     result = await checkout(engine, request(url, Revision(branch="main"), submodules=True))
     assert result.commit == top
-    files = tree_files(volume / result.path)
+    files = tree_files(worktree_path(volume, result))
     assert files["top.txt"] == "top\n"
     assert files["vendor/lib/lib.txt"] == "library\n"
     assert files["vendor/lib/deep/deep.txt"] == "deepest\n"
-    worktree = volume / result.path
+    worktree = worktree_path(volume, result)
     assert run_git("rev-parse", "HEAD", cwd=worktree / "vendor/lib").stdout.strip() == lib
     assert run_git("rev-parse", "HEAD", cwd=worktree / "vendor/lib/deep").stdout.strip() == deep
 
     # Without submodules the gitlink stays an empty directory.
     plain = await checkout(engine, request(url, Revision(branch="main"), name="plain"))
-    assert sorted(tree_files(volume / plain.path)) == [".gitmodules", "top.txt"]
+    assert sorted(tree_files(worktree_path(volume, plain))) == [".gitmodules", "top.txt"]
 
     # A worktree with submodules can still be removed completely.
     assert await engine.remove(NS, PROJECT, NAME) is True
@@ -194,7 +195,7 @@ async def test_cached_commit_needs_no_network(
         result = await checkout(engine, request(url, Revision(branch="main", commit=sha), name=name))
         assert (result.commit, result.cache_hit, result.fetched, result.reused) == (sha, True, False, False)
         assert result.fetch_seconds == 0.0
-        assert tree_files(volume / result.path) == expected_files(upstream_repo, sha)
+        assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, sha)
     assert git_daemon.count() == connections
 
     # A fresh engine (an operator restart) also works offline: the deep check is local.
@@ -224,7 +225,7 @@ async def test_cached_branch_tip_costs_one_ls_remote_and_no_fetch(
     moved = await checkout(engine, request(url, Revision(branch="main"), name="third"))
     assert (moved.commit, moved.cache_hit, moved.fetched) == (tip, False, True)
     assert smart_http.count() > fetches
-    assert tree_files(volume / moved.path)["NEW.md"] == "new\n"
+    assert tree_files(worktree_path(volume, moved))["NEW.md"] == "new\n"
 
 
 # -- reuse and rebuild --------------------------------------------------------------
@@ -299,10 +300,10 @@ async def test_changed_spec_rebuilds_at_new_commit(
     await checkout(engine, request(url, Revision(tag="v1.0")))
     result = await checkout(engine, request(url, Revision(name=ro_repo.PULL_REF)))
     assert (result.commit, result.reused) == (ro_repo.pull_42, False)
-    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.pull_42)
+    assert tree_files(worktree_path(volume, result)) == expected_files(ro_repo, ro_repo.pull_42)
     sparse = await checkout(engine, request(url, Revision(name=ro_repo.PULL_REF), sparse=("libs",)))
     assert sparse.reused is False  # same commit, different spec
-    assert sorted(tree_files(volume / sparse.path)) == ["README.md", "libs/pr.py", "libs/util.py"]
+    assert sorted(tree_files(worktree_path(volume, sparse))) == ["README.md", "libs/pr.py", "libs/util.py"]
     assert len(worktree_entries(layout(volume).cache_dir)) == 1
     assert_cache_consistent(layout(volume), url)
 
@@ -557,7 +558,7 @@ async def test_https_basic_auth(engine: Engine, upstream_repo: StandardRepo, sma
 
     result = await checkout(engine, request(url, Revision(branch="main"), credentials=good))
     assert result.commit == upstream_repo.main
-    assert tree_files(volume / result.path) == expected_files(upstream_repo, upstream_repo.main)
+    assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, upstream_repo.main)
     assert {r.user for r in smart_http_auth.requests() if r.status == 200} == {"ci-bot"}
     # The token is needed again for a fetch into the existing cache.
     pinned = await checkout(engine, request(url, Revision(commit=upstream_repo.dangling), name="two",
@@ -594,7 +595,7 @@ async def test_partial_clone_fetches_blobs_with_the_credentials(
     creds = Credentials(username="ci-bot", password=password)
     sparse = await checkout(engine, request(url, Revision(branch=upstream_repo.FEATURE_BRANCH), sparse=("libs",),
                                             credentials=creds))
-    assert sorted(tree_files(volume / sparse.path)) == ["README.md", "libs/util.py"]
+    assert sorted(tree_files(worktree_path(volume, sparse))) == ["README.md", "libs/util.py"]
     cache = layout(volume).cache_dir
     assert run_git("config", "--get", "remote.origin.partialclonefilter", cwd=cache).stdout.strip() == "blob:none"
     missing = run_git("rev-list", "--objects", "--missing=print", "--all", cwd=cache).stdout
@@ -604,7 +605,7 @@ async def test_partial_clone_fetches_blobs_with_the_credentials(
     full = await checkout(restarted, request(url, Revision(commit=upstream_repo.feature), name="full",
                                              credentials=creds))
     assert (full.cache_hit, full.fetched) == (True, False)
-    assert tree_files(volume / full.path) == expected_files(upstream_repo, upstream_repo.feature)
+    assert tree_files(worktree_path(volume, full)) == expected_files(upstream_repo, upstream_repo.feature)
     assert_worktree_at(layout(volume), "full", upstream_repo.feature)
 
     # "Is it cached?" is answered locally: a missing commit is reported and fetched as such
@@ -636,7 +637,7 @@ async def test_ssh_key_and_known_hosts(engine: Engine, upstream_repo: StandardRe
 
     result = await checkout(engine, request(url, Revision(tag="v1.1"), credentials=good))
     assert result.commit == upstream_repo.v1_1
-    assert tree_files(volume / result.path) == expected_files(upstream_repo, upstream_repo.v1_1)
+    assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, upstream_repo.v1_1)
     assert ssh_server.connections() >= 1
     pinned = await checkout(engine, request(url, Revision(commit=upstream_repo.dangling), name="two",
                                             credentials=good))

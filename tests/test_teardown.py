@@ -37,7 +37,7 @@ async def test_removes_the_worktree_and_keeps_the_cache_and_siblings(
         await make_ready(fake_runtime, local_upstream, name)
     project = fake_runtime.root / NS / PROJECT
 
-    assert await remove(fake_runtime, "a") == "worktree removed"
+    assert await remove(fake_runtime, "a") == "worktree or pin removed"
     assert not (project / "a").exists() and not (project / ".ready" / "a").exists()
     assert (project / "b" / "README.md").is_file()
     worktrees = git(project / ".cache", "worktree", "list", "--porcelain")
@@ -46,7 +46,7 @@ async def test_removes_the_worktree_and_keeps_the_cache_and_siblings(
 
 
 async def test_a_worktree_never_made_is_success(fake_runtime: FakeRuntime) -> None:
-    assert await remove(fake_runtime, "never") == "no worktree on the volume"
+    assert await remove(fake_runtime, "never") == "no worktree or pin on the volume"
 
 
 @pytest.mark.parametrize("spec", [{"project": "../etc"}, {"project": ""}, {}])

@@ -43,16 +43,24 @@ def policy_of(rt: Runtime) -> Policy:
 
 
 def snapshot(root: Path, owns: Callable[[str, str], bool]) -> list[ProjectSnapshot]:
-    """What is on the volume, for the projects this replica owns."""
-    return [snapshot_project(root, ns, project) for ns, project in list_projects(root) if owns(ns, project)]
+    """What is on the volume, for the projects this replica owns (links are never followed)."""
+    return [snapshot_project(root, ns, project) for ns, project in list_projects(root, _report_link)
+            if owns(ns, project)]
+
+
+def _report_link(path: Path) -> None:
+    metrics.UNSAFE_PATHS.labels("gc").inc()
+    log.warning("gc: %s is a symlink where a directory belongs; left alone, never followed", path)
 
 
 def snapshot_project(root: Path, namespace: str, project: str) -> ProjectSnapshot:
-    """One project's directory, as the engine reports it; a project that is gone reads as empty."""
-    state = project_state(root, namespace, project)
+    """One project's directory, as the engine reports it; a project that is gone (or not a
+    real directory) reads as empty."""
+    state = project_state(root, namespace, project, _report_link)
     return ProjectSnapshot(
         namespace=namespace, project=project, has_cache=state.has_cache, last_used=state.last_used,
-        last_fetch=state.last_fetch, last_gc=state.last_gc, worktrees=state.worktrees, debris=state.debris)
+        last_fetch=state.last_fetch, last_gc=state.last_gc, worktrees=state.worktrees, debris=state.debris,
+        pins=state.pins)
 
 
 def with_sizes(snaps: list[ProjectSnapshot], root: Path,
@@ -144,6 +152,8 @@ async def _execute(rt: Runtime, action: Action) -> None:
         await asyncio.to_thread(maintenance.remove_debris, ns, project, action.target)
     elif action.kind is Kind.PRUNE:
         await maintenance.prune(ns, project)
+    elif action.kind is Kind.UNPIN:
+        await maintenance.unpin(ns, project, action.target)
     elif action.kind is Kind.GC_CACHE:
         await maintenance.gc_cache(ns, project)
     elif action.kind in (Kind.DELETE_UNUSED_CACHE, Kind.EVICT_CACHE):

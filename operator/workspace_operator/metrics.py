@@ -22,6 +22,9 @@ GIT_FAILURES = Counter("workspace_git_failures_total", "Failed materializations 
 GC_ACTIONS = Counter("workspace_gc_actions_total", "Garbage collection actions", ["action"])
 LEASE_TAKEOVERS = Counter("workspace_lease_takeovers_total", "Expired project Leases taken over")
 GC_DURATION = Histogram("workspace_gc_pass_seconds", "Duration of one GC pass", buckets=_SECONDS)
+UNSAFE_PATHS = Counter("workspace_unsafe_paths_total",
+                       "Symlinks found where the operator expects its own directories (never followed)",
+                       ["operation"])
 RECONCILES = Counter("workspace_reconcile_total", "Per-Workspace timer runs by decision", ["decision"])
 VOLUME_USAGE = Gauge("workspace_volume_usage_ratio", "Used fraction of the workspace volume")
 

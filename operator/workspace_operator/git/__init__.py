@@ -14,19 +14,21 @@ from workspace_operator.git.inventory import (
     list_projects,
     project_state,
 )
-from workspace_operator.git.layout import DNS1123_LABEL, invalid
+from workspace_operator.git.layout import DNS1123_LABEL, check_relpath, invalid
 from workspace_operator.git.origins import URLRefused, normalize_host_pattern
-from workspace_operator.git.runner import ALL_SCHEMES, GitSettings
-from workspace_operator.git.source import Revision
+from workspace_operator.git.runner import ALL_SCHEMES, GitRunner, GitSettings
+from workspace_operator.git.source import SHA, Revision, check_ref_name
 
 __all__ = [
     "ALL_SCHEMES",
     "DNS1123_LABEL",
+    "SHA",
     "CheckoutRequest",
     "CheckoutResult",
     "Credentials",
     "Engine",
     "GitError",
+    "GitRunner",
     "GitSettings",
     "Maintenance",
     "ProjectState",
@@ -37,6 +39,8 @@ __all__ = [
     "ValidRequest",
     "allowed_by",
     "cache_bytes",
+    "check_ref_name",
+    "check_relpath",
     "completed_worktrees",
     "invalid",
     "invalid_credentials",
