@@ -8,6 +8,7 @@ so tests never see each other's objects.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from testsupport.net import free_port
 from testsupport.operator import OperatorProcess, operator_env
 from testsupport.wait import wait_for
 
-__all__ = ["KUBECTL", "REPO", "OperatorProcess", "Workspaces", "dump", "free_port", "lease_spec", "load_yaml", "new_api_client",
+__all__ = ["KUBECTL", "REPO", "OperatorProcess", "Workspaces", "dump", "free_port", "lease_spec", "load_yaml", "new_api_client", "new_namespace",
            "service_account_token", "token_kubeconfig", "wait_for"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,16 +120,23 @@ def crd(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     kubectl("wait", "--for=condition=Established", "crd/workspaces.crafting.dev", "--timeout=60s")
 
 
-@pytest.fixture
-def namespace(api_client: ApiClient) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def new_namespace(api_client: ApiClient, prefix: str = "t") -> Iterator[str]:
+    """A fresh namespace for the block, deleted at its end."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
     core = CoreV1Api(api_client)
     core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=name)))
-    yield name
     try:
-        core.delete_namespace(name)
-    except ApiException:
-        pass
+        yield name
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(api_client: ApiClient) -> Iterator[str]:
+    with new_namespace(api_client) as name:
+        yield name
 
 
 @dataclass

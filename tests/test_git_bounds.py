@@ -21,12 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from engine_fixtures import ro_daemon, ro_repo, standard_repo_template
 from upstreams import GitDaemon, StandardRepo
 from workspace_operator.git import GitError, GitSettings, Reason
 from workspace_operator.git.runner import GitRunner, available_cpus, default_max_processes
-
-__all__ = ["ro_daemon", "ro_repo", "standard_repo_template"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = "1" * 40

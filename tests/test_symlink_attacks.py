@@ -22,26 +22,17 @@ from engine_fixtures import (
     PROJECT,
     assert_worktree_at,
     checkout,
-    engine,
     expected_files,
     layout,
-    no_leftover_processes,
     request,
-    ro_daemon,
-    ro_repo,
-    scratch,
     snapshot,
-    standard_repo_template,
     tree_files,
-    volume,
 )
 from upstreams import GitDaemon, StandardRepo
 from workspace_operator.gc import snapshot as gc_snapshot
 from workspace_operator.gc import snapshot_project, with_sizes
 from workspace_operator.git import Engine, GitError, Reason, safepath
 from workspace_operator.git.engine import Maintenance
-
-__all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template", "volume"]
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
