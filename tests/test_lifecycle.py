@@ -134,8 +134,9 @@ def test_stalled_on_a_permanent_failure_and_kubectl_wait_returns(
     assert status["phase"] == "Failed" and status["attempts"] == 1
     assert (parse(status["expiresAt"]) - parse(found["Stalled"]["lastTransitionTime"])).total_seconds() == 3600
     table = kubectl("get", "ws", "-n", namespace).stdout.splitlines()
-    assert table[0].split()[5:8] == ["READY", "REASON", "AGE"], table[0]
-    assert table[1].split()[-4:-1] == ["Failed", "False", "RefNotFound"], table[1]  # COMMIT is empty
+    assert table[0].split()[-3:] == ["READY", "REASON", "AGE"], table[0]
+    # COMMIT is empty, so count from the end: ... PHASE MODE READY REASON AGE
+    assert table[1].split()[-3:-1] == ["False", "RefNotFound"] and " Failed " in table[1], table[1]
 
 
 def test_failed_workspace_expires(namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
