@@ -11,8 +11,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from cluster import OperatorProcess, Workspaces
 from upstreams import SmartHTTP, StandardRepo
+
+pytestmark = pytest.mark.cluster
 
 StartOperator = Callable[..., OperatorProcess]
 WRITES = {"fetch", "init", "clone", "worktree", "gc", "sparse-checkout", "checkout", "submodule", "config",

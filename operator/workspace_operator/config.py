@@ -1,6 +1,6 @@
 """Operator settings: one typed, frozen object, read once from flags and WORKSPACE_* env.
 
-The environment names are a contract (SPEC §9): manifests, docs and scripts use them.
+The environment names are a contract (docs/design.md): manifests, docs and scripts use them.
 Every flag has an environment equivalent; a flag given on the command line wins.
 """
 
@@ -12,9 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workspace_operator.git import GitSettings
-from workspace_operator.git.origins import URLRefused, normalize_host_pattern
-from workspace_operator.git.runner import ALL_SCHEMES
+from workspace_operator.git import ALL_SCHEMES, GitSettings, URLRefused, normalize_host_pattern
 
 
 class ConfigError(ValueError):

@@ -269,7 +269,7 @@ class Renewal:
                 log.error("%s; stopping the guarded work", lost)
                 self._fence()
                 return
-            except Exception as error:  # network, API errors: retry until the deadline
+            except Exception as error:  # noqa: BLE001 - network, API errors: retry until the deadline
                 log.warning("renewing lock %s failed: %s", name, error)
             if records.clock() - last_success > records.renew_deadline:
                 log.error("lock %s not renewed for %.0fs; stopping the guarded work", name, records.renew_deadline)

@@ -20,6 +20,7 @@ from typing import Any
 from workspace_operator import lifecycle, metrics, status
 from workspace_operator.git import CheckoutResult, Credentials, GitError, Prepared, Reason, Revision, ValidRequest
 from workspace_operator.lock import LeaseLost, LockTimeout
+from workspace_operator.logs import fields
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import (
     ALLOWED_REPOSITORIES,
@@ -178,6 +179,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs", "repaired" if repair else "materialized",
         target.namespace, target.name, request.project, result.commit[:12], result.cache_hit, result.fetched,
         result.reused, waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
+        extra=fields(target.namespace, target.name, project=request.project,
+                     reason="Repaired" if repair else "Materialized", commit=result.commit),
     )
     return Done(result, repair)
 
@@ -234,7 +237,8 @@ async def _fail(rt: Runtime, target: Target, failure: Failure) -> Retry | Fatal:
     metrics.GIT_FAILURES.labels(failure.reason).inc()
     metrics.MATERIALIZATIONS.labels("retrying" if failure.retryable else "failed").inc()
     log.warning("workspace %s/%s failed (%s, %s): %s", target.namespace, target.name, failure.reason,
-                "retryable" if failure.retryable else "permanent", failure.message)
+                "retryable" if failure.retryable else "permanent", failure.message,
+                extra=fields(target.namespace, target.name, reason=failure.reason))
     delay = rt.backoff(failure.attempt + 1)
     announce = status.reason_of(target.current) != failure.reason
     await rt.kube.patch_status(target.namespace, target.name, status.failed(

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workspace_operator import metrics, status
-from workspace_operator.git import GitError, Reason
-from workspace_operator.git.layout import DNS1123_LABEL
+from workspace_operator.git import DNS1123_LABEL, GitError, Reason
 from workspace_operator.lock import LeaseLost, LockTimeout
+from workspace_operator.logs import fields
 from workspace_operator.runtime import Runtime
 
 log = logging.getLogger("workspace_operator.teardown")
@@ -54,9 +54,11 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
         if attempt + 1 >= GIVE_UP_AFTER_ATTEMPTS:
             metrics.DELETIONS.labels("abandoned").inc()
             log.error("giving up removing worktree %s/%s/%s after %d attempts (GC will collect it): %s",
-                      namespace, project, name, attempt + 1, error)
+                      namespace, project, name, attempt + 1, error,
+                      extra=fields(namespace, name, project=project, reason="Abandoned"))
             return f"worktree left for garbage collection: {error}"
         raise RetryDeletion(str(error), rt.backoff(attempt + 1)) from None
     metrics.DELETIONS.labels("removed" if existed else "absent").inc()
-    log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed)
+    log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed,
+             extra=fields(namespace, name, project=project, reason="Removed" if existed else "Absent"))
     return "worktree or pin removed" if existed else "no worktree or pin on the volume"
