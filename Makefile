@@ -1,17 +1,27 @@
-# workspace-operator — developer and CI entry points (SPEC §11).
+# workspace-operator — developer and CI entry points.
+#   make unit   fast tier: no control plane, no build, no network (seconds)
+#   make lint   ruff, mypy strict (operator, tests, bench, hack, testsupport), import contracts
+#   make test   everything: lint, then the whole suite against the real local control plane
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+UNIT := not cluster and not upstreams
+PYTHON_SOURCES := operator tests bench hack testsupport
+# Files already in `ruff format` style. The rest is reformatted once (`make fmt`) after the
+# parallel work of the moment has landed; then this becomes $(PYTHON_SOURCES).
+FORMATTED ?= $(filter-out testsupport/upstreams.py,$(wildcard testsupport/*.py)) tests/conftest.py \
+	tests/upstreams.py tests/runtime_fakes.py tests/test_spec.py tests/test_materialize.py tests/test_teardown.py \
+	tests/test_logging.py operator/workspace_operator/logs.py operator/workspace_operator/git/inventory.py
 
-.PHONY: test lint unit deps controlplane cluster-up cluster-down dev bench bench-quick clean
+.PHONY: test lint fmt unit deps deps-py tools controlplane cluster-up cluster-down dev bench bench-quick clean
 
 # Everything a fresh machine lacks: Debian tools the tests use, the venv, the control plane.
-deps: $(STAMP) controlplane
-	@command -v sshd >/dev/null || test -x /usr/sbin/sshd || { \
-	  echo "installing openssh-server (sshd for the SSH transport tests)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); }
+deps: deps-py tools controlplane
+
+# The venv with the package and its dev tools: all `make unit` and `make lint` need.
+deps-py: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,12 +29,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# Debian tools the upstream tests use (sshd for the SSH transport).
+tools:
+	@command -v sshd >/dev/null || test -x /usr/sbin/sshd || { \
+	  echo "installing openssh-server (sshd for the SSH transport tests)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); }
+
 controlplane: $(STAMP)
 	$(PY) hack/devcluster.py build
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff check $(PYTHON_SOURCES)
+	$(VENV)/bin/ruff format --check $(FORMATTED)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(PYTHON_SOURCES)
+	$(VENV)/bin/ruff format $(PYTHON_SOURCES)
+
+unit: $(STAMP)
+	$(PY) -m pytest -m "$(UNIT)" $(PYTEST_ARGS)
 
 test: deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)

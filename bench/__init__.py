@@ -1,1 +1,1 @@
-"""Benchmarks for the workspace operator (SPEC §12): `python -m bench [--quick]`."""
+"""Benchmarks for the workspace operator (targets: docs/design.md): `python -m bench [--quick]`."""

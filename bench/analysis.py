@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.scenarios import Result
+from bench.scenarios import Result, Row
 
 NOTES = Path(__file__).with_name("NOTES.md")
 
@@ -39,13 +39,13 @@ def _hint(name: str) -> str:
     return f" See {HINTS[key]}." if key in HINTS and NOTES.exists() else ""
 
 
-def _missed(result: Result, row: object) -> str:
+def _missed(result: Result, row: Row) -> str:
     b = result.data.get("breakdown")
-    name = getattr(row, "scenario")
+    name = row.scenario
     if not b:
-        return f"- **{name}**: {getattr(row, 'note', '')}.{_hint(name)}"
+        return f"- **{name}**: {row.note}.{_hint(name)}"
     git = b["fetch"] + b["checkout"]
-    return (f"- **{name}** ({getattr(row, 'repo')}): created→Ready {b['client']:.3f} s, of which git "
+    return (f"- **{name}** ({row.repo}): created→Ready {b['client']:.3f} s, of which git "
             f"{git:.3f} s (fetch {b['fetch']:.3f}, checkout {b['checkout']:.3f}), engine checks "
             f"{b['engine_other']:.3f} s, project Lease {b['lock_wait']:.3f} s and {b['outside_handler']:.3f} s "
             f"outside the handler (kopf + API + watch).{_hint(name)}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bench.harness import ControlPlane, git, now, timed_git
-from bench.scenarios import Env, Result, Row, Settings, interleave, median, percentile, progress, _wave
+from bench.scenarios import Env, Result, Row, Settings, _wave, interleave, median, percentile, progress
 
 CLI = str(Path(sys.executable).parent / "kubectl-workspace")
 CACHE_ONLY = {"mode": "CacheOnly"}

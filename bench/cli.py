@@ -7,8 +7,8 @@
     python -m bench --render bench/results/full-<stamp> --write-docs
                                          # re-render a saved run (e.g. after editing bench/NOTES.md)
 
-Also: `python -m bench.repogen SIZE` (the test repositories), `python -m bench.memprofile`
-(where the operator's memory goes, with tracemalloc).
+Also: `python -m bench.repogen SIZE` (the test repositories). One-off probes that explained
+the findings are described in bench/NOTES.md ("Probes").
 """
 
 from __future__ import annotations

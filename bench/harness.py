@@ -10,32 +10,32 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-for extra in (REPO / "hack", REPO / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+import kubernetes
+from kubernetes import watch
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Namespace, V1ObjectMeta
+from kubernetes.client.exceptions import ApiException
 
-import devcluster  # noqa: E402
-import kubernetes  # noqa: E402
-from kubernetes import watch  # noqa: E402
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Namespace, V1ObjectMeta  # noqa: E402
-from kubernetes.client.exceptions import ApiException  # noqa: E402
-from upstreams import SmartHTTP  # noqa: E402
+from testsupport.gitenv import run_git
+from testsupport.net import free_port
+from testsupport.operator import OperatorProcess, operator_env
+from testsupport.upstreams import SmartHTTP
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "hack") not in sys.path:
+    sys.path.insert(0, str(REPO / "hack"))
+import devcluster  # noqa: E402  (hack/ is a directory of scripts, not a package)
 
 GROUP, VERSION, PLURAL = "crafting.dev", "v1", "workspaces"
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
@@ -44,12 +44,6 @@ FINALIZER = "crafting.dev/worktree-cleanup"
 
 def now() -> float:
     return time.monotonic()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- machine --------------------------------------------------------------------------
@@ -127,18 +121,8 @@ def _pkg_version(name: str) -> str:
 # -- raw git (the baselines) -------------------------------------------------------------
 
 
-def git_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
-    return env
-
-
 def git(*args: str, cwd: Path | None = None, timeout: float = 1800) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=git_env(),
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return proc.stdout.strip()
+    return run_git(*args, cwd=cwd, timeout=timeout).stdout.strip()
 
 
 def timed_git(*commands: list[str], cwd: Path | None = None) -> float:
@@ -237,72 +221,8 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
-@dataclass
-class Operator:
-    """`python -m workspace_operator` exactly as the container runs it, in its own session."""
-
-    kubeconfig: Path
-    root: Path
-    namespace: str
-    log_path: Path
-    env_overrides: dict[str, str] = field(default_factory=dict)
-    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "workspace_operator"])
-    proc: subprocess.Popen[bytes] | None = None
-    metrics_port: int = 0
-    start_seconds: float = 0.0
-
-    def start(self, timeout: float = 60) -> Operator:
-        self.metrics_port = free_port()
-        self.root.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "WORKSPACE_ROOT": str(self.root),
-            "WORKSPACE_NAMESPACES": self.namespace,
-            "WORKSPACE_LEASE_NAMESPACE": self.namespace,
-            "WORKSPACE_ALLOWED_SCHEMES": "https,ssh,http,git,file",
-            "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",  # the upstreams listen on loopback
-            "WORKSPACE_METRICS_PORT": str(self.metrics_port),
-            "WORKSPACE_IDENTITY": "bench",
-            "TMPDIR": str(self.root.parent),
-            **self.env_overrides,
-        }
-        started = now()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = started + timeout
-        while not self._ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited {self.proc.returncode}: {self.log()[-3000:]}")
-            if now() > deadline:
-                self.stop(grace=2.0)  # never leave it running behind a failed start
-                raise TimeoutError(f"operator not ready in {timeout}s: {self.log()[-3000:]}")
-            time.sleep(0.05)
-        self.start_seconds = now() - started
-        return self
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            return str(resp.read().decode())
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+class Operator(OperatorProcess):
+    """The operator as it ships (testsupport.operator), plus what benchmarks read from /proc."""
 
     def rss_kb(self) -> dict[str, int]:
         """VmRSS / VmHWM of the operator, and VmRSS summed over its process tree."""
@@ -314,23 +234,20 @@ class Operator:
         return {"rss": _status_kb(self.pid, "VmRSS"), "hwm": _status_kb(self.pid, "VmHWM"), "tree": tree}
 
     def cpu_seconds(self) -> float:
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            return 0.0
+        return _proc_cpu(self.pid)[0]
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM its process group (it is the group leader), SIGKILL after `grace` seconds
-        (nothing is measured at shutdown; kopf can take a while to drain its queues)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=20)
+        """Nothing is measured at shutdown; kopf can take a while to drain its queues."""
+        super().stop(grace)
+
+
+def start_operator(kubeconfig: Path, root: Path, namespace: str, log_path: Path,
+                   env_overrides: Mapping[str, str] | None = None) -> Operator:
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    env = operator_env(kubeconfig=kubeconfig, root=root, metrics_port=port, namespace=namespace,
+                       overrides={"WORKSPACE_IDENTITY": "bench", "TMPDIR": str(root.parent), **(env_overrides or {})})
+    return Operator(root, log_path, port, env).start()
 
 
 # -- CPU accounting ------------------------------------------------------------------------
@@ -589,5 +506,19 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str))
 
 
-__all__ = ["ApiException", "ControlPlane", "Operator", "Sample", "Upstream", "Watcher", "Workspaces",
-           "dir_bytes", "git", "machine_info", "now", "timed_git", "write_json"]
+__all__ = [
+    "ApiException",
+    "ControlPlane",
+    "Operator",
+    "Sample",
+    "Upstream",
+    "Watcher",
+    "Workspaces",
+    "dir_bytes",
+    "git",
+    "machine_info",
+    "now",
+    "start_operator",
+    "timed_git",
+    "write_json",
+]

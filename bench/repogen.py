@@ -3,7 +3,7 @@
     python -m bench.repogen small            # build (or find cached) and print its path
     python -m bench.repogen gitgit --force   # rebuild
 
-Sizes (SPEC §12):
+Sizes:
 
 * ``tiny``     10 files, 10 commits: the memory scenario (RSS does not depend on the tree);
 * ``small``    ~200 files, ~100 commits: quick mode and the many/burst/memory scenarios;
@@ -34,6 +34,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
+
+from testsupport import gitenv
+from testsupport.upstreams import serve_config
 
 VERSION = "v1"
 AUTHOR = "Bench Author <author@bench.test>"
@@ -91,20 +94,8 @@ def cache_root() -> Path:
     return Path(base) / "workspace-operator" / "bench"
 
 
-def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Never the user's git config, never a prompt."""
-    env = dict(os.environ)
-    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
-    env.update(extra or {})
-    return env
-
-
-def git(repo: Path, *args: str, input: bytes | None = None) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], input=input, capture_output=True, env=git_env(),
-                          timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} in {repo} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
-    return proc.stdout.decode().strip()
+def git(repo: Path, *args: str) -> str:
+    return gitenv.git(repo, *args, timeout=3600)  # a repack of the largest profile takes minutes
 
 
 # -- content -----------------------------------------------------------------------
@@ -232,7 +223,7 @@ class Stream:
 
 def _fast_import(repo: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["git", "-C", str(repo), "fast-import", "--quiet", "--depth=50", "--active-branches=1"],
-                            stdin=subprocess.PIPE, env=git_env())
+                            stdin=subprocess.PIPE, env=gitenv.hermetic_env())
 
 
 def _generate_into(repo: Path, profile: Profile) -> tuple[int, int]:
@@ -286,20 +277,6 @@ def _generate_into(repo: Path, profile: Profile) -> tuple[int, int]:
     return len(files), sum(len(blob(lines)) for lines in files.values())
 
 
-def serve_config(repo: Path) -> None:
-    """What a forge sets: fetch by SHA allowed, filters allowed, no auto-gc."""
-    for key, value in (
-        ("uploadpack.allowAnySHA1InWant", "true"),
-        ("uploadpack.allowReachableSHA1InWant", "true"),
-        ("uploadpack.allowTipSHA1InWant", "true"),
-        ("uploadpack.allowFilter", "true"),
-        ("gc.auto", "0"),
-        ("receive.autogc", "false"),
-        ("http.receivepack", "true"),
-    ):
-        git(repo, "config", key, value)
-
-
 def _pack_bytes(repo: Path) -> int:
     return sum(p.stat().st_size for p in (repo / "objects").rglob("*") if p.is_file())
 
@@ -329,7 +306,7 @@ def generate(size: str, *, force: bool = False, quiet: bool = False) -> Generate
         git(repo, "repack", "-a", "-d", "-f", "-b", "-q", "--window=10", "--depth=50")
         git(repo, "commit-graph", "write", "--reachable")
         git(repo, "pack-refs", "--all")
-        serve_config(repo)
+        serve_config(repo, (("receive.autogc", "false"), ("http.receivepack", "true")))
         head = git(repo, "rev-parse", BRANCH)
         commits = int(git(repo, "rev-list", "--count", BRANCH))
         result = Generated(size, str(target / "repo.git"), head, commits, files, tree_bytes, _pack_bytes(repo),
@@ -364,7 +341,7 @@ class Extender:
     def _read(self, paths: list[str]) -> dict[str, list[str]]:
         spec = "".join(f"{BRANCH}:{p}\n" for p in paths).encode()
         out = subprocess.run(["git", "-C", str(self.repo), "cat-file", "--batch"], input=spec,
-                             capture_output=True, env=git_env(), timeout=120, check=True).stdout
+                             capture_output=True, env=gitenv.hermetic_env(), timeout=120, check=True).stdout
         result: dict[str, list[str]] = {}
         pos = 0
         for path in paths:

@@ -23,27 +23,26 @@ def _met(row: Row) -> str:
     return "—" if row.met is None else ("yes" if row.met else "**no**")
 
 
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table; empty without rows."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) if rows else ""
+
+
 def table(results: list[Result]) -> str:
-    lines = [
-        "| Scenario | Repo | Operator (median) | Baseline (median) | Baseline is | Ratio | Target | Met? | Notes |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for result in results:
-        for row in result.rows:
-            ratio = "—" if row.ratio is None or row.unit == "MB" else f"{row.ratio:.2f}x"
-            lines.append(f"| {row.scenario} | {row.repo} | {_num(row.operator, row.unit)} | "
-                         f"{_num(row.baseline, row.unit)} | {row.baseline_is} | {ratio} | {row.target} | "
-                         f"{_met(row)} | {row.note} |")
-    return "\n".join(lines)
+    header = ["Scenario", "Repo", "Operator (median)", "Baseline (median)", "Baseline is", "Ratio", "Target", "Met?",
+              "Notes"]
+    return _table(header, [
+        [row.scenario, row.repo, _num(row.operator, row.unit), _num(row.baseline, row.unit), row.baseline_is,
+         "—" if row.ratio is None or row.unit == "MB" else f"{row.ratio:.2f}x", row.target, _met(row), row.note]
+        for result in results for row in result.rows])
 
 
 def repos_table(sizes: list[str]) -> str:
-    lines = ["| Repo | Files at HEAD | Tree (checked out) | Commits | Packed | Generated in |", "|---|---|---|---|---|---|"]
-    for size in sizes:
-        gen = repogen.generate(size, quiet=True)
-        lines.append(f"| {size} | {gen.files:,} | {_bytes(gen.tree_bytes)} | {gen.commits:,} | "
-                     f"{_bytes(gen.pack_bytes)} | {gen.seconds:.0f} s (once; cached) |")
-    return "\n".join(lines)
+    gens = [(size, repogen.generate(size, quiet=True)) for size in sizes]
+    return _table(["Repo", "Files at HEAD", "Tree (checked out)", "Commits", "Packed", "Generated in"], [
+        [size, f"{gen.files:,}", _bytes(gen.tree_bytes), f"{gen.commits:,}", _bytes(gen.pack_bytes),
+         f"{gen.seconds:.0f} s (once; cached)"] for size, gen in gens])
 
 
 def _bytes(n: int) -> str:
@@ -51,11 +50,8 @@ def _bytes(n: int) -> str:
 
 
 def machine_table(machine: Mapping[str, str]) -> str:
-    lines = ["| | |", "|---|---|"]
-    for key in ("date", "operator", "nproc", "cpu", "memory", "kernel", "git", "python", "kubernetes", "kopf",
-                "disk"):
-        lines.append(f"| {key} | {machine.get(key, 'unknown')} |")
-    return "\n".join(lines)
+    keys = ("date", "operator", "nproc", "cpu", "memory", "kernel", "git", "python", "kubernetes", "kopf", "disk")
+    return _table(["", ""], [[key, machine.get(key, "unknown")] for key in keys])
 
 
 def _ms(seconds: float) -> str:
@@ -98,42 +94,29 @@ def time_table(results: list[Result]) -> str:
 
 
 def waves_table(results: list[Result]) -> str:
-    lines = ["| | Workspaces | all Ready after | throughput | created→Ready p50 | p99 | max | lock wait p50 | "
-             "checkout p50 | upstream fetches | writes per Workspace (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    found = False
+    header = ["", "Workspaces", "all Ready after", "throughput", "created→Ready p50", "p99", "max", "lock wait p50",
+              "checkout p50", "upstream fetches", "writes per Workspace (median)"]
+    rows = []
     for result in results:
-        wave = result.data.get("wave")
-        if not wave:
+        if not (wave := result.data.get("wave")):
             continue
-        found = True
-        writes = result.data.get("writes", {})
         label = f"{result.name} (all at once)" if "at_once" in result.data else result.name
-        lines.append(f"| {label} | {wave['count']} | {wave['wall']:.2f} s | {wave['throughput']:.1f}/s | "
-                     f"{wave['p50']:.2f} s | {wave['p99']:.2f} s | {wave['max']:.2f} s | "
-                     f"{wave['lock_wait_p50']:.2f} s | {wave['checkout_p50'] * 1000:.0f} ms | "
-                     f"{wave.get('upstream_fetches', '—')} | {writes.get('median', 0):.0f} |")
-    return "\n".join(lines) if found else ""
+        rows.append([label, f"{wave['count']}", f"{wave['wall']:.2f} s", f"{wave['throughput']:.1f}/s",
+                     f"{wave['p50']:.2f} s", f"{wave['p99']:.2f} s", f"{wave['max']:.2f} s",
+                     f"{wave['lock_wait_p50']:.2f} s", _ms(wave["checkout_p50"]), f"{wave.get('upstream_fetches', '—')}",
+                     f"{result.data.get('writes', {}).get('median', 0):.0f}"])
+    return _table(header, rows)
 
 
 def conditions_table(results: list[Result]) -> str:
     """CPU seconds per scenario, by whom; `others` is everything on the machine that is not this run."""
-    lines = ["| scenario | wall | machine busy | kube-apiserver + etcd | operator (Python) | operator's git | "
-             "upstream + raw git | bench client | others (not this run) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    found = False
-    for result in results:
-        for name, cpu in _cpus(result):
-            found = True
-            wall = cpu["wall"]
-
-            def cores(key: str) -> str:
-                return f"{cpu[key]:.1f} s ({cpu[key] / wall:.2f})"
-
-            lines.append(f"| {name} | {wall:.0f} s | {cores('system_busy')} | {cores('apiserver_etcd')} | "
-                         f"{cores('operator_python')} | {cores('operator_git')} | {cores('upstream_and_raw_git')} | "
-                         f"{cores('bench_client')} | {cores('other')} |")
-    return "\n".join(lines) if found else ""
+    header = ["scenario", "wall", "machine busy", "kube-apiserver + etcd", "operator (Python)", "operator's git",
+              "upstream + raw git", "bench client", "others (not this run)"]
+    keys = ("system_busy", "apiserver_etcd", "operator_python", "operator_git", "upstream_and_raw_git",
+            "bench_client", "other")
+    return _table(header, [
+        [name, f"{cpu['wall']:.0f} s", *(f"{cpu[key]:.1f} s ({cpu[key] / cpu['wall']:.2f})" for key in keys)]
+        for result in results for name, cpu in _cpus(result)])
 
 
 def _cpus(result: Result) -> list[tuple[str, Mapping[str, float]]]:
@@ -186,7 +169,7 @@ def render(results: list[Result], machine: Mapping[str, str], settings: Settings
         "",
         table(results),
         "",
-        *([("**Quick mode** runs everything on the ~200-file `small` repository with 2 reps. The SPEC targets are "
+        *([("**Quick mode** runs everything on the ~200-file `small` repository with 2 reps. The targets (docs/design.md) are "
             "stated for a git.git-sized repository; on a 0.5 MB tree the operator's fixed per-Workspace cost "
             "(0.1–0.2 s: API round trips, a few extra git processes) dominates the ratios, so quick-mode "
             "verdicts are a smoke test, not the verdict. `python -m bench` (full) is."), ""] if settings.quick else []),

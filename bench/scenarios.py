@@ -1,4 +1,4 @@
-"""The benchmark scenarios (SPEC §12). Each runs against the real control plane, with the
+"""The benchmark scenarios. Each runs against the real control plane, with the
 operator subprocess as it ships and the upstream behind `git http-backend` on loopback.
 
 Operator and raw-git measurements are interleaved rep by rep (their order alternating),
@@ -21,7 +21,6 @@ from typing import Any
 from bench import repogen
 from bench.harness import (
     ControlPlane,
-    Operator,
     Sample,
     Upstream,
     Workspaces,
@@ -29,6 +28,7 @@ from bench.harness import (
     cpu_snapshot,
     git,
     now,
+    start_operator,
     timed_git,
 )
 
@@ -124,9 +124,9 @@ class Env:
         self.url = self.upstream.url("repo")
         namespace = cp.namespace(f"bench-{name}-{uuid.uuid4().hex[:6]}")
         settings.results_dir.mkdir(parents=True, exist_ok=True)
-        self.operator = Operator(cp.kubeconfig, self.dir / "volume", namespace,
-                                 settings.results_dir / f"operator-{name}.log",
-                                 {**settings.operator_env, **(operator_env or {})}).start()
+        self.operator = start_operator(cp.kubeconfig, self.dir / "volume", namespace,
+                                       settings.results_dir / f"operator-{name}.log",
+                                       {**settings.operator_env, **(operator_env or {})})
         self.ws = Workspaces(cp, namespace, self.url)
         self.raw = self.dir / "raw"
         self.raw.mkdir()
@@ -147,6 +147,13 @@ class Env:
         self.upstream.stop()
         if not self.settings.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def seed(self, project: str) -> Path:
+        """A Ready Workspace of the tip (the operator's cache) and a raw bare clone (the baseline's)."""
+        self.ws.materialize("seed", project, {"branch": "main"})
+        cache = self.raw / "cache.git"
+        git("clone", "--bare", "--quiet", self.url, str(cache))
+        return cache
 
     def volume(self, sample: Sample) -> Path:
         return self.operator.root / sample.path
@@ -297,9 +304,7 @@ def warm(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | No
     reps = reps or st.reps
     result = Result(f"warm-{size}")
     with Env(cp, st, f"warm-{size}", size) as env:
-        env.ws.materialize("seed", "warm", {"branch": "main"})
-        base_cache = env.raw / "cache.git"
-        git("clone", "--bare", "--quiet", env.url, str(base_cache))
+        base_cache = env.seed("warm")
         samples: list[Sample] = []
         raw: list[float] = []
         fsyncs: list[float] = []
@@ -365,9 +370,7 @@ def warm_new(cp: ControlPlane, st: Settings, size: str | None = None, reps: int 
     reps = reps or st.reps
     result = Result(f"warm-new-{size}")
     with Env(cp, st, f"warm-new-{size}", size) as env:
-        env.ws.materialize("seed", "fresh", {"branch": "main"})
-        base_cache = env.raw / "cache.git"
-        git("clone", "--bare", "--quiet", env.url, str(base_cache))
+        base_cache = env.seed("fresh")
         extender = repogen.Extender(env.bare, seed=4242)
         samples: list[Sample] = []
         raw: list[float] = []
@@ -423,6 +426,7 @@ def warm_new(cp: ControlPlane, st: Settings, size: str | None = None, reps: int 
 def _wave(env: Env, items: Sequence[tuple[str, str, Mapping[str, str]]], timeout: float) -> dict[str, Any]:
     names = [name for name, _project, _ref in items]
     settle()
+    fetches_before = env.upstream.fetches("repo")
     cpu_before = cpu_snapshot(env.cp, env.operator)
     started = now()
     env.ws.create_many(items)
@@ -445,6 +449,7 @@ def _wave(env: Env, items: Sequence[tuple[str, str, Mapping[str, str]]], timeout
         "lock_wait_p50": percentile([float(s["timings"]["lockWaitSeconds"]) for s in statuses], 50),
         "checkout_p50": percentile([float(s["timings"]["checkoutSeconds"]) for s in statuses], 50),
         "fetched": sum(1 for s in statuses if s["cache"]["fetched"]),
+        "upstream_fetches": env.upstream.fetches("repo") - fetches_before,
         "cpu": cpu,
     }
 
@@ -466,50 +471,49 @@ def _raw_serial(env: Env, projects: int, count: int, measure_at_most: int) -> tu
     return total, label
 
 
-def burst(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
-    """N Workspaces of one project and commit, at once, cold: one upstream fetch, all Ready."""
-    size = size or st.burst_size
-    result = Result(f"burst-{size}")
-    with Env(cp, st, f"burst-{size}", size) as env:
-        items = [(f"burst-{i}", "burst", {"branch": "main", "commit": env.head}) for i in range(st.burst)]
-        before = env.upstream.fetches("repo")
+def _wave_vs_serial(cp: ControlPlane, st: Settings, name: str, size: str, count: int, projects: int,
+                    measure_at_most: int, verdict: Callable[[dict[str, Any], float, str], Row]) -> Result:
+    """`count` Workspaces over `projects` projects created at once (cold caches), against raw git
+    doing the same work serially."""
+    result = Result(f"{name}-{size}")
+    with Env(cp, st, f"{name}-{size}", size) as env:
+        items = [(f"{name}-{i}", f"{name}{i % projects}", {"branch": "main", "commit": env.head})
+                 for i in range(count)]
         wave = _wave(env, items, timeout=1800)
-        wave["upstream_fetches"] = env.upstream.fetches("repo") - before
-        progress(f"burst {size}: {wave['ready']}/{st.burst} Ready in {wave['wall']:.2f}s, "
-                 f"{wave['upstream_fetches']} upstream fetch(es)")
-        raw, label = _raw_serial(env, 1, st.burst, 10 if size != "small" else st.burst)
-        ok = wave["upstream_fetches"] == 1 and wave["ready"] == st.burst
-        result.rows.append(Row(f"burst: {st.burst} Workspaces, one project+commit", size, wave["wall"], raw,
-                               f"1 `clone --bare` + {st.burst} `worktree add`, serial{label}",
-                               "1 fetch, all Ready", ok,
-                               note=f"{wave['upstream_fetches']} fetch, {wave['ready']}/{st.burst} Ready; "
-                                    f"created→Ready p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s"))
+        progress(f"{name} {size}: {wave['ready']}/{count} Ready in {wave['wall']:.2f}s ({wave['throughput']:.1f}/s), "
+                 f"p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s, {wave['upstream_fetches']} upstream fetch(es)")
+        raw, label = _raw_serial(env, projects, count, measure_at_most)
+        result.rows.append(verdict(wave, raw, label))
         result.data = {"wave": wave, "raw_serial": raw, "writes": _writes(env)}
     result.data["cpu"] = env.cpu
     return result
+
+
+def burst(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
+    """N Workspaces of one project and commit, at once, cold: one upstream fetch, all Ready."""
+    size, n = size or st.burst_size, st.burst
+
+    def verdict(wave: dict[str, Any], raw: float, label: str) -> Row:
+        return Row(f"burst: {n} Workspaces, one project+commit", size, wave["wall"], raw,
+                   f"1 `clone --bare` + {n} `worktree add`, serial{label}", "1 fetch, all Ready",
+                   wave["upstream_fetches"] == 1 and wave["ready"] == n,
+                   note=f"{wave['upstream_fetches']} fetch, {wave['ready']}/{n} Ready; "
+                        f"created→Ready p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s")
+
+    return _wave_vs_serial(cp, st, "burst", size, n, 1, 10 if size != "small" else n, verdict)
 
 
 def many(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
     """N Workspaces over P projects at once (cold caches): throughput and created→Ready p50/p99."""
-    size = size or st.many_size
-    result = Result(f"many-{size}")
-    with Env(cp, st, f"many-{size}", size) as env:
-        items = [(f"many-{i}", f"p{i % st.many_projects}", {"branch": "main", "commit": env.head})
-                 for i in range(st.many)]
-        before = env.upstream.fetches("repo")
-        wave = _wave(env, items, timeout=1800)
-        wave["upstream_fetches"] = env.upstream.fetches("repo") - before
-        progress(f"many {size}: {wave['ready']}/{st.many} Ready in {wave['wall']:.2f}s "
-                 f"({wave['throughput']:.1f}/s), p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s")
-        raw, label = _raw_serial(env, st.many_projects, st.many, st.many if size == "small" else 20)
-        result.rows.append(Row(f"many: {st.many} Workspaces over {st.many_projects} projects", size, wave["wall"],
-                               raw, f"{st.many_projects} `clone --bare` + {st.many} `worktree add`, serial{label}",
-                               "reported", None,
-                               note=f"{wave['throughput']:.1f} Workspaces/s; created→Ready p50 {wave['p50']:.2f}s, "
-                                    f"p99 {wave['p99']:.2f}s; {wave['upstream_fetches']} fetches"))
-        result.data = {"wave": wave, "raw_serial": raw, "writes": _writes(env)}
-    result.data["cpu"] = env.cpu
-    return result
+    size, n, projects = size or st.many_size, st.many, st.many_projects
+
+    def verdict(wave: dict[str, Any], raw: float, label: str) -> Row:
+        return Row(f"many: {n} Workspaces over {projects} projects", size, wave["wall"], raw,
+                   f"{projects} `clone --bare` + {n} `worktree add`, serial{label}", "reported", None,
+                   note=f"{wave['throughput']:.1f} Workspaces/s; created→Ready p50 {wave['p50']:.2f}s, "
+                        f"p99 {wave['p99']:.2f}s; {wave['upstream_fetches']} fetches")
+
+    return _wave_vs_serial(cp, st, "many", size, n, projects, n if size == "small" else 20, verdict)
 
 
 def _writes(env: Env) -> dict[str, float]:
@@ -533,11 +537,14 @@ def _memory_run(cp: ControlPlane, st: Settings, size: str, batch: int) -> tuple[
         time.sleep(2.0)
         at_ready = env.operator.rss_kb()
         settled = at_ready
+        writes_at_ready, idle_since = sum(env.ws.writes_per_workspace().values()), now()
         if st.settle_seconds > 0:  # kopf's per-object timers start 30 s after each object is handled
             remaining = st.settle_seconds - (now() - max(env.ws.created_at.values()))
             if remaining > 0:
                 time.sleep(remaining)
             settled = env.operator.rss_kb()
+        # Writes to Ready Workspaces while nothing changes (timers must not write when idle).
+        idle_writes = sum(env.ws.writes_per_workspace().values()) - writes_at_ready
         worst = max(at_ready["rss"], settled["rss"]) / 1024
         progress(f"memory {size} ({how}): {st.memory} Ready in {wall:.1f}s; RSS idle {idle['rss'] / 1024:.0f} MB, "
                  f"with {st.memory} Workspaces {worst:.0f} MB (peak {settled['hwm'] / 1024:.0f} MB)")
@@ -545,8 +552,10 @@ def _memory_run(cp: ControlPlane, st: Settings, size: str, batch: int) -> tuple[
                   idle["rss"] / 1024, "the same operator, idle, no Workspaces", "< 150 MB", worst < 150, unit="MB",
                   note=f"+{(worst * 1024 - idle['rss']) / st.memory:.0f} KB per Workspace; peak (VmHWM) "
                        f"{max(at_ready['hwm'], settled['hwm']) / 1024:.0f} MB; "
-                       f"{st.memory / wall:.1f} Workspaces/s")
+                       f"{st.memory / wall:.1f} Workspaces/s; {idle_writes} object writes in "
+                       f"{now() - idle_since:.0f} s idle")
         data = {"idle_kb": idle, "at_ready_kb": at_ready, "settled_kb": settled, "batch": batch,
+                "idle_writes": idle_writes,
                 "wave": {**waves[-1], "count": st.memory, "wall": wall, "throughput": st.memory / wall}
                 if len(waves) == 1 else None,
                 "operator_cpu_seconds": env.operator.cpu_seconds(), "writes": _writes(env)}
@@ -588,9 +597,9 @@ def replicas(cp: ControlPlane, st: Settings) -> Result:
     result = Result(f"replicas-{size}")
     for count in st.replica_counts:
         with Env(cp, st, f"replicas-{count}-{size}", size) as env:
-            extra = [Operator(cp.kubeconfig, env.operator.root, env.operator.namespace,
-                              st.results_dir / f"operator-replicas-{count}-{i}.log",
-                              {**st.operator_env, "WORKSPACE_IDENTITY": f"bench{i}"}).start()
+            extra = [start_operator(cp.kubeconfig, env.operator.root, env.ws.namespace,
+                                    st.results_dir / f"operator-replicas-{count}-{i}.log",
+                                    {**st.operator_env, "WORKSPACE_IDENTITY": f"bench{i}"})
                      for i in range(1, count)]
             try:
                 ops = [env.operator, *extra]

@@ -18,44 +18,32 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import devcluster
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
-import devcluster  # noqa: E402
+sys.path.insert(0, str(REPO))  # testsupport/
+from testsupport.gitenv import git  # noqa: E402
+from testsupport.net import free_port, port_free  # noqa: E402
+from testsupport.upstreams import commit, init_upstream  # noqa: E402
+from testsupport.wait import wait_for  # noqa: E402
 
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 DAEMON_PORT = 9418
 STATE = devcluster.DEFAULT_STATE
 VOLUME = REPO / ".workspaces"
-GIT_ENV = {
-    **os.environ,
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Demo",
-    "GIT_AUTHOR_EMAIL": "demo@example.invalid",
-    "GIT_COMMITTER_NAME": "Demo",
-    "GIT_COMMITTER_EMAIL": "demo@example.invalid",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-}
 
 
 def say(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), check=True, text=True, timeout=120, **kwargs)  # type: ignore[call-overload]
-
-
 def kubectl(*args: str, capture: bool = False) -> str:
-    result = run(KUBECTL, "--kubeconfig", str(STATE / "kubeconfig"), *args,
-                 capture_output=capture)
+    result = subprocess.run([KUBECTL, "--kubeconfig", str(STATE / "kubeconfig"), *args], check=True, text=True,
+                            timeout=120, capture_output=capture)
     return str(result.stdout or "")
 
 
@@ -64,38 +52,11 @@ def demo_repository(served: Path) -> Path:
     bare = served / "demo.git"
     if bare.exists():
         return bare
-    work = served / "demo-src"
-    run("git", "init", "-q", "-b", "main", str(work), env=GIT_ENV)
-    (work / "app").mkdir(parents=True)
-    (work / "app" / "main.py").write_text('print("hello from a workspace")\n')
-    (work / "README.md").write_text("# demo\nServed locally by `make dev`.\n")
-    run("git", "-C", str(work), "add", ".", env=GIT_ENV)
-    run("git", "-C", str(work), "commit", "-q", "-m", "demo", env=GIT_ENV)
-    run("git", "clone", "-q", "--bare", str(work), str(bare), env=GIT_ENV)
+    work = init_upstream(served / "demo-src")
+    commit(work, {"app/main.py": 'print("hello from a workspace")\n',
+                  "README.md": "# demo\nServed locally by `make dev`.\n"}, "demo")
+    git(served, "clone", "-q", "--bare", str(work), str(bare))
     return bare
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
@@ -134,7 +95,7 @@ def main() -> int:
                 ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}", "--listen=127.0.0.1",
                  f"--port={DAEMON_PORT}", str(served)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait(lambda: not port_free(DAEMON_PORT), 10, "git daemon")
+        wait_for(lambda: not port_free(DAEMON_PORT), timeout=10, message="git daemon")
         say(f"demo repository served at git://127.0.0.1:{DAEMON_PORT}/demo.git")
 
         metrics_port = int(os.environ.get("WORKSPACE_METRICS_PORT", "0")) or free_port()
@@ -149,7 +110,7 @@ def main() -> int:
             "WORKSPACE_METRICS_PORT": str(metrics_port),
         }
         operator_log = logs / "operator.log"
-        out = open(operator_log, "ab") if oneshot else None
+        out = open(operator_log, "ab") if oneshot else None  # noqa: SIM115 - the operator's stdout until it stops
         operator = subprocess.Popen([sys.executable, "-m", "workspace_operator"], env=env,
                                     stdout=out, stderr=subprocess.STDOUT if out else None,
                                     start_new_session=True)

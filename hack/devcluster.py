@@ -264,9 +264,9 @@ def main() -> int:
         return 0
     if opts.command == "up":
         started = time.monotonic()
-        cluster = start(opts.dir, controllers=not opts.no_controllers)
-        print(f"control plane ready at {cluster.server} ({time.monotonic() - started:.1f}s)")
-        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        running = start(opts.dir, controllers=not opts.no_controllers)
+        print(f"control plane ready at {running.server} ({time.monotonic() - started:.1f}s)")
+        print(f"export KUBECONFIG={running.kubeconfig}")
         return 0
     cluster = _load(opts.dir.resolve())
     if opts.command == "down":

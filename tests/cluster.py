@@ -8,55 +8,42 @@ so tests never see each other's objects.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, cast
 
 import kubernetes
 import pytest
 import yaml
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import (
+    ApiClient,
+    AuthenticationV1TokenRequest,
+    CoreV1Api,
+    CustomObjectsApi,
+    V1Lease,
+    V1LeaseSpec,
+    V1Namespace,
+    V1ObjectMeta,
+    V1TokenRequestSpec,
+)
 from kubernetes.client.exceptions import ApiException
 
+import devcluster  # hack/, on pytest's pythonpath
+from testsupport.net import free_port
+from testsupport.operator import OperatorProcess, operator_env
+from testsupport.wait import wait_for
+
+__all__ = ["KUBECTL", "REPO", "OperatorProcess", "Workspaces", "dump", "free_port", "lease_spec", "load_yaml", "new_api_client", "new_namespace",
+           "service_account_token", "token_kubeconfig", "wait_for"]
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
-import devcluster  # noqa: E402
-
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.1,
-             message: str = "condition") -> T:
-    """Poll until predicate returns a truthy value; fail the test with `message` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as error:  # noqa: BLE001 - surfaced at the deadline
-            last_error = error
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}"
-                                 + (f" (last error: {last_error})" if last_error else ""))
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -74,11 +61,30 @@ def kubeconfig(control_plane: devcluster.Cluster) -> Path:
     return control_plane.kubeconfig
 
 
+def new_api_client(kubeconfig: Path) -> ApiClient:
+    client: ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig))
+    return client
+
+
 @pytest.fixture(scope="session")
 def api_client(kubeconfig: Path) -> Iterator[ApiClient]:
-    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    client = new_api_client(kubeconfig)
     yield client
-    client.close()
+    client.close()  # type: ignore[no-untyped-call]
+
+
+def service_account_token(core: CoreV1Api, name: str, namespace: str, seconds: int = 600) -> str:
+    """A bound token of the ServiceAccount (TokenRequest API)."""
+    request = AuthenticationV1TokenRequest(spec=V1TokenRequestSpec(audiences=[], expiration_seconds=seconds))
+    status = core.create_namespaced_service_account_token(name, namespace, request).status
+    assert status is not None and status.token
+    return str(status.token)
+
+
+def lease_spec(lease: V1Lease) -> V1LeaseSpec:
+    assert lease.spec is not None, lease
+    return lease.spec
 
 
 def token_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
@@ -114,16 +120,23 @@ def crd(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     kubectl("wait", "--for=condition=Established", "crd/workspaces.crafting.dev", "--timeout=60s")
 
 
+@contextlib.contextmanager
+def new_namespace(api_client: ApiClient, prefix: str = "t") -> Iterator[str]:
+    """A fresh namespace for the block, deleted at its end."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    core = CoreV1Api(api_client)
+    core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(name)
+
+
 @pytest.fixture
 def namespace(api_client: ApiClient) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    core = CoreV1Api(api_client)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    try:
-        core.delete_namespace(name)
-    except ApiException:
-        pass
+    with new_namespace(api_client) as name:
+        yield name
 
 
 @dataclass
@@ -136,13 +149,13 @@ class Workspaces:
     def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": "crafting.dev/v1", "kind": "Workspace",
                 "metadata": {"name": name, "namespace": self.namespace}, "spec": spec}
-        return dict(self.api.create_namespaced_custom_object("crafting.dev", "v1", self.namespace,
-                                                             "workspaces", body))
+        created = self.api.create_namespaced_custom_object("crafting.dev", "v1", self.namespace, "workspaces", body)
+        return cast(dict[str, Any], created)
 
     def get(self, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.api.get_namespaced_custom_object("crafting.dev", "v1", self.namespace,
-                                                              "workspaces", name))
+            found = self.api.get_namespaced_custom_object("crafting.dev", "v1", self.namespace, "workspaces", name)
+            return cast(dict[str, Any], found)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -162,13 +175,19 @@ class Workspaces:
         return None
 
     def wait_ready(self, name: str, timeout: float = 60) -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(name)).get("phase") == "Ready" and s,
-                        timeout=timeout, message=f"workspace {name} Ready (status: {self.status(name)})")
+        def ready() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status.get("phase") == "Ready" else None
+
+        return wait_for(ready, timeout=timeout, message=f"workspace {name} Ready (status: {self.status(name)})")
 
     def wait_reason(self, name: str, reason: str, timeout: float = 60) -> dict[str, Any]:
-        return wait_for(lambda: (c := self.ready_condition(name)) and c.get("reason") == reason and c,
-                        timeout=timeout, message=f"workspace {name} Ready reason {reason} "
-                        f"(status: {self.status(name)})")
+        def with_reason() -> dict[str, Any] | None:
+            condition = self.ready_condition(name)
+            return condition if condition and condition.get("reason") == reason else None
+
+        return wait_for(with_reason, timeout=timeout,
+                        message=f"workspace {name} Ready reason {reason} (status: {self.status(name)})")
 
     def wait_gone(self, name: str, timeout: float = 60) -> None:
         wait_for(lambda: self.get(name) is None, timeout=timeout, message=f"workspace {name} deleted")
@@ -177,58 +196,6 @@ class Workspaces:
 @pytest.fixture
 def workspaces(api_client: ApiClient, namespace: str, crd: None) -> Workspaces:
     return Workspaces(CustomObjectsApi(api_client), namespace)
-
-
-@dataclass
-class OperatorProcess:
-    root: Path
-    log_path: Path
-    metrics_port: int
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    extra_args: list[str] = field(default_factory=list)
-
-    def start(self) -> OperatorProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "workspace_operator", *self.extra_args],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        wait_for(self._ready, timeout=60, message=f"operator ready (log: {self.log_path})")
-        return self
-
-    def _ready(self) -> bool:
-        import urllib.request
-
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"operator exited {self.proc.returncode}: {self.log()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            return str(resp.read().decode())
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
 
 
 @pytest.fixture
@@ -241,17 +208,10 @@ def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
     def start(*, env: dict[str, str] | None = None, root_dir: Path | None = None,
               args: list[str] | None = None) -> OperatorProcess:
         port = free_port()
-        full_env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "WORKSPACE_ROOT": str(root_dir or root),
-            "WORKSPACE_NAMESPACES": namespace,
-            "WORKSPACE_LEASE_NAMESPACE": namespace,
-            "WORKSPACE_ALLOWED_SCHEMES": "https,ssh,http,git,file",
+        overrides = {
             # Test upstreams listen on loopback and live in the test's temp dir: allow both explicitly.
             "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",
             "WORKSPACE_FILE_ROOTS": str(tmp_path),
-            "WORKSPACE_METRICS_PORT": str(port),
             "WORKSPACE_GIT_TIMEOUT_SECONDS": "30",
             "WORKSPACE_LEASE_SECONDS": "10",
             "WORKSPACE_RETRY_BASE_SECONDS": "0.5",
@@ -260,6 +220,8 @@ def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
             "TMPDIR": str(tmp_path),
             **(env or {}),
         }
+        full_env = operator_env(kubeconfig=kubeconfig, root=root_dir or root, metrics_port=port,
+                                namespace=namespace, overrides=overrides)
         process = OperatorProcess(Path(full_env["WORKSPACE_ROOT"]), tmp_path / f"operator-{len(started)}.log",
                                   port, full_env, extra_args=args or [])
         started.append(process)

@@ -1,7 +1,7 @@
 """Shared helpers and fixtures for the git engine tests (tests/test_git_*.py).
 
-Import the fixtures you use by name into the test module (pytest only sees
-fixtures that are module attributes). Nothing here knows Kubernetes.
+A pytest plugin (tests/conftest.py): its fixtures are there for every test;
+import only the helpers. Nothing here knows Kubernetes.
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from upstreams import GitDaemon, StandardRepo, git_env, make_standard_repo
+from testsupport.gitenv import run_git as run_git
+from testsupport.upstreams import GitDaemon, StandardRepo, make_standard_repo
 from workspace_operator.git import CheckoutRequest, CheckoutResult, Engine, GitSettings, Revision
 from workspace_operator.git.layout import ProjectLayout
 
 SUBPROCESS_TIMEOUT = 60
+
 ALL_SCHEMES = frozenset({"git", "http", "https", "ssh", "file"})
 NS, PROJECT, NAME = "team-a", "proj", "ws"
 
@@ -83,18 +84,6 @@ def ro_repo(standard_repo_template: StandardRepo, ro_daemon: GitDaemon) -> Stand
     return standard_repo_template
 
 
-# -- running git ---------------------------------------------------------------
-
-
-def run_git(*args: str, cwd: Path, check: bool = True,
-            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=cwd, env=git_env(env),
-                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, stdin=subprocess.DEVNULL)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} in {cwd} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
-
-
 # -- the engine ------------------------------------------------------------------
 
 
@@ -138,6 +127,12 @@ async def checkout(engine: Engine, req: CheckoutRequest) -> CheckoutResult:
 
 def layout(volume: Path, project: str = PROJECT, namespace: str = NS) -> ProjectLayout:
     return ProjectLayout(volume, namespace, project)
+
+
+def worktree_path(volume: Path, result: CheckoutResult) -> Path:
+    """Where a worktree checkout landed (cache-only checkouts have none)."""
+    assert result.path is not None, "a cache-only checkout has no worktree"
+    return volume / result.path
 
 
 # -- inspecting the volume -----------------------------------------------------------
@@ -228,6 +223,16 @@ def assert_worktree_at(project_layout: ProjectLayout, name: str, commit: str) ->
     status = run_git("status", "--porcelain", "--untracked-files=all", "--ignored", cwd=path).stdout
     assert status == "", f"worktree {name} differs from {commit}:\n{status[:2000]}"
     assert (project_layout.ready_record(name)).is_file()
+
+
+def assert_materialized(volume: Path, repo: StandardRepo, result: CheckoutResult, url: str, sha: str, *,
+                        name: str = NAME) -> None:
+    """The checkout of `sha` is complete: exactly its files, a clean worktree on the real cache,
+    and a consistent cache."""
+    assert result.commit == sha
+    assert tree_files(worktree_path(volume, result)) == expected_files(repo, sha)
+    assert_worktree_at(layout(volume), name, sha)
+    assert_cache_consistent(layout(volume), url)
 
 
 # -- processes ---------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_spec_mode_and_tags() -> None:
     assert not checkout_request("ns", "w", spec).cache_only
     request = checkout_request("ns", "w", {**spec, "mode": "CacheOnly", "tags": True})
     assert request.cache_only and request.tags
-    with pytest.raises(Exception, match="spec.mode must be one of Worktree, CacheOnly"):
+    with pytest.raises(Exception, match=r"spec\.mode must be one of Worktree, CacheOnly"):
         checkout_request("ns", "w", {**spec, "mode": "Clone"})
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import yaml
 from kubernetes.client import ApiClient, CustomObjectsApi
 
 from cluster import REPO, OperatorProcess, Workspaces, load_yaml, wait_for
-from pod import EmulatedPod, job_kubeconfig, job_token, ok, pod  # noqa: F401  (pod: the fixture)
+from pod import EmulatedPod, job_kubeconfig, job_token, ok
 from upstreams import SmartHTTP, StandardRepo, git, publish
 
 pytestmark = pytest.mark.cluster
@@ -86,7 +86,7 @@ def served_as_org_repo(upstream_repo: StandardRepo) -> StandardRepo:
 @pytest.fixture
 def ci_pod(pod: EmulatedPod, kubectl: Kubectl, kubeconfig: Path, api_client: ApiClient, namespace: str,
            workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP,
-           tmp_path: Path) -> Iterator[tuple[EmulatedPod, OperatorProcess]]:
+           tmp_path: Path) -> tuple[EmulatedPod, OperatorProcess]:
     op = operator_factory()
     op.root.mkdir(parents=True, exist_ok=True)
     pod.mounts[pod.cache_root] = op.root  # the claim, read-only, at /workspaces (here: the cache root)
@@ -97,7 +97,7 @@ def ci_pod(pod: EmulatedPod, kubectl: Kubectl, kubeconfig: Path, api_client: Api
     secret["metadata"].update(namespace=namespace, annotations={
         "crafting.dev/repositories": f"http://127.0.0.1:{smart_http.port}/org/"})
     kubectl("apply", "-f", "-", input=json.dumps(secret))
-    yield pod, op
+    return pod, op
 
 
 def checked_out(pod: EmulatedPod, directory: Path, commit: str) -> None:

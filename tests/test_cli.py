@@ -18,7 +18,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from cluster import OperatorProcess, Workspaces, token_kubeconfig, wait_for
-from pod import EmulatedPod, job_kubeconfig, job_token, ok, pod, tree_digest  # noqa: F401  (pod: the fixture)
+from pod import EmulatedPod, job_kubeconfig, job_token, ok, tree_digest
 from upstreams import SmartHTTP, StandardRepo, commit, git
 
 pytestmark = pytest.mark.cluster

@@ -1,4 +1,4 @@
-"""The local control plane is a real Kubernetes API server (SPEC §11)."""
+"""The local control plane is a real Kubernetes API server."""
 
 from __future__ import annotations
 
@@ -7,10 +7,23 @@ from collections.abc import Callable
 from subprocess import CompletedProcess
 
 import pytest
-from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client import (
+    ApiClient,
+    CoordinationV1Api,
+    CoreV1Api,
+    CustomObjectsApi,
+    V1ConfigMap,
+    V1Lease,
+    V1LeaseSpec,
+    V1ObjectMeta,
+    V1OwnerReference,
+    V1ServiceAccount,
+)
 from kubernetes.client.exceptions import ApiException
 
-from cluster import wait_for
+from cluster import lease_spec, service_account_token, wait_for
+
+pytestmark = pytest.mark.cluster
 
 Kubectl = Callable[..., CompletedProcess[str]]
 
@@ -35,12 +48,12 @@ GADGET_CRD = {
 
 def test_lease_round_trip(api_client: ApiClient, namespace: str) -> None:
     api = CoordinationV1Api(api_client)
-    api.create_namespaced_lease(namespace, {"metadata": {"name": "probe"},
-                                            "spec": {"holderIdentity": "me", "leaseDurationSeconds": 7}})
+    api.create_namespaced_lease(namespace, V1Lease(metadata=V1ObjectMeta(name="probe"),
+                                                   spec=V1LeaseSpec(holder_identity="me", lease_duration_seconds=7)))
     lease = api.read_namespaced_lease("probe", namespace)
-    assert lease.spec.holder_identity == "me"
-    assert lease.spec.lease_duration_seconds == 7
-    assert lease.metadata.resource_version
+    assert lease_spec(lease).holder_identity == "me"
+    assert lease_spec(lease).lease_duration_seconds == 7
+    assert lease.metadata and lease.metadata.resource_version
 
 
 def test_crd_is_served_and_validates(kubectl: Kubectl, api_client: ApiClient, namespace: str) -> None:
@@ -58,9 +71,8 @@ def test_crd_is_served_and_validates(kubectl: Kubectl, api_client: ApiClient, na
 
 def test_rbac_is_enforced_and_token_request_works(api_client: ApiClient, kubectl: Kubectl, namespace: str) -> None:
     core = CoreV1Api(api_client)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "nobody"}})
-    token = core.create_namespaced_service_account_token(
-        "nobody", namespace, {"spec": {"expirationSeconds": 600}}).status.token
+    core.create_namespaced_service_account(namespace, V1ServiceAccount(metadata=V1ObjectMeta(name="nobody")))
+    token = service_account_token(core, "nobody", namespace)
     whoami = kubectl("auth", "whoami", "-o", "json", token=token)
     assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == \
         f"system:serviceaccount:{namespace}:nobody"
@@ -71,16 +83,18 @@ def test_rbac_is_enforced_and_token_request_works(api_client: ApiClient, kubectl
 
 def test_garbage_collector_follows_owner_references(api_client: ApiClient, namespace: str) -> None:
     core = CoreV1Api(api_client)
-    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "child", "ownerReferences": [
-        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}]}})
+    owner = core.create_namespaced_config_map(namespace, V1ConfigMap(metadata=V1ObjectMeta(name="owner")))
+    assert owner.metadata and owner.metadata.uid
+    reference = V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid)
+    core.create_namespaced_config_map(namespace, V1ConfigMap(metadata=V1ObjectMeta(
+        name="child", owner_references=[reference])))
     core.delete_namespaced_config_map("owner", namespace)
 
     def child_gone() -> bool:
         try:
             core.read_namespaced_config_map("child", namespace)
         except ApiException as error:
-            return error.status == 404
+            return bool(error.status == 404)
         return False
 
     wait_for(child_gone, timeout=60, message="garbage collector to delete the dependent ConfigMap")

@@ -242,9 +242,9 @@ def test_structural_schema_rules(root: Schema) -> None:
             for key in node["x-kubernetes-list-map-keys"]:
                 if key not in item.get("required", []) and "default" not in item["properties"][key]:
                     problems.append(f"{path}: list-map key {key} must be required")
-        if node.get("x-kubernetes-list-type") == "set":
-            if node["items"].get("type") not in ("string", "integer", "number", "boolean"):
-                problems.append(f"{path}: set items must be scalars")
+        if node.get("x-kubernetes-list-type") == "set" and \
+                node["items"].get("type") not in ("string", "integer", "number", "boolean"):
+            problems.append(f"{path}: set items must be scalars")
     assert not problems, problems
 
 

@@ -18,51 +18,38 @@ from pathlib import Path
 
 import pytest
 
-from attackers import CredentialSink, credential_sink
+from attackers import CredentialSink
 from engine_fixtures import (
     NS,
     assert_cache_consistent,
     assert_worktree_at,
     checkout,
-    engine,
     layout,
     make_settings,
-    no_leftover_processes,
     processes_under,
     request,
     run_git,
-    scratch,
     snapshot,
-    standard_repo_template,
     tree_files,
-    upstream_repo,
-    volume,
+    worktree_path,
 )
-from upstreams import (GitDaemon, SmartHTTP, SSHDMissingError, SSHServer, StandardRepo, commit, git, git_env,
-                       publish)
+from upstreams import (
+    GitDaemon,
+    SmartHTTP,
+    SSHDMissingError,
+    SSHServer,
+    StandardRepo,
+    git,
+    git_env,
+    publish,
+    served_repo,
+)
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
 
-__all__ = ["credential_sink", "engine", "no_leftover_processes", "scratch", "standard_repo_template",
-           "upstream_repo", "volume"]
-
-pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
 USER = "ci5x"  # short on purpose: masked too
 TOKEN = "tok-" + secrets.token_hex(12)
-
-
-def served_repo(served: Path, name: str, files: dict[str, str], gitlinks: dict[str, str] | None = None,
-                gitmodules: str | None = None) -> str:
-    """Build and publish served/<name>.git with files (+ submodule gitlinks); return its commit."""
-    src = served.parent / f"{name}-src"
-    git(served.parent, "init", "-q", "-b", "main", str(src))
-    for path, sha in (gitlinks or {}).items():
-        git(src, "update-index", "--add", "--cacheinfo", f"160000,{sha},{path}")
-    if gitmodules is not None:
-        files = {**files, ".gitmodules": gitmodules}
-    sha = commit(src, files, f"{name} content")
-    publish(src, served / f"{name}.git")
-    return sha
 
 
 def submodule(name: str, path: str, url: str) -> str:
@@ -165,7 +152,7 @@ async def test_same_host_other_path_gets_credentials_only_when_the_secret_lists_
 
     whole_host = Credentials(username=USER, password=TOKEN, scopes=(url.rsplit("/", 1)[0] + "/",))
     result = await checkout(engine, request(url, submodules=True, credentials=whole_host, project="wide"))
-    assert tree_files(volume / result.path / "lib")["README.md"] == "# demo\n\nv1.1\n"
+    assert tree_files(worktree_path(volume, result) / "lib")["README.md"] == "# demo\n\nv1.1\n"
     assert any(r.user == USER and r.status == 200 for r in auth_http.requests() if r.path.startswith(lib_path))
 
 
@@ -199,7 +186,7 @@ async def test_ssh_key_only_for_granted_submodules(
         assert caught.value.reason is Reason.AUTH_FAILED, caught.value  # the submodule ran without the key
         wide = Credentials(ssh_private_key=key, known_hosts=known, scopes=(url.rsplit("/", 1)[0] + "/",))
         result = await checkout(engine, request(url, submodules=True, credentials=wide, project="wide"))
-        assert (volume / result.path / "lib" / "README.md").is_file()
+        assert (worktree_path(volume, result) / "lib" / "README.md").is_file()
     finally:
         server.stop()
 
@@ -232,7 +219,7 @@ async def test_submodule_workspace_keeps_one_clean_cache(
     assert run_git("config", "--list", "--local", cwd=cache).stdout == config_after_first
     for index in range(6):
         assert_worktree_at(layout(volume), f"ws-{index}", top)
-    files = tree_files(volume / first.path)
+    files = tree_files(worktree_path(volume, first))
     assert files["vendor/lib/lib.txt"] == "library\n" and files["vendor/lib/deep/deep.txt"] == "deepest\n"
     # A restarted engine (deep check of the cache) still trusts it.
     restarted = Engine(volume, engine.settings)
@@ -275,7 +262,7 @@ async def test_submodule_marked_update_none_is_left_out(
     served_repo(git_daemon.base, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
                 submodule("lib", "lib", git_daemon.url("repo")) + "\tupdate = none\n")
     result = await checkout(engine, request(git_daemon.url("super"), submodules=True))
-    assert sorted(tree_files(volume / result.path)) == [".gitmodules", "top.txt"]
+    assert sorted(tree_files(worktree_path(volume, result))) == [".gitmodules", "top.txt"]
     assert git_daemon.count("repo") == 0
 
 
@@ -343,8 +330,9 @@ async def test_fetch_checks_objects_when_asked(upstream_repo: StandardRepo, git_
     src = git_daemon.base.parent / "evil-src"
     git(git_daemon.base.parent, "init", "-q", "-b", "main", str(src))
     empty_blob = run_git("hash-object", "-w", "-t", "blob", "/dev/null", cwd=src).stdout.strip()
-    bad_tree = subprocess.run(["git", "mktree"], input=f"100644 blob {empty_blob}\t.GIT\n", cwd=src,
-                              env=git_env(), capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    bad_tree = subprocess.run(  # noqa: ASYNC221 - setup, before anything runs concurrently
+        ["git", "mktree"], input=f"100644 blob {empty_blob}\t.GIT\n", cwd=src,
+        env=git_env(), capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     bad = git(src, "commit-tree", bad_tree, "-m", "evil").strip()
     git(src, "update-ref", "refs/heads/main", bad)
     publish(src, git_daemon.base / "evil.git")

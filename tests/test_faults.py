@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient, CoordinationV1Api
 
-from cluster import OperatorProcess, Workspaces, wait_for
+from cluster import OperatorProcess, Workspaces, lease_spec, wait_for
+from testsupport.volumes import resize, tmpfs
 from upstreams import SmartHTTP, git_env, publish
+
+pytestmark = pytest.mark.cluster
 
 StartOperator = Callable[..., OperatorProcess]
 TRIALS = int(os.environ.get("FAULT_TRIALS", "20"))
@@ -115,7 +118,7 @@ def test_sigkill_during_clone_fetch_checkout(api_client: ApiClient, namespace: s
         coordination = CoordinationV1Api(api_client)
         # Project locks all released (heartbeat Leases of the live replica are held, by design).
         leases = coordination.list_namespaced_lease(namespace, label_selector="crafting.dev/project").items
-        assert leases and all(not lease.spec.holder_identity for lease in leases)
+        assert leases and all(not lease_spec(lease).holder_identity for lease in leases)
     finally:
         server.stop()
 
@@ -144,28 +147,17 @@ def test_upstream_faults_recover_without_restart(namespace: str, workspaces: Wor
 def test_disk_full_reports_and_recovers(namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
                                         medium_repo: tuple[Path, str], tmp_path: Path) -> None:
     served, head = medium_repo
-    volume = tmp_path / "small-volume"
-    volume.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(volume)],
-                             capture_output=True, timeout=30)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here: {mounted.stderr.decode().strip()}")
-    server = SmartHTTP(served).start()
-    try:
+    with tmpfs(tmp_path / "small-volume", "6m") as volume, SmartHTTP(served) as server:
         op = operator_factory(root_dir=volume)
         workspaces.create("big", {"project": "full", "repository": server.url("medium")})
         condition = workspaces.wait_reason("big", "DiskFull", timeout=60)
         assert "no space left" in condition["message"].lower()
         check_volume(volume)
         op.stop()
-        subprocess.run(["mount", "-o", "remount,size=200m", str(volume)], check=True, timeout=30)
+        resize(volume, "200m")
         operator_factory(root_dir=volume)
         assert workspaces.wait_ready("big", timeout=120)["commit"] == head
         check_volume(volume)
-    finally:
-        server.stop()
-        wait_for(lambda: subprocess.run(["umount", str(volume)], capture_output=True, timeout=30).returncode == 0,
-                 timeout=30, message="unmount")
 
 
 def test_sigterm_kills_git_and_releases_the_lease(api_client: ApiClient, namespace: str, workspaces: Workspaces,
@@ -181,7 +173,7 @@ def test_sigterm_kills_git_and_releases_the_lease(api_client: ApiClient, namespa
         lease = f"ws-{namespace}.term"
 
         def held() -> bool:
-            return bool(coordination.read_namespaced_lease(lease, namespace).spec.holder_identity)
+            return bool(lease_spec(coordination.read_namespaced_lease(lease, namespace)).holder_identity)
 
         wait_for(held, timeout=30, message="the project lease to be held during the hung fetch")
         assert op.proc is not None

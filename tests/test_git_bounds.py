@@ -21,12 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from engine_fixtures import ro_daemon, ro_repo, standard_repo_template
 from upstreams import GitDaemon, StandardRepo
 from workspace_operator.git import GitError, GitSettings, Reason
 from workspace_operator.git.runner import GitRunner, available_cpus, default_max_processes
-
-__all__ = ["ro_daemon", "ro_repo", "standard_repo_template"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = "1" * 40
@@ -40,7 +37,7 @@ def _pkt(data: bytes) -> bytes:
 class _Hostile(BaseHTTPRequestHandler):
     """Protocol v0 smart HTTP: a ref advertisement of REFS refs, every one matching refs/heads/main."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/x-git-upload-pack-advertisement")
         self.send_header("Connection", "close")
@@ -83,7 +80,10 @@ async def main() -> None:
     root, scratch, url = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     engine = Engine(root, GitSettings(allowed_schemes=frozenset({"http", "git"}), scratch_dir=scratch,
                                       timeout_seconds=120, allow_private_networks=True))
-    request = CheckoutRequest(namespace="ns", project="p", name="w", repository=url, revision=Revision(branch="main"))
+    # A full ref name: a new cache is then made by init + ls-remote + fetch (a branch or tag
+    # would be cloned, and git's clone reads the advertisement, not the engine).
+    request = CheckoutRequest(namespace="ns", project="p", name="w", repository=url,
+                              revision=Revision(name="refs/heads/main"))
     outcome = "Ready"
     try:
         await engine.checkout(engine.validate(request))

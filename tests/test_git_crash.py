@@ -19,7 +19,6 @@ no worktree metadata for missing directories and no lock files.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -41,28 +40,20 @@ from engine_fixtures import (
     assert_cache_consistent,
     assert_worktree_at,
     checkout,
-    engine,
     kill_processes_under,
     layout,
     make_settings,
-    no_leftover_processes,
     processes_under,
     request,
     run_git,
-    scratch,
-    standard_repo_template,
     tree_files,
-    upstream_repo,
-    volume,
     wait_no_processes,
     worktree_entries,
 )
 from upstreams import GitDaemon, SmartHTTP, StandardRepo
 from workspace_operator.git import Engine, GitError, Revision
 
-__all__ = ["engine", "no_leftover_processes", "scratch", "standard_repo_template", "upstream_repo", "volume"]
-
-pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
 ITERATIONS = 10
 FILES = 600  # enough for a checkout to take a good fraction of a second here
@@ -174,10 +165,10 @@ from workspace_operator.git import CheckoutRequest, Engine, GitSettings, Revisio
 root, scratch, url, branch, commit = sys.argv[1:6]
 engine = Engine(Path(root), GitSettings(allowed_schemes=frozenset({"git"}), scratch_dir=Path(scratch),
                                            allow_private_networks=True))
-req = CheckoutRequest(%r, %r, %r, url, Revision(branch=branch or None, commit=commit or None))
+req = CheckoutRequest(NS, PROJECT, NAME, url, Revision(branch=branch or None, commit=commit or None))
 result = asyncio.run(engine.checkout(engine.validate(req)))
 print(json.dumps({"commit": result.commit}), flush=True)
-""" % (NS, PROJECT, NAME)
+""".replace("NS, PROJECT, NAME", f"{NS!r}, {PROJECT!r}, {NAME!r}")
 
 
 @dataclass
@@ -225,7 +216,7 @@ async def _crash_sigkill_git(engine: Engine, volume: Path, url: str, revision: R
 
 async def _crash_kill_engine(scratch: Path, volume: Path, url: str, revision: Revision, phase: str,
                              delay: float) -> Outcome:
-    child = subprocess.Popen(
+    child = subprocess.Popen(  # noqa: ASYNC220 - the child is the operator to kill, not awaited work
         [sys.executable, "-c", CHILD, str(volume), str(scratch), url, revision.branch or "", revision.commit or ""],
         cwd=volume, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
@@ -239,7 +230,7 @@ async def _crash_kill_engine(scratch: Path, volume: Path, url: str, revision: Re
     finally:
         if child.poll() is None:
             child.kill()
-        stdout, stderr = child.communicate(timeout=SUBPROCESS_TIMEOUT)
+        _, stderr = child.communicate(timeout=SUBPROCESS_TIMEOUT)
     if not interrupted:
         assert child.returncode == 0, stderr.decode(errors="replace")[-2000:]
     return Outcome(interrupted, f"killed engine during {_short(seen)!r}; then {[_short(k) for k in killed]}")

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -22,34 +23,25 @@ from engine_fixtures import (
     PROJECT,
     SUBPROCESS_TIMEOUT,
     assert_cache_consistent,
+    assert_materialized,
     assert_worktree_at,
     checkout,
-    engine,
     expected_files,
     layout,
     make_settings,
-    no_leftover_processes,
     request,
-    ro_daemon,
-    ro_repo,
     run_git,
-    scratch,
     snapshot,
-    standard_repo_template,
     tree_files,
-    upstream_repo,
-    volume,
     wait_no_processes,
     worktree_entries,
+    worktree_path,
 )
-from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, git, publish
+from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, publish, served_repo
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
-from workspace_operator.git.cache import OPERATION_MARKER
+from workspace_operator.git.markers import OPERATION_MARKER
 
-__all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template",
-           "upstream_repo", "volume"]  # fixtures, used by name
-
-pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
 
 def closed_port() -> int:
@@ -61,7 +53,8 @@ def closed_port() -> int:
 # -- refs --------------------------------------------------------------------------
 
 
-REFS = {
+RefCase = tuple[Callable[[StandardRepo], Revision], Callable[[StandardRepo], str]]
+REFS: dict[str, RefCase] = {
     "default-branch": (lambda r: Revision(), lambda r: r.main),
     "branch": (lambda r: Revision(branch="main"), lambda r: r.main),
     "branch-with-slashes": (lambda r: Revision(branch=r.FEATURE_BRANCH), lambda r: r.feature),
@@ -88,9 +81,7 @@ async def test_every_kind_of_ref_checks_out_the_right_commit(
     assert result.path == PurePosixPath(NS, PROJECT, NAME)
     assert result.workdir == result.path
     assert (result.cache_hit, result.fetched, result.reused, result.cache_repaired) == (False, True, False, None)
-    assert tree_files(volume / result.path) == expected_files(ro_repo, sha)
-    assert_worktree_at(layout(volume), NAME, sha)
-    assert_cache_consistent(layout(volume), url)
+    assert_materialized(volume, ro_repo, result, url, sha)
 
 
 async def test_all_refs_side_by_side_share_one_cache(
@@ -100,7 +91,7 @@ async def test_all_refs_side_by_side_share_one_cache(
         make_revision, expected = REFS[case]
         result = await checkout(engine, request(url, make_revision(upstream_repo), name=f"w{index}"))
         assert result.commit == expected(upstream_repo), case
-        assert tree_files(volume / result.path) == expected_files(upstream_repo, result.commit), case
+        assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, result.commit), case
     assert sorted(p.name for p in layout(volume).project_dir.iterdir()) == [
         ".cache", ".ready", *sorted(f"w{i}" for i in range(len(REFS)))]
     assert len(worktree_entries(layout(volume).cache_dir)) == len(REFS)
@@ -124,18 +115,16 @@ async def test_sparse_cone_checks_out_only_those_dirs(
     assert result.commit == ro_repo.feature
     assert result.workdir == PurePosixPath(NS, PROJECT, NAME, "services", "api")
     # Cone mode: the listed directory recursively plus top-level files, nothing else.
-    assert tree_files(volume / result.path) == {
+    assert tree_files(worktree_path(volume, result)) == {
         "README.md": "# demo\n\nv1.1\n",
         "services/api/app.py": "print('api v1.1')\n",
         "services/api/feature.py": "FEATURE = True\n",
     }
-    assert run_git("rev-parse", "HEAD", cwd=volume / result.path).stdout.strip() == ro_repo.feature
+    assert run_git("rev-parse", "HEAD", cwd=worktree_path(volume, result)).stdout.strip() == ro_repo.feature
 
     # Sparse settings are per worktree: a later full workspace from the same cache is complete.
     full = await checkout(engine, request(url, Revision(branch=ro_repo.FEATURE_BRANCH), name="full"))
-    assert tree_files(volume / full.path) == expected_files(ro_repo, ro_repo.feature)
-    assert_worktree_at(layout(volume), "full", ro_repo.feature)
-    assert_cache_consistent(layout(volume), url)
+    assert_materialized(volume, ro_repo, full, url, ro_repo.feature, name="full")
 
 
 async def test_sub_path_outside_sparse_dirs_is_refused(engine: Engine, ro_daemon: GitDaemon,
@@ -146,44 +135,30 @@ async def test_sub_path_outside_sparse_dirs_is_refused(engine: Engine, ro_daemon
     assert list(volume.iterdir()) == []
 
 
-def _served_repo(served: Path, name: str, files: dict[str, str], gitlinks: dict[str, str] | None = None,
-                 gitmodules: str | None = None) -> str:
-    """Build and publish served/<name>.git with files (+ submodule gitlinks); return its commit."""
-    src = served.parent / f"{name}-src"
-    git(served.parent, "init", "-q", "-b", "main", str(src))
-    for path, sha in (gitlinks or {}).items():
-        git(src, "update-index", "--add", "--cacheinfo", f"160000,{sha},{path}")
-    if gitmodules is not None:
-        files = {**files, ".gitmodules": gitmodules}
-    sha = commit(src, files, f"{name} content")
-    publish(src, served / f"{name}.git")
-    return sha
-
-
 async def test_submodules_are_checked_out_recursively(
         engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
     served = git_daemon.base
-    deep = _served_repo(served, "deep", {"deep.txt": "deepest\n"})
+    deep = served_repo(served, "deep", {"deep.txt": "deepest\n"})
     # lib -> deep by absolute git:// URL; super -> lib by a URL relative to super's own.
-    lib = _served_repo(served, "lib", {"lib.txt": "library\n"}, {"deep": deep},
+    lib = served_repo(served, "lib", {"lib.txt": "library\n"}, {"deep": deep},
                        f'[submodule "deep"]\n\tpath = deep\n\turl = {git_daemon.url("deep")}\n')
-    top = _served_repo(served, "super", {"top.txt": "top\n"}, {"vendor/lib": lib},
+    top = served_repo(served, "super", {"top.txt": "top\n"}, {"vendor/lib": lib},
                        '[submodule "lib"]\n\tpath = vendor/lib\n\turl = ../lib.git\n')
     url = git_daemon.url("super")
 
     result = await checkout(engine, request(url, Revision(branch="main"), submodules=True))
     assert result.commit == top
-    files = tree_files(volume / result.path)
+    files = tree_files(worktree_path(volume, result))
     assert files["top.txt"] == "top\n"
     assert files["vendor/lib/lib.txt"] == "library\n"
     assert files["vendor/lib/deep/deep.txt"] == "deepest\n"
-    worktree = volume / result.path
+    worktree = worktree_path(volume, result)
     assert run_git("rev-parse", "HEAD", cwd=worktree / "vendor/lib").stdout.strip() == lib
     assert run_git("rev-parse", "HEAD", cwd=worktree / "vendor/lib/deep").stdout.strip() == deep
 
     # Without submodules the gitlink stays an empty directory.
     plain = await checkout(engine, request(url, Revision(branch="main"), name="plain"))
-    assert sorted(tree_files(volume / plain.path)) == [".gitmodules", "top.txt"]
+    assert sorted(tree_files(worktree_path(volume, plain))) == [".gitmodules", "top.txt"]
 
     # A worktree with submodules can still be removed completely.
     assert await engine.remove(NS, PROJECT, NAME) is True
@@ -195,8 +170,8 @@ async def test_submodules_are_checked_out_recursively(
 async def test_submodule_over_a_disallowed_transport_is_refused(
         volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon) -> None:
     served = git_daemon.base
-    lib = _served_repo(served, "lib", {"lib.txt": "library\n"})
-    _served_repo(served, "super", {"top.txt": "top\n"}, {"lib": lib},
+    lib = served_repo(served, "lib", {"lib.txt": "library\n"})
+    served_repo(served, "super", {"top.txt": "top\n"}, {"lib": lib},
                  f'[submodule "lib"]\n\tpath = lib\n\turl = file://{served / "lib.git"}\n')
     engine = Engine(volume, make_settings(scratch, allowed_schemes=frozenset({"git"})))
     with pytest.raises(GitError) as caught:
@@ -220,7 +195,7 @@ async def test_cached_commit_needs_no_network(
         result = await checkout(engine, request(url, Revision(branch="main", commit=sha), name=name))
         assert (result.commit, result.cache_hit, result.fetched, result.reused) == (sha, True, False, False)
         assert result.fetch_seconds == 0.0
-        assert tree_files(volume / result.path) == expected_files(upstream_repo, sha)
+        assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, sha)
     assert git_daemon.count() == connections
 
     # A fresh engine (an operator restart) also works offline: the deep check is local.
@@ -250,7 +225,7 @@ async def test_cached_branch_tip_costs_one_ls_remote_and_no_fetch(
     moved = await checkout(engine, request(url, Revision(branch="main"), name="third"))
     assert (moved.commit, moved.cache_hit, moved.fetched) == (tip, False, True)
     assert smart_http.count() > fetches
-    assert tree_files(volume / moved.path)["NEW.md"] == "new\n"
+    assert tree_files(worktree_path(volume, moved))["NEW.md"] == "new\n"
 
 
 # -- reuse and rebuild --------------------------------------------------------------
@@ -287,9 +262,7 @@ async def test_worktree_without_completion_record_is_rebuilt(
 
     result = await checkout(engine, req)
     assert result.reused is False
-    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.main)
-    assert_worktree_at(project, NAME, ro_repo.main)
-    assert_cache_consistent(project, url)
+    assert_materialized(volume, ro_repo, result, url, ro_repo.main)
 
 
 async def test_half_created_directory_is_replaced(
@@ -303,9 +276,7 @@ async def test_half_created_directory_is_replaced(
 
     result = await checkout(engine, request(url, Revision(tag="v1.0")))
     assert result.reused is False
-    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.v1_0)
-    assert_worktree_at(project, NAME, ro_repo.v1_0)
-    assert_cache_consistent(project, url)
+    assert_materialized(volume, ro_repo, result, url, ro_repo.v1_0)
 
 
 async def test_deleted_worktree_dir_with_record_is_rebuilt(
@@ -329,10 +300,10 @@ async def test_changed_spec_rebuilds_at_new_commit(
     await checkout(engine, request(url, Revision(tag="v1.0")))
     result = await checkout(engine, request(url, Revision(name=ro_repo.PULL_REF)))
     assert (result.commit, result.reused) == (ro_repo.pull_42, False)
-    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.pull_42)
+    assert tree_files(worktree_path(volume, result)) == expected_files(ro_repo, ro_repo.pull_42)
     sparse = await checkout(engine, request(url, Revision(name=ro_repo.PULL_REF), sparse=("libs",)))
     assert sparse.reused is False  # same commit, different spec
-    assert sorted(tree_files(volume / sparse.path)) == ["README.md", "libs/pr.py", "libs/util.py"]
+    assert sorted(tree_files(worktree_path(volume, sparse))) == ["README.md", "libs/pr.py", "libs/util.py"]
     assert len(worktree_entries(layout(volume).cache_dir)) == 1
     assert_cache_consistent(layout(volume), url)
 
@@ -587,7 +558,7 @@ async def test_https_basic_auth(engine: Engine, upstream_repo: StandardRepo, sma
 
     result = await checkout(engine, request(url, Revision(branch="main"), credentials=good))
     assert result.commit == upstream_repo.main
-    assert tree_files(volume / result.path) == expected_files(upstream_repo, upstream_repo.main)
+    assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, upstream_repo.main)
     assert {r.user for r in smart_http_auth.requests() if r.status == 200} == {"ci-bot"}
     # The token is needed again for a fetch into the existing cache.
     pinned = await checkout(engine, request(url, Revision(commit=upstream_repo.dangling), name="two",
@@ -624,7 +595,7 @@ async def test_partial_clone_fetches_blobs_with_the_credentials(
     creds = Credentials(username="ci-bot", password=password)
     sparse = await checkout(engine, request(url, Revision(branch=upstream_repo.FEATURE_BRANCH), sparse=("libs",),
                                             credentials=creds))
-    assert sorted(tree_files(volume / sparse.path)) == ["README.md", "libs/util.py"]
+    assert sorted(tree_files(worktree_path(volume, sparse))) == ["README.md", "libs/util.py"]
     cache = layout(volume).cache_dir
     assert run_git("config", "--get", "remote.origin.partialclonefilter", cwd=cache).stdout.strip() == "blob:none"
     missing = run_git("rev-list", "--objects", "--missing=print", "--all", cwd=cache).stdout
@@ -634,7 +605,7 @@ async def test_partial_clone_fetches_blobs_with_the_credentials(
     full = await checkout(restarted, request(url, Revision(commit=upstream_repo.feature), name="full",
                                              credentials=creds))
     assert (full.cache_hit, full.fetched) == (True, False)
-    assert tree_files(volume / full.path) == expected_files(upstream_repo, upstream_repo.feature)
+    assert tree_files(worktree_path(volume, full)) == expected_files(upstream_repo, upstream_repo.feature)
     assert_worktree_at(layout(volume), "full", upstream_repo.feature)
 
     # "Is it cached?" is answered locally: a missing commit is reported and fetched as such
@@ -666,7 +637,7 @@ async def test_ssh_key_and_known_hosts(engine: Engine, upstream_repo: StandardRe
 
     result = await checkout(engine, request(url, Revision(tag="v1.1"), credentials=good))
     assert result.commit == upstream_repo.v1_1
-    assert tree_files(volume / result.path) == expected_files(upstream_repo, upstream_repo.v1_1)
+    assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, upstream_repo.v1_1)
     assert ssh_server.connections() >= 1
     pinned = await checkout(engine, request(url, Revision(commit=upstream_repo.dangling), name="two",
                                             credentials=good))
@@ -674,7 +645,7 @@ async def test_ssh_key_and_known_hosts(engine: Engine, upstream_repo: StandardRe
 
     # Another host key for the same [host]:port, i.e. a man in the middle; and no entry at all.
     impostor = tmp_path / "impostor"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True,
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True,  # noqa: ASYNC221 - test setup, nothing runs concurrently
                    capture_output=True, timeout=SUBPROCESS_TIMEOUT)
     impostor_pub = " ".join(impostor.with_suffix(".pub").read_text().split()[:2])
     for known_hosts in (f"[127.0.0.1]:{ssh_server.port} {impostor_pub}\n", ""):

@@ -22,28 +22,19 @@ from engine_fixtures import (
     assert_cache_consistent,
     assert_worktree_at,
     checkout,
-    engine,
     expected_files,
     layout,
     make_settings,
-    no_leftover_processes,
     request,
-    ro_daemon,
-    ro_repo,
     run_git,
-    scratch,
     snapshot,
-    standard_repo_template,
     tree_files,
-    upstream_repo,
-    volume,
+    worktree_path,
 )
 from upstreams import GitDaemon, StandardRepo, commit, git, publish
 from workspace_operator.git import CheckoutRequest, Engine, GitError, GitSettings, Reason, Revision
 
-__all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template", "upstream_repo", "volume"]
-
-pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
 LITERAL_TMP_X = Path("/tmp/x")
 Outside = Callable[[], Callable[[], None]]  # the path the classic payloads in the brief touch
@@ -134,7 +125,7 @@ def test_transports_outside_the_allow_list_are_refused(url: str, volume: Path, s
 
 def test_unknown_transports_cannot_even_be_configured() -> None:
     for scheme in ("ext", "fd", "testgit"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="unknown git transports"):
             GitSettings(allowed_schemes=frozenset({"https", scheme}))
 
 
@@ -255,7 +246,7 @@ async def test_hooks_in_upstreams_and_cache_never_run(
     assert first.commit == upstream_repo.v1_1
     file_url = f"file://{upstream_repo.src}"
     local = await checkout(engine, request(file_url, Revision(branch="main"), project="local"))
-    assert tree_files(volume / local.path)["libs/new.py"] == "NEW = 1\n"
+    assert tree_files(worktree_path(volume, local))["libs/new.py"] == "NEW = 1\n"
 
     # A tampered cache: hooks in its own hooks dir. Fetch, worktree add, remove all run hook-free.
     cache = project.cache_dir
@@ -341,7 +332,7 @@ async def test_submodules_follow_the_allow_list_too(
     # Allowed, the same submodule works: the refusal above was the allow-list's doing.
     lenient = Engine(volume, make_settings(scratch, allowed_schemes=ALL_SCHEMES))
     result = await checkout(lenient, request(git_daemon.url("via-file"), submodules=True))
-    assert tree_files(volume / result.path / "sub") == expected_files(upstream_repo, upstream_repo.main)
+    assert tree_files(worktree_path(volume, result) / "sub") == expected_files(upstream_repo, upstream_repo.main)
     assert_worktree_at(layout(volume), NAME, result.commit)
     assert_cache_consistent(layout(volume), git_daemon.url("via-file"))
 
@@ -358,6 +349,6 @@ async def test_environment_of_the_operator_does_not_leak_into_git(
     monkeypatch.setenv("GIT_SSH_COMMAND", f"touch {pwned}/ssh;")
     check = outside()
     result = await checkout(engine, request(ro_daemon.url("repo"), Revision(tag="v1.0")))
-    assert tree_files(volume / result.path) == expected_files(ro_repo, ro_repo.v1_0)
+    assert tree_files(worktree_path(volume, result)) == expected_files(ro_repo, ro_repo.v1_0)
     assert not pwned.exists()
     check()

@@ -158,7 +158,7 @@ def test_check_url_follows_the_allow_list() -> None:
         with pytest.raises(GitError) as caught:
             check_url(url, narrow)
         assert caught.value.reason is Reason.SCHEME_NOT_ALLOWED
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown git transports"):
         GitSettings(allowed_schemes=frozenset({"https", "ext"}))
 
 
@@ -216,7 +216,7 @@ def test_revision() -> None:
     for bad in (dict(branch="a", tag="b"), dict(tag="a", name="refs/x"), dict(commit=sha[:39]),
                 dict(commit=sha.upper()), dict(commit="HEAD"), dict(name="heads/main")):
         with pytest.raises(GitError) as caught:
-            Revision(**bad)  # type: ignore[arg-type]
+            Revision(**bad)
         assert caught.value.reason is Reason.INVALID_SPEC, bad
 
 

@@ -1,16 +1,18 @@
-"""manifests/ installs, and the operator works with exactly the RBAC it grants (SPEC §10, §13)."""
+"""manifests/ installs, and the operator works with exactly the RBAC it grants."""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kubernetes.client import ApiClient, CoreV1Api
 
-from cluster import REPO, OperatorProcess, Workspaces, token_kubeconfig
+from cluster import REPO, OperatorProcess, Workspaces, service_account_token, token_kubeconfig
 from upstreams import SmartHTTP, StandardRepo
+
+pytestmark = pytest.mark.cluster
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 StartOperator = Callable[..., OperatorProcess]
@@ -18,19 +20,16 @@ OPERATOR_NS = "workspace-operator"
 
 
 @pytest.fixture(scope="module")
-def installed(kubectl: Kubectl, crd: None) -> Iterator[None]:
+def installed(kubectl: Kubectl, crd: None) -> None:
     # A server-side dry run cannot place objects in a namespace that does not exist yet.
     kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
     kubectl("apply", "-k", str(REPO / "manifests"), "--server-side", "--force-conflicts", "--dry-run=server")
     kubectl("apply", "-k", str(REPO / "manifests"), "--server-side", "--force-conflicts")
-    yield
 
 
 @pytest.fixture
 def operator_token(installed: None, api_client: ApiClient) -> str:
-    token = CoreV1Api(api_client).create_namespaced_service_account_token(
-        "workspace-operator", OPERATOR_NS, {"spec": {"expirationSeconds": 3600}}).status.token
-    return str(token)
+    return service_account_token(CoreV1Api(api_client), "workspace-operator", OPERATOR_NS, seconds=3600)
 
 
 def test_manifests_render_and_pass_server_dry_run(kubectl: Kubectl, installed: None) -> None:

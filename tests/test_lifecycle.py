@@ -134,8 +134,8 @@ def test_stalled_on_a_permanent_failure_and_kubectl_wait_returns(
     assert status["phase"] == "Failed" and status["attempts"] == 1
     assert (parse(status["expiresAt"]) - parse(found["Stalled"]["lastTransitionTime"])).total_seconds() == 3600
     table = kubectl("get", "ws", "-n", namespace).stdout.splitlines()
-    assert table[0].split()[5:8] == ["READY", "REASON", "AGE"], table[0]
-    assert table[1].split()[-4:-1] == ["Failed", "False", "RefNotFound"], table[1]  # COMMIT is empty
+    assert table[0].split()[5:9] == ["MODE", "READY", "REASON", "AGE"], table[0]
+    assert table[1].split()[-5:-1] == ["Failed", "Worktree", "False", "RefNotFound"], table[1]  # COMMIT is empty
 
 
 def test_failed_workspace_expires(namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
@@ -180,7 +180,11 @@ def test_one_event_per_reason_not_one_per_retry(api_client: ApiClient, namespace
     wait_for(lambda: (workspaces.status("flaky").get("attempts") or 0) >= 4, timeout=90, message="4 attempts")
     smart_http.fault = None
     assert workspaces.wait_ready("flaky", timeout=60)["commit"] == upstream_repo.main
-    found = event_reasons(api_client, namespace, "flaky")
+    # kopf posts the handler's Event just after the handler returned.
+    def materialized() -> list[str] | None:
+        reasons = event_reasons(api_client, namespace, "flaky")
+        return reasons if "Materialized" in reasons else None
+    found = wait_for(materialized, message="the Materialized Event")
     assert found.count("UpstreamUnavailable") == 1, found
     assert found.count("Materialized") == 1, found
 

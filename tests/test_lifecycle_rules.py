@@ -76,7 +76,7 @@ def test_a_generation_bump_alone_is_acknowledged() -> None:
     assert decision.do is Do.RETIME and decision.expires_at == ready(100)["expiresAt"]
 
 
-@pytest.mark.parametrize("allow, expected", [(False, 3600), (True, 0)])
+@pytest.mark.parametrize(("allow", "expected"), [(False, 3600), (True, 0)])
 def test_ttl_zero_only_where_allowed(allow: bool, expected: int) -> None:
     limits = replace(LIMITS, allow_no_ttl=allow)
     assert ttl_after_ready({"ttlSecondsAfterReady": 0}, limits) == expected

@@ -9,13 +9,27 @@ import time
 from pathlib import Path
 
 import pytest
-from kubernetes.client import ApiClient, CoordinationV1Api, RbacAuthorizationV1Api
+from kubernetes.client import (
+    ApiClient,
+    CoordinationV1Api,
+    CoreV1Api,
+    RbacAuthorizationV1Api,
+    RbacV1Subject,
+    V1ObjectMeta,
+    V1PolicyRule,
+    V1Role,
+    V1RoleBinding,
+    V1RoleRef,
+    V1ServiceAccount,
+)
 from kubernetes.client.exceptions import ApiException
 
-from cluster import token_kubeconfig, wait_for
+from cluster import lease_spec, new_api_client, service_account_token, token_kubeconfig, wait_for
 from workspace_operator.git import GitSettings
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.lock import LeaseLocks, LeaseLost, LockTimeout, lease_name
+
+pytestmark = pytest.mark.cluster
 
 WORKER = Path(__file__).parent / "helpers" / "lock_worker.py"
 
@@ -55,7 +69,7 @@ def test_killed_holder_is_taken_over_after_expiry(api_client: ApiClient, kubecon
         holder.wait(timeout=30)
     api = CoordinationV1Api(api_client)
     name = lease_name(namespace, "contended")
-    before = api.read_namespaced_lease(name, namespace).spec
+    before = lease_spec(api.read_namespaced_lease(name, namespace))
     assert before.holder_identity == "doomed"
 
     async def take_over() -> tuple[float, float]:
@@ -66,8 +80,8 @@ def test_killed_holder_is_taken_over_after_expiry(api_client: ApiClient, kubecon
 
     waited, _ = asyncio.run(take_over())
     # Not before the lease duration has passed since we first saw the record (local clock).
-    assert waited >= before.lease_duration_seconds - 0.2
-    after = api.read_namespaced_lease(name, namespace).spec
+    assert waited >= (before.lease_duration_seconds or 0) - 0.2
+    after = lease_spec(api.read_namespaced_lease(name, namespace))
     assert after.lease_transitions == (before.lease_transitions or 0) + 1
     assert not after.holder_identity  # released at the end of the block
 
@@ -98,9 +112,10 @@ def test_stolen_lease_cancels_guarded_git(api_client: ApiClient, namespace: str,
         started = time.monotonic()
         with pytest.raises(LeaseLost):
             async with locks.hold(namespace, "stolen", wait_seconds=5):
-                lease = api.read_namespaced_lease(lease_name(namespace, "stolen"), namespace)
-                lease.spec.holder_identity = "thief"
-                api.replace_namespaced_lease(lease.metadata.name, namespace, lease)
+                stolen = lease_name(namespace, "stolen")
+                lease = api.read_namespaced_lease(stolen, namespace)
+                lease_spec(lease).holder_identity = "thief"
+                api.replace_namespaced_lease(stolen, namespace, lease)
                 # git blocks reading a FIFO nobody writes: only the lock loss can end it.
                 await runner.run("blocked", ["hash-object", str(fifo)], cwd=tmp_path)
         return time.monotonic() - started
@@ -114,23 +129,18 @@ def test_stolen_lease_cancels_guarded_git(api_client: ApiClient, namespace: str,
 def test_failing_renewals_stop_the_work(api_client: ApiClient, kubectl: object, namespace: str,
                                        kubeconfig: Path, tmp_path: Path) -> None:
     """Renewals start failing (RBAC revoked): past the renew deadline the work is cancelled."""
-    import kubernetes
-
-    from kubernetes.client import CoreV1Api
-
     core = CoreV1Api(api_client)
     rbac = RbacAuthorizationV1Api(api_client)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "holder"}})
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": "leases"}, "rules": [{
-        "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-        "verbs": ["get", "create", "update", "patch"]}]})
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "leases"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "leases"},
-        "subjects": [{"kind": "ServiceAccount", "name": "holder", "namespace": namespace}]})
-    token = core.create_namespaced_service_account_token("holder", namespace, {"spec": {}}).status.token
+    core.create_namespaced_service_account(namespace, V1ServiceAccount(metadata=V1ObjectMeta(name="holder")))
+    rbac.create_namespaced_role(namespace, V1Role(metadata=V1ObjectMeta(name="leases"), rules=[V1PolicyRule(
+        api_groups=["coordination.k8s.io"], resources=["leases"], verbs=["get", "create", "update", "patch"])]))
+    rbac.create_namespaced_role_binding(namespace, V1RoleBinding(
+        metadata=V1ObjectMeta(name="leases"),
+        role_ref=V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="leases"),
+        subjects=[RbacV1Subject(kind="ServiceAccount", name="holder", namespace=namespace)]))
+    token = service_account_token(core, "holder", namespace)
     config = token_kubeconfig(kubeconfig, token, tmp_path / "kubeconfig")
-    client = kubernetes.config.new_client_from_config(config_file=str(config))
+    client = new_api_client(config)
     fifo = tmp_path / "never"
     subprocess.run(["mkfifo", str(fifo)], check=True, timeout=10)
     runner = GitRunner(GitSettings(timeout_seconds=120))

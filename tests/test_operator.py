@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api
+from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api, V1ObjectMeta, V1Secret
 
-from cluster import OperatorProcess, Workspaces, wait_for
+from cluster import OperatorProcess, Workspaces, lease_spec
 from upstreams import SmartHTTP, StandardRepo, commit
+
+pytestmark = pytest.mark.cluster
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 StartOperator = Callable[..., OperatorProcess]
@@ -112,8 +114,8 @@ def test_delete_removes_worktree_and_releases_lease(api_client: ApiClient, names
                                capture_output=True, text=True, timeout=30).stdout
     assert str(path) not in worktrees
     lease = CoordinationV1Api(api_client).read_namespaced_lease(f"ws-{namespace}.del", namespace)
-    assert not lease.spec.holder_identity
-    assert lease.metadata.labels["crafting.dev/project"] == "del"
+    assert not lease_spec(lease).holder_identity
+    assert lease.metadata and (lease.metadata.labels or {})["crafting.dev/project"] == "del"
 
     subprocess.run(["rm", "-rf", str(other)], check=True, timeout=30)
     workspaces.delete("missing-dir")
@@ -146,6 +148,7 @@ def test_credentials_reason_and_no_leak(api_client: ApiClient, kubectl: Kubectl,
                                         upstream_repo: StandardRepo, tmp_path: Path) -> None:
     right = "right-token-123456"
     wrong = "wrong-token-9f8e7d6c5b4a"
+    assert upstream_repo.served_dir is not None
     server = SmartHTTP(upstream_repo.served_dir, username="ci-bot", password=right).start()
     try:
         op = operator_factory()
@@ -154,10 +157,10 @@ def test_credentials_reason_and_no_leak(api_client: ApiClient, kubectl: Kubectl,
 
         def secret(name: str, password: str, allowed: str | None) -> None:
             annotations = {"crafting.dev/repositories": allowed} if allowed else {}
-            core.create_namespaced_secret(namespace, {
-                "metadata": {"name": name, "annotations": annotations}, "type": "Opaque",
-                "data": {"username": base64.b64encode(b"ci-bot").decode(),
-                         "password": base64.b64encode(password.encode()).decode()}})
+            core.create_namespaced_secret(namespace, V1Secret(
+                metadata=V1ObjectMeta(name=name, annotations=annotations), type="Opaque",
+                data={"username": base64.b64encode(b"ci-bot").decode(),
+                      "password": base64.b64encode(password.encode()).decode()}))
 
         secret("wrong", wrong, url)
         secret("good", right, url.rsplit("/", 1)[0] + "/")  # a prefix of the repository URL
@@ -222,7 +225,7 @@ def test_repository_mismatch_is_refused(namespace: str, workspaces: Workspaces, 
     assert "another project name" in condition["message"]
 
 
-@pytest.mark.parametrize("spec_patch, message", [
+@pytest.mark.parametrize(("spec_patch", "message"), [
     ({"project": "../etc"}, "spec.project"),
     ({"project": "UPPER"}, "spec.project"),
     ({"repository": "ext::sh -c touch% /tmp/pwned"}, "spec.repository"),

@@ -149,5 +149,6 @@ def test_intact_workspaces_cost_no_api_writes(api_client: ApiClient, namespace: 
     assert len(CoreV1Api(api_client).list_namespaced_event(namespace).items) == before_events
     assert reconciles(op, "retime") == reconciles(op, "expire") == reconciles(op, "deadline") == 0
     assert smart_http.count() == 1
+    assert "Timer 'reconcile'" not in op.log(), "a log line per Workspace per timer run"
 
 

@@ -11,12 +11,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from cluster import OperatorProcess, Workspaces
 from upstreams import SmartHTTP, StandardRepo
 
+pytestmark = pytest.mark.cluster
+
 StartOperator = Callable[..., OperatorProcess]
 WRITES = {"fetch", "init", "clone", "worktree", "gc", "sparse-checkout", "checkout", "submodule", "config",
-          "update-ref"}
+          "update-ref", "repack", "pack-refs", "commit-graph"}
 
 
 def instrumented_git(directory: Path, journal: Path) -> Path:
@@ -45,11 +49,16 @@ def subcommand(args: str) -> str:
 
 
 def project_of(cwd: str, root: Path) -> str | None:
+    """`ns/project` of a git call that can write the project's shared store (objects, refs,
+    config, worktree registry): run in the project dir, the cache or a staging dir. Calls
+    inside a worktree (writing its files, outside the Lease, in parallel) are not."""
     try:
         parts = Path(cwd).resolve().relative_to(root.resolve()).parts
     except ValueError:
         return None
-    return "/".join(parts[:2]) if len(parts) >= 2 else None
+    if len(parts) < 2 or (len(parts) > 2 and not parts[2].startswith(".")):
+        return None
+    return "/".join(parts[:2])
 
 
 def read_journal(journal: Path, root: Path) -> list[tuple[float, float, str, str, str]]:

@@ -21,12 +21,10 @@ import pytest
 from kubernetes.client import ApiClient, CoreV1Api, V1ObjectMeta, V1Secret
 from kubernetes.client.exceptions import ApiException
 
-from attackers import CredentialSink, credential_sink
+from attackers import CredentialSink
 from cluster import OperatorProcess, Workspaces, wait_for
-from test_credentials_origin import served_repo, submodule
-from upstreams import SmartHTTP, StandardRepo
-
-__all__ = ["credential_sink"]
+from test_credentials_origin import submodule
+from upstreams import SmartHTTP, StandardRepo, served_repo
 
 pytestmark = pytest.mark.cluster
 

@@ -161,7 +161,7 @@ def test_long_messages_are_cut_in_conditions() -> None:
     assert len(cond(patch, "Ready")["message"]) == 1024
 
 
-@pytest.mark.parametrize("current, generation, settled", [
+@pytest.mark.parametrize(("current", "generation", "settled"), [
     ({"phase": "Ready", "observedGeneration": 1}, 1, True),
     ({"phase": "Failed", "observedGeneration": 1}, 1, True),
     ({"phase": "Ready", "observedGeneration": 1}, 2, False),  # the TTL changed while the operator was away

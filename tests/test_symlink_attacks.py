@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,27 +22,17 @@ from engine_fixtures import (
     PROJECT,
     assert_worktree_at,
     checkout,
-    engine,
     expected_files,
     layout,
-    no_leftover_processes,
     request,
-    ro_daemon,
-    ro_repo,
-    scratch,
     snapshot,
-    standard_repo_template,
     tree_files,
-    volume,
 )
 from upstreams import GitDaemon, StandardRepo
 from workspace_operator.gc import snapshot as gc_snapshot
 from workspace_operator.gc import snapshot_project, with_sizes
-from workspace_operator.git import Engine, GitError, Reason
-from workspace_operator.git import safepath
+from workspace_operator.git import Engine, GitError, Reason, safepath
 from workspace_operator.git.engine import Maintenance
-
-__all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template", "volume"]
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
@@ -68,7 +58,7 @@ async def victim(engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, vo
 
 
 @pytest.fixture
-def untouched(victim: Path, outside_dir: Path) -> Iterator[Callable[[], Check]]:
+def untouched(victim: Path, outside_dir: Path) -> Callable[[], Check]:
     """start() snapshots the victims; the returned check asserts both are byte-for-byte unchanged."""
     def start() -> Check:
         before = (snapshot(victim), snapshot(outside_dir))
@@ -77,7 +67,7 @@ def untouched(victim: Path, outside_dir: Path) -> Iterator[Callable[[], Check]]:
             assert snapshot(victim) == before[0], "another namespace's project changed"
             assert snapshot(outside_dir) == before[1], "a directory outside the volume changed"
         return check
-    yield start
+    return start
 
 
 def targets(victim: Path, outside_dir: Path) -> dict[str, Path]:
@@ -263,7 +253,7 @@ def test_safepath_refuses_links_at_every_component(tmp_path: Path) -> None:
     assert safepath.remove(root, root / "l") is True  # the link itself
     assert (elsewhere / "b" / "f").read_text() == "theirs" and not (elsewhere / "b" / "g").exists()
     (root / "a" / "b" / "ln").symlink_to(elsewhere / "b" / "f")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="symbolic link"):  # ELOOP: O_NOFOLLOW refused the link
         safepath.read_text(root, root / "a" / "b" / "ln")
     safepath.touch(root, root / "a" / "b" / "ln")  # a stamp at a link's place replaces the link
     assert safepath.kind(root / "a" / "b" / "ln") == "file" and (elsewhere / "b" / "f").read_text() == "theirs"

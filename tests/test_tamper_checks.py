@@ -13,29 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from engine_fixtures import (
-    assert_worktree_at,
-    checkout,
-    engine,
-    expected_files,
-    layout,
-    no_leftover_processes,
-    request,
-    ro_daemon,
-    ro_repo,
-    run_git,
-    scratch,
-    standard_repo_template,
-    tree_files,
-    volume,
-)
+from engine_fixtures import assert_worktree_at, checkout, expected_files, layout, request, run_git, tree_files
 from upstreams import GitDaemon, StandardRepo
 from workspace_operator.git import Engine, Revision
 from workspace_operator.git.cache import worktree_config_keys
 from workspace_operator.git.engine import Maintenance
 from workspace_operator.git.layout import ProjectLayout
-
-__all__ = ["engine", "no_leftover_processes", "ro_daemon", "ro_repo", "scratch", "standard_repo_template", "volume"]
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from testsupport import gitenv
 from upstreams import (
     GitDaemon,
     SmartHTTP,
@@ -24,16 +25,14 @@ from upstreams import (
     make_standard_repo,
 )
 
+pytestmark = pytest.mark.upstreams
+
 TIMEOUT = 30
 
 
-def run_git(
-    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=git_env(env), capture_output=True, text=True,
-        timeout=timeout, stdin=subprocess.DEVNULL,
-    )
+def run_git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+            timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return gitenv.run_git(*args, cwd=cwd, env=env, timeout=timeout, check=False)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
@@ -272,5 +271,5 @@ def test_servers_stop_their_processes(upstream_repo: StandardRepo, tmp_path: Pat
         if hung.poll() is None:
             hung.kill()
             hung.wait(timeout=TIMEOUT)
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from workspace_operator import config
-from workspace_operator.git import GitError, GitSettings, Reason, Redactor
-from workspace_operator.git import credential_helper, origins
+from workspace_operator.git import GitError, GitSettings, Reason, Redactor, credential_helper, origins
 from workspace_operator.git.credentials import Credentials
 from workspace_operator.git.policy import URLPolicy
 from workspace_operator.git.source import check_url

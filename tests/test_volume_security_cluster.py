@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Namespace, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
-from cluster import OperatorProcess, Workspaces, wait_for
+from cluster import OperatorProcess, Workspaces, new_namespace, wait_for
 from engine_fixtures import snapshot
 from test_scaleout import instrumented_git
 from upstreams import SmartHTTP, StandardRepo, commit, make_standard_repo
@@ -112,14 +111,8 @@ def test_gc_and_teardown_never_follow_planted_links(
 @pytest.fixture
 def lease_namespace(api_client: ApiClient) -> Iterator[str]:
     """Leases outside the namespace the test deletes."""
-    name = f"l-{uuid.uuid4().hex[:10]}"
-    core = CoreV1Api(api_client)
-    core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=name)))
-    yield name
-    try:
-        core.delete_namespace(name)
-    except ApiException:
-        pass
+    with new_namespace(api_client, "l") as name:
+        yield name
 
 
 def test_recreated_namespace_does_not_inherit_caches(

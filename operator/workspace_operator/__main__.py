@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import cast
 
 import kopf
 
@@ -16,27 +16,15 @@ from workspace_operator.kube import Kube, configure_thread_pool, load_client_con
 from workspace_operator.metrics import HealthServer
 from workspace_operator.runtime import Runtime
 
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+# kopf's text format truncates logger names to 20 characters; its formatter takes any format string.
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def setup_logging(fmt: str, verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    """kopf's own formatters: one JSON object per line (structured `extra` fields as keys, the
+    Workspace under "object"), or text lines with the object as a prefix."""
+    log_format = kopf.LogFormat.JSON if fmt == "json" else cast(kopf.LogFormat, TEXT_FORMAT)
+    kopf.configure(verbose=verbose, log_format=log_format, log_prefix=None)
     if not verbose:
         for noisy in ("kubernetes.client.rest", "urllib3", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

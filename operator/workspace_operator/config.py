@@ -1,6 +1,6 @@
 """Operator settings: one typed, frozen object, read once from flags and WORKSPACE_* env.
 
-The environment names are a contract (SPEC §9): manifests, docs and scripts use them.
+The environment names are a contract (docs/design.md): manifests, docs and scripts use them.
 Every flag has an environment equivalent; a flag given on the command line wins.
 """
 
@@ -12,9 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workspace_operator.git import GitSettings
-from workspace_operator.git.origins import URLRefused, normalize_host_pattern
-from workspace_operator.git.runner import ALL_SCHEMES
+from workspace_operator.git import ALL_SCHEMES, GitSettings, URLRefused, normalize_host_pattern
 
 
 class ConfigError(ValueError):
@@ -52,6 +50,8 @@ class Config:
     replica_index: int = 0
     checkout_workers: int = 0
     partial_clone: bool = False
+    checkout_concurrency: int = 0
+    maintenance_budget_seconds: float = 0.5
     max_git_processes: int = 0
     log_format: str = "text"
     allowed_hosts: tuple[str, ...] = ()
@@ -67,6 +67,10 @@ class Config:
             raise ConfigError("WORKSPACE_REPLICA_INDEX must be in [0, WORKSPACE_REPLICAS)")
         if self.lease_seconds < 3:
             raise ConfigError("WORKSPACE_LEASE_SECONDS must be at least 3")
+        if self.checkout_concurrency < 0:
+            raise ConfigError("WORKSPACE_CHECKOUT_CONCURRENCY must be 0 (from the CPUs) or more")
+        if self.maintenance_budget_seconds < 0:
+            raise ConfigError("WORKSPACE_MAINTENANCE_BUDGET_SECONDS must be 0 (off) or more")
         if self.max_git_processes < 0:
             raise ConfigError("WORKSPACE_MAX_GIT_PROCESSES must be 0 (automatic) or more")
         if self.reconcile_interval_seconds <= 0 or self.reconcile_jitter_seconds < 0:
@@ -184,6 +188,10 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--checkout-workers", "WORKSPACE_CHECKOUT_WORKERS", "checkout_workers", int,
      "git checkout.workers (parallel checkout); 0 = git default"),
     ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
+    ("--checkout-concurrency", "WORKSPACE_CHECKOUT_CONCURRENCY", "checkout_concurrency", int,
+     "worktrees written in parallel, outside the project lock; 0 = one per CPU of the pod (at least 2)"),
+    ("--maintenance-budget-seconds", "WORKSPACE_MAINTENANCE_BUDGET_SECONDS", "maintenance_budget_seconds", float,
+     "time box of one cache maintenance step between queued work; 0 = no such maintenance"),
     ("--max-git-processes", "WORKSPACE_MAX_GIT_PROCESSES", "max_git_processes", int,
      "git processes running at once in this operator; 0 = 2 per CPU (cgroup quota), at least 4"),
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),

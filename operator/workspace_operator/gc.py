@@ -2,10 +2,9 @@
 
 Expiry is not here: each Workspace's own kopf timer deletes it when due
 (reconcile.py). The sweep runs periodically in each replica over the projects
-it owns:
-  snapshot disk + list Workspaces → `gc_plan.plan` (pure) → execute, one project
-  Lease at a time, held only for that project's actions, yielding in between so
-  materializations are never starved. The snapshot is taken without the Lease, so
+it owns: snapshot the disk (as the engine reports it) + list Workspaces →
+`gc_plan.plan` (pure) → execute, one project Lease at a time, held only for that
+project's actions, yielding in between so materializations are never starved. The snapshot is taken without the Lease, so
   under it the project is read again and only what `gc_plan.confirm` still
   justifies is done: a Workspace created meanwhile keeps its worktree and cache.
 
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Collection
@@ -30,18 +28,16 @@ from pathlib import Path
 
 from workspace_operator import metrics
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
-from workspace_operator.git import GitError
-from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
-from workspace_operator.git import pins, safepath
-from workspace_operator.git.engine import Maintenance
-from workspace_operator.git.layout import (
-    CACHE_DIR,
+from workspace_operator.git import (
     DNS1123_LABEL,
-    QUARANTINE_PREFIX,
-    STAGING_PREFIX,
-    is_worktree_name,
+    Maintenance,
+    cache_bytes,
+    list_projects,
+    project_present,
+    project_state,
 )
 from workspace_operator.lock import LABEL_NAMESPACE, LABEL_PROJECT, MANAGED_BY, LeaseLost, LockTimeout
+from workspace_operator.logs import fields
 from workspace_operator.runtime import Runtime
 
 log = logging.getLogger("workspace_operator.gc")
@@ -55,33 +51,8 @@ def policy_of(rt: Runtime) -> Policy:
 
 def snapshot(root: Path, owns: Callable[[str, str], bool]) -> list[ProjectSnapshot]:
     """What is on the volume, for the projects this replica owns (links are never followed)."""
-    snaps: list[ProjectSnapshot] = []
-    for ns_dir in _subdirs(root):
-        if not DNS1123_LABEL.match(ns_dir.name):
-            continue
-        for project_dir in _subdirs(ns_dir):
-            if DNS1123_LABEL.match(project_dir.name) and owns(ns_dir.name, project_dir.name):
-                snaps.append(snapshot_project(root, ns_dir.name, project_dir.name))
-    return snaps
-
-
-def _entries(path: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as listing:
-            return sorted(listing, key=lambda entry: entry.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []  # removed meanwhile (a cache deletion takes an empty project dir with it)
-
-
-def _subdirs(path: Path) -> list[Path]:
-    """Real subdirectories; a link in their place is reported and left alone."""
-    found = []
-    for entry in _entries(path):
-        if entry.is_symlink():
-            _report_link(Path(entry.path))
-        elif entry.is_dir(follow_symlinks=False):
-            found.append(Path(entry.path))
-    return found
+    return [snapshot_project(root, ns, project) for ns, project in list_projects(root, _report_link)
+            if owns(ns, project)]
 
 
 def _report_link(path: Path) -> None:
@@ -90,33 +61,13 @@ def _report_link(path: Path) -> None:
 
 
 def snapshot_project(root: Path, namespace: str, project: str) -> ProjectSnapshot:
-    """One project's directory; a project that is gone (or not a real directory) reads as empty."""
-    project_dir = root / namespace / project
-    cache = project_dir / CACHE_DIR
-    worktrees: dict[str, float] = {}
-    debris: dict[str, float] = {}
-    try:
-        safepath.check_real_dirs(root, project_dir)
-    except (FileNotFoundError, GitError):
-        return ProjectSnapshot(namespace=namespace, project=project, has_cache=False,
-                               last_used=None, last_fetch=None, last_gc=None)
-    for entry in _entries(project_dir):
-        try:
-            mtime = entry.stat(follow_symlinks=False).st_mtime
-        except FileNotFoundError:
-            continue
-        if entry.name.startswith((STAGING_PREFIX, QUARANTINE_PREFIX)):
-            debris[entry.name] = mtime  # a link here is removed as a link
-        elif entry.is_symlink() and (is_worktree_name(entry.name) or entry.name == CACHE_DIR):
-            _report_link(Path(entry.path))
-        elif is_worktree_name(entry.name) and entry.is_dir(follow_symlinks=False):
-            worktrees[entry.name] = mtime
-    has_cache = safepath.is_real_dir(cache)
+    """One project's directory, as the engine reports it; a project that is gone (or not a
+    real directory) reads as empty."""
+    state = project_state(root, namespace, project, _report_link)
     return ProjectSnapshot(
-        namespace=namespace, project=project, has_cache=has_cache,
-        last_used=stamp_time(root, cache, LAST_USED), last_fetch=stamp_time(root, cache, LAST_FETCH),
-        last_gc=stamp_time(root, cache, LAST_GC), worktrees=worktrees, debris=debris,
-        pins=pins.names(cache) if has_cache else frozenset())
+        namespace=namespace, project=project, has_cache=state.has_cache, last_used=state.last_used,
+        last_fetch=state.last_fetch, last_gc=state.last_gc, worktrees=state.worktrees, debris=state.debris,
+        pins=state.pins)
 
 
 def with_sizes(snaps: list[ProjectSnapshot], root: Path,
@@ -127,8 +78,7 @@ def with_sizes(snaps: list[ProjectSnapshot], root: Path,
         if not snap.has_cache or (snap.namespace, snap.project) in live_projects:
             sized.append(snap)
             continue
-        size = safepath.disk_usage(root, root / snap.namespace / snap.project / CACHE_DIR)
-        sized.append(replace(snap, cache_bytes=size))
+        sized.append(replace(snap, cache_bytes=cache_bytes(root, snap.namespace, snap.project)))
     return sized
 
 
@@ -177,7 +127,9 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
             async with rt.locks.hold(namespace, project, wait_seconds=5):
                 # Re-decide on what is there now that nothing else can change it.
                 fresh = await asyncio.to_thread(snapshot_project, root, namespace, project)
-                still_live = await _live_names(rt, namespace, project)
+                # Names being materialized by this process count as live: their files
+                # are written outside the Lease, possibly right now.
+                still_live = await _live_names(rt, namespace, project) | rt.checkouts.busy(namespace, project)
                 confirmed = confirm(planned, fresh, still_live, now=time.time(), policy=policy)
                 for action in planned:
                     if action not in confirmed:
@@ -210,7 +162,7 @@ async def forget_project_leases(rt: Runtime, live_projects: Collection[tuple[str
     deleted = 0
     try:
         leases = await rt.kube.list_leases(rt.config.lease_namespace, PROJECT_LEASES)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - API trouble: tried again next pass
         log.warning("gc: listing project leases failed: %s", error)
         return 0
     for lease in leases:
@@ -220,7 +172,7 @@ async def forget_project_leases(rt: Runtime, live_projects: Collection[tuple[str
             continue
         if lease.holder and not rt.locks.holder_gone(lease.holder):
             continue
-        if os.path.lexists(rt.config.root / namespace / project):
+        if await asyncio.to_thread(project_present, rt.config.root, namespace, project):
             continue  # caches and worktrees still there: the usual GC decides about them first
         if await rt.kube.delete_lease(rt.config.lease_namespace, lease.name, lease.resource_version):
             deleted += 1
@@ -251,7 +203,8 @@ async def _execute(rt: Runtime, action: Action) -> None:
         await asyncio.to_thread(maintenance.delete_cache, ns, project)
     metrics.GC_ACTIONS.labels(action.kind.value).inc()
     log.info("gc: %s %s/%s%s (%s)", action.kind.value, ns, project,
-             f"/{action.target}" if action.target else "", action.why)
+             f"/{action.target}" if action.target else "", action.why,
+             extra=fields(ns, project=project, reason=action.kind.value))
 
 
 async def sweep_forever(rt: Runtime) -> None:

@@ -53,8 +53,15 @@ def _owned_unsettled(spec: kopf.Spec, namespace: str | None, name: str | None, s
                                   int(meta.get("generation") or 0))
 
 
+def _not_a_timer_success(record: logging.LogRecord) -> bool:
+    # kopf logs every successful handler run; for a timer per Workspace that is a line per
+    # Workspace per interval saying nothing. Failures and everything else still show.
+    return record.getMessage() != "Timer 'reconcile' succeeded."
+
+
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     rt = _rt(memo)
+    logging.getLogger("kopf.objects").addFilter(_not_a_timer_success)
     settings.persistence.finalizer = KOPF_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="crafting.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -14,8 +14,8 @@ import base64
 import concurrent.futures
 import logging
 import time
-from datetime import UTC, datetime
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes

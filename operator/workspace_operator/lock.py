@@ -37,7 +37,7 @@ from kubernetes.client import CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectM
 from kubernetes.client.exceptions import ApiException
 
 from workspace_operator import metrics
-from workspace_operator.git.runner import write_guard
+from workspace_operator.git import write_guard
 
 log = logging.getLogger("workspace_operator.lock")
 
@@ -76,6 +76,14 @@ class _Observed:
 
 
 class LeaseLocks:
+    """This process's project locks: queues local contenders, then holds the Lease.
+
+    The protocol steps live in `LeaseRecords` (acquire, release) and `Renewal`
+    (keep a held Lease fresh, fence the guarded task when that fails). While a
+    Lease is held, every git process started under it is fenced first: it does
+    not start unless the Lease was confirmed within the renew deadline.
+    """
+
     def __init__(
         self,
         api: CoordinationV1Api,
@@ -85,20 +93,37 @@ class LeaseLocks:
         duration_seconds: int = 30,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.api = api
-        self.namespace = namespace
-        self.identity = identity
-        self.duration = duration_seconds
-        self.renew_interval = max(0.5, duration_seconds / 6)
-        self.renew_deadline = duration_seconds * 2 / 3
         self.clock = clock
-        self._observed: dict[str, _Observed] = {}
+        self.records = LeaseRecords(api, namespace, identity, duration_seconds, clock)
         self._local: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
-        # Wired to the membership heartbeat (members.py); standalone users of the
-        # locks (tests, tools) run without one.
-        self.alive: Callable[[], bool] = lambda: True
-        self.holder_gone: Callable[[str], bool] = lambda holder: False
+
+    # The membership heartbeat (members.py) changes the identity on rejoining and
+    # wires `alive` and `holder_gone`; standalone users of the locks (tests, tools)
+    # run without one.
+    @property
+    def identity(self) -> str:
+        return self.records.identity
+
+    @identity.setter
+    def identity(self, value: str) -> None:
+        self.records.identity = value
+
+    @property
+    def alive(self) -> Callable[[], bool]:
+        return self.records.alive
+
+    @alive.setter
+    def alive(self, value: Callable[[], bool]) -> None:
+        self.records.alive = value
+
+    @property
+    def holder_gone(self) -> Callable[[str], bool]:
+        return self.records.holder_gone
+
+    @holder_gone.setter
+    def holder_gone(self, value: Callable[[str], bool]) -> None:
+        self.records.holder_gone = value
 
     @contextlib.asynccontextmanager
     async def hold(self, namespace: str, project: str, *, wait_seconds: float) -> AsyncIterator[float]:
@@ -126,54 +151,69 @@ class LeaseLocks:
             if not self._users[name]:
                 del self._users[name]
                 self._local.pop(name, None)
-                self._observed.pop(name, None)
+                self.records.forget(name)
 
     @contextlib.asynccontextmanager
     async def _held(self, name: str, labels: dict[str, str], wait_seconds: float) -> AsyncIterator[None]:
-        lease, confirmed_at = await self._acquire(name, labels, wait_seconds)
+        records = self.records
+        lease, confirmed_at = await records.acquire(name, labels, wait_seconds)
         guarded = asyncio.current_task()
         assert guarded is not None
-        state = _Holding(lease, confirmed_at, _spec(lease).holder_identity or "")
+        renewal = Renewal(records, name, lease, confirmed_at, guarded)
 
         def guard() -> None:
             # Runs before every git process under this Lease: a process that was
             # paused past the renew deadline must not start a write on waking up,
             # before its renewer has had a chance to notice.
-            if state.lost or not self._trusted(state):
-                state.lost = True
-                why = ("this replica's membership heartbeat lapsed" if not self.alive() else
-                       f"not confirmed for {self.clock() - state.confirmed_at:.1f}s")
+            if renewal.lost or not renewal.trusted():
+                renewal.lost = True
+                why = ("this replica's membership heartbeat lapsed" if not records.alive() else
+                       f"not confirmed for {self.clock() - renewal.confirmed_at:.1f}s")
                 raise LeaseLost(f"lock {name}: {why}; not starting git")
 
-        renewer = asyncio.create_task(self._renew(name, state, guarded), name=f"renew {name}")
         token = write_guard.set(guard)
         try:
             yield
         except asyncio.CancelledError:
-            if state.lost:
+            if renewal.lost:
                 guarded.uncancel()
-                raise LeaseLost(f"lost lock {name}: renewal failed for {self.renew_deadline:.0f}s") from None
+                raise LeaseLost(f"lost lock {name}: renewal failed for {records.renew_deadline:.0f}s") from None
             raise
         finally:
             write_guard.reset(token)
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await renewal.stop()
             # Even when lost: guarded by resourceVersion, the release only clears a
             # record nobody else has written since (e.g. we fenced ourselves while
             # the API was slow), so the next holder need not wait for expiry.
-            await self._release(name, _version(state.lease))
-        if state.lost:
+            await records.release(name, renewal.resource_version)
+        if renewal.lost:
             raise LeaseLost(f"lost lock {name} while holding it")
 
-    def _trusted(self, state: _Holding) -> bool:
-        return (self.alive() and state.identity == self.identity
-                and self.clock() - state.confirmed_at <= self.renew_deadline)
 
-    # -- protocol steps ----------------------------------------------------------
+class LeaseRecords:
+    """The Lease objects in the API: acquire (create, free, expired or dead-holder takeover) and release."""
 
-    async def _acquire(self, name: str, labels: dict[str, str], wait_seconds: float) -> tuple[V1Lease, float]:
-        """(the Lease as written, local time the winning write was sent: the holding's start)."""
+    def __init__(self, api: CoordinationV1Api, namespace: str, identity: str, duration_seconds: int,
+                 clock: Callable[[], float]) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.identity = identity
+        self.duration = duration_seconds
+        self.renew_interval = max(0.5, duration_seconds / 6)
+        self.renew_deadline = duration_seconds * 2 / 3
+        self.clock = clock
+        self.alive: Callable[[], bool] = lambda: True
+        self.holder_gone: Callable[[str], bool] = lambda holder: False
+        self._observed: dict[str, _Observed] = {}
+
+    def forget(self, name: str) -> None:
+        self._observed.pop(name, None)
+
+    async def acquire(self, name: str, labels: dict[str, str], wait_seconds: float) -> tuple[V1Lease, float]:
+        """Poll until this identity holds the Lease.
+
+        Returns (the Lease as written, local time the winning write was sent: the holding's start).
+        """
         deadline = self.clock() + wait_seconds
         while True:
             acquired = await self._try_acquire(name, labels) if self.alive() else None
@@ -238,49 +278,102 @@ class LeaseLocks:
             log.warning("took over expired lock %s from %s", name, holder)
         return updated, sent
 
-    async def _renew(self, name: str, state: _Holding, guarded: asyncio.Task[Any]) -> None:
-        while True:
-            await asyncio.sleep(self.renew_interval)
+    async def release(self, name: str, resource_version: str) -> None:
+        for _attempt in range(2):
+            body = {
+                "metadata": {"name": name, "resourceVersion": resource_version},
+                "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": datetime.now(UTC)},
+            }
             try:
-                if not self.alive() or state.identity != self.identity:
+                await asyncio.to_thread(self.api.patch_namespaced_lease, name, self.namespace, body)
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    log.info("releasing lock %s: %s", name, error.reason)  # it will expire
+                    return
+            except Exception as error:  # noqa: BLE001 - API unreachable: it will expire
+                log.info("releasing lock %s: %s", name, error)
+                return
+            # 409: a renewal cut short by the release may have landed after all (a newer
+            # resourceVersion); if the Lease is still ours, release that version.
+            try:
+                lease = await asyncio.to_thread(self.api.read_namespaced_lease, name, self.namespace)
+            except Exception as error:  # noqa: BLE001 - gone or unreachable: nothing to do, or it will expire
+                log.info("releasing lock %s: %s", name, getattr(error, "reason", error))
+                return
+            if _spec(lease).holder_identity != self.identity:
+                return  # someone took it over after all
+            resource_version = _version(lease)
+        log.info("releasing lock %s: conflicts persisted; it will expire", name)
+
+
+class Renewal:
+    """Keeps one held Lease renewed in the background, one guarded write per renewal.
+
+    Each renewal replaces the Lease as we last wrote it (resourceVersion
+    precondition): any change by anyone else since (a takeover, a release, a
+    deletion) makes it fail. If no renewal succeeds within the renew deadline,
+    the membership heartbeat lapses, or someone else changed the Lease, the
+    guarded task is cancelled (which kills its git) and `lost` is set.
+    """
+
+    def __init__(self, records: LeaseRecords, name: str, lease: V1Lease, confirmed_at: float,
+                 guarded: asyncio.Task[Any]) -> None:
+        self.records = records
+        self.name = name
+        self.lease = lease  # as we last wrote it
+        self.confirmed_at = confirmed_at  # local time the last successful write (acquire or renew) was sent
+        self.identity = _spec(lease).holder_identity or ""
+        self.guarded = guarded
+        self.lost = False
+        self._task = asyncio.create_task(self._run(), name=f"renew {name}")
+
+    @property
+    def resource_version(self) -> str:
+        return _version(self.lease)
+
+    def trusted(self) -> bool:
+        """May work under this Lease start now: alive, same identity, confirmed within the deadline."""
+        records = self.records
+        return (records.alive() and self.identity == records.identity
+                and records.clock() - self.confirmed_at <= records.renew_deadline)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        records, name = self.records, self.name
+        while True:
+            await asyncio.sleep(records.renew_interval)
+            try:
+                if not records.alive() or self.identity != records.identity:
                     raise LeaseLost(f"lock {name}: this replica's membership heartbeat lapsed")
-                # One guarded write: any change by anyone else since our last write
-                # (a takeover, a release, a deletion) makes it fail.
-                sent = self.clock()
-                _spec(state.lease).renew_time = datetime.now(UTC)
+                sent = records.clock()
+                _spec(self.lease).renew_time = datetime.now(UTC)
                 try:
-                    updated = await asyncio.to_thread(self.api.replace_namespaced_lease, name, self.namespace,
-                                                      state.lease)
+                    updated = await asyncio.to_thread(records.api.replace_namespaced_lease, name,
+                                                      records.namespace, self.lease)
                 except ApiException as error:
                     if error.status in (404, 409):
                         raise LeaseLost(f"lock {name} changed or deleted by someone else ({error.reason})") from None
                     raise
-                state.lease, state.confirmed_at = updated, sent
+                self.lease, self.confirmed_at = updated, sent
             except LeaseLost as lost:
                 log.error("%s; stopping the guarded work", lost)
-                state.lost = True
-                guarded.cancel()
+                self._fence()
                 return
-            except Exception as error:  # network, API errors: retry until the deadline
+            except Exception as error:  # noqa: BLE001 - network, API errors: retry until the deadline
                 log.warning("renewing lock %s failed: %s", name, error)
-            if self.clock() - state.confirmed_at > self.renew_deadline:
-                log.error("lock %s not renewed for %.0fs; stopping the guarded work", name, self.renew_deadline)
-                state.lost = True
-                guarded.cancel()
+            if records.clock() - self.confirmed_at > records.renew_deadline:
+                log.error("lock %s not renewed for %.0fs; stopping the guarded work", name, records.renew_deadline)
+                self._fence()
                 return
 
-    async def _release(self, name: str, resource_version: str) -> None:
-        body = {
-            "metadata": {"name": name, "resourceVersion": resource_version},
-            "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": datetime.now(UTC)},
-        }
-        try:
-            await asyncio.to_thread(self.api.patch_namespaced_lease, name, self.namespace, body)
-        except ApiException as error:
-            # 409: someone took it over after all; anything else: it will expire.
-            log.info("releasing lock %s: %s", name, error.reason)
-        except Exception as error:  # API unreachable: it will expire
-            log.info("releasing lock %s: %s", name, error)
+    def _fence(self) -> None:
+        self.lost = True
+        self.guarded.cancel()
 
 
 def _spec(lease: V1Lease) -> V1LeaseSpec:
@@ -292,11 +385,3 @@ def _spec(lease: V1Lease) -> V1LeaseSpec:
 def _version(lease: V1Lease) -> str:
     assert lease.metadata is not None
     return str(lease.metadata.resource_version)
-
-
-@dataclass
-class _Holding:
-    lease: V1Lease  # as we last wrote it
-    confirmed_at: float  # local time the last successful write (acquire or renew) was sent
-    identity: str
-    lost: bool = False

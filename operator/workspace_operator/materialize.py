@@ -11,14 +11,16 @@ posted on a change of reason, not once per retry.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from workspace_operator import lifecycle, metrics, status
-from workspace_operator.git import CheckoutResult, Credentials, GitError, Reason, Revision
+from workspace_operator.git import CheckoutResult, Credentials, GitError, Prepared, Reason, Revision, ValidRequest
 from workspace_operator.lock import LeaseLost, LockTimeout
+from workspace_operator.logs import fields
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import (
     ALLOWED_REPOSITORIES,
@@ -109,6 +111,7 @@ async def materialize(
 
 async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None:
     now = datetime.now(UTC)
+    received = time.monotonic()  # after the Workspace's creation: upstream answers from later serve it
     current = target.current
     try:
         request = checkout_request(target.namespace, target.name, target.spec)
@@ -153,9 +156,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
         owner = await rt.kube.namespace_uid(target.namespace)
         valid = replace(valid, request=replace(valid.request, credentials=credentials, namespace_uid=owner))
-        async with rt.locks.hold(target.namespace, request.project,
-                                 wait_seconds=rt.config.lock_wait_seconds) as waited:
-            result = await (rt.engine.pin(valid) if request.cache_only else rt.engine.checkout(valid))
+        with rt.checkouts.in_flight(target.namespace, request.project, target.name):
+            result, waited = await _checkout(rt, valid, received)
     except GitError as error:
         # Unknown failures are retried, but not forever: after a while they are
         # as permanent as they look (e.g. a .gitmodules git refuses to honour).
@@ -164,7 +166,7 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         raise await _fail(rt, target, Failure(error.reason.value, str(error), retryable, attempt)) from None
     except (LockTimeout, LeaseLost) as error:
         reason = "LockTimeout" if isinstance(error, LockTimeout) else "LeaseLost"
-        if isinstance(error, LeaseLost):
+        if isinstance(error, LeaseLost) and not rt.owns(target.namespace, request.project):
             # Paused, fenced or moved: whoever holds the Lease now may already have
             # made the Workspace Ready, and our stale view must not turn it back.
             metrics.MATERIALIZATIONS.labels("retrying").inc()
@@ -184,8 +186,29 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs", "repaired" if repair else "materialized",
         target.namespace, target.name, request.project, result.commit[:12], result.cache_hit, result.fetched,
         result.reused, waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
+        extra=fields(target.namespace, target.name, project=request.project,
+                     reason="Repaired" if repair else "Materialized", commit=result.commit),
     )
     return Done(result, repair)
+
+
+async def _checkout(rt: Runtime, valid: ValidRequest, received: float) -> tuple[CheckoutResult, float]:
+    """The exclusive phase in the project's queue (one Lease hold per burst), then the
+    files in a parallel slot; (result, seconds waited for the lock)."""
+
+    async def exclusive() -> Prepared | CheckoutResult:
+        if valid.request.cache_only:
+            return await rt.engine.pin(valid, not_before=received)
+        hold = rt.queues.hold_id(valid.request.namespace, valid.request.project)
+        prepared = await rt.engine.prepare(valid, not_before=received, hold=hold)
+        return await rt.engine.populate(prepared) if prepared.needs_lock else prepared
+
+    outcome, waited = await rt.queues.run(valid.request.namespace, valid.request.project, exclusive,
+                                          wait_seconds=rt.config.lock_wait_seconds)
+    if isinstance(outcome, CheckoutResult):
+        return outcome, waited
+    async with rt.checkouts.slot():
+        return await rt.engine.populate(outcome), waited
 
 
 async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], repository: str
@@ -221,7 +244,8 @@ async def _fail(rt: Runtime, target: Target, failure: Failure) -> Retry | Fatal:
     metrics.GIT_FAILURES.labels(failure.reason).inc()
     metrics.MATERIALIZATIONS.labels("retrying" if failure.retryable else "failed").inc()
     log.warning("workspace %s/%s failed (%s, %s): %s", target.namespace, target.name, failure.reason,
-                "retryable" if failure.retryable else "permanent", failure.message)
+                "retryable" if failure.retryable else "permanent", failure.message,
+                extra=fields(target.namespace, target.name, reason=failure.reason))
     delay = rt.backoff(failure.attempt + 1)
     announce = status.reason_of(target.current) != failure.reason
     await rt.kube.patch_status(target.namespace, target.name, status.failed(

@@ -85,14 +85,14 @@ class Members:
             self._version, self._confirmed_at = record.resource_version, sent
         except LeaseConflict as error:
             await self._rejoin(f"heartbeat changed or deleted by a peer ({error})")
-        except Exception as error:  # API unreachable: retried next beat, fenced at the deadline
+        except Exception as error:  # noqa: BLE001 - API unreachable: retried next beat, fenced at the deadline
             log.warning("renewing heartbeat failed: %s", error)
         try:
             self.view.observe(await self.kube.list_leases(self.namespace, SELECTOR))
             for stale in self.view.stale(grace_seconds=self.duration):
                 if await self.kube.delete_lease(self.namespace, stale.name, stale.resource_version):
                     log.info("deleted the heartbeat of dead member %s", stale.holder)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - API trouble: the view is refreshed next beat
             log.warning("listing members failed: %s", error)
         self._update()
 
@@ -129,5 +129,5 @@ class Members:
             try:
                 await self.kube.delete_lease(self.namespace, member_lease_name(self.identity), version)
                 log.info("left the membership (heartbeat deleted)")
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - peers expire it anyway
                 log.warning("deleting heartbeat failed (peers will expire it): %s", error)

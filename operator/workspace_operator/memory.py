@@ -27,6 +27,14 @@ def _malloc_trim() -> bool:
         return False
 
 
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+
+
 class BurstTrimmer:
     def __init__(self, threshold: int = 64) -> None:
         self.threshold = threshold
@@ -37,6 +45,8 @@ class BurstTrimmer:
         self.peak = max(self.peak, in_flight)
         if in_flight == 0 and self.peak >= self.threshold:
             peak, self.peak = self.peak, 0
+            before = _rss_mb()
             gc.collect()
-            log.info("burst of %d materializations drained; freed memory returned to the system: %s",
-                     peak, _malloc_trim())
+            trimmed = _malloc_trim()
+            log.info("burst of %d materializations drained; freed memory returned to the system (%s): "
+                     "RSS %.0f -> %.0f MB", peak, "trimmed" if trimmed else "nothing to trim", before, _rss_mb())

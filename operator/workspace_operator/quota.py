@@ -11,30 +11,14 @@ N-1 until the next admission sees their records.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from workspace_operator.git.layout import DNS1123_LABEL, READY_DIR
+from workspace_operator.git import completed_worktrees
 
 
 def materialized(root: Path, namespace: str) -> set[str]:
-    """Names of the namespace's completed worktrees; symlinks are never followed."""
-    names: set[str] = set()
-    for project in _entries(root / namespace):
-        if project.is_dir(follow_symlinks=False) and DNS1123_LABEL.match(project.name):
-            names.update(record.name for record in _entries(Path(project.path) / READY_DIR)
-                         if record.is_file(follow_symlinks=False) and DNS1123_LABEL.match(record.name))
-    return names
-
-
-def _entries(path: Path) -> list[os.DirEntry[str]]:
-    try:
-        if path.is_symlink():
-            return []
-        with os.scandir(path) as listing:
-            return list(listing)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    """Names of the namespace's completed worktrees, as the engine reports them."""
+    return completed_worktrees(root, namespace)
 
 
 class NamespaceQuota:

@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from workspace_operator.batching import IdleStep, ProjectQueues
+from workspace_operator.checkouts import Checkouts, default_limit
 from workspace_operator.config import Config
 from workspace_operator.git import Engine
 from workspace_operator.kube import Kube
@@ -25,6 +27,8 @@ class Runtime:
     kube: Kube
     locks: LeaseLocks
     quota: NamespaceQuota
+    queues: ProjectQueues
+    checkouts: Checkouts
     members: Members | None = None
     # (namespace, name) of the Workspaces a handler of this process is materializing
     # right now: the timer leaves them alone.
@@ -43,7 +47,10 @@ class Runtime:
         quota = NamespaceQuota(config.root, config.max_workspaces_per_namespace)
         members = Members(kube, locks, namespace=config.lease_namespace, prefix=config.identity,
                           duration_seconds=config.lease_seconds)
-        return cls(config, Engine(config.root, config.git), kube, locks, quota, members)
+        engine = Engine(config.root, config.git)
+        queues = ProjectQueues(locks, idle=_maintenance(engine, config.maintenance_budget_seconds))
+        checkouts = Checkouts(config.checkout_concurrency or default_limit())
+        return cls(config, engine, kube, locks, quota, queues, checkouts, members)
 
     @property
     def fixed_shards(self) -> bool:
@@ -64,3 +71,14 @@ class Runtime:
         if self.fixed_shards:
             return shard_of(namespace, project, self.config.replicas) == self.config.replica_index
         return self.members is None or self.members.owns(namespace, project)
+
+
+def _maintenance(engine: Engine, budget: float) -> IdleStep | None:
+    """The queue's idle step: one time-boxed maintenance step on the cache just served."""
+    if budget <= 0:
+        return None
+
+    async def step(namespace: str, project: str) -> None:
+        await engine.maintain(namespace, project, budget_seconds=budget)
+
+    return step

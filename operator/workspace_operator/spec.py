@@ -10,9 +10,15 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from workspace_operator.git import CheckoutRequest, Credentials, GitError, Revision
-from workspace_operator.git.credentials import allowed_by, invalid_credentials
-from workspace_operator.git.layout import invalid
+from workspace_operator.git import (
+    CheckoutRequest,
+    Credentials,
+    GitError,
+    Revision,
+    allowed_by,
+    invalid,
+    invalid_credentials,
+)
 
 GROUP = "crafting.dev"
 VERSION = "v1"

@@ -65,7 +65,7 @@ async def follow(rt: Runtime) -> None:
         if members.identity in after:
             try:
                 await pick_up(rt, before, after)
-            except Exception as error:  # API trouble: try again at the next beat
+            except Exception as error:  # noqa: BLE001 - API trouble: try again at the next beat
                 log.warning("takeover listing failed, retrying: %s", error)
                 await asyncio.sleep(members.interval)
                 members.changed.set()

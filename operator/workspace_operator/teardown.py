@@ -1,4 +1,4 @@
-"""Operation: remove a deleted Workspace's worktree (or pin) under the project Lease.
+"""Operation: remove a deleted Workspace's worktree (or pin) under the project Lease, in its queue.
 
 Deletion must never wedge: a missing volume, directory or cache is success, and
 if the lock cannot be had after many attempts the finalizer is released anyway —
@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workspace_operator import metrics, status
-from workspace_operator.git import GitError, Reason
-from workspace_operator.git.layout import DNS1123_LABEL
+from workspace_operator.git import DNS1123_LABEL, GitError, Reason
 from workspace_operator.lock import LeaseLost, LockTimeout
+from workspace_operator.logs import fields
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import FINALIZER
 
@@ -44,8 +44,8 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
         return "nothing to remove (invalid spec was never materialized)"
     rt.kube.forget_namespace(namespace)  # it may be on its way out: look its UID up afresh
     try:
-        async with rt.locks.hold(namespace, project, wait_seconds=rt.config.lock_wait_seconds):
-            existed = await rt.engine.remove(namespace, project, name)
+        existed, _waited = await rt.queues.run(namespace, project, lambda: rt.engine.remove(namespace, project, name),
+                                               wait_seconds=rt.config.lock_wait_seconds)
     except (GitError, LockTimeout, LeaseLost, OSError) as error:
         if isinstance(error, GitError) and error.reason is Reason.UNSAFE_PATH:
             # A link planted where the project directory belongs: what it points at is
@@ -57,11 +57,13 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
         if attempt + 1 >= GIVE_UP_AFTER_ATTEMPTS:
             metrics.DELETIONS.labels("abandoned").inc()
             log.error("giving up removing worktree %s/%s/%s after %d attempts (GC will collect it): %s",
-                      namespace, project, name, attempt + 1, error)
+                      namespace, project, name, attempt + 1, error,
+                      extra=fields(namespace, name, project=project, reason="Abandoned"))
             return f"worktree left for garbage collection: {error}"
         raise RetryDeletion(str(error), rt.backoff(attempt + 1)) from None
     metrics.DELETIONS.labels("removed" if existed else "absent").inc()
-    log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed)
+    log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed,
+             extra=fields(namespace, name, project=project, reason="Removed" if existed else "Absent"))
     return "worktree or pin removed" if existed else "no worktree or pin on the volume"
 
 

@@ -18,10 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from workspace_operator.cli.errors import CliError, Exit
-from workspace_operator.git import GitError, GitSettings
-from workspace_operator.git.layout import check_relpath
-from workspace_operator.git.runner import GitRunner
-from workspace_operator.git.source import SHA, check_ref_name
+from workspace_operator.git import SHA, GitError, GitRunner, GitSettings, check_ref_name, check_relpath
 
 
 @dataclass(frozen=True)

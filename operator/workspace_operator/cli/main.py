@@ -18,8 +18,7 @@ from typing import Any
 from workspace_operator.cli.api import WorkspaceApi, connect
 from workspace_operator.cli.checkout import checkout, source_of
 from workspace_operator.cli.errors import CliError, Exit
-from workspace_operator.git import GitSettings
-from workspace_operator.git.runner import ALL_SCHEMES
+from workspace_operator.git import ALL_SCHEMES, GitSettings
 from workspace_operator.spec import CACHE_ONLY, GROUP, KIND, MODES, VERSION
 
 DEFAULT_CACHE_ROOT = "/workspaces"

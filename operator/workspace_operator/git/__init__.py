@@ -1,20 +1,54 @@
-"""The git engine: bare caches and worktrees on a volume. No Kubernetes in here."""
+"""The git engine: bare caches and worktrees on a volume. No Kubernetes in here.
 
-from workspace_operator.git.credentials import Credentials
-from workspace_operator.git.engine import CheckoutRequest, CheckoutResult, Engine, ValidRequest
+This package's namespace is the engine's public interface: the rest of the operator
+imports from `workspace_operator.git`, never from its submodules (an import contract).
+"""
+
+from workspace_operator.git.credentials import Credentials, allowed_by, invalid_credentials
+from workspace_operator.git.engine import CheckoutRequest, CheckoutResult, Engine, Maintenance, Prepared, ValidRequest
 from workspace_operator.git.errors import GitError, Reason, Redactor
-from workspace_operator.git.runner import GitSettings
-from workspace_operator.git.source import Revision
+from workspace_operator.git.inventory import (
+    ProjectState,
+    cache_bytes,
+    completed_worktrees,
+    list_projects,
+    project_present,
+    project_state,
+)
+from workspace_operator.git.layout import DNS1123_LABEL, check_relpath, invalid
+from workspace_operator.git.origins import URLRefused, normalize_host_pattern
+from workspace_operator.git.runner import ALL_SCHEMES, GitRunner, GitSettings, write_guard
+from workspace_operator.git.source import SHA, Revision, check_ref_name
 
 __all__ = [
+    "ALL_SCHEMES",
+    "DNS1123_LABEL",
+    "SHA",
     "CheckoutRequest",
     "CheckoutResult",
     "Credentials",
     "Engine",
     "GitError",
+    "GitRunner",
     "GitSettings",
+    "Maintenance",
+    "Prepared",
+    "ProjectState",
     "Reason",
     "Redactor",
     "Revision",
+    "URLRefused",
     "ValidRequest",
+    "allowed_by",
+    "cache_bytes",
+    "check_ref_name",
+    "check_relpath",
+    "completed_worktrees",
+    "invalid",
+    "invalid_credentials",
+    "list_projects",
+    "normalize_host_pattern",
+    "project_present",
+    "project_state",
+    "write_guard",
 ]

@@ -1,8 +1,11 @@
-"""The bare clone of one project: create crash-safely, trust only after checks, fetch little.
+"""Opening the bare clone of one project: create crash-safely, trust only after checks.
+
+Resolving revisions (fetching) lives in `resolve.py`, upkeep in `housekeeping.py`,
+the marker and stamp files in `markers.py`.
 
 Callers hold the project's lock (the Lease) around every method here; that is
-what makes "any *.lock file is stale" and "an operation marker means a crash"
-true statements.
+what makes "any *.lock file in the shared store is stale" and "an operation
+marker means a crash" true statements.
 """
 
 from __future__ import annotations
@@ -12,20 +15,18 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from workspace_operator.git import safepath
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import QUARANTINE_PREFIX, READY_DIR, STAGING_PREFIX, ProjectLayout, is_worktree_name
+from workspace_operator.git.markers import HOLD_MARKER, LAST_FETCH, OPERATION_MARKER, entries, stamp
+from workspace_operator.git.resolve import Answer, Answers, Resolution, Resolver
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.git.source import Revision, local_ref_for
 
 log = logging.getLogger("workspace_operator.cache")
 
-# Present while a fetch writes into the cache; found at the start of an
-# operation it means the previous holder died mid-write.
-OPERATION_MARKER = "workspace-operator.fetching"
 # Every key the engine (or git itself, for a bare repo and sparse worktrees) writes.
 _EXPECTED_CONFIG = frozenset({
     "core.repositoryformatversion", "core.filemode", "core.bare", "core.logallrefupdates",
@@ -33,14 +34,8 @@ _EXPECTED_CONFIG = frozenset({
     "remote.origin.url", "remote.origin.promisor", "remote.origin.partialclonefilter",
     "extensions.partialclone", "extensions.worktreeconfig", "extensions.objectformat",
 })
-# Output caps of the calls whose answer is a few lines: anything more is an attack.
-LS_REMOTE_LIMIT = 64 * 1024
+# Output cap of the config listing (a few lines): anything more is an attack.
 CONFIG_LIMIT = 64 * 1024
-REV_PARSE_LIMIT = 4 * 1024
-# Timestamps (file mtimes) that garbage collection decides on.
-LAST_USED = "workspace-operator.last-used"
-LAST_FETCH = "workspace-operator.last-fetch"
-LAST_GC = "workspace-operator.last-gc"
 
 
 # The namespace UID the cache was created for: a namespace deleted and created
@@ -51,39 +46,6 @@ _WORKTREE_CONFIG = frozenset({"core.sparsecheckout", "core.sparsecheckoutcone", 
 # Files that would make git read objects or history from elsewhere, or redirect the repository.
 _REDIRECTS = ("objects/info/alternates", "objects/info/http-alternates", "info/grafts", "commondir")
 _GIT_ENTRIES = ("HEAD", "config", "objects", "refs", "packed-refs", "info", "worktrees", "shallow", "index")
-
-
-def stamp(root: Path, repo: Path, name: str) -> None:
-    safepath.touch(root, repo / name)
-
-
-def unlock_crashed_worktrees(root: Path, repo: Path) -> None:
-    """Drop the `locked` marks that killed `git worktree add` runs left behind.
-
-    `worktree add` locks new metadata ("initializing") until it is done. Killed
-    mid-add, the mark stays: prune then keeps the entry forever, and any later
-    add at that path fails ("missing but locked worktree"). The engine never
-    locks a worktree itself and callers hold the project lock, so no add is in
-    progress and every mark is a crash's leftover.
-    """
-    for entry in _entries(repo / "worktrees"):
-        if entry.is_dir(follow_symlinks=False):
-            safepath.remove(root, Path(entry.path) / "locked")
-
-
-def _entries(path: Path) -> list[os.DirEntry[str]]:
-    """Entries of a directory that is not itself a link (callers check the parents)."""
-    if not safepath.is_real_dir(path):
-        return []
-    try:
-        with os.scandir(path) as listing:
-            return list(listing)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def stamp_time(root: Path, repo: Path, name: str) -> float | None:
-    return safepath.mtime(root, repo / name)
 
 
 def worktree_config_keys(text: str) -> list[str] | None:
@@ -106,41 +68,37 @@ def worktree_config_keys(text: str) -> list[str] | None:
     return keys
 
 
-@dataclass(frozen=True)
-class Resolution:
-    commit: str
-    cache_hit: bool  # the commit was already in the cache
-    fetched: bool  # a fetch transferred objects
-    fetch_seconds: float
-    created: bool  # the cache was (re)created by this call
-    repaired: str | None  # why an existing cache was repaired or replaced
-
-
 class Cache:
-    def __init__(self, runner: GitRunner, layout: ProjectLayout) -> None:
+    def __init__(self, runner: GitRunner, layout: ProjectLayout, answers: Answers | None = None) -> None:
         self.runner = runner
         self.layout = layout
         self.path = layout.cache_dir
-
-    # -- opening -------------------------------------------------------------------
+        self.answers = answers or Answers()
 
     async def open(self, url: str, env: dict[str, str], revision: Revision, *, verified: bool,
-                   owner: str | None = None) -> Resolution:
+                   owner: str | None = None, not_before: float | None = None,
+                   checked: frozenset[str] | None = None) -> Resolution:
         """Make sure a trustworthy cache exists and holds the revision; return its commit.
 
-        `verified` says this process already ran the full check on this cache since
-        it started; the cheap checks run every time regardless. `owner` (the
+        `verified` says this process already opened this cache since it started;
+        the cheap checks run every time regardless — except when `checked` is given:
+        this very hold of the lock already inspected the cache (nothing else wrote
+        it since), and these commits were found in it. Upstream answers asked at or
+        after `not_before` may stand in for asking again (see `Answers`). `owner` (the
         namespace UID) is recorded with a new cache; an existing cache recorded for
         another owner is quarantined and the old owner's worktrees removed.
         """
         root = self.layout.root
         safepath.make_dirs(root, self.layout.project_dir)
         repaired: str | None = None
+        if checked is not None and safepath.kind(self.path) == "dir":
+            return await self._resolver(self.path).resolve(env, revision, not_before=not_before, present=checked)
         if safepath.kind(self.path) is not None:
-            problem = await self.inspect(url, deep=not verified, owner=owner)
+            problem = await self.inspect(url, first_use=not verified, owner=owner)
             if problem is not None:
                 repaired = problem
                 self.quarantine(problem)
+                self.answers.forget(self.path)
                 if problem.startswith(_FOREIGN):
                     self._drop_worktrees()
             elif owner and safepath.mtime(root, self.path / OWNER) is None:
@@ -148,18 +106,23 @@ class Cache:
         if safepath.kind(self.path) is None:
             resolution = await self._create(url, env, revision, owner)
             return Resolution(resolution.commit, False, True, resolution.fetch_seconds, True, repaired)
-        resolution = await self.resolve(env, revision)
+        resolution = await self._resolver(self.path).resolve(env, revision, not_before=not_before)
         return Resolution(resolution.commit, resolution.cache_hit, resolution.fetched,
                           resolution.fetch_seconds, False, repaired)
 
-    async def inspect(self, url: str | None, *, deep: bool, owner: str | None = None) -> str | None:
+    def _resolver(self, repo: Path) -> Resolver:
+        return Resolver(self.runner, self.layout.root, repo, self.answers, key=self.path)
+
+    async def inspect(self, url: str | None, *, first_use: bool, owner: str | None = None) -> str | None:
         """None if the cache can be trusted, else what is wrong with it.
 
         Raises RepositoryMismatch when the cache is healthy but tracks another URL:
         that is the user's mistake, never a reason to re-point or replace it.
-        `url=None` (garbage collection) skips that comparison only.
+        `url=None` (garbage collection) skips that comparison only. `first_use`: the
+        first opening by this process, which also looks deeper (links in objects/,
+        ref tips that parse).
         """
-        problem = self._inspect_files(owner, deep=deep)
+        problem = self._inspect_files(owner, deep=first_use)
         if problem is not None:
             return problem
         try:
@@ -184,16 +147,35 @@ class Cache:
         tampered = [key for key in config if key not in _EXPECTED_CONFIG]
         if tampered:
             return f"unexpected settings in the cache's config ({', '.join(sorted(tampered)[:5])})"
-        crashed = safepath.kind(self.path / OPERATION_MARKER) is not None
-        removed = self.remove_stale_locks()
-        if crashed or deep or removed:
-            why = "interrupted fetch" if crashed else ("stale lock files" if removed else "first use")
+        why = await self._reason_for_fsck(first_use)
+        if why is not None:
             if not await self.runner.ok("fsck", ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"],
                                         cwd=self.path):
                 return f"fsck failed after {why}"
             log.info("cache %s verified (%s)", self.layout.relative_dir, why)
             self._drop_temporary_packs()
             safepath.remove(self.layout.root, self.path / OPERATION_MARKER)
+            safepath.remove(self.layout.root, self.path / HOLD_MARKER)
+        return None
+
+    async def _reason_for_fsck(self, first_use: bool) -> str | None:
+        """Why the cache needs the full connectivity check, or None.
+
+        The check costs seconds on a large cache, so it runs only on evidence:
+        a marker of an interrupted fetch or of a holder that never finished,
+        lock files a killed git left, or — once per process — tips that do not
+        even parse. A clean stop leaves none of these.
+        """
+        removed = self.remove_stale_locks()
+        if safepath.kind(self.path / OPERATION_MARKER) is not None:
+            return "interrupted fetch"
+        if safepath.kind(self.path / HOLD_MARKER) is not None:
+            return "unclean stop of the previous holder"
+        if removed:
+            return "stale lock files"
+        if first_use and not await self.runner.ok("check-tips", ["rev-list", "--no-walk", "--all", "--quiet"],
+                                                  cwd=self.path):
+            return "unreadable ref tips"
         return None
 
     def _inspect_files(self, owner: str | None, *, deep: bool) -> str | None:
@@ -214,7 +196,7 @@ class Cache:
         planted = [name for name in (*_REDIRECTS, "info/attributes") if safepath.kind(path / name) is not None]
         if planted:
             return f"unexpected files in the cache ({', '.join(planted)})"
-        if _entries(path / "refs" / "replace") or _packed_replace_refs(path / "packed-refs"):
+        if entries(path / "refs" / "replace") or _packed_replace_refs(path / "packed-refs"):
             return "replace refs in the cache (refs/replace/)"
         # worktrees/ is checked entry by entry below (its modules/ may be large).
         for tree in ("refs", *(("objects",) if deep else ())):
@@ -266,15 +248,19 @@ class Cache:
         return config
 
     def remove_stale_locks(self) -> list[Path]:
-        """Delete lock files a killed git left behind (no git runs here without our lock).
+        """Delete lock files a killed git left behind (no git writes the shared store
+        without our lock). A worktree without a completion record may be being
+        populated right now, outside the lock: its locks are left alone (if it
+        crashed instead, it is rebuilt whole anyway).
 
         Directories are walked without following links (the inspection refused
         caches with links in refs/ and worktrees/ before this runs).
         """
-        candidates = [Path(e.path) for e in _entries(self.path) if e.name.endswith(".lock")]
-        for meta in _entries(self.path / "worktrees"):
-            if meta.is_dir(follow_symlinks=False):
-                candidates += [Path(e.path) for e in _entries(Path(meta.path)) if e.name.endswith(".lock")]
+        candidates = [Path(e.path) for e in entries(self.path) if e.name.endswith(".lock")]
+        for meta in entries(self.path / "worktrees"):
+            completed = safepath.kind(self.layout.ready_dir / meta.name) is not None
+            if completed and meta.is_dir(follow_symlinks=False):
+                candidates += [Path(e.path) for e in entries(Path(meta.path)) if e.name.endswith(".lock")]
         if safepath.is_real_dir(self.path / "refs"):
             for dirpath, _dirs, files in os.walk(self.path / "refs"):  # os.walk never follows links
                 candidates += [Path(dirpath) / name for name in files if name.endswith(".lock")]
@@ -284,7 +270,7 @@ class Cache:
         return candidates
 
     def _drop_temporary_packs(self) -> None:
-        for tmp in _entries(self.path / "objects" / "pack"):
+        for tmp in entries(self.path / "objects" / "pack"):
             if tmp.name.startswith("tmp_"):
                 safepath.remove(self.layout.root, Path(tmp.path))
 
@@ -300,7 +286,7 @@ class Cache:
 
     def _drop_worktrees(self) -> None:
         """Remove every worktree and completion record of the project (another tenant's)."""
-        for entry in _entries(self.layout.project_dir):
+        for entry in entries(self.layout.project_dir):
             if is_worktree_name(entry.name) or entry.name == READY_DIR:
                 log.warning("removing %s/%s: made for a deleted namespace of the same name",
                             self.layout.relative_dir, entry.name)
@@ -308,135 +294,102 @@ class Cache:
 
     async def _create(self, url: str, env: dict[str, str], revision: Revision, owner: str | None = None
                       ) -> Resolution:
-        """init + fetch into a staging directory, then rename: a cache exists whole or not at all."""
+        """Build the cache in a staging directory, then rename: it exists whole or not at all."""
         staging = self.layout.project_dir / f"{STAGING_PREFIX}cache-{uuid.uuid4().hex[:8]}"
         try:
-            await self.runner.run("init", ["init", "--bare", "--quiet", "--", str(staging)],
-                                  cwd=self.layout.project_dir)
-            settings = [("remote.origin.url", url), ("core.logAllRefUpdates", "false")]
-            if self.runner.settings.partial_clone:
-                settings += [
-                    ("core.repositoryFormatVersion", "1"),
-                    ("extensions.partialClone", "origin"),
-                    ("remote.origin.promisor", "true"),
-                    ("remote.origin.partialCloneFilter", "blob:none"),
-                ]
-            for key, value in settings:
-                await self.runner.run("configure", ["config", key, value], cwd=staging)
-            if owner:
-                safepath.write_atomic(self.layout.root, staging / OWNER, owner)
-            resolution = await self._resolve_in(staging, env, revision)
+            if revision.branch or revision.tag or not (revision.name or revision.commit):
+                resolution = await self._clone(url, env, revision, staging, owner)
+            else:
+                resolution = await self._init_and_fetch(url, env, revision, staging, owner)
             safepath.rename(self.layout.root, staging, self.path.name)
             log.info("cache %s created", self.layout.relative_dir)
             return resolution
         finally:
             safepath.remove(self.layout.root, staging)
 
-    # -- resolving -----------------------------------------------------------------
+    async def _clone(self, url: str, env: dict[str, str], revision: Revision, staging: Path,
+                     owner: str | None) -> Resolution:
+        """One branch or tag (or the default branch) by `git clone`.
 
-    async def resolve(self, env: dict[str, str], revision: Revision) -> Resolution:
-        return await self._resolve_in(self.path, env, revision)
-
-    async def _resolve_in(self, repo: Path, env: dict[str, str], revision: Revision) -> Resolution:
-        if revision.commit:
-            if await self._has_commit(repo, revision.commit):
-                return Resolution(revision.commit, True, False, 0.0, False, None)
-            seconds = 0.0
-            if revision.remote_ref:
-                seconds += await self._fetch(repo, env, revision.remote_ref, revision.local_ref)
-            if not await self._has_commit(repo, revision.commit):
-                seconds += await self._fetch(repo, env, revision.commit, f"refs/cache/commits/{revision.commit}",
-                                             missing=Reason.COMMIT_NOT_FOUND)
-            if not await self._has_commit(repo, revision.commit):
-                raise GitError(Reason.COMMIT_NOT_FOUND, f"commit {revision.commit} not found upstream", step="fetch")
-            return Resolution(revision.commit, False, True, seconds, False, None)
-
-        remote_ref, tip = await self._remote_tip(repo, env, revision)
-        local_ref = local_ref_for(remote_ref)
-        if await self._has_commit(repo, tip):
-            return Resolution(tip, True, False, 0.0, False, None)
-        seconds = await self._fetch(repo, env, remote_ref, local_ref)
-        commit = await self._peel(repo, local_ref)
-        return Resolution(commit, False, True, seconds, False, None)
-
-    async def _has_commit(self, repo: Path, sha: str) -> bool:
-        return await self.runner.ok("has-commit", ["cat-file", "-e", f"{sha}^{{commit}}"], cwd=repo)
-
-    async def _peel(self, repo: Path, ref: str) -> str:
-        result = await self.runner.run("resolve", ["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"],
-                                       cwd=repo, max_stdout=REV_PARSE_LIMIT)
-        return result.stdout.strip()
-
-    async def _remote_tip(self, repo: Path, env: dict[str, str], revision: Revision) -> tuple[str, str]:
-        """(full remote ref, commit it points at) via one ls-remote round trip."""
-        wanted = revision.remote_ref
-        if wanted is None:
-            result = await self.runner.run("ls-remote", ["ls-remote", "--symref", "--", "origin", "HEAD"],
-                                           cwd=repo, env=env, max_stdout=LS_REMOTE_LIMIT)
-            for line in result.stdout.splitlines():
-                if line.startswith("ref: ") and line.endswith("\tHEAD"):
-                    wanted = line.removeprefix("ref: ").split("\t")[0]
-            if wanted is None:
-                raise GitError(Reason.REF_NOT_FOUND, "upstream has no default branch (HEAD)", step="ls-remote")
-        result = await self.runner.run("ls-remote", ["ls-remote", "--", "origin", wanted, f"{wanted}^{{}}"],
-                                       cwd=repo, env=env, max_stdout=LS_REMOTE_LIMIT)
-        found: dict[str, str] = {}
-        for line in result.stdout.splitlines():
-            sha, _, ref = line.partition("\t")
-            found[ref] = sha
-        tip = found.get(f"{wanted}^{{}}") or found.get(wanted)
-        if tip is None:
-            raise GitError(Reason.REF_NOT_FOUND, f"{wanted} not found upstream", step="ls-remote")
-        return wanted, tip
-
-    async def _fetch(self, repo: Path, env: dict[str, str], source: str, destination: str | None,
-                     missing: Reason = Reason.REF_NOT_FOUND) -> float:
-        """Fetch exactly one ref or commit; auto-gc off; marked so a crash is detected."""
-        refspec = f"+{source}:{destination}" if destination else source
-        marker = repo / OPERATION_MARKER
-        safepath.touch(self.layout.root, marker)
+        Faster than init + fetch for the same objects: clone trusts a pack that
+        is self-contained and skips fetch's connectivity walk over every object.
+        """
+        options = ["--bare", "--quiet", "--single-branch", "--no-tags", "--config", "core.logAllRefUpdates=false"]
+        if self.runner.settings.partial_clone:
+            options.append("--filter=blob:none")
+        named = revision.branch or revision.tag
+        if named:
+            options += ["--branch", named]
+        asked = self.answers.clock()
+        # Every received object is checked (malformed trees, paths like .git or ../), as in fetch.
+        fsck = ["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else []
         try:
-            result = await self.runner.run(
-                "fetch",
-                ["fetch", "--no-tags", "--no-auto-gc", "--no-recurse-submodules", "--no-write-fetch-head",
-                 "--quiet", "--", "origin", refspec],
-                cwd=repo,
-                env=env,
-                # Every received object is checked (malformed trees, paths like .git or ../).
-                config=["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else [],
-            )
+            await self.runner.run("clone", ["clone", *options, "--", url, str(staging)], cwd=self.layout.project_dir,
+                                  env=env, config=fsck)
         except GitError as error:
-            if error.reason is Reason.REF_NOT_FOUND and missing is not Reason.REF_NOT_FOUND:
-                raise GitError(missing, error.message, step=error.step) from None
+            if error.reason is Reason.REF_NOT_FOUND and revision.remote_ref:  # say it as ls-remote would
+                raise GitError(Reason.REF_NOT_FOUND, f"{revision.remote_ref} not found upstream",
+                               step="clone") from None
             raise
-        safepath.remove(self.layout.root, marker)
-        stamp(self.layout.root, repo, LAST_FETCH)
-        return result.seconds
+        # Leave the config as init + fetch would (inspect trusts no other key).
+        await self.runner.run("configure", ["config", "--unset-all", "remote.origin.tagOpt"], cwd=staging)
+        if owner:
+            safepath.write_atomic(self.layout.root, staging / OWNER, owner)
+        resolver = self._resolver(staging)
+        if revision.remote_ref:
+            remote_ref = revision.remote_ref
+        else:
+            head = await self.runner.run("default-branch", ["symbolic-ref", "--quiet", "HEAD"], cwd=staging,
+                                         max_stdout=1024)
+            remote_ref = head.stdout.strip()
+        try:
+            tip = await resolver.peel(remote_ref)
+        except GitError:
+            raise GitError(Reason.REF_NOT_FOUND, f"{remote_ref} not found upstream (empty repository?)",
+                           step="clone") from None
+        local_ref = local_ref_for(remote_ref)
+        if local_ref != remote_ref:  # a branch: kept where a worktree can never check it out
+            await self.runner.run("move-ref", ["update-ref", "--no-deref", local_ref, tip], cwd=staging)
+            await self.runner.run("move-ref", ["update-ref", "-d", remote_ref], cwd=staging)
+        stamp(self.layout.root, staging, LAST_FETCH)
+        self.answers.put(self.path, revision.remote_ref or "HEAD", Answer(remote_ref, tip, asked))
+        if revision.commit and revision.commit != tip:
+            pinned = await resolver.resolve(env, revision)  # fetches the pinned commit if the clone lacks it
+            return Resolution(pinned.commit, False, True, pinned.fetch_seconds, True, None)
+        seconds = self.answers.clock() - asked
+        return Resolution(revision.commit or tip, False, True, seconds, True, None)
+
+    async def _init_and_fetch(self, url: str, env: dict[str, str], revision: Revision, staging: Path,
+                              owner: str | None) -> Resolution:
+        """A bare commit or another ref (refs/pull/...): fetch exactly that."""
+        await self.runner.run("init", ["init", "--bare", "--quiet", "--", str(staging)],
+                              cwd=self.layout.project_dir)
+        settings = [("remote.origin.url", url), ("core.logAllRefUpdates", "false")]
+        if self.runner.settings.partial_clone:
+            settings += [
+                ("core.repositoryFormatVersion", "1"),
+                ("extensions.partialClone", "origin"),
+                ("remote.origin.promisor", "true"),
+                ("remote.origin.partialCloneFilter", "blob:none"),
+            ]
+        for key, value in settings:
+            await self.runner.run("configure", ["config", key, value], cwd=staging)
+        if owner:
+            safepath.write_atomic(self.layout.root, staging / OWNER, owner)
+        return await self._resolver(staging).resolve(env, revision)
 
     async def fetch_tags(self, env: dict[str, str]) -> float:
         """Every upstream tag (and the commits they need), under the project lock."""
-        return await self._fetch(self.path, env, "refs/tags/*", "refs/tags/*")
-
-    # -- maintenance ---------------------------------------------------------------
+        return await self._resolver(self.path).fetch(env, "refs/tags/*", "refs/tags/*")
 
     async def check_for_maintenance(self) -> bool:
         """The same inspection as before a checkout (origin aside): False if the cache was
         untrustworthy and has been quarantined, so no git runs in it."""
-        problem = await self.inspect(None, deep=False)
+        problem = await self.inspect(None, first_use=False)
         if problem is None:
             return True
         self.quarantine(problem)
         return False
-
-    async def prune_worktrees(self) -> None:
-        unlock_crashed_worktrees(self.layout.root, self.path)
-        await self.runner.run("worktree-prune", ["worktree", "prune"], cwd=self.path)
-
-    async def gc(self) -> None:
-        # Unreachable objects go at once: nothing writes under our lock, worktrees' HEADs
-        # and the pins of cache-only Workspaces (git/pins.py) keep what is in use reachable.
-        await self.runner.run("gc", ["gc", "--quiet", "--prune=now"], cwd=self.path)
-        stamp(self.layout.root, self.path, LAST_GC)
 
 
 _FOREIGN = "made for another namespace of this name"

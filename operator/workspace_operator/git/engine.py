@@ -1,12 +1,14 @@
 """The git engine's public face: validate a request, materialize it, remove it.
 
 It knows paths, git and credentials, and nothing of Kubernetes (an import-linter
-contract enforces that). Callers hold the project's lock around `checkout`,
-`pin` and `remove`; `validate` and `is_complete` need no lock.
+contract enforces that). Callers hold the project's lock around `prepare`,
+`checkout`, `pin` and `remove`; `populate` (writing a registered worktree's
+files), `validate` and `is_complete` need no lock.
 
-Two ways to materialize: `checkout` adds a worktree on the volume; `pin` (cache-only
-Workspaces) only makes sure the commit is in the cache and pins it there, for a job
-to make its own checkout from the read-only cache (see git/pins.py).
+Two ways to materialize: `prepare` + `populate` (or `checkout`, both at once)
+add a worktree on the volume; `pin` (cache-only Workspaces) only makes sure the
+commit is in the cache and pins it there, for a job to make its own checkout
+from the read-only cache (see git/pins.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from workspace_operator.git import pins, safepath
-from workspace_operator.git.cache import LAST_USED, Cache, Resolution, stamp
+from workspace_operator.git.cache import Cache
+from workspace_operator.git.housekeeping import Housekeeping
+from workspace_operator.git.markers import HOLD_MARKER, LAST_USED, stamp
+from workspace_operator.git.resolve import Answers, Resolution
 from workspace_operator.git.credentials import Credentials, credential_env
 from workspace_operator.git.errors import GitError, Redactor
 from workspace_operator.git.layout import (
@@ -32,7 +37,9 @@ from workspace_operator.git.policy import URLPolicy
 from workspace_operator.git.runner import GitRunner, GitSettings
 from workspace_operator.git.source import Revision
 from workspace_operator.git.submodules import Submodules
-from workspace_operator.git.worktree import Worktrees, WorktreeSpec
+from workspace_operator.git.worktree import Registered, WorktreeResult, Worktrees, WorktreeSpec
+
+DEFER_CUT_OFF_STEP_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,23 @@ class ValidRequest:
         return WorktreeSpec(self.request.name, commit, self.sub_path, self.sparse, self.request.submodules)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request after the exclusive phase: commit resolved, worktree registered (or reused)."""
+
+    valid: ValidRequest
+    resolution: Resolution
+    worktree: WorktreeResult | Registered
+    started: float
+    partial_clone: bool
+
+    @property
+    def needs_lock(self) -> bool:
+        """Whether writing the files also writes the cache, so must stay under the lock:
+        in a partial clone checkout fetches missing blobs into the shared object store."""
+        return isinstance(self.worktree, Registered) and self.partial_clone
+
+
 class Engine:
     def __init__(self, root: Path, settings: GitSettings) -> None:
         # Resolved once: below it every path is compared as written, never resolved
@@ -86,8 +110,14 @@ class Engine:
         self.root = root.resolve()
         self.settings = settings
         self.policy = URLPolicy(settings, root)
-        # Caches fully checked (fsck) by this process; others get the deep check first.
+        # Caches this process opened already; others get the once-per-process checks first.
         self._verified: set[PurePosixPath] = set()
+        self.answers = Answers()
+        # Per cache: the lock hold (the caller's token) in which it was last inspected, and
+        # the commits found in it during that hold.
+        self._checked: dict[PurePosixPath, tuple[object, frozenset[str]]] = {}
+        # Upkeep steps cut off by their time box, and until when they are not tried again.
+        self._deferred: dict[tuple[PurePosixPath, str], float] = {}
 
     def validate(self, request: CheckoutRequest) -> ValidRequest:
         """Every rule the CRD enforces, again, before anything touches the disk or network."""
@@ -103,6 +133,8 @@ class Engine:
     def forget(self, layout: ProjectLayout) -> None:
         """The cache was removed: a new one must be fully checked again."""
         self._verified.discard(layout.relative_dir)
+        self._checked.pop(layout.relative_dir, None)
+        self.answers.forget(layout.cache_dir)
 
     def runner_for(self, credentials: Credentials | None) -> GitRunner:
         redact = Redactor()
@@ -118,20 +150,56 @@ class Engine:
         return worktrees.is_complete(valid.worktree_spec(commit))
 
     async def checkout(self, valid: ValidRequest) -> CheckoutResult:
-        """Cache → fetch (only if needed) → worktree. The caller holds the project lock."""
+        """Both phases in one go; the caller holds the project lock throughout."""
+        return await self.populate(await self.prepare(valid))
+
+    async def prepare(self, valid: ValidRequest, *, not_before: float | None = None,
+                      hold: object | None = None) -> Prepared:
+        """The exclusive phase: cache → fetch (only if needed) → worktree registered.
+
+        The caller holds the project lock. While this runs, the cache carries a
+        hold marker; a process that dies here leaves it, and the next opening
+        of the cache checks it in depth. `not_before` (monotonic) is when the
+        request arrived: upstream answers asked since then may serve it. `hold`
+        identifies the caller's hold of the lock: the steps of one hold share
+        what they found out about the cache (inspected, commits present), so a
+        burst costs one inspection, not one per Workspace.
+        """
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials)
-        cache = Cache(runner, layout)
         await self.policy.check_addresses(self.policy.check(request.repository))
+        previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
+        checked = previous[1] if previous is not None and hold is not None and previous[0] == hold else None
         with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
             env = session.env
-            resolution = await self._resolve(cache, valid, env)
-            checkout_started = time.monotonic()
-            submodules = Submodules(runner, self.policy, session, request.repository)
-            worktree = await Worktrees(runner, layout).add(valid.worktree_spec(resolution.commit), env, submodules)
+            resolution = await self._resolve(Cache(runner, layout, self.answers), valid, env, not_before, checked)
+            held = layout.cache_dir / HOLD_MARKER
+            safepath.touch(layout.root, held)
+            worktree = await Worktrees(runner, layout).register(valid.worktree_spec(resolution.commit), env)
             stamp(layout.root, layout.cache_dir, LAST_USED)
-        checkout_seconds = time.monotonic() - checkout_started
+            safepath.remove(layout.root, held)  # not in a finally: only a clean end proves nothing was cut short
+        if hold is not None:
+            self._checked[layout.relative_dir] = (hold, (checked or frozenset()) | {resolution.commit})
+        return Prepared(valid, resolution, worktree, started, self.settings.partial_clone)
+
+    async def populate(self, prepared: Prepared) -> CheckoutResult:
+        """Write the worktree's files and its completion record.
+
+        Needs no lock unless `prepared.needs_lock`: it writes only the worktree's
+        own directory and private metadata (submodules included). Garbage
+        collection must not remove the worktree or its cache meanwhile: the
+        operator counts the name as live while it is in flight, and across
+        replicas the Workspace is live and young directories are never orphans.
+        """
+        request, layout = prepared.valid.request, prepared.valid.layout
+        worktree = prepared.worktree
+        if isinstance(worktree, Registered):
+            runner = self.runner_for(request.credentials)
+            with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
+                submodules = Submodules(runner, self.policy, session, request.repository)
+                worktree = await Worktrees(runner, layout).populate(worktree, session.env, submodules)
+        resolution = prepared.resolution
         return CheckoutResult(
             commit=resolution.commit,
             path=_relative(self.root, worktree.path),
@@ -141,20 +209,19 @@ class Engine:
             reused=worktree.reused,
             cache_repaired=resolution.repaired,
             fetch_seconds=resolution.fetch_seconds,
-            checkout_seconds=checkout_seconds,
-            total_seconds=time.monotonic() - started,
+            checkout_seconds=worktree.seconds,
+            total_seconds=time.monotonic() - prepared.started,
             cache_path=_relative(self.root, layout.cache_dir),
         )
 
-    async def pin(self, valid: ValidRequest) -> CheckoutResult:
+    async def pin(self, valid: ValidRequest, *, not_before: float | None = None) -> CheckoutResult:
         """Cache → fetch (only if needed) → pin ref; no worktree. The caller holds the project lock."""
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials)
-        cache = Cache(runner, layout)
         await self.policy.check_addresses(self.policy.check(request.repository))
         with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
-            resolution = await self._resolve(cache, valid, session.env)
+            resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)
             pin_started = time.monotonic()
             reused = pins.read(layout.cache_dir, request.name) == resolution.commit
             if not reused:
@@ -167,15 +234,36 @@ class Engine:
             total_seconds=time.monotonic() - started, cache_path=_relative(self.root, layout.cache_dir),
         )
 
-    async def _resolve(self, cache: Cache, valid: ValidRequest, env: dict[str, str]) -> Resolution:
+    async def _resolve(self, cache: Cache, valid: ValidRequest, env: dict[str, str],
+                       not_before: float | None, checked: frozenset[str] | None = None) -> Resolution:
         layout, request = valid.layout, valid.request
         resolution = await cache.open(request.repository, env, request.revision,
-                                      verified=layout.relative_dir in self._verified, owner=request.namespace_uid)
+                                      verified=layout.relative_dir in self._verified, owner=request.namespace_uid,
+                                      not_before=not_before, checked=checked)
         self._verified.add(layout.relative_dir)
         if request.tags:
             # Every tag, so that `git describe` gives the same answer in every checkout.
             await cache.fetch_tags(env)
         return resolution
+
+    async def maintain(self, namespace: str, project: str, *, budget_seconds: float) -> str | None:
+        """One time-boxed upkeep step on a busy cache, if one is due; its name, or None.
+
+        The caller holds the project lock. A step cut off by the time box is not
+        retried for a while: it is too big for this cache and waits for gc.
+        """
+        layout = ProjectLayout(self.root, namespace, project)
+        if safepath.kind(layout.cache_dir) != "dir":
+            return None
+        housekeeping = Housekeeping(self.runner_for(None), layout.root, layout.cache_dir)
+        task = housekeeping.due()
+        now = time.monotonic()
+        if task is None or self._deferred.get((layout.relative_dir, task), 0.0) > now:
+            return None
+        if not await housekeeping.step(task, budget_seconds):
+            self._deferred[(layout.relative_dir, task)] = now + DEFER_CUT_OFF_STEP_SECONDS
+            return None
+        return task
 
     async def remove(self, namespace: str, project: str, name: str) -> bool:
         """Remove a Workspace's worktree and pin; False if neither existed. The caller holds the project lock."""
@@ -217,7 +305,7 @@ class Maintenance:
 
     async def prune(self, namespace: str, project: str) -> None:
         if cache := await self._checked_cache(namespace, project):
-            await cache.prune_worktrees()
+            await Housekeeping(cache.runner, cache.layout.root, cache.path).prune_worktrees()
 
     async def unpin(self, namespace: str, project: str, name: str) -> None:
         if cache := await self._checked_cache(namespace, project):
@@ -225,7 +313,7 @@ class Maintenance:
 
     async def gc_cache(self, namespace: str, project: str) -> None:
         if cache := await self._checked_cache(namespace, project):
-            await cache.gc()
+            await Housekeeping(cache.runner, cache.layout.root, cache.path).gc()
 
     def delete_cache(self, namespace: str, project: str) -> None:
         """Remove the cache; the project directory goes too once nothing else is in it."""

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from workspace_operator.git import safepath
-from workspace_operator.git.cache import unlock_crashed_worktrees
+from workspace_operator.git.markers import unlock_crashed_worktrees
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import ProjectLayout, invalid
 from workspace_operator.git.runner import GitRunner
@@ -49,6 +49,15 @@ class CompletionRecord:
         other = CompletionRecord.of(spec)
         return (self.commit, self.sub_path, self.sparse, self.submodules) == (
             other.commit, other.sub_path, other.sparse, other.submodules)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A worktree whose git metadata exists and whose files are not written yet."""
+
+    spec: WorktreeSpec
+    path: Path
+    started: float
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,21 @@ class Worktrees:
 
     async def add(self, spec: WorktreeSpec, env: dict[str, str], submodules: Submodules | None = None
                   ) -> WorktreeResult:
-        """Check out spec; `submodules` is required when spec asks for them."""
+        """Register and populate in one go (the caller holds the project lock throughout)."""
+        registered = await self.register(spec, env)
+        if isinstance(registered, WorktreeResult):
+            return registered
+        return await self.populate(registered, env, submodules)
+
+    async def register(self, spec: WorktreeSpec, env: dict[str, str]) -> WorktreeResult | Registered:
+        """The step that writes the cache: the worktree's git metadata, no files yet.
+
+        Returns the finished result when an intact worktree is already there.
+        The caller holds the project lock. The files are written by `populate`,
+        which needs no lock: it touches only this worktree's directory and its
+        private metadata (index, HEAD, submodules) — never the shared objects,
+        refs or config.
+        """
         started = time.monotonic()
         path = self.layout.worktree_dir(spec.name)
         if self.is_complete(spec):
@@ -110,34 +133,43 @@ class Worktrees:
         if self._leftovers(spec.name):
             await self.remove(spec.name)  # whatever a crash or an older spec left there
         safepath.check_real_dirs(self.layout.root, self.cache)
-
-        workers = self.runner.settings.checkout_workers
-        config = [f"checkout.workers={workers}"] if workers else []
-        sparse = bool(spec.sparse)
-        # Every checkout step gets the credentials: in a partial clone (blob:none)
-        # git fetches the blobs it writes from the promisor remote right here.
         await self.runner.run(
             "worktree-add",
-            ["worktree", "add", "--detach", "--quiet", *(["--no-checkout"] if sparse else []),
-             "--", str(path), spec.commit],
+            ["worktree", "add", "--detach", "--quiet", "--no-checkout", "--", str(path), spec.commit],
             cwd=self.cache,
             env=env,
-            config=config,
         )
         safepath.check_real_dirs(self.layout.root, path)  # git made it; nothing swapped it for a link since
-        if sparse:
+        if spec.sparse:
+            # Here rather than in populate: the first sparse worktree of a cache turns on
+            # extensions.worktreeConfig in the cache's shared config.
             await self.runner.run("sparse-checkout",
                                   ["sparse-checkout", "set", "--cone", "--", *map(str, spec.sparse)],
                                   cwd=path, env=env)
-            await self.runner.run("checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"],
-                                  cwd=path, env=env, config=config)
+        return Registered(spec, path, started)
+
+    async def populate(self, registered: Registered, env: dict[str, str],
+                       submodules: Submodules | None = None) -> WorktreeResult:
+        """Write a registered worktree's files, then its completion record (last).
+
+        `submodules` is required when the spec asks for them;
+        they live in this worktree's private metadata, so they need no lock either.
+        """
+        spec, path = registered.spec, registered.path
+        safepath.check_real_dirs(self.layout.root, path)  # nothing swapped it for a link since registration
+        workers = self.runner.settings.checkout_workers
+        config = [f"checkout.workers={workers}"] if workers else []
+        # Every checkout step gets the credentials: in a partial clone (blob:none)
+        # git fetches the blobs it writes from the promisor remote right here.
+        await self.runner.run("checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"],
+                              cwd=path, env=env, config=config)
         if spec.submodules:
             if submodules is None:
                 raise ValueError("a worktree with submodules needs a Submodules updater")
             await submodules.update(path)
         workdir = self._workdir(path, spec)
         self._write_record(spec)
-        return WorktreeResult(path, workdir, False, time.monotonic() - started)
+        return WorktreeResult(path, workdir, False, time.monotonic() - registered.started)
 
     def _leftovers(self, name: str) -> bool:
         """Anything of a previous attempt at this name: directory, record or git metadata."""

@@ -1,0 +1,166 @@
+"""Resolving a revision to a commit in a cache, fetching only what is missing.
+
+Callers hold the project's lock: fetches write the object store and refs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from workspace_operator.git import safepath
+from workspace_operator.git.errors import GitError, Reason
+from workspace_operator.git.markers import LAST_FETCH, OPERATION_MARKER, stamp
+from workspace_operator.git.runner import GitRunner
+from workspace_operator.git.source import Revision, local_ref_for
+
+
+@dataclass(frozen=True)
+class Resolution:
+    commit: str
+    cache_hit: bool  # the commit was already in the cache
+    fetched: bool  # a fetch transferred objects
+    fetch_seconds: float
+    created: bool  # the cache was (re)created by this call
+    repaired: str | None  # why an existing cache was repaired or replaced
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What upstream said a ref points at, and when (monotonic) the question was asked."""
+
+    ref: str  # full upstream ref
+    tip: str
+    asked_at: float
+
+
+class Answers:
+    """Recent upstream answers per cache, so a burst of one branch asks upstream once.
+
+    An answer serves a request only if the question was asked *after* the request
+    arrived (`not_before`): a Workspace never gets a tip older than itself.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._latest: dict[tuple[Path, str], Answer] = {}
+
+    def get(self, repo: Path, question: str, not_before: float | None) -> Answer | None:
+        answer = self._latest.get((repo, question))
+        if answer is None or not_before is None or answer.asked_at < not_before:
+            return None
+        return answer
+
+    def put(self, repo: Path, question: str, answer: Answer) -> None:
+        latest = self._latest.get((repo, question))
+        if latest is None or latest.asked_at <= answer.asked_at:
+            self._latest[(repo, question)] = answer
+
+    def forget(self, repo: Path) -> None:
+        for key in [key for key in self._latest if key[0] == repo]:
+            del self._latest[key]
+
+
+# Output caps of the calls whose answer is a few lines: anything more is an attack.
+LS_REMOTE_LIMIT = 64 * 1024
+REV_PARSE_LIMIT = 4 * 1024
+
+
+class Resolver:
+    def __init__(self, runner: GitRunner, root: Path, repo: Path, answers: Answers | None = None,
+                 key: Path | None = None) -> None:
+        self.runner = runner
+        self.root = root  # the volume root: marker files are written without following links below it
+        self.repo = repo
+        self.answers = answers or Answers()
+        self.key = key or repo  # the cache's path, also while it is built in a staging dir
+
+    async def resolve(self, env: dict[str, str], revision: Revision, *, not_before: float | None = None,
+                      present: frozenset[str] = frozenset()) -> Resolution:
+        """`present`: commits known to be in the cache already (no need to ask git)."""
+        if revision.commit:
+            if revision.commit in present or await self.has_commit(revision.commit):
+                return Resolution(revision.commit, True, False, 0.0, False, None)
+            seconds = 0.0
+            if revision.remote_ref:
+                seconds += await self.fetch(env, revision.remote_ref, revision.local_ref)
+            if not await self.has_commit(revision.commit):
+                seconds += await self.fetch(env, revision.commit, f"refs/cache/commits/{revision.commit}",
+                                            missing=Reason.COMMIT_NOT_FOUND)
+            if not await self.has_commit(revision.commit):
+                raise GitError(Reason.COMMIT_NOT_FOUND, f"commit {revision.commit} not found upstream", step="fetch")
+            return Resolution(revision.commit, False, True, seconds, False, None)
+
+        question = revision.remote_ref or "HEAD"
+        answer = self.answers.get(self.key, question, not_before)
+        if answer is None:
+            asked = self.answers.clock()
+            remote_ref, tip = await self.remote_tip(env, revision)
+            self.answers.put(self.key, question, Answer(remote_ref, tip, asked))
+        else:
+            remote_ref, tip = answer.ref, answer.tip
+        local_ref = local_ref_for(remote_ref)
+        if tip in present or await self.has_commit(tip):
+            return Resolution(tip, True, False, 0.0, False, None)
+        asked = self.answers.clock()
+        seconds = await self.fetch(env, remote_ref, local_ref)
+        commit = await self.peel(local_ref)
+        # The fetch read the ref after `asked`: a fresher answer than the ls-remote's.
+        self.answers.put(self.key, question, Answer(remote_ref, commit, asked))
+        return Resolution(commit, False, True, seconds, False, None)
+
+    async def has_commit(self, sha: str) -> bool:
+        return await self.runner.ok("has-commit", ["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.repo)
+
+    async def peel(self, ref: str) -> str:
+        result = await self.runner.run("resolve", ["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"],
+                                       cwd=self.repo, max_stdout=REV_PARSE_LIMIT)
+        return result.stdout.strip()
+
+    async def remote_tip(self, env: dict[str, str], revision: Revision) -> tuple[str, str]:
+        """(full remote ref, commit it points at) via one ls-remote round trip."""
+        wanted = revision.remote_ref
+        if wanted is None:
+            result = await self.runner.run("ls-remote", ["ls-remote", "--symref", "--", "origin", "HEAD"],
+                                           cwd=self.repo, env=env, max_stdout=LS_REMOTE_LIMIT)
+            for line in result.stdout.splitlines():
+                if line.startswith("ref: ") and line.endswith("\tHEAD"):
+                    wanted = line.removeprefix("ref: ").split("\t")[0]
+            if wanted is None:
+                raise GitError(Reason.REF_NOT_FOUND, "upstream has no default branch (HEAD)", step="ls-remote")
+        result = await self.runner.run("ls-remote", ["ls-remote", "--", "origin", wanted, f"{wanted}^{{}}"],
+                                       cwd=self.repo, env=env, max_stdout=LS_REMOTE_LIMIT)
+        found: dict[str, str] = {}
+        for line in result.stdout.splitlines():
+            sha, _, ref = line.partition("\t")
+            found[ref] = sha
+        tip = found.get(f"{wanted}^{{}}") or found.get(wanted)
+        if tip is None:
+            raise GitError(Reason.REF_NOT_FOUND, f"{wanted} not found upstream", step="ls-remote")
+        return wanted, tip
+
+    async def fetch(self, env: dict[str, str], source: str, destination: str | None,
+                    missing: Reason = Reason.REF_NOT_FOUND) -> float:
+        """Fetch exactly one ref or commit; auto-gc off; marked so a crash is detected."""
+        refspec = f"+{source}:{destination}" if destination else source
+        marker = self.repo / OPERATION_MARKER
+        safepath.touch(self.root, marker)
+        try:
+            result = await self.runner.run(
+                "fetch",
+                ["fetch", "--no-tags", "--no-auto-gc", "--no-recurse-submodules", "--no-write-fetch-head",
+                 "--quiet", "--", "origin", refspec],
+                cwd=self.repo,
+                env=env,
+                # Every received object is checked (malformed trees, paths like .git or ../).
+                config=["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else [],
+            )
+        except GitError as error:
+            if error.reason is Reason.REF_NOT_FOUND and missing is not Reason.REF_NOT_FOUND:
+                raise GitError(missing, error.message, step=error.step) from None
+            raise
+        safepath.remove(self.root, marker)
+        stamp(self.root, self.repo, LAST_FETCH)
+        return result.seconds

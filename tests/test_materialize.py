@@ -1,0 +1,239 @@
+"""materialize(): spec → lock → cache → worktree → status, against small fakes of the
+runtime (API calls, Leases on a fake clock) and a real engine on local file:// upstreams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime_fakes import FakeRuntime, LocalUpstream, make_runtime
+from testsupport.gitenv import git
+from workspace_operator import materialize as op
+from workspace_operator.git import GitError, Prepared, Reason, ValidRequest
+from workspace_operator.status import Phase
+
+NS, NAME, PROJECT = "team-a", "ws-1", "proj"
+
+
+def spec(upstream: LocalUpstream, **extra: Any) -> dict[str, Any]:
+    return {"project": PROJECT, "repository": upstream.url, **extra}
+
+
+def ready_condition(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+async def run(
+    fr: FakeRuntime,
+    spec: dict[str, Any],
+    *,
+    current: dict[str, Any] | None = None,
+    attempt: int = 0,
+    generation: int = 1,
+) -> Any:
+    return await op.materialize(
+        fr.rt, namespace=NS, name=NAME, generation=generation, spec=spec, current=current or {}, attempt=attempt
+    )
+
+
+async def test_ready_at_the_branch_tip_under_the_lease(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream
+) -> None:
+    done = await run(fake_runtime, spec(local_upstream))
+
+    assert done is not None and done.result.commit == local_upstream.head and not done.repaired
+    worktree = fake_runtime.root / NS / PROJECT / NAME
+    assert (worktree / "app" / "main.py").read_text() == "print('v2')\n"
+    assert git(worktree, "rev-parse", "HEAD") == local_upstream.head
+    assert fake_runtime.locks.acquired == [(NS, PROJECT)] and fake_runtime.engine.checkouts == 1
+    assert fake_runtime.kube.phases() == [Phase.MATERIALIZING, Phase.READY]
+    status = fake_runtime.kube.last_status()
+    assert status["commit"] == local_upstream.head and status["path"] == f"{NS}/{PROJECT}/{NAME}"
+    assert status["observedGeneration"] == 1 and status["expiresAt"] is None  # default TTL 0 in make_runtime
+    assert ready_condition(status)["status"] == "True" and ready_condition(status)["reason"] == "Materialized"
+
+
+async def test_pinned_commit_and_subpath(fake_runtime: FakeRuntime, local_upstream: LocalUpstream) -> None:
+    done = await run(fake_runtime, spec(local_upstream, ref={"commit": local_upstream.first}, subPath="app"))
+
+    assert done is not None and done.result.commit == local_upstream.first
+    status = fake_runtime.kube.last_status()
+    assert status["workdir"] == f"{NS}/{PROJECT}/{NAME}/app"
+    assert (fake_runtime.root / status["workdir"] / "main.py").read_text() == "print('v1')\n"
+
+
+async def test_lock_wait_is_reported_from_the_lease_clock(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream
+) -> None:
+    fake_runtime.locks.busy[(NS, PROJECT)] = 12.5  # another replica holds the project that long
+    await run(fake_runtime, spec(local_upstream))
+
+    assert fake_runtime.kube.last_status()["timings"]["lockWaitSeconds"] == 12.5
+
+
+async def test_resume_of_a_ready_workspace_touches_nothing(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream
+) -> None:
+    await run(fake_runtime, spec(local_upstream))
+    ready = fake_runtime.kube.last_status()
+    fake_runtime.kube.patches.clear()
+    fake_runtime.locks.acquired.clear()
+
+    assert await run(fake_runtime, spec(local_upstream), current=ready) is None
+    assert fake_runtime.kube.patches == [] and fake_runtime.locks.acquired == []
+    assert fake_runtime.engine.checkouts == 1
+
+
+async def test_resume_with_a_lost_worktree_materializes_again(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream
+) -> None:
+    await run(fake_runtime, spec(local_upstream))
+    ready = fake_runtime.kube.last_status()
+    (fake_runtime.root / NS / PROJECT / ".ready" / NAME).unlink()  # no completion record: not trusted
+
+    done = await run(fake_runtime, spec(local_upstream), current=ready)
+    assert done is not None and done.result.commit == local_upstream.head
+    assert fake_runtime.engine.checkouts == 2
+
+
+@pytest.mark.parametrize(
+    ("patch", "reason", "fragment"),
+    [
+        ({"project": "../etc"}, "InvalidSpec", "project"),
+        ({"project": "UPPER"}, "InvalidSpec", "project"),
+        ({"subPath": "../../outside"}, "InvalidSpec", "subPath"),
+        ({"sparse": "not-a-list"}, "InvalidSpec", "sparse"),
+        ({"ref": {"branch": "main", "tag": "v1"}}, "InvalidSpec", ""),
+        ({"repository": "https://example.invalid/repo.git"}, "TransportNotAllowed", "https"),
+        ({"repository": "ext::sh -c touch% /tmp/pwned"}, "TransportNotAllowed", "transport"),
+    ],
+)
+async def test_invalid_spec_fails_permanently_before_any_lock_or_disk_write(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream, patch: dict[str, Any], reason: str, fragment: str
+) -> None:
+    with pytest.raises(op.Fatal) as caught:
+        await run(fake_runtime, {**spec(local_upstream), **patch})
+
+    assert caught.value.reason == reason and fragment in caught.value.message
+    assert fake_runtime.locks.acquired == [] and list(fake_runtime.root.iterdir()) == []
+    status = fake_runtime.kube.last_status()
+    assert status["phase"] == Phase.FAILED and ready_condition(status)["reason"] == reason
+
+
+@pytest.mark.parametrize(("attempt", "delay"), [(0, 2.0), (2, 8.0), (20, 300.0)])
+async def test_lock_timeout_is_retried_with_capped_exponential_backoff(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream, attempt: int, delay: float
+) -> None:
+    fake_runtime.locks.busy[(NS, PROJECT)] = 1e9
+    started = fake_runtime.clock()
+    with pytest.raises(op.Retry) as caught:
+        await run(fake_runtime, spec(local_upstream), attempt=attempt)
+
+    assert (caught.value.reason, caught.value.delay) == ("LockTimeout", delay)
+    assert fake_runtime.clock() - started == fake_runtime.rt.config.lock_wait_seconds  # waited the bound, no more
+    assert fake_runtime.engine.checkouts == 0
+    status = fake_runtime.kube.last_status()
+    assert ready_condition(status)["reason"] == "LockTimeout" and status["attempts"] == attempt + 1
+
+
+async def test_lease_lost_while_held_is_retried(fake_runtime: FakeRuntime, local_upstream: LocalUpstream) -> None:
+    fake_runtime.locks.lose.add((NS, PROJECT))
+    with pytest.raises(op.Retry) as caught:
+        await run(fake_runtime, spec(local_upstream))
+
+    assert caught.value.reason == "LeaseLost"
+    assert ready_condition(fake_runtime.kube.last_status())["reason"] == "LeaseLost"
+
+
+async def test_missing_ref_is_permanent(fake_runtime: FakeRuntime, local_upstream: LocalUpstream) -> None:
+    with pytest.raises(op.Fatal) as caught:
+        await run(fake_runtime, spec(local_upstream, ref={"branch": "no-such-branch"}))
+
+    assert caught.value.reason == "RefNotFound"
+    assert fake_runtime.kube.last_status()["phase"] == Phase.FAILED
+    assert not (fake_runtime.root / NS / PROJECT / NAME).exists()
+
+
+async def test_missing_upstream_reports_why(fake_runtime: FakeRuntime, tmp_path: Path) -> None:
+    gone = {"project": PROJECT, "repository": f"file://{tmp_path}/no-such-repo"}
+    with pytest.raises(op.Fatal) as caught:
+        await run(fake_runtime, gone)
+
+    assert caught.value.reason == "RepositoryNotFound"
+    status = fake_runtime.kube.last_status()
+    assert status["phase"] == Phase.FAILED and ready_condition(status)["reason"] == "RepositoryNotFound"
+    assert not (fake_runtime.root / NS / PROJECT / NAME).exists()
+
+
+PASSWORD = "s3cret-password-never-shown"
+
+
+def secret_listing(fr: FakeRuntime, repositories: str) -> dict[str, Any]:
+    """A Secret `creds` that lends itself to `repositories`; the spec fields that name it."""
+    fr.kube.secrets["creds"] = (
+        {"username": b"ci", "password": PASSWORD.encode()},
+        {"crafting.dev/repositories": repositories},
+    )
+    return {"credentials": {"secretName": "creds"}}
+
+
+async def test_credentials_secret_must_list_the_repository(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream
+) -> None:
+    creds = secret_listing(fake_runtime, "https://example.invalid/other")
+    with pytest.raises(op.Fatal) as caught:
+        await run(fake_runtime, spec(local_upstream, **creds))
+
+    assert caught.value.reason == "CredentialsNotAllowed"
+    assert fake_runtime.engine.checkouts == 0
+    assert PASSWORD not in repr(fake_runtime.kube.patches)
+
+
+async def test_missing_credentials_secret_is_permanent(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream
+) -> None:
+    with pytest.raises(op.Fatal) as caught:
+        await run(fake_runtime, spec(local_upstream, credentials={"secretName": "absent"}))
+
+    assert caught.value.reason == "AuthenticationFailed" and "absent" in caught.value.message
+    assert fake_runtime.kube.secret_reads == ["absent"] and fake_runtime.engine.checkouts == 0
+
+
+async def test_listed_credentials_are_lent_and_never_written_to_status(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream
+) -> None:
+    done = await run(fake_runtime, spec(local_upstream, **secret_listing(fake_runtime, local_upstream.url)))
+
+    assert done is not None and done.result.commit == local_upstream.head
+    assert PASSWORD not in repr(fake_runtime.kube.patches)
+    assert PASSWORD not in (fake_runtime.root / NS / PROJECT / ".cache" / "config").read_text()
+
+
+async def test_the_ttl_in_force_sets_expires_at(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, local_upstream: LocalUpstream
+) -> None:
+    fr = make_runtime(tmp_path, (tmp_path_factory.getbasetemp(),), default_ttl_seconds=3600, allow_no_ttl=True)
+    await run(fr, spec(local_upstream))
+    assert fr.kube.last_status()["expiresAt"] is not None
+    await run(fr, spec(local_upstream, ttlSecondsAfterReady=0))  # allowed here: never expires
+    assert fr.kube.last_status()["expiresAt"] is None
+
+
+@pytest.mark.parametrize(("attempt", "outcome"), [(0, op.Retry), (6, op.Retry), (7, op.Fatal)])
+async def test_unclassified_git_failures_are_retried_a_bounded_number_of_times(
+    fake_runtime: FakeRuntime,
+    local_upstream: LocalUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    attempt: int,
+    outcome: type[Exception],
+) -> None:
+    async def exploding(valid: ValidRequest, **_: object) -> Prepared:
+        raise GitError(Reason.GIT_FAILED, "git exited 128: something new", step="fetch")
+
+    monkeypatch.setattr(fake_runtime.engine, "prepare", exploding)
+    with pytest.raises(outcome):
+        await run(fake_runtime, spec(local_upstream), attempt=attempt)
+    status = fake_runtime.kube.last_status()
+    assert ready_condition(status)["reason"] == "GitFailed" and status["attempts"] == attempt + 1
