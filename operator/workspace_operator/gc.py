@@ -14,6 +14,7 @@ Two parts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ from workspace_operator.git.layout import (
 )
 from workspace_operator.lock import LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
+from workspace_operator.status import Phase
 
 log = logging.getLogger("workspace_operator.gc")
 
@@ -160,6 +162,8 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
         for ws in items
     }
     await _expire(rt, items, owns)
+    _count_phases(items, owns)
+    await asyncio.to_thread(_publish_caches, root, snaps)
     usage: Usage | None = usage_probe(root) if root.is_dir() else None
     if usage is not None:
         metrics.VOLUME_USAGE.set(usage.ratio)
@@ -194,6 +198,40 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
         await asyncio.sleep(0)  # let materializations in between projects
     metrics.GC_DURATION.observe(time.monotonic() - started)
     return done
+
+
+def _count_phases(items: list[dict[str, Any]], owns: Callable[[str, str], bool]) -> None:
+    counts = dict.fromkeys(Phase, 0)
+    for ws in items:
+        if owns(ws["metadata"]["namespace"], str(ws.get("spec", {}).get("project", ""))):
+            phase = (ws.get("status") or {}).get("phase") or Phase.PENDING.value
+            with contextlib.suppress(ValueError):  # a phase this version does not know
+                counts[Phase(phase)] += 1
+    for phase, count in counts.items():
+        metrics.WORKSPACES.labels(phase.value).set(count)
+
+
+# Projects whose cache series this process publishes, to drop those gone since.
+_published: set[tuple[str, str]] = set()
+
+
+def _publish_caches(root: Path, snaps: list[ProjectSnapshot]) -> None:
+    """Per-project cache size and last fetch: measured once per pass, not per scrape."""
+    seen: set[tuple[str, str]] = set()
+    for snap in snaps:
+        if not snap.has_cache:
+            continue
+        key = (snap.namespace, snap.project)
+        seen.add(key)
+        metrics.CACHE_BYTES.labels(*key).set(_du(root / snap.namespace / snap.project / CACHE_DIR))
+        if snap.last_fetch is not None:
+            metrics.CACHE_LAST_FETCH.labels(*key).set(snap.last_fetch)
+    for key in _published - seen:
+        for gauge in (metrics.CACHE_BYTES, metrics.CACHE_LAST_FETCH):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*key)
+    _published.clear()
+    _published.update(seen)
 
 
 async def _live_names(rt: Runtime, namespace: str, project: str) -> set[str]:

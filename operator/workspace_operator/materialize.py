@@ -7,9 +7,10 @@ writing a status that says why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,7 +78,7 @@ async def materialize(
     try:
         credentials = await _credentials(rt, namespace, spec, request.repository)
         valid = replace(valid, request=replace(request, credentials=credentials))
-        async with rt.locks.hold(namespace, request.project, wait_seconds=rt.config.lock_wait_seconds) as waited:
+        async with _locked(rt, namespace, request.project) as waited:
             result = await rt.engine.checkout(valid)
     except GitError as error:
         # Unknown failures are retried, but not forever: after a while they are
@@ -121,6 +122,22 @@ async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], rep
         raise GitError(Reason.CREDENTIALS_NOT_ALLOWED, f"Secret {secret!r} does not list this repository in its "
                        f"{ALLOWED_REPOSITORIES} annotation", step="credentials")
     return credentials_from_secret(data)
+
+
+@contextlib.asynccontextmanager
+async def _locked(rt: Runtime, namespace: str, project: str) -> AsyncIterator[float]:
+    """The project lock, counted as queued while waited for and in flight while held."""
+    waiting = True
+    metrics.QUEUED.inc()
+    try:
+        async with rt.locks.hold(namespace, project, wait_seconds=rt.config.lock_wait_seconds) as waited:
+            metrics.QUEUED.dec()
+            waiting = False
+            with metrics.IN_FLIGHT.track_inprogress():
+                yield waited
+    finally:
+        if waiting:
+            metrics.QUEUED.dec()
 
 
 def _backoff(rt: Runtime, attempt: int) -> float:

@@ -79,6 +79,7 @@ def credentials_from_secret(data: Mapping[str, str]) -> Credentials:
         password=data.get("password"),
         ssh_private_key=data.get("ssh-privatekey"),
         known_hosts=data.get("known_hosts"),
+        ca_bundle=data.get("ca.crt"),
     )
 
 

@@ -35,6 +35,7 @@ class Credentials:
     password: str | None = field(default=None, repr=False)
     ssh_private_key: str | None = field(default=None, repr=False)
     known_hosts: str | None = None
+    ca_bundle: str | None = None  # PEM, trusted for this repository's https (git/tls.py)
 
     @property
     def empty(self) -> bool:

@@ -26,6 +26,7 @@ from workspace_operator.git.layout import (
 )
 from workspace_operator.git.runner import GitRunner, GitSettings
 from workspace_operator.git.source import Revision, check_url
+from workspace_operator.git.tls import ca_env
 from workspace_operator.git.worktree import Worktrees, WorktreeSpec
 
 
@@ -106,7 +107,10 @@ class Engine:
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials)
         cache = Cache(runner, layout)
-        with credential_env(request.credentials, self.settings.scratch_dir) as env:
+        ca_bundle = request.credentials.ca_bundle if request.credentials else None
+        with credential_env(request.credentials, self.settings.scratch_dir) as env, \
+                ca_env(ca_bundle, self.settings.scratch_dir) as tls_env:
+            env = {**env, **tls_env}
             resolution = await cache.open(request.repository, env, request.revision,
                                           verified=layout.relative_dir in self._verified)
             self._verified.add(layout.relative_dir)

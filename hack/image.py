@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""`make image`: the operator image from Debian's packages and the project's wheel.
+
+No container engine or registry is needed:
+
+1. wheels: `pip wheel` of the project and every dependency (from the Python
+   package index, as `pip install` would);
+2. root filesystem: `mmdebstrap` of Debian bookworm (minbase) with the packages
+   of image/debian-packages.txt, from the host's apt sources, then
+   image/install.sh inside it (venv + wheels offline, runtime user): the same
+   two inputs the Containerfile uses;
+3. OCI image layout: the root filesystem as one layer, packed by `umoci` with
+   the Containerfile's user, entrypoint, environment and labels.
+
+    python3 hack/image.py build     # prints the cache directory (rootfs/, oci/)
+    python3 hack/image.py rootfs    # prints the root filesystem path
+
+The result is cached under ~/.cache/workspace-operator/image/<key>/, keyed by a
+hash of every input (package list, install script, this file, the package's
+sources and metadata), so a rebuild happens only when one of them changes.
+Load it elsewhere with e.g. `skopeo copy oci:<dir>/oci:0.1.0 docker://...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import toolcache  # noqa: E402
+
+REPO = toolcache.REPO
+SUITE = "bookworm"
+TAG = "0.1.0"
+PACKAGES_FILE = REPO / "image" / "debian-packages.txt"
+INSTALL_SCRIPT = REPO / "image" / "install.sh"
+# The Containerfile's runtime settings; the OCI config below repeats them.
+USER = "10001:10001"
+ENV = ("PATH=/opt/workspace-operator/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONUNBUFFERED=1",
+       "PYTHONDONTWRITEBYTECODE=1", "HOME=/tmp")
+ENTRYPOINT = ("/opt/workspace-operator/bin/python", "-m", "workspace_operator")
+TOOLS = {"mmdebstrap": "mmdebstrap", "umoci": "umoci"}  # command -> Debian package
+
+
+def packages() -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in PACKAGES_FILE.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def inputs() -> list[Path]:
+    sources = [p for p in (REPO / "operator").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return [PACKAGES_FILE, INSTALL_SCRIPT, Path(__file__).resolve(), REPO / "pyproject.toml", REPO / "README.md",
+            *sources]
+
+
+def image_dir() -> Path:
+    return toolcache.cache_root("image") / f"{SUITE}-{toolcache.digest_files(inputs(), extra=SUITE)}" / "image"
+
+
+def ensure_tools() -> None:
+    missing = [pkg for cmd, pkg in TOOLS.items() if shutil.which(cmd) is None]
+    if missing:
+        print(f"installing {' '.join(missing)} (Debian packages)", file=sys.stderr, flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def _apt_sources() -> list[str]:
+    """The host's apt sources (files), pasted into the image build as its mirrors."""
+    found = [Path("/etc/apt/sources.list")] if Path("/etc/apt/sources.list").is_file() else []
+    found += sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    found += sorted(Path("/etc/apt/sources.list.d").glob("*.list"))
+    if not found:
+        raise SystemExit("no apt sources on this host (/etc/apt/sources.list[.d]): cannot bootstrap Debian")
+    return [str(p) for p in found]
+
+
+def _wheels(target: Path) -> None:
+    # From a clean copy of the package's inputs: a build/ left in the work tree
+    # by an earlier build could carry stale modules into the wheel.
+    with tempfile.TemporaryDirectory(prefix="wo-image-src-") as source:
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / name, source)
+        shutil.copytree(REPO / "operator", Path(source) / "operator",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                        "--wheel-dir", str(target), source], check=True)
+
+
+def _rootfs(target: Path, wheels: Path) -> None:
+    hooks = [
+        f"copy-in {wheels} {INSTALL_SCRIPT} /tmp",
+        'chroot "$1" /bin/sh /tmp/install.sh /tmp/wheels',
+        'rm -rf "$1/tmp/wheels" "$1/tmp/install.sh"',
+    ]
+    excludes = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*",
+                "path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright"]
+    subprocess.run([
+        "mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(packages())}",
+        *(f"--dpkgopt={opt}" for opt in excludes),
+        *(f"--customize-hook={hook}" for hook in hooks),
+        SUITE, str(target), *_apt_sources(),
+    ], check=True)
+
+
+def _oci(target: Path, rootfs: Path) -> None:
+    layer = target.with_name("layer.tar")
+    with tarfile.open(layer, "w") as tar:
+        tar.add(rootfs, arcname=".", recursive=True)
+    image = f"{target}:{TAG}"
+    try:
+        subprocess.run(["umoci", "init", "--layout", str(target)], check=True)
+        subprocess.run(["umoci", "new", "--image", image], check=True)
+        subprocess.run(["umoci", "raw", "add-layer", "--image", image, str(layer)], check=True)
+        config = ["umoci", "config", "--image", image, "--config.user", USER, "--config.workingdir", "/",
+                  "--config.exposedports", "8080/tcp", "--config.label", "org.opencontainers.image.title=workspace-operator",
+                  "--config.label", f"org.opencontainers.image.version={TAG}",
+                  "--config.label", "org.opencontainers.image.licenses=Apache-2.0"]
+        config += [arg for entry in ENTRYPOINT for arg in ("--config.entrypoint", entry)]
+        config += [arg for entry in ENV for arg in ("--config.env", entry)]
+        subprocess.run(config, check=True)
+        subprocess.run(["umoci", "gc", "--layout", str(target)], check=True)
+    finally:
+        layer.unlink(missing_ok=True)
+
+
+def build(*, quiet: bool = False) -> Path:
+    """The cached image directory (rootfs/, oci/, build.json), built first if needed."""
+    def produce(partial: Path) -> None:
+        ensure_tools()
+        partial.mkdir(parents=True)
+        timings: dict[str, float] = {}
+        for step, run in (("wheels", lambda: _wheels(partial / "wheels")),
+                          ("rootfs", lambda: _rootfs(partial / "rootfs", partial / "wheels")),
+                          ("oci", lambda: _oci(partial / "oci", partial / "rootfs"))):
+            started = time.monotonic()
+            run()
+            timings[step] = round(time.monotonic() - started, 1)
+            if not quiet:
+                print(f"image: {step} done in {timings[step]:.0f}s", file=sys.stderr, flush=True)
+        shutil.rmtree(partial / "wheels")
+        (partial / "build.json").write_text(json.dumps({"suite": SUITE, "tag": TAG, "seconds": timings}) + "\n")
+
+    return toolcache.cached(image_dir(), produce, what=f"the operator image ({SUITE} rootfs)", quiet=quiet)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["build", "rootfs"])
+    opts = parser.parse_args()
+    built = build()
+    print(built / "rootfs" if opts.command == "rootfs" else built)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
