@@ -6,9 +6,10 @@ No container engine or registry is needed:
 1. wheels: `pip wheel` of the project and every dependency (from the Python
    package index, as `pip install` would);
 2. root filesystem: `mmdebstrap` of Debian bookworm (minbase) with the packages
-   of image/debian-packages.txt, from the host's apt sources, then
-   image/install.sh inside it (venv + wheels offline, runtime user): the same
-   two inputs the Containerfile uses;
+   of image/debian-packages.txt, from the host's apt sources (cached on its
+   own: the slow part, rebuilt only when the list changes); then a copy of it
+   with image/install.sh run inside (venv + wheels offline, runtime user): the
+   same two inputs the Containerfile uses;
 3. OCI image layout: the root filesystem as one layer, packed by `umoci` with
    the Containerfile's user, entrypoint, environment and labels.
 
@@ -17,7 +18,8 @@ No container engine or registry is needed:
 
 The result is cached under ~/.cache/workspace-operator/image/<key>/, keyed by a
 hash of every input (package list, install script, this file, the package's
-sources and metadata), so a rebuild happens only when one of them changes.
+sources and metadata), so a rebuild happens only when one of them changes; a
+change of the operator's code alone reuses the Debian root filesystem.
 Load it elsewhere with e.g. `skopeo copy oci:<dir>/oci:0.1.0 docker://...`.
 """
 
@@ -48,6 +50,8 @@ ENV = ("PATH=/opt/workspace-operator/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHON
        "PYTHONDONTWRITEBYTECODE=1", "HOME=/tmp")
 ENTRYPOINT = ("/opt/workspace-operator/bin/python", "-m", "workspace_operator")
 TOOLS = {"mmdebstrap": "mmdebstrap", "umoci": "umoci"}  # command -> Debian package
+# Bump when _debian_rootfs changes in a way the package list does not show.
+BASE_RECIPE = "1"
 
 
 def packages() -> list[str]:
@@ -96,20 +100,34 @@ def _wheels(target: Path) -> None:
                         "--wheel-dir", str(target), source], check=True)
 
 
-def _rootfs(target: Path, wheels: Path) -> None:
-    hooks = [
-        f"copy-in {wheels} {INSTALL_SCRIPT} /tmp",
-        'chroot "$1" /bin/sh /tmp/install.sh /tmp/wheels',
-        'rm -rf "$1/tmp/wheels" "$1/tmp/install.sh"',
-    ]
+def _debian_rootfs(target: Path) -> None:
     excludes = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*",
                 "path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright"]
     subprocess.run([
         "mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(packages())}",
         *(f"--dpkgopt={opt}" for opt in excludes),
-        *(f"--customize-hook={hook}" for hook in hooks),
         SUITE, str(target), *_apt_sources(),
     ], check=True)
+
+
+def base_rootfs(*, quiet: bool = False) -> Path:
+    """Debian with the image's packages: rebuilt only when the package list changes."""
+    key = toolcache.digest_files([PACKAGES_FILE], extra=f"{SUITE}:{BASE_RECIPE}")
+    return toolcache.cached(toolcache.cache_root("image") / f"base-{SUITE}-{key}" / "rootfs", _debian_rootfs,
+                            what=f"the image's Debian {SUITE} root filesystem", quiet=quiet)
+
+
+def _rootfs(target: Path, wheels: Path, base: Path) -> None:
+    """A copy of the Debian root filesystem with image/install.sh run inside it."""
+    subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(target)], check=True)
+    shutil.copytree(wheels, target / "tmp" / "wheels")
+    shutil.copy2(INSTALL_SCRIPT, target / "tmp" / "install.sh")
+    try:
+        subprocess.run(["chroot", str(target), "/bin/sh", "/tmp/install.sh", "/tmp/wheels"], check=True,
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"})
+    finally:
+        shutil.rmtree(target / "tmp" / "wheels", ignore_errors=True)
+        (target / "tmp" / "install.sh").unlink(missing_ok=True)
 
 
 def _oci(target: Path, rootfs: Path) -> None:
@@ -121,10 +139,11 @@ def _oci(target: Path, rootfs: Path) -> None:
         subprocess.run(["umoci", "init", "--layout", str(target)], check=True)
         subprocess.run(["umoci", "new", "--image", image], check=True)
         subprocess.run(["umoci", "raw", "add-layer", "--image", image, str(layer)], check=True)
+        labels = ("org.opencontainers.image.title=workspace-operator", f"org.opencontainers.image.version={TAG}",
+                  "org.opencontainers.image.licenses=Apache-2.0")
         config = ["umoci", "config", "--image", image, "--config.user", USER, "--config.workingdir", "/",
-                  "--config.exposedports", "8080/tcp", "--config.label", "org.opencontainers.image.title=workspace-operator",
-                  "--config.label", f"org.opencontainers.image.version={TAG}",
-                  "--config.label", "org.opencontainers.image.licenses=Apache-2.0"]
+                  "--config.exposedports", "8080/tcp"]
+        config += [arg for label in labels for arg in ("--config.label", label)]
         config += [arg for entry in ENTRYPOINT for arg in ("--config.entrypoint", entry)]
         config += [arg for entry in ENV for arg in ("--config.env", entry)]
         subprocess.run(config, check=True)
@@ -138,9 +157,11 @@ def build(*, quiet: bool = False) -> Path:
     def produce(partial: Path) -> None:
         ensure_tools()
         partial.mkdir(parents=True)
-        timings: dict[str, float] = {}
+        started = time.monotonic()
+        base = base_rootfs(quiet=quiet)
+        timings = {"debian": round(time.monotonic() - started, 1)}  # ~0 when cached
         for step, run in (("wheels", lambda: _wheels(partial / "wheels")),
-                          ("rootfs", lambda: _rootfs(partial / "rootfs", partial / "wheels")),
+                          ("rootfs", lambda: _rootfs(partial / "rootfs", partial / "wheels", base)),
                           ("oci", lambda: _oci(partial / "oci", partial / "rootfs"))):
             started = time.monotonic()
             run()
@@ -150,7 +171,17 @@ def build(*, quiet: bool = False) -> Path:
         shutil.rmtree(partial / "wheels")
         (partial / "build.json").write_text(json.dumps({"suite": SUITE, "tag": TAG, "seconds": timings}) + "\n")
 
-    return toolcache.cached(image_dir(), produce, what=f"the operator image ({SUITE} rootfs)", quiet=quiet)
+    built = toolcache.cached(image_dir(), produce, what=f"the operator image ({SUITE} rootfs)", quiet=quiet)
+    _prune(keep=built.parent)
+    return built
+
+
+def _prune(keep: Path, max_age_seconds: float = 86400) -> None:
+    """Drop images of older sources unused for a day (each is ~0.5 GB); bases stay."""
+    os.utime(keep)
+    for entry in toolcache.cache_root("image").glob(f"{SUITE}-*"):
+        if entry != keep and time.time() - entry.stat().st_mtime > max_age_seconds:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ def digest_files(paths: Iterable[Path], *, base: Path = REPO, extra: str = "") -
     """A short hash of file names (relative to base) and contents, plus an extra string."""
     digest = hashlib.sha256(extra.encode())
     for path in sorted(paths):
-        digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -11,6 +11,9 @@
 # volume's mount point.
 set -eu
 wheels=$1
+# Only the given wheels: no index, and no pip settings from the build host.
+unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL
+export PIP_CONFIG_FILE=/dev/null
 
 python3 -m venv /opt/workspace-operator
 # pip byte-compiles what it installs: the running operator never writes .pyc
