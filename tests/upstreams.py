@@ -496,6 +496,14 @@ class _Handler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         try:
             super().finish()
+            if isinstance(self.connection, ssl.SSLSocket):
+                # Responses end when the connection closes: TLS clients need a
+                # close_notify to tell that end from a truncation.
+                try:
+                    self.connection.settimeout(2)
+                    self.connection.unwrap()
+                except (OSError, ValueError):
+                    pass
         finally:
             self.owner._track_conn(self.connection, False)
 
