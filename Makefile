@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint unit deps controlplane cluster-up cluster-down dev bench bench-quick clean
+.PHONY: test lint unit deps controlplane helm image cluster-up cluster-down dev bench bench-quick clean
 
 # Everything a fresh machine lacks: Debian tools the tests use, the venv, the control plane.
 deps: $(STAMP) controlplane
@@ -21,6 +21,16 @@ $(STAMP): pyproject.toml
 
 controlplane: $(STAMP)
 	$(PY) hack/devcluster.py build
+
+# helm from its Go module, pinned (hack/helm.py), cached per machine.
+helm: $(STAMP)
+	$(PY) hack/helm.py build
+
+# The operator image from Debian's packages and the project's wheel, no registry or
+# container engine (hack/image.py; installs mmdebstrap and umoci if missing). Prints
+# the cache directory holding rootfs/ and oci/ (an OCI image layout, tag = version).
+image: $(STAMP)
+	$(PY) hack/image.py build
 
 lint: $(STAMP)
 	$(VENV)/bin/mypy

@@ -6,6 +6,7 @@ the fields the manifests use, so a server-side dry run still validates them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -45,10 +46,9 @@ def test_monitoring_component_passes_server_dry_run(kubectl: Kubectl, crd: None,
     assert {"ServiceMonitor", "PrometheusRule"} <= {obj["kind"] for obj in objects(rendered)}
     kubectl("apply", "--dry-run=server", "--server-side", "--force-conflicts", "-f", "-", input=rendered)
     # The stand-ins do validate: a misspelt field is refused.
-    broken = rendered.replace("    - port: metrics\n      path: /metrics", "    - prot: metrics\n      path: /metrics")
-    assert broken != rendered
-    result = kubectl("apply", "--dry-run=server", "--server-side", "--force-conflicts", "-f", "-", input=broken,
-                     check=False)
+    monitor = next(obj for obj in objects(rendered) if obj["kind"] == "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["prot"] = monitor["spec"]["endpoints"][0].pop("port")
+    result = kubectl("apply", "--dry-run=server", "--server-side", "-f", "-", input=json.dumps(monitor), check=False)
     assert result.returncode != 0 and "prot" in result.stderr, result.stderr
 
 
@@ -75,8 +75,11 @@ def test_metrics_move_with_the_work(api_client: ApiClient, namespace: str, works
     fetched_at = time.time()
 
     labels = f'{{namespace="{namespace}",project="mon"}}'
-    after = wait_for(lambda: (text := op.metrics()) if value(text, f"workspace_operator_cache_bytes{labels}") else None,
-                     timeout=60, message="cache series published by a GC pass")
+    def published() -> str | None:
+        text = op.metrics()
+        return text if value(text, f"workspace_operator_cache_bytes{labels}") else None
+
+    after = wait_for(published, timeout=60, message="cache series published by a GC pass")
     assert value(after, "workspace_operator_materializations_queued") == 0
     assert value(after, "workspace_operator_materializations_in_flight") == 0
     assert value(after, 'workspace_operator_materializations_total{result="ready"}') == 1
