@@ -34,6 +34,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -160,9 +161,12 @@ def build(*, quiet: bool = False) -> Path:
         started = time.monotonic()
         base = base_rootfs(quiet=quiet)
         timings = {"debian": round(time.monotonic() - started, 1)}  # ~0 when cached
-        for step, run in (("wheels", lambda: _wheels(partial / "wheels")),
-                          ("rootfs", lambda: _rootfs(partial / "rootfs", partial / "wheels", base)),
-                          ("oci", lambda: _oci(partial / "oci", partial / "rootfs"))):
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("wheels", lambda: _wheels(partial / "wheels")),
+            ("rootfs", lambda: _rootfs(partial / "rootfs", partial / "wheels", base)),
+            ("oci", lambda: _oci(partial / "oci", partial / "rootfs")),
+        ]
+        for step, run in steps:
             started = time.monotonic()
             run()
             timings[step] = round(time.monotonic() - started, 1)
