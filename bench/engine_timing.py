@@ -71,7 +71,8 @@ async def main() -> None:
         git("clone", "-q", "--bare", f"file://{upstream}", str(raw_cache), cwd=base)
         volume = base / "volume"
         volume.mkdir()
-        engine = Engine(volume, GitSettings(allowed_schemes=frozenset({"file"}), scratch_dir=base))
+        engine = Engine(volume, GitSettings(allowed_schemes=frozenset({"file"}), scratch_dir=base,
+                                            file_roots=(upstream,)))
         url = f"file://{upstream}"
 
         warm = await engine.checkout(engine.validate(CheckoutRequest("bench", "timing", "warmup", url,

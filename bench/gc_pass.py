@@ -39,6 +39,7 @@ from workspace_operator.config import Config  # noqa: E402
 from workspace_operator.git import Engine  # noqa: E402
 from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED  # noqa: E402
 from workspace_operator.runtime import Runtime  # noqa: E402
+from workspace_operator.quota import NamespaceQuota  # noqa: E402
 
 NAMESPACE = "bench"
 GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "b",
@@ -141,7 +142,8 @@ def main() -> int:
 
         config = Config(root=root, namespaces=(NAMESPACE,), orphan_grace_seconds=3600,
                         cache_quiet_seconds=7 * 86400, cache_unused_seconds=30 * 86400)
-        rt = Runtime(config, Engine(root, config.git), StubKube(live), StubLocks())  # type: ignore[arg-type]
+        rt = Runtime(config, Engine(root, config.git), StubKube(live), StubLocks(),  # type: ignore[arg-type]
+                     NamespaceQuota(root, 0))
         for label in (f"sweep removing {len(orphans)} orphans", "sweep, steady state (nothing to do)"):
             started = time.perf_counter()
             done = asyncio.run(gc.sweep(rt))

@@ -261,6 +261,7 @@ class Operator:
             "WORKSPACE_NAMESPACES": self.namespace,
             "WORKSPACE_LEASE_NAMESPACE": self.namespace,
             "WORKSPACE_ALLOWED_SCHEMES": "https,ssh,http,git,file",
+            "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",  # the upstreams listen on loopback
             "WORKSPACE_METRICS_PORT": str(self.metrics_port),
             "WORKSPACE_IDENTITY": "bench",
             "TMPDIR": str(self.root.parent),

@@ -23,6 +23,9 @@ import time
 import tracemalloc
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
+
+from kubernetes.client import CoreV1Api
 
 from bench import repogen
 from bench.harness import ControlPlane, Operator, Upstream, Workspaces
@@ -92,7 +95,10 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=0,
                         help="create in batches of this many, each waited for (default: all at once)")
     parser.add_argument("--no-timers", action="store_true",
-                        help="experiment: register no per-object kopf timer (the expiry timer)")
+                        help="experiment: register no per-object kopf timer (the reconcile timer)")
+    parser.add_argument("--idle-writes", type=float, default=0, metavar="SECONDS",
+                        help="afterwards, count API writes (Workspace resourceVersion changes, Events) "
+                        "over this many idle seconds")
     opts = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
@@ -163,6 +169,8 @@ def _profile(opts: argparse.Namespace, op: Operator, ws: Workspaces, gen: repoge
     print(f"RSS idle {rss0 / 1024:.1f} MB -> {rss1 / 1024:.1f} MB with {opts.count} Workspaces "
           f"(+{(rss1 - rss0) / opts.count:.1f} KB per Workspace); env {opts.env or '-'}"
           f"{'; no per-object timers' if opts.no_timers else ''}{'' if opts.no_trace else '; tracemalloc on'}")
+    if opts.idle_writes:
+        idle_writes(ws, opts.idle_writes)
     if opts.trim:
         os.kill(op.pid, signal.SIGUSR2)
         deadline = time.monotonic() + 60
@@ -199,6 +207,22 @@ def _profile(opts: argparse.Namespace, op: Operator, ws: Workspaces, gen: repoge
         for frame in shown or list(stat.traceback)[-3:]:
             print(f"        {frame.filename.split('site-packages/')[-1]}:{frame.lineno}")
     return 0
+
+
+def idle_writes(ws: Workspaces, seconds: float) -> None:
+    """Writes the operator makes while nothing changes: Workspaces modified, Events posted."""
+    def versions() -> dict[str, str]:
+        listing: Any = ws.custom.list_namespaced_custom_object("crafting.dev", "v1", ws.namespace, "workspaces")
+        return {item["metadata"]["name"]: item["metadata"]["resourceVersion"] for item in listing["items"]}
+
+    core = CoreV1Api(ws.client)
+    before, events_before = versions(), len(core.list_namespaced_event(ws.namespace).items)
+    time.sleep(seconds)
+    after, events_after = versions(), len(core.list_namespaced_event(ws.namespace).items)
+    changed = sum(1 for name, version in after.items() if before.get(name) != version)
+    per_minute = (changed + events_after - events_before) * 60 / seconds
+    print(f"idle API writes over {seconds:.0f}s with {len(after)} Ready Workspaces: {changed} Workspaces "
+          f"modified, {events_after - events_before} Events posted ({per_minute:.1f} writes/minute)")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,8 @@ def main() -> int:
             "KUBECONFIG": str(STATE / "kubeconfig"),
             "WORKSPACE_ROOT": str(VOLUME),
             "WORKSPACE_ALLOWED_SCHEMES": os.environ.get("WORKSPACE_ALLOWED_SCHEMES", "https,ssh,git"),
+            # The demo upstream is a git daemon on loopback, which production settings refuse.
+            "WORKSPACE_ALLOWED_HOSTS": os.environ.get("WORKSPACE_ALLOWED_HOSTS", "127.0.0.1"),
             "WORKSPACE_LEASE_NAMESPACE": os.environ.get("WORKSPACE_LEASE_NAMESPACE", "default"),
             "WORKSPACE_METRICS_PORT": str(metrics_port),
         }

@@ -248,6 +248,9 @@ def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
             "WORKSPACE_NAMESPACES": namespace,
             "WORKSPACE_LEASE_NAMESPACE": namespace,
             "WORKSPACE_ALLOWED_SCHEMES": "https,ssh,http,git,file",
+            # Test upstreams listen on loopback and live in the test's temp dir: allow both explicitly.
+            "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",
+            "WORKSPACE_FILE_ROOTS": str(tmp_path),
             "WORKSPACE_METRICS_PORT": str(port),
             "WORKSPACE_GIT_TIMEOUT_SECONDS": "30",
             "WORKSPACE_LEASE_SECONDS": "10",

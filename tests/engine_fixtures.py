@@ -113,7 +113,10 @@ def scratch(tmp_path: Path) -> Path:
 
 
 def make_settings(scratch: Path, **overrides: object) -> GitSettings:
-    values: dict[str, object] = {"allowed_schemes": ALL_SCHEMES, "scratch_dir": scratch, "timeout_seconds": 60.0}
+    # Upstreams are on loopback, and file:// ones anywhere below pytest's base temp
+    # directory (this test's and the session templates'); both must be allowed explicitly.
+    values: dict[str, object] = {"allowed_schemes": ALL_SCHEMES, "scratch_dir": scratch, "timeout_seconds": 60.0,
+                                 "allow_private_networks": True, "file_roots": (scratch.parent.parent,)}
     values.update(overrides)
     return GitSettings(**values)  # type: ignore[arg-type]
 

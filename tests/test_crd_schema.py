@@ -137,7 +137,8 @@ def test_printer_columns(version: dict[str, Any]) -> None:
         "Phase": (".status.phase", "string", 0),
         "Age": (".metadata.creationTimestamp", "date", 0),
         "Path": (".status.path", "string", 1),
-        "Reason": ('.status.conditions[?(@.type=="Ready")].reason', "string", 1),
+        "Ready": ('.status.conditions[?(@.type=="Ready")].status', "string", 0),
+        "Reason": ('.status.conditions[?(@.type=="Ready")].reason', "string", 0),
     }
     assert set(columns) == set(expected)
     for name, (json_path, col_type, priority) in expected.items():
@@ -285,7 +286,7 @@ def test_spec_contract(root: Schema) -> None:
     spec = root["properties"]["spec"]
     assert set(spec["properties"]) == {
         "project", "repository", "ref", "subPath", "sparse", "submodules",
-        "credentials", "ttlSecondsAfterReady",
+        "credentials", "ttlSecondsAfterReady", "activeDeadlineSeconds",
     }
     assert sorted(spec["required"]) == ["project", "repository"]
     assert spec_prop(root, "project")["maxLength"] == 63
@@ -298,13 +299,15 @@ def test_spec_contract(root: Schema) -> None:
     assert sparse["maxItems"] == 100
     assert sparse["x-kubernetes-list-type"] == "set"
     assert sparse["items"]["maxLength"] == 1024
-    assert spec_prop(root, "submodules") | {"description": ""} == {
-        "type": "boolean", "default": False, "description": "",
+    assert spec_prop(root, "submodules") | {"description": "", "x-kubernetes-validations": []} == {
+        "type": "boolean", "default": False, "description": "", "x-kubernetes-validations": [],
     }
     assert spec_prop(root, "credentials")["required"] == ["secretName"]
     assert spec_prop(root, "credentials", "secretName")["maxLength"] == 253
     ttl = spec_prop(root, "ttlSecondsAfterReady")
     assert (ttl["type"], ttl["minimum"], ttl["maximum"]) == ("integer", 0, 31536000)
+    deadline = spec_prop(root, "activeDeadlineSeconds")
+    assert (deadline["type"], deadline["minimum"], deadline["maximum"]) == ("integer", 0, 31536000)
 
 
 # --- CEL rules -------------------------------------------------------------------------
@@ -343,10 +346,21 @@ def test_cel_inputs_are_bounded(root: Schema) -> None:
 
 
 def test_immutable_spec_rule(root: Schema) -> None:
-    """spec carries the immutability transition rule with the agreed message."""
-    assert rules_at(root["properties"]["spec"])["self == oldSelf"] == (
-        "spec is immutable: create a new Workspace for a new revision"
-    )
+    """Every spec field but ttlSecondsAfterReady is immutable: a transition rule on each field,
+    and a rule on spec that no optional field appears or disappears."""
+    message = "spec is immutable except ttlSecondsAfterReady: create a new Workspace for a new revision"
+    spec = root["properties"]["spec"]
+    for field, node in spec["properties"].items():
+        rules = rules_at(node)
+        if field == "ttlSecondsAfterReady":
+            assert not any("oldSelf" in rule for rule in rules), field
+        else:
+            assert rules.get("self == oldSelf") == message, field
+    [(presence, said)] = [(r, m) for r, m in rules_at(spec).items() if "oldSelf" in r]
+    assert said == message
+    for field in set(spec["properties"]) - set(spec["required"]) - {"ttlSecondsAfterReady"}:
+        assert f"has(self.{field}) == has(oldSelf.{field})" in presence, field
+    assert "ttlSecondsAfterReady" not in presence
 
 
 def test_metadata_name_rule(root: Schema) -> None:
@@ -482,7 +496,7 @@ def test_path_segment_rule_regex(root: Schema) -> None:
         assert re.search(regex, value), value
     for value in ["a", "services/api", ".github", "a/...", "a/..b", "..a/b."]:
         assert not re.search(regex, value), value
-    assert rules_at(spec_prop(root, "sparse")["items"]).keys() == rules_at(node).keys()
+    assert rules_at(spec_prop(root, "sparse")["items"]).keys() == rules_at(node).keys() - {"self == oldSelf"}
 
 
 def test_dot_git_rule_regex(root: Schema) -> None:

@@ -1,6 +1,6 @@
 """Garbage collection end to end: the real operator, API server, git and volume, on a short clock.
 
-Every test runs the operator with a 1 s GC interval and waits on observable state
+Every test runs the operator with a 1 s GC interval (and 1 s per-Workspace timers) and waits on observable state
 (objects, directories, metrics), never on sleeps. "Some passes went by" is
 measured with the workspace_operator_gc_pass_seconds_count metric.
 """
@@ -35,6 +35,9 @@ FAST = {
     "WORKSPACE_CACHE_QUIET_SECONDS": "100000",
     "WORKSPACE_CACHE_UNUSED_SECONDS": "100000",
     "WORKSPACE_DEFAULT_TTL_SECONDS": "0",
+    # Expiry is each Workspace's timer: on the same short clock.
+    "WORKSPACE_RECONCILE_INTERVAL_SECONDS": "1",
+    "WORKSPACE_RECONCILE_JITTER_SECONDS": "0",
 }
 ANCIENT = time.time() - 30 * 86400
 
@@ -91,7 +94,7 @@ def parse_time(stamp: str) -> datetime:
 
 def test_expired_workspace_is_deleted_unexpired_kept(workspaces: Workspaces, operator_factory: StartOperator,
                                                      namespace: str, smart_http: SmartHTTP, kubectl: Any) -> None:
-    op = operator_factory(env={**FAST, "WORKSPACE_DEFAULT_TTL_SECONDS": "2"})
+    op = operator_factory(env={**FAST, "WORKSPACE_DEFAULT_TTL_SECONDS": "2", "WORKSPACE_ALLOW_NO_TTL": "true"})
     url = smart_http.url("repo")
     workspaces.create("short", {"project": "p", "repository": url})  # the default TTL: 2 s
     workspaces.create("never", {"project": "p", "repository": url, "ttlSecondsAfterReady": 0})

@@ -1,13 +1,11 @@
-"""GC decisions without a cluster: gc_plan.plan / confirm on plain data, expiry with a
-stub API, and gc.snapshot on a scratch directory."""
+"""GC decisions without a cluster: gc_plan.plan / confirm on plain data, and gc.snapshot on
+a scratch directory. (Expiry is a lifecycle decision: tests/test_lifecycle_rules.py.)"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -324,45 +322,6 @@ def test_projects_are_independent() -> None:
     assert kinds(actions) == [(Kind.REMOVE_ORPHAN, "b", "w"), (Kind.PRUNE, "b", "")]
 
 
-# -- expiry (gc.expire_workspace) ---------------------------------------------------------
-
-
-class StubKube:
-    def __init__(self, exists: bool = True) -> None:
-        self.exists = exists
-        self.deleted: list[tuple[str, str, str]] = []
-
-    async def delete_workspace(self, namespace: str, name: str, uid: str) -> bool:
-        self.deleted.append((namespace, name, uid))
-        return self.exists
-
-
-def iso(delta_seconds: float) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=delta_seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@pytest.mark.parametrize("status, deleted", [
-    ({"phase": "Ready", "expiresAt": iso(-5)}, True),
-    ({"phase": "Ready", "expiresAt": iso(+3600)}, False),
-    ({"phase": "Ready", "expiresAt": None}, False),  # ttl 0: never
-    ({"phase": "Ready"}, False),
-    ({"phase": "Failed", "expiresAt": iso(-5)}, False),  # TTL counts from Ready only
-    ({"phase": "Materializing", "expiresAt": iso(-5)}, False),
-    ({}, False),
-])
-async def test_expire_deletes_only_ready_workspaces_past_expires_at(status: dict[str, Any], deleted: bool) -> None:
-    kube = StubKube()
-    rt: Any = SimpleNamespace(kube=kube)
-    assert await gc.expire_workspace(rt, namespace="ns", name="w", uid="u-1", status=status) is deleted
-    assert kube.deleted == ([("ns", "w", "u-1")] if deleted else [])
-
-
-async def test_expire_of_a_workspace_already_gone_or_replaced_reports_false() -> None:
-    rt: Any = SimpleNamespace(kube=StubKube(exists=False))  # 404 or uid precondition failed (409)
-    assert await gc.expire_workspace(rt, namespace="ns", name="w", uid="old",
-                                     status={"phase": "Ready", "expiresAt": iso(-1)}) is False
-
-
 # -- gc.snapshot: what the planner is told about the disk ---------------------------------------
 
 
@@ -400,3 +359,58 @@ def test_snapshot_only_covers_owned_projects_and_tolerates_a_missing_root(tmp_pa
     assert [(s.namespace, s.project) for s in owned] == [("a", "y")]
     assert gc.snapshot(tmp_path / "missing", lambda ns, p: True) == []
     assert gc.snapshot_project(tmp_path, "a", "gone") == ProjectSnapshot("a", "gone", False, None, None, None)
+
+
+# -- per-namespace cache limit ----------------------------------------------------------------
+
+NS_LIMIT = replace(POLICY, namespace_cache_bytes=20 * MB)
+
+
+def evicted(actions: list[Action]) -> list[tuple[str, str]]:
+    return [(a.namespace, a.project) for a in actions if a.kind is Kind.EVICT_CACHE]
+
+
+def test_namespace_over_its_cache_limit_evicts_its_own_lru_idle_caches_only() -> None:
+    greedy = [snap(p, namespace="greedy", last_used=NOW - age * HOUR, cache_bytes=10 * MB)
+              for p, age in (("new", 1), ("old", 5), ("mid", 3), ("older", 4))]
+    # Another tenant's caches are older and bigger: they are not touched for greedy's excess.
+    modest = snap("big", namespace="modest", last_used=NOW - 9 * HOUR, cache_bytes=15 * MB)
+    actions = run(*greedy, modest, policy=NS_LIMIT)  # no disk pressure at all
+    assert evicted(actions) == [("greedy", "old"), ("greedy", "older")]  # 40 MB -> 20 MB <= 20 MB
+    assert all("namespace caches at" in a.why for a in actions)
+
+
+def test_namespace_caches_in_use_count_but_are_never_evicted() -> None:
+    live_cache = snap("live", namespace="t", last_used=0.0, cache_bytes=18 * MB)
+    idle_cache = snap("idle", namespace="t", last_used=NOW - HOUR, cache_bytes=5 * MB)
+    actions = run(live_cache, idle_cache, policy=NS_LIMIT, live={("t", "live", "w")})
+    assert evicted(actions) == [("t", "idle")]  # 23 MB > 20 MB: only the idle one can go
+    assert evicted(run(live_cache, policy=replace(NS_LIMIT, namespace_cache_bytes=MB),
+                       live={("t", "live", "w")})) == []
+
+
+def test_namespace_limit_counts_unused_caches_deleted_in_the_same_pass() -> None:
+    unused = snap("unused", namespace="t", last_used=0.0, cache_bytes=15 * MB)
+    recent = snap("recent", namespace="t", last_used=NOW - HOUR, cache_bytes=10 * MB)
+    assert kinds(run(unused, recent, policy=NS_LIMIT)) == [(Kind.DELETE_UNUSED_CACHE, "unused", "")]
+
+
+def test_namespace_limit_and_watermark_never_evict_a_cache_twice() -> None:
+    caches = [snap(p, namespace="t", last_used=NOW - age * HOUR, cache_bytes=10 * MB)
+              for p, age in (("a", 3), ("b", 2), ("c", 1))]
+    actions = run(*caches, policy=NS_LIMIT, usage=Usage(95 * MB, 100 * MB))
+    assert evicted(actions) == [("t", "a"), ("t", "b"), ("t", "c")]  # limit takes a; the volume b, c
+    assert len(set(evicted(actions))) == len(evicted(actions))
+
+
+def test_no_namespace_limit_by_default() -> None:
+    caches = [snap(p, namespace="t", last_used=NOW - HOUR, cache_bytes=100 * MB) for p in "abc"]
+    assert run(*caches) == []
+
+
+def test_namespace_eviction_is_confirmed_only_while_the_cache_stays_idle() -> None:
+    before = snap("p", namespace="t", last_used=NOW - HOUR, cache_bytes=30 * MB)
+    planned = run(before, policy=NS_LIMIT)
+    assert evicted(planned) == [("t", "p")]
+    assert confirm(planned, before, set(), now=NOW, policy=NS_LIMIT) == planned
+    assert confirm(planned, before, {"new-workspace"}, now=NOW, policy=NS_LIMIT) == []

@@ -43,10 +43,11 @@ def test_redactor_masks_registered_secrets_everywhere() -> None:
     assert "password *** in ARGV" in out
 
 
-def test_redactor_ignores_short_fragments_and_prefers_longest() -> None:
+def test_redactor_masks_short_secrets_as_whole_tokens_only_and_prefers_longest() -> None:
     redact = Redactor(["abc", "", "-----"])
     redact.add(None)
-    assert redact("abc ----- abcdef") == "abc ----- abcdef"  # too short to mask safely
+    # Short secrets are masked where they stand alone, never inside words; separators never.
+    assert redact("abc ----- abcdef") == "*** ----- abcdef"
     redact = Redactor(["secret", "secret-and-more"])
     assert redact("x secret-and-more y secret") == "x *** y ***"
 
@@ -107,7 +108,6 @@ def test_retryable_is_exactly_the_transient_reasons() -> None:
     ("https://github.com/org/repo.git", "https"),
     ("HTTPS://github.com/org/repo", "https"),
     ("https://github.com:8443/org/repo.git", "https"),
-    ("https://bot@github.com/org/repo.git", "https"),  # a user without password is fine
     ("ssh://git@github.com/org/repo.git", "ssh"),
     ("ssh://git@[::1]:2222/srv/repo.git", "ssh"),
     ("git@github.com:org/repo.git", "ssh"),
@@ -129,6 +129,7 @@ def test_check_url_accepts(url: str, scheme: str) -> None:
     ("-uhttps://h/r", Reason.INVALID_SPEC),
     ("--upload-pack=touch /tmp/x", Reason.INVALID_SPEC),
     ("https://u:p@h/r", Reason.INVALID_SPEC),
+    ("https://bot@github.com/org/repo.git", Reason.INVALID_SPEC),  # the user name is a secret too
     ("https:///r", Reason.INVALID_SPEC),
     ("/abs/path", Reason.INVALID_SPEC),
     ("relative/path", Reason.INVALID_SPEC),
@@ -285,27 +286,31 @@ def test_credentials_repr_hides_secrets() -> None:
 
 def test_credential_env_files_are_private_and_removed(tmp_path: Path) -> None:
     creds = Credentials(username="bot", password="pa55-word-xyz", ssh_private_key="KEY\nLINES", known_hosts="kh")
-    with credential_env(creds, tmp_path) as env:
+    with credential_env(creds, tmp_path, "https://h/org/repo.git") as session:
+        env = session.env
         (directory,) = list(tmp_path.iterdir())
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-        for name in ("username", "password", "id", "known_hosts"):
+        for name in ("username", "password", "id", "known_hosts", "grants"):
             assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
         assert (directory / "id").read_text() == "KEY\nLINES\n"
-        askpass = env["GIT_ASKPASS"]
-        for prompt, answer in (("Username for 'https://h': ", "bot"), ("Password for 'https://bot@h': ",
-                                                                     "pa55-word-xyz")):
-            out = subprocess.run([askpass, prompt], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
-            assert out.stdout == answer
-        assert "pa55-word-xyz" not in " ".join(env.values())
+        # git's own credential machinery, with the environment the engine gives it.
+        for url, expected in (("https://h/org/repo.git", "username=bot\npassword=pa55-word-xyz\n"),
+                              ("https://other/org/repo.git", "")):
+            fill = subprocess.run(["git", "credential", "fill"], input=f"url={url}\n\n", capture_output=True,
+                                  text=True, timeout=SUBPROCESS_TIMEOUT,
+                                  env={**GitRunner(GitSettings()).base_env(), **env})
+            assert ("username=bot" in fill.stdout and "password=pa55-word-xyz" in fill.stdout) == bool(expected)
+        assert "pa55-word-xyz" not in " ".join(env.values()) and "bot" not in env.get("GIT_CONFIG_VALUE_1", "x")
         assert "StrictHostKeyChecking=yes" in env["GIT_SSH_COMMAND"]
+        assert "-i " in env["GIT_SSH_COMMAND"] and "-i " not in session.anonymous["GIT_SSH_COMMAND"]
     assert list(tmp_path.iterdir()) == []
 
     with pytest.raises(RuntimeError), credential_env(creds, tmp_path):
         raise RuntimeError("the checkout failed")
     assert list(tmp_path.iterdir()) == []  # removed on failure too
 
-    with credential_env(None, tmp_path) as env:
-        assert env == {}
+    with credential_env(None, tmp_path) as session:
+        assert session.env == {} and session.anonymous == {}
     assert list(tmp_path.iterdir()) == []
 
 

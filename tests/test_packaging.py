@@ -105,3 +105,11 @@ def test_containerfile_and_make_image_install_the_same_things() -> None:
     assert {"python3", "git", "openssh-client", "ca-certificates"} <= set(image.packages())
     assert not re.search(r"apt-get install[^\n]*\s(git|python3|openssh-client)(\s|$)", containerfile), \
         "packages belong in image/debian-packages.txt, not in the Containerfile"
+
+
+def test_chart_settings_default_to_the_base_configmap() -> None:
+    base = next(doc for doc in yaml.safe_load_all((REPO / "manifests" / "base" / "config.yaml").read_text()) if doc)
+    chart = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+    # Set by the chart from other values (watchNamespaces, metrics.port, replicaCount).
+    derived = {"WORKSPACE_NAMESPACES", "WORKSPACE_METRICS_PORT", "WORKSPACE_REPLICAS", "WORKSPACE_REPLICA_INDEX"}
+    assert {k: v for k, v in base["data"].items() if k not in derived} == chart

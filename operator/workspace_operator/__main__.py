@@ -61,7 +61,7 @@ async def run(config: configuration.Config, stop_flag: asyncio.Event | None = No
     marker = asyncio.create_task(mark_ready())
     try:
         await kopf.operator(
-            registry=build_registry(),
+            registry=build_registry(config),
             memo=kopf.Memo(runtime=runtime),
             standalone=True,  # kopf peering is active/standby; we shard instead (SPEC §9)
             clusterwide=not config.namespaces,

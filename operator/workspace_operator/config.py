@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workspace_operator.git import GitSettings
+from workspace_operator.git.origins import URLRefused, normalize_host_pattern
 from workspace_operator.git.runner import ALL_SCHEMES
 
 
@@ -36,6 +37,13 @@ class Config:
     default_ttl_seconds: int = 86400
     metrics_port: int = 8080
     gc_interval_seconds: float = 300.0
+    reconcile_interval_seconds: float = 60.0
+    reconcile_jitter_seconds: float = 10.0
+    failed_ttl_seconds: int = 86400
+    active_deadline_seconds: int = 3600
+    allow_no_ttl: bool = False
+    max_workspaces_per_namespace: int = 0
+    max_cache_bytes_per_namespace: int = 0
     orphan_grace_seconds: float = 3600.0
     cache_quiet_seconds: float = 604800.0
     cache_unused_seconds: float = 2592000.0
@@ -46,6 +54,10 @@ class Config:
     checkout_workers: int = 0
     partial_clone: bool = False
     log_format: str = "text"
+    allowed_hosts: tuple[str, ...] = ()
+    allow_private_networks: bool = False
+    file_roots: tuple[Path, ...] = ()
+    fsck_objects: bool = True
     ca_file: Path | None = None
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
@@ -56,6 +68,11 @@ class Config:
             raise ConfigError("WORKSPACE_REPLICA_INDEX must be in [0, WORKSPACE_REPLICAS)")
         if self.lease_seconds < 3:
             raise ConfigError("WORKSPACE_LEASE_SECONDS must be at least 3")
+        if self.reconcile_interval_seconds <= 0 or self.reconcile_jitter_seconds < 0:
+            raise ConfigError("WORKSPACE_RECONCILE_INTERVAL_SECONDS must be > 0, the jitter >= 0")
+        if min(self.failed_ttl_seconds, self.active_deadline_seconds, self.max_workspaces_per_namespace,
+               self.max_cache_bytes_per_namespace) < 0:
+            raise ConfigError("TTLs, deadlines and per-namespace limits must be >= 0 (0 = none)")
         if self.log_format not in ("text", "json"):
             raise ConfigError("WORKSPACE_LOG_FORMAT must be text or json")
         if self.ca_file is not None and not self.ca_file.is_file():
@@ -68,6 +85,10 @@ class Config:
             allowed_schemes=self.allowed_schemes,
             checkout_workers=self.checkout_workers,
             partial_clone=self.partial_clone,
+            allowed_hosts=self.allowed_hosts,
+            allow_private_networks=self.allow_private_networks,
+            file_roots=self.file_roots,
+            fsck_objects=self.fsck_objects,
             ca_file=self.ca_file,
         )
 
@@ -121,6 +142,20 @@ def _schemes(value: str) -> frozenset[str]:
     return schemes
 
 
+def _hosts(value: str) -> tuple[str, ...]:
+    try:
+        return tuple(normalize_host_pattern(item) for item in _csv(value))
+    except (URLRefused, ValueError) as error:
+        raise ConfigError(f"not a host pattern (host, *.domain or an IP address): {error}") from None
+
+
+def _paths(value: str) -> tuple[Path, ...]:
+    paths = tuple(Path(item) for item in _csv(value))
+    if not all(path.is_absolute() for path in paths):
+        raise ConfigError("paths must be absolute")
+    return tuple(path.resolve() for path in paths)
+
+
 # (flag, env var, field, parser, help)
 _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--root", "WORKSPACE_ROOT", "root", Path, "volume root on this pod (required)"),
@@ -139,7 +174,22 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--default-ttl-seconds", "WORKSPACE_DEFAULT_TTL_SECONDS", "default_ttl_seconds", _whole_seconds,
      "TTL after Ready when the spec has none; 0 = none"),
     ("--metrics-port", "WORKSPACE_METRICS_PORT", "metrics_port", int, "metrics and health port; 0 = off"),
-    ("--gc-interval-seconds", "WORKSPACE_GC_INTERVAL_SECONDS", "gc_interval_seconds", _duration, "GC timer interval"),
+    ("--gc-interval-seconds", "WORKSPACE_GC_INTERVAL_SECONDS", "gc_interval_seconds", _duration,
+     "volume sweep interval (orphans, caches, eviction)"),
+    ("--reconcile-interval-seconds", "WORKSPACE_RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", _duration,
+     "per-Workspace timer: TTL, deadline and worktree health check interval"),
+    ("--reconcile-jitter-seconds", "WORKSPACE_RECONCILE_JITTER_SECONDS", "reconcile_jitter_seconds", _duration,
+     "random delay (0..jitter) before a Workspace's first timer run, spreading the checks"),
+    ("--failed-ttl-seconds", "WORKSPACE_FAILED_TTL_SECONDS", "failed_ttl_seconds", _whole_seconds,
+     "how long a Failed Workspace is kept before it is deleted; 0 = kept"),
+    ("--active-deadline-seconds", "WORKSPACE_ACTIVE_DEADLINE_SECONDS", "active_deadline_seconds", _whole_seconds,
+     "default deadline to become Ready (spec.activeDeadlineSeconds overrides); 0 = none"),
+    ("--allow-no-ttl", "WORKSPACE_ALLOW_NO_TTL", "allow_no_ttl", _bool,
+     "honour ttlSecondsAfterReady: 0 (never expire); otherwise the default TTL applies"),
+    ("--max-workspaces-per-namespace", "WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE", "max_workspaces_per_namespace", int,
+     "worktrees materialized at once per namespace; more wait as QuotaExceeded; 0 = unlimited"),
+    ("--max-cache-bytes-per-namespace", "WORKSPACE_MAX_CACHE_BYTES_PER_NAMESPACE", "max_cache_bytes_per_namespace",
+     int, "cache bytes per namespace above which its idle caches are evicted (LRU); 0 = unlimited"),
     ("--orphan-grace-seconds", "WORKSPACE_ORPHAN_GRACE_SECONDS", "orphan_grace_seconds", _duration,
      "age before a worktree with no Workspace is removed"),
     ("--cache-quiet-seconds", "WORKSPACE_CACHE_QUIET_SECONDS", "cache_quiet_seconds", _duration,
@@ -159,6 +209,13 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
     ("--ca-file", "WORKSPACE_CA_FILE", "ca_file", Path,
      "PEM bundle git trusts for https instead of the system roots (a Secret's ca.crt wins per repository)"),
+    ("--allowed-hosts", "WORKSPACE_ALLOWED_HOSTS", "allowed_hosts", _hosts,
+     "comma-separated host patterns (host, *.domain) repositories may use; empty = any public host"),
+    ("--allow-private-networks", "WORKSPACE_ALLOW_PRIVATE_NETWORKS", "allow_private_networks", _bool,
+     "accept hosts on loopback, link-local and private addresses"),
+    ("--file-roots", "WORKSPACE_FILE_ROOTS", "file_roots", _paths,
+     "comma-separated directories file:// repositories must lie below; empty = no file:// at all"),
+    ("--fsck-objects", "WORKSPACE_FSCK_OBJECTS", "fsck_objects", _bool, "check every fetched object"),
     ("--identity", "WORKSPACE_IDENTITY", "identity", str, "Lease holder identity prefix (default: hostname)"),
 )
 

@@ -1,14 +1,20 @@
-"""Operation: garbage collection — expire Workspaces, sweep the volume.
+"""Operation: garbage collection — the volume sweep.
 
-Two parts:
-* expiry runs as a kopf timer on each Workspace: past `status.expiresAt` it is
-  deleted (uid-guarded), and the finalizer removes the worktree;
-* the volume sweep runs periodically in each replica over the projects it owns:
+Expiry is not here: each Workspace's own kopf timer deletes it when due
+(reconcile.py). The sweep runs periodically in each replica over the projects
+it owns:
   snapshot disk + list Workspaces → `gc_plan.plan` (pure) → execute, one project
   Lease at a time, held only for that project's actions, yielding in between so
   materializations are never starved. The snapshot is taken without the Lease, so
   under it the project is read again and only what `gc_plan.confirm` still
   justifies is done: a Workspace created meanwhile keeps its worktree and cache.
+
+The sweep is one loop per replica, not a kopf timer: what it removes (orphan
+worktrees, unused caches, debris) has no Workspace left to hang a timer on, and
+eviction is a decision over the whole volume. The per-project Leases would be
+the only candidates, but kopf watches every resource in every watched namespace
+alike: in the cluster-wide install that means watching all Leases of the
+cluster (every node's heartbeat every 10 s) and granting list/watch on them.
 """
 
 from __future__ import annotations
@@ -19,9 +25,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +48,10 @@ from workspace_operator.status import Phase
 log = logging.getLogger("workspace_operator.gc")
 
 
-async def expire_workspace(rt: Runtime, *, namespace: str, name: str, uid: str, status: Mapping[str, Any]) -> bool:
-    """Delete a Ready Workspace whose expiresAt has passed; True if this call deleted it."""
-    expires = status.get("expiresAt")
-    if status.get("phase") != "Ready" or not expires:
-        return False
-    if datetime.now(UTC) < datetime.fromisoformat(str(expires).replace("Z", "+00:00")):
-        return False
-    deleted = await rt.kube.delete_workspace(namespace, name, uid)
-    if deleted:
-        metrics.GC_ACTIONS.labels("expire-workspace").inc()
-        log.info("gc: expire-workspace %s/%s (expiresAt %s)", namespace, name, expires)
-    return deleted
-
-
 def policy_of(rt: Runtime) -> Policy:
     c = rt.config
     return Policy(c.orphan_grace_seconds, c.cache_quiet_seconds, c.cache_unused_seconds,
-                  c.disk_high_watermark, c.disk_low_watermark)
+                  c.disk_high_watermark, c.disk_low_watermark, c.max_cache_bytes_per_namespace)
 
 
 def _mtime(path: Path) -> float | None:
@@ -161,15 +152,17 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
         (ws["metadata"]["namespace"], str(ws.get("spec", {}).get("project", "")), ws["metadata"]["name"])
         for ws in items
     }
-    await _expire(rt, items, owns)
     _count_phases(items, owns)
-    await asyncio.to_thread(_publish_caches, root, snaps)
     usage: Usage | None = usage_probe(root) if root.is_dir() else None
     if usage is not None:
         metrics.VOLUME_USAGE.set(usage.ratio)
-        if usage.ratio > rt.config.disk_high_watermark:
-            live_projects = {(ns, project) for ns, project, _ in live}
-            snaps = await asyncio.to_thread(with_sizes, snaps, root, live_projects)
+    if rt.config.max_cache_bytes_per_namespace:
+        # A namespace's total counts its caches in use too: measure every cache, every pass.
+        snaps = await asyncio.to_thread(with_sizes, snaps, root)
+    elif usage is not None and usage.ratio > rt.config.disk_high_watermark:
+        live_projects = {(ns, project) for ns, project, _ in live}
+        snaps = await asyncio.to_thread(with_sizes, snaps, root, live_projects)
+    await asyncio.to_thread(_publish_caches, root, snaps)
     policy = policy_of(rt)
     actions = plan(snaps, live, now=time.time(), policy=policy, usage=usage)
     done: list[Action] = []
@@ -223,7 +216,10 @@ def _publish_caches(root: Path, snaps: list[ProjectSnapshot]) -> None:
             continue
         key = (snap.namespace, snap.project)
         seen.add(key)
-        metrics.CACHE_BYTES.labels(*key).set(_du(root / snap.namespace / snap.project / CACHE_DIR))
+        size = snap.cache_bytes
+        if size is None:  # not measured by this pass yet
+            size = _du(root / snap.namespace / snap.project / CACHE_DIR)
+        metrics.CACHE_BYTES.labels(*key).set(size)
         if snap.last_fetch is not None:
             metrics.CACHE_LAST_FETCH.labels(*key).set(snap.last_fetch)
     for key in _published - seen:
@@ -255,25 +251,6 @@ async def _execute(rt: Runtime, action: Action) -> None:
     metrics.GC_ACTIONS.labels(action.kind.value).inc()
     log.info("gc: %s %s/%s%s (%s)", action.kind.value, ns, project,
              f"/{action.target}" if action.target else "", action.why)
-
-
-async def _expire(rt: Runtime, items: list[dict[str, Any]], owns: Callable[[str, str], bool]) -> None:
-    """Delete this replica's Ready Workspaces past expiresAt (the finalizer then cleans up).
-
-    Done here, in the pass that lists every Workspace anyway, rather than by a kopf
-    timer per object: a thousand timers cost the operator tens of megabytes.
-    """
-    for ws in items:
-        meta, spec = ws["metadata"], ws.get("spec", {})
-        if "deletionTimestamp" in meta or not owns(meta["namespace"], str(spec.get("project", ""))):
-            continue
-        try:
-            if await expire_workspace(rt, namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
-                                      status=ws.get("status") or {}):
-                await rt.kube.post_event(ws, reason="Expired",
-                                         message=f"deleted: past expiresAt {ws['status'].get('expiresAt')}")
-        except Exception:
-            log.exception("gc: expiring %s/%s failed", meta["namespace"], meta["name"])
 
 
 async def sweep_forever(rt: Runtime) -> None:

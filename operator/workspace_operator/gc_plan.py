@@ -50,6 +50,7 @@ class Policy:
     cache_unused_seconds: float
     high_watermark: float
     low_watermark: float
+    namespace_cache_bytes: int = 0  # a namespace's caches above this: its idle ones are evicted; 0 = no limit
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def plan(
     usage: Usage | None = None,
 ) -> list[Action]:
     """Actions for one GC pass. `live` holds (namespace, project, name) of existing Workspaces."""
+    projects = list(projects)
     live_names: dict[tuple[str, str], set[str]] = {}
     for namespace, project, name in live:
         live_names.setdefault((namespace, project), set()).add(name)
@@ -85,9 +87,15 @@ def plan(
             freed += snap.cache_bytes or 0
         elif cache_idle:
             idle.append(snap)
+    evictions: list[Action] = []
+    if policy.namespace_cache_bytes:
+        evictions = _evict_namespaces(projects, actions, idle, policy.namespace_cache_bytes)
+        freed += sum(snap.cache_bytes or 0 for snap in idle if _key(snap) in _keys(evictions))
+        idle = [snap for snap in idle if _key(snap) not in _keys(evictions)]
     if usage is not None and usage.ratio > policy.high_watermark:
-        evictions = _evict(idle, usage, policy, freed)
-        evicted = {(action.namespace, action.project) for action in evictions}
+        evictions += _evict(idle, usage, policy, freed)
+    if evictions:
+        evicted = _keys(evictions)
         # Packing a cache that is deleted a moment later is wasted work.
         actions = [action for action in actions
                    if not (action.kind is Kind.GC_CACHE and (action.namespace, action.project) in evicted)]
@@ -152,6 +160,38 @@ def _older(now: float, moment: float | None, seconds: float) -> bool:
     if moment is None:
         return True
     return now - min(moment, now) >= seconds
+
+
+def _key(snap: ProjectSnapshot) -> tuple[str, str]:
+    return snap.namespace, snap.project
+
+
+def _keys(actions: Iterable[Action]) -> set[tuple[str, str]]:
+    return {(action.namespace, action.project) for action in actions}
+
+
+def _evict_namespaces(projects: Iterable[ProjectSnapshot], planned: list[Action], idle: list[ProjectSnapshot],
+                      limit: int) -> list[Action]:
+    """Per namespace: its least recently used idle caches, until its caches fit in `limit` bytes.
+
+    Every cache of the namespace counts (those in use too), minus those this pass
+    deletes anyway; only idle, measured ones are evicted. One tenant's caches
+    never push out another's.
+    """
+    deleted = {(a.namespace, a.project) for a in planned if a.kind is Kind.DELETE_UNUSED_CACHE}
+    used: dict[str, int] = {}
+    for snap in projects:
+        if snap.has_cache and _key(snap) not in deleted:
+            used[snap.namespace] = used.get(snap.namespace, 0) + (snap.cache_bytes or 0)
+    actions: list[Action] = []
+    for snap in sorted((s for s in idle if s.cache_bytes is not None),
+                       key=lambda s: (s.last_used or 0.0, s.namespace, s.project)):
+        if used.get(snap.namespace, 0) <= limit:
+            continue
+        actions.append(Action(Kind.EVICT_CACHE, snap.namespace, snap.project,
+                              why=f"namespace caches at {used[snap.namespace]} bytes > {limit}"))
+        used[snap.namespace] -= snap.cache_bytes or 0
+    return actions
 
 
 def _evict(candidates: list[ProjectSnapshot], usage: Usage, policy: Policy, freed: int) -> list[Action]:

@@ -4,23 +4,23 @@ Runtime objects arrive through kopf's `memo`. Handlers are registered by
 `build_registry` on a registry of their own rather than kopf's global one, so
 that embedders and tests can run several operators in one process.
 
-There is deliberately no per-Workspace timer: expiry is part of the GC pass
-(gc.py), which lists every Workspace anyway; a kopf timer per object costs
-memory and wake-ups proportional to the number of Workspaces.
+Each owned Workspace has a kopf timer (`reconcile`): TTL, deadline and the health
+of its worktree. The volume sweep is a loop of its own (gc.py says why).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 import kopf
 
-from workspace_operator import gc, materialize, teardown
+from workspace_operator import gc, materialize, reconcile, teardown
+from workspace_operator.config import Config
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import GROUP, PLURAL, VERSION
-from workspace_operator.status import is_settled
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 FINALIZER = "crafting.dev/worktree-cleanup"
@@ -35,10 +35,12 @@ def _owned(spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: Any) ->
     return _rt(memo).owns(namespace or "", str(spec.get("project", "")))
 
 
-def _owned_unsettled(spec: kopf.Spec, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
-                     memo: kopf.Memo, **_: Any) -> bool:
-    """On resume, skip what is already Ready or permanently Failed for this generation."""
-    return _owned(spec, namespace, memo) and not is_settled(status, int(meta.get("generation") or 0))
+def _owned_unsettled(spec: kopf.Spec, namespace: str | None, name: str | None, status: kopf.Status,
+                     meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
+    """On resume (kopf asks only then): what is not settled, and Ready ones whose worktree
+    is not intact on disk — file reads, no API call."""
+    return _owned(spec, namespace, memo) and reconcile.needs_resume(_rt(memo), namespace or "", name or "", spec, status,
+                                  int(meta.get("generation") or 0))
 
 
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -74,31 +76,45 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
                     meta: kopf.Meta, retry: int, memo: kopf.Memo, **_: Any) -> None:
     try:
-        result = await materialize.materialize(
+        done = await materialize.materialize(
             _rt(memo), namespace=namespace, name=name, generation=int(meta.get("generation") or 0),
-            spec=spec, current=status, attempt=retry)
+            spec=spec, current=status, attempt=retry, meta=meta)
     except materialize.Retry as error:
-        kopf.warn(body, reason=error.reason, message=error.message)
+        if error.announce:
+            kopf.warn(body, reason=error.reason, message=error.message)
         raise kopf.TemporaryError(error.message, delay=error.delay) from None
     except materialize.Fatal as error:
-        kopf.warn(body, reason=error.reason, message=error.message)
+        if error.announce:
+            kopf.warn(body, reason=error.reason, message=error.message)
         raise kopf.PermanentError(error.message) from None
-    if result is not None:
-        kopf.info(body, reason="Materialized", message=f"{result.commit[:12]} at {result.path} "
-                  f"(cache {'hit' if result.cache_hit else 'miss'}, {result.total_seconds:.2f}s)")
+    if done is not None:
+        reason, message = done.event
+        kopf.info(body, reason=reason, message=message)
 
 
-async def on_delete(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, retry: int,
-                    memo: kopf.Memo, **_: Any) -> None:
+async def on_timer(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                   memo: kopf.Memo, **_: Any) -> None:
+    await reconcile.tick(_rt(memo), namespace=namespace, name=name, spec=spec, current=status, meta=meta)
+
+
+async def on_delete(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
+                    meta: kopf.Meta, retry: int, memo: kopf.Memo, **_: Any) -> None:
     try:
-        outcome = await teardown.teardown(_rt(memo), namespace=namespace, name=name, spec=spec, attempt=retry)
+        outcome = await teardown.teardown(_rt(memo), namespace=namespace, name=name, spec=spec, attempt=retry,
+                                          current=status, generation=int(meta.get("generation") or 0))
     except teardown.RetryDeletion as error:
-        raise kopf.TemporaryError(str(error), delay=min(60, 2 ** (retry + 1))) from None
+        raise kopf.TemporaryError(str(error), delay=error.delay) from None
     kopf.info(body, reason="Cleaned", message=outcome)
 
 
-def build_registry() -> kopf.OperatorRegistry:
+def build_registry(config: Config) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    jitter = config.reconcile_jitter_seconds
+
+    def first_delay(**_: Any) -> float:
+        # Spread the timers of Workspaces seen at once (a burst, a restart) over the jitter.
+        return random.uniform(0, jitter)
+
     # kopf's callback protocols spell out every keyword; ours take what they use.
     handler: Any
     for decorator, handler in (
@@ -109,6 +125,12 @@ def build_registry() -> kopf.OperatorRegistry:
         (kopf.on.create(*RESOURCE, registry=registry, when=_owned, id="materialize"), on_create),
         (kopf.on.resume(*RESOURCE, registry=registry, when=_owned_unsettled, id="resume"), on_create),
         (kopf.on.delete(*RESOURCE, registry=registry, when=_owned, id="cleanup"), on_delete),
+        # The TTL may change after creation: take the new expiresAt now, not at the next timer run.
+        (kopf.on.update(*RESOURCE, registry=registry, when=_owned, id="retime", field="spec.ttlSecondsAfterReady"),
+         on_timer),
+        # Not sharp: an interval after each run ends, so the jittered first runs stay spread.
+        (kopf.timer(*RESOURCE, registry=registry, when=_owned, id="reconcile", sharp=False,
+                    interval=config.reconcile_interval_seconds, initial_delay=first_delay), on_timer),
     ):
         decorator(handler)
     return registry

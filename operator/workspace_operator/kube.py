@@ -52,21 +52,29 @@ class Kube:
         self.core = CoreV1Api(self.client)
         self.coordination = CoordinationV1Api(self.client)
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object_status,
-            GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)},
-        )
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *,
+                           missing_ok: bool = False) -> None:
+        """Merge-patch the status subresource; with missing_ok, a Workspace already gone is no error."""
+        try:
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)},
+            )
+        except ApiException as error:
+            if not (missing_ok and error.status == 404):
+                raise
 
-    async def read_secret(self, namespace: str, name: str) -> tuple[dict[str, str], dict[str, str]] | None:
-        """(decoded data, annotations) of a Secret, or None if it does not exist."""
+    async def read_secret(self, namespace: str, name: str) -> tuple[dict[str, bytes], dict[str, str]] | None:
+        """(base64-decoded data, annotations) of a Secret, or None if it does not exist.
+
+        Values stay bytes: whether they must be text is the reader's decision."""
         try:
             secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        data = {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+        data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
         annotations = dict((secret.metadata.annotations if secret.metadata else None) or {})
         return data, annotations
 

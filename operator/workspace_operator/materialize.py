@@ -1,21 +1,24 @@
-"""Operation: make a Workspace Ready (spec → lock → cache → worktree → status).
+"""Operation: make a Workspace Ready (spec → admission → lock → cache → worktree → status).
 
-Called by the thin kopf handlers on create and on resume. Returns normally when
-the Workspace is Ready; raises `Retry` (transient) or `Fatal` (permanent) after
-writing a status that says why.
+Called by the thin kopf handlers on create and on resume, and by the timer when a
+Ready Workspace's worktree was found damaged (a repair: rebuilt at the commit
+status already reports, readyAt kept). Returns normally when the Workspace is
+Ready; raises `Retry` (transient) or `Fatal` (permanent) after writing a status
+that says why. Both say whether the reason changed (`announce`): Events are
+posted on a change of reason, not once per retry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import replace
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from workspace_operator import metrics, status
-from workspace_operator.git import CheckoutResult, Credentials, GitError, Reason
+from workspace_operator import lifecycle, metrics, status
+from workspace_operator.git import CheckoutResult, Credentials, GitError, Reason, Revision
 from workspace_operator.lock import LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
 from workspace_operator.spec import (
@@ -24,7 +27,6 @@ from workspace_operator.spec import (
     credentials_allowed,
     credentials_from_secret,
     secret_name,
-    ttl_seconds,
 )
 
 log = logging.getLogger("workspace_operator.materialize")
@@ -34,15 +36,52 @@ UNKNOWN_FAILURE_ATTEMPTS = 8
 
 
 class Retry(Exception):
-    def __init__(self, reason: str, message: str, delay: float) -> None:
+    def __init__(self, reason: str, message: str, delay: float, announce: bool = True) -> None:
         super().__init__(message)
-        self.reason, self.message, self.delay = reason, message, delay
+        self.reason, self.message, self.delay, self.announce = reason, message, delay, announce
 
 
 class Fatal(Exception):
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, announce: bool = True) -> None:
         super().__init__(message)
-        self.reason, self.message = reason, message
+        self.reason, self.message, self.announce = reason, message, announce
+
+
+@dataclass(frozen=True)
+class Target:
+    """The Workspace being worked on, as the handler saw it."""
+
+    namespace: str
+    name: str
+    generation: int
+    spec: Mapping[str, Any]
+    current: Mapping[str, Any]  # its status
+    meta: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Done:
+    result: CheckoutResult
+    repaired: bool  # a lost worktree was rebuilt at the commit status reported
+
+    @property
+    def event(self) -> tuple[str, str]:
+        """(reason, message) of the Event that says what happened."""
+        r = self.result
+        if self.repaired:
+            return "Repaired", f"worktree rebuilt at {r.commit[:12]} ({r.path})"
+        return "Materialized", (f"{r.commit[:12]} at {r.path} (cache {'hit' if r.cache_hit else 'miss'}, "
+                                f"{r.total_seconds:.2f}s)")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The outcome of a failed attempt."""
+
+    reason: str
+    message: str
+    retryable: bool
+    attempt: int  # 0-based number of the attempt that failed
 
 
 async def materialize(
@@ -54,58 +93,87 @@ async def materialize(
     spec: Mapping[str, Any],
     current: Mapping[str, Any],
     attempt: int,
-) -> CheckoutResult | None:
+    meta: Mapping[str, Any] | None = None,
+) -> Done | None:
     """Bring one Workspace to Ready; None if it already was (nothing touched)."""
-    now = datetime.now(UTC)
+    target = Target(namespace, name, generation, spec, current, meta or {})
+    key = (namespace, name)
+    rt.in_flight.add(key)
     try:
-        request = checkout_request(namespace, name, spec)
+        return await _materialize(rt, target, attempt)
+    finally:
+        rt.in_flight.discard(key)
+        rt.quota.release(namespace, name)
+
+
+async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None:
+    now = datetime.now(UTC)
+    current = target.current
+    try:
+        request = checkout_request(target.namespace, target.name, target.spec)
         valid = rt.engine.validate(request)
     except GitError as error:
-        await _fail(rt, namespace, name, current, generation, error.reason.value, str(error.message), False, attempt)
-        raise Fatal(error.reason.value, error.message) from None
+        raise await _fail(rt, target, Failure(error.reason.value, str(error.message), False, attempt)) from None
 
-    # Resume after a restart: an intact, completed worktree at the reported commit is the
-    # proof; re-running must not fetch, lock or patch anything.
-    if current.get("phase") == status.Phase.READY.value and current.get("commit") and \
-            rt.engine.is_complete(valid, str(current["commit"])):
+    # Reported Ready before (a restart, or the timer found it damaged): an intact, completed
+    # worktree at the reported commit is the proof, and nothing is fetched, locked or patched.
+    # Otherwise it is rebuilt at that same commit, whatever the branch points at now.
+    reported = str(current.get("commit") or "")
+    repair = bool(reported and current.get("readyAt"))
+    if repair and current.get("phase") == status.Phase.READY.value and rt.engine.is_complete(valid, reported):
         return None
+    if repair:
+        valid = replace(valid, request=replace(request, revision=Revision(commit=reported)))
+    elif lifecycle.deadline_passed(target.spec, target.meta, limits=rt.limits, now=now):
+        raise await _fail(rt, target, Failure(status.DEADLINE_EXCEEDED, "not Ready within "
+                                              f"{lifecycle.active_deadline(target.spec, rt.limits)}s of its "
+                                              "creation", False, attempt))
 
-    if attempt == 0 or current.get("phase") != status.Phase.MATERIALIZING.value:
-        await rt.kube.patch_status(namespace, name, status.progressing(
+    if not rt.quota.admit(target.namespace, target.name):
+        raise await _fail(rt, target, Failure(
+            status.QUOTA_EXCEEDED, f"namespace {target.namespace!r} already has "
+            f"{rt.quota.limit} materialized Workspaces (WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE)", True, attempt))
+
+    if repair and current.get("phase") == status.Phase.READY.value:  # just found damaged
+        message = f"worktree at {current.get('path')} is missing or damaged: rebuilding it at {reported[:12]}"
+        log.warning("%s/%s: %s", target.namespace, target.name, message)
+        await rt.kube.patch_status(target.namespace, target.name, status.worktree_lost(
+            current, message=message, generation=target.generation, now=now))
+        await rt.kube.post_event({"metadata": {"namespace": target.namespace, "name": target.name,
+                                               "uid": target.meta.get("uid")}},
+                                 reason=status.WORKTREE_LOST, message=message, event_type="Warning")
+    elif not repair and (attempt == 0 or current.get("phase") != status.Phase.MATERIALIZING.value):
+        await rt.kube.patch_status(target.namespace, target.name, status.progressing(
             current, phase=status.Phase.MATERIALIZING, reason="Materializing",
-            message="waiting for the project lock", generation=generation, now=now))
+            message="waiting for the project lock", generation=target.generation, now=now))
 
     try:
-        credentials = await _credentials(rt, namespace, spec, request.repository)
-        valid = replace(valid, request=replace(request, credentials=credentials))
-        async with _locked(rt, namespace, request.project) as waited:
+        credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
+        valid = replace(valid, request=replace(valid.request, credentials=credentials))
+        async with _locked(rt, target.namespace, request.project) as waited:
             result = await rt.engine.checkout(valid)
     except GitError as error:
         # Unknown failures are retried, but not forever: after a while they are
         # as permanent as they look (e.g. a .gitmodules git refuses to honour).
         retryable = error.retryable and not (error.reason is Reason.GIT_FAILED
                                              and attempt + 1 >= UNKNOWN_FAILURE_ATTEMPTS)
-        await _fail(rt, namespace, name, current, generation, error.reason.value, str(error), retryable, attempt)
-        if retryable:
-            raise Retry(error.reason.value, str(error), _backoff(rt, attempt + 1)) from None
-        raise Fatal(error.reason.value, str(error)) from None
+        raise await _fail(rt, target, Failure(error.reason.value, str(error), retryable, attempt)) from None
     except (LockTimeout, LeaseLost) as error:
         reason = "LockTimeout" if isinstance(error, LockTimeout) else "LeaseLost"
-        await _fail(rt, namespace, name, current, generation, reason, str(error), True, attempt)
-        raise Retry(reason, str(error), _backoff(rt, attempt + 1)) from None
+        raise await _fail(rt, target, Failure(reason, str(error), True, attempt)) from None
 
-    ttl = ttl_seconds(spec, rt.config.default_ttl_seconds)
-    await rt.kube.patch_status(namespace, name, status.ready(
+    await rt.kube.patch_status(target.namespace, target.name, status.ready(
         current, result, lock_wait_seconds=waited, volume_claim=rt.config.volume_claim,
-        ttl_seconds=ttl, generation=generation, now=datetime.now(UTC)))
-    _observe(result, waited)
+        expires_after=lifecycle.expires_after(target.spec, target.meta, rt.limits),
+        generation=target.generation, now=datetime.now(UTC), repaired=repair))
+    _observe(result, waited, repair)
     log.info(
-        "materialized %s/%s project=%s commit=%s cache_hit=%s fetched=%s reused=%s "
-        "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs",
-        namespace, name, request.project, result.commit[:12], result.cache_hit, result.fetched, result.reused,
-        waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
+        "%s %s/%s project=%s commit=%s cache_hit=%s fetched=%s reused=%s "
+        "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs", "repaired" if repair else "materialized",
+        target.namespace, target.name, request.project, result.commit[:12], result.cache_hit, result.fetched,
+        result.reused, waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
     )
-    return result
+    return Done(result, repair)
 
 
 async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], repository: str
@@ -121,7 +189,7 @@ async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], rep
     if not credentials_allowed(annotations, repository):
         raise GitError(Reason.CREDENTIALS_NOT_ALLOWED, f"Secret {secret!r} does not list this repository in its "
                        f"{ALLOWED_REPOSITORIES} annotation", step="credentials")
-    return credentials_from_secret(data)
+    return credentials_from_secret(data, annotations)
 
 
 @contextlib.asynccontextmanager
@@ -140,12 +208,8 @@ async def _locked(rt: Runtime, namespace: str, project: str) -> AsyncIterator[fl
             metrics.QUEUED.dec()
 
 
-def _backoff(rt: Runtime, attempt: int) -> float:
-    return status.retry_delay(attempt, base=rt.config.retry_base_seconds, cap=rt.config.retry_max_seconds)
-
-
-def _observe(result: CheckoutResult, waited: float) -> None:
-    metrics.MATERIALIZATIONS.labels("reused" if result.reused else "ready").inc()
+def _observe(result: CheckoutResult, waited: float, repair: bool) -> None:
+    metrics.MATERIALIZATIONS.labels("repaired" if repair else ("reused" if result.reused else "ready")).inc()
     metrics.LOCK_WAIT.observe(waited)
     metrics.CACHE_LOOKUPS.labels("hit" if result.cache_hit else "miss").inc()
     if result.fetched:
@@ -156,13 +220,19 @@ def _observe(result: CheckoutResult, waited: float) -> None:
     metrics.TOTAL.observe(result.total_seconds + waited)
 
 
-async def _fail(rt: Runtime, namespace: str, name: str, current: Mapping[str, Any], generation: int,
-                reason: str, message: str, retryable: bool, attempt: int) -> None:
-    metrics.GIT_FAILURES.labels(reason).inc()
-    metrics.MATERIALIZATIONS.labels("retrying" if retryable else "failed").inc()
-    log.warning("workspace %s/%s failed (%s, %s): %s", namespace, name, reason,
-                "retryable" if retryable else "permanent", message)
-    await rt.kube.patch_status(namespace, name, status.failed(
-        current, reason=reason, message=message, retryable=retryable,
-        retry_in=_backoff(rt, attempt + 1) if retryable else None,
-        attempts=attempt + 1, generation=generation, now=datetime.now(UTC)))
+async def _fail(rt: Runtime, target: Target, failure: Failure) -> Retry | Fatal:
+    """Write the failure into status; returns the exception for the handler to raise."""
+    metrics.GIT_FAILURES.labels(failure.reason).inc()
+    metrics.MATERIALIZATIONS.labels("retrying" if failure.retryable else "failed").inc()
+    log.warning("workspace %s/%s failed (%s, %s): %s", target.namespace, target.name, failure.reason,
+                "retryable" if failure.retryable else "permanent", failure.message)
+    delay = rt.backoff(failure.attempt + 1)
+    announce = status.reason_of(target.current) != failure.reason
+    await rt.kube.patch_status(target.namespace, target.name, status.failed(
+        target.current, reason=failure.reason, message=failure.message, retryable=failure.retryable,
+        retry_in=delay if failure.retryable else None, attempts=failure.attempt + 1,
+        generation=target.generation, now=datetime.now(UTC),
+        expires_after=lifecycle.expires_after(target.spec, target.meta, rt.limits, failed=True)))
+    if failure.retryable:
+        return Retry(failure.reason, failure.message, delay, announce)
+    return Fatal(failure.reason, failure.message, announce)

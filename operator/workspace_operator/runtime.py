@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from workspace_operator import metrics
 from workspace_operator.config import Config
 from workspace_operator.git import Engine
 from workspace_operator.git.runner import UPSTREAM_STEPS
 from workspace_operator.kube import Kube
+from workspace_operator.lifecycle import Limits
 from workspace_operator.lock import LeaseLocks, new_identity
+from workspace_operator.quota import NamespaceQuota
 from workspace_operator.spec import shard_of
+from workspace_operator.status import retry_delay
 
 
 @dataclass
@@ -19,13 +22,27 @@ class Runtime:
     engine: Engine
     kube: Kube
     locks: LeaseLocks
+    quota: NamespaceQuota
+    # (namespace, name) of the Workspaces a handler of this process is materializing
+    # right now: the timer leaves them alone.
+    in_flight: set[tuple[str, str]] = field(default_factory=set)
 
     @classmethod
     def create(cls, config: Config, kube: Kube | None = None) -> Runtime:
         kube = kube or Kube()
         locks = LeaseLocks(kube.coordination, config.lease_namespace, new_identity(config.identity),
                            duration_seconds=config.lease_seconds)
-        return cls(config, Engine(config.root, replace(config.git, observer=_count_upstream)), kube, locks)
+        quota = NamespaceQuota(config.root, config.max_workspaces_per_namespace)
+        return cls(config, Engine(config.root, replace(config.git, observer=_count_upstream)), kube, locks, quota)
+
+    @property
+    def limits(self) -> Limits:
+        c = self.config
+        return Limits(c.default_ttl_seconds, c.failed_ttl_seconds, c.active_deadline_seconds, c.allow_no_ttl)
+
+    def backoff(self, attempt: int) -> float:
+        """The one retry policy, for creation and deletion: exponential from the base, capped."""
+        return retry_delay(attempt, base=self.config.retry_base_seconds, cap=self.config.retry_max_seconds)
 
     def owns(self, namespace: str, project: str) -> bool:
         """This replica's share of the work (all of it when running alone)."""

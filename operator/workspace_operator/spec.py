@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from workspace_operator.git import CheckoutRequest, Credentials, GitError, Revision
+from workspace_operator.git.credentials import allowed_by, invalid_credentials
 from workspace_operator.git.layout import invalid
 
 GROUP = "crafting.dev"
@@ -60,32 +61,42 @@ def secret_name(spec: Mapping[str, Any]) -> str | None:
 ALLOWED_REPOSITORIES = "crafting.dev/repositories"
 
 
+def repository_scopes(annotations: Mapping[str, str]) -> tuple[str, ...]:
+    raw = annotations.get(ALLOWED_REPOSITORIES, "")
+    return tuple(p.strip() for p in raw.replace("\n", ",").split(",") if p.strip())
+
+
 def credentials_allowed(annotations: Mapping[str, str], repository: str) -> bool:
     """A Secret lends itself only to the repositories its owner listed.
 
     Without this, anyone allowed to create Workspaces could point any Secret of
     the namespace at a server they control and receive its token or key. The
-    annotation holds repository URL prefixes, comma or newline separated.
+    annotation lists repository URLs, comma or newline separated; each covers
+    itself and everything below it, compared as parsed origins segment by
+    segment (git/origins.py), never as string prefixes.
     """
-    raw = annotations.get(ALLOWED_REPOSITORIES, "")
-    prefixes = [p.strip() for p in raw.replace("\n", ",").split(",") if p.strip()]
-    return any(repository == p or repository.startswith(p.rstrip("/") + "/") for p in prefixes)
+    return allowed_by(repository_scopes(annotations), repository)
 
 
-def credentials_from_secret(data: Mapping[str, str]) -> Credentials:
-    """Secret data (already base64-decoded) → Credentials; unknown keys are ignored."""
-    return Credentials(
-        username=data.get("username"),
-        password=data.get("password"),
-        ssh_private_key=data.get("ssh-privatekey"),
-        known_hosts=data.get("known_hosts"),
-        ca_bundle=data.get("ca.crt"),
-    )
+_SECRET_KEYS = {"username": "username", "password": "password", "ssh-privatekey": "ssh_private_key",
+                "known_hosts": "known_hosts", "ca.crt": "ca_bundle"}
 
 
-def ttl_seconds(spec: Mapping[str, Any], default: int) -> int:
-    value = spec.get("ttlSecondsAfterReady")
-    return default if value is None else int(value)
+def credentials_from_secret(data: Mapping[str, bytes], annotations: Mapping[str, str] | None = None
+                            ) -> Credentials:
+    """Secret data (base64-decoded bytes) → Credentials; unknown keys are ignored.
+
+    A value that is not UTF-8 is a permanent InvalidCredentials failure: the
+    Secret is wrong, and reading it again will not make it right.
+    """
+    values: dict[str, str] = {}
+    for key, name in _SECRET_KEYS.items():
+        if key in data:
+            try:
+                values[name] = data[key].decode("utf-8")
+            except UnicodeDecodeError:
+                raise invalid_credentials(f"the Secret's {key!r} is not UTF-8 text") from None
+    return Credentials(**values, scopes=repository_scopes(annotations or {}))
 
 
 def shard_of(namespace: str, project: str, replicas: int) -> int:

@@ -1,14 +1,23 @@
 """What status to write: pure functions from outcomes to status patches.
 
-Kept free of I/O so every transition can be unit-tested without a cluster. The
-`Ready` condition follows Kubernetes conventions: always present once the object
-was seen, lastTransitionTime moves only when its status flips, observedGeneration
-says which spec it describes.
+Kept free of I/O so every transition can be unit-tested without a cluster.
+Conditions follow Kubernetes conventions and kstatus (the status model of
+Flux, kpt and cli-utils):
+
+* `Ready`: True once the worktree is complete, False with a reason otherwise;
+* `Reconciling`: True while the operator works on it (materializing, retrying,
+  rebuilding a lost worktree);
+* `Stalled`: True when it gave up (a permanent failure), reason = the failure.
+
+All three are always present once the object was seen; lastTransitionTime moves
+only when a condition's status flips; observedGeneration says which spec it
+describes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -16,6 +25,11 @@ from typing import Any
 from workspace_operator.git import CheckoutResult
 
 Patch = dict[str, Any]
+
+READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
+WORKTREE_LOST = "WorktreeLost"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+QUOTA_EXCEEDED = "QuotaExceeded"
 
 
 class Phase(StrEnum):
@@ -26,43 +40,72 @@ class Phase(StrEnum):
     TERMINATING = "Terminating"
 
 
+@dataclass(frozen=True)
+class Condition:
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str = ""
+
+
 def timestamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def ready_condition(
-    previous: Sequence[Mapping[str, Any]] | None,
-    *,
-    status: str,
-    reason: str,
-    message: str,
-    generation: int,
-    now: datetime,
-) -> list[dict[str, Any]]:
-    """The conditions list with Ready set; other condition types are kept as they were."""
-    others = [dict(c) for c in (previous or []) if c.get("type") != "Ready"]
-    old = next((c for c in (previous or []) if c.get("type") == "Ready"), None)
-    transitioned = old is None or old.get("status") != status
-    condition = {
-        "type": "Ready",
-        "status": status,
-        "reason": reason,
-        "message": message[:1024],
-        "observedGeneration": generation,
-        "lastTransitionTime": timestamp(now) if transitioned or old is None else old.get("lastTransitionTime"),
-    }
-    return [condition, *others]
+def parse_time(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
 
 
-def progressing(previous: Mapping[str, Any], *, phase: Phase, reason: str, message: str, generation: int,
-                now: datetime) -> Patch:
+def condition_of(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    return next((c for c in status.get("conditions") or () if c.get("type") == kind), None)
+
+
+def reason_of(status: Mapping[str, Any]) -> str | None:
+    """The Ready condition's reason: what the Workspace is waiting for or failed of."""
+    ready = condition_of(status, READY)
+    return str(ready["reason"]) if ready and ready.get("reason") else None
+
+
+def conditions(previous: Sequence[Mapping[str, Any]] | None, updates: Mapping[str, Condition], *,
+               generation: int, now: datetime) -> list[dict[str, Any]]:
+    """The conditions list with `updates` applied; other types are kept as they were."""
+    old = {c.get("type"): c for c in previous or ()}
+    result: list[dict[str, Any]] = []
+    for kind, new in updates.items():
+        before = old.get(kind)
+        transitioned = before is None or before.get("status") != new.status
+        result.append({
+            "type": kind,
+            "status": new.status,
+            "reason": new.reason,
+            "message": new.message[:1024],
+            "observedGeneration": generation,
+            "lastTransitionTime": timestamp(now) if transitioned or before is None
+            else before.get("lastTransitionTime"),
+        })
+    return result + [dict(c) for kind, c in old.items() if kind not in updates]
+
+
+def _patch(previous: Mapping[str, Any], phase: Phase, message: str, *, generation: int, now: datetime,
+           ready: Condition, reconciling: Condition, stalled: Condition) -> Patch:
     return {
         "phase": phase.value,
         "message": message,
         "observedGeneration": generation,
-        "conditions": ready_condition(previous.get("conditions"), status="False", reason=reason,
-                                      message=message, generation=generation, now=now),
+        "conditions": conditions(previous.get("conditions"),
+                                 {READY: ready, RECONCILING: reconciling, STALLED: stalled},
+                                 generation=generation, now=now),
     }
+
+
+def progressing(previous: Mapping[str, Any], *, phase: Phase, reason: str, message: str, generation: int,
+                now: datetime) -> Patch:
+    """Not Ready yet, being worked on (or waiting to be)."""
+    return _patch(previous, phase, message, generation=generation, now=now,
+                  ready=Condition("False", reason, message), reconciling=Condition("True", reason, message),
+                  stalled=Condition("False", reason, message))
 
 
 def ready(
@@ -71,15 +114,23 @@ def ready(
     *,
     lock_wait_seconds: float,
     volume_claim: str,
-    ttl_seconds: int,
+    expires_after: int | None,
     generation: int,
     now: datetime,
+    repaired: bool = False,
 ) -> Patch:
-    expires = timestamp(now + timedelta(seconds=ttl_seconds)) if ttl_seconds > 0 else None
-    how = "reused" if result.reused else ("from cache" if result.cache_hit else "after fetch")
+    """Ready=True. A repair keeps readyAt, so the TTL still counts from the first Ready."""
+    keep = (result.reused or repaired) and previous.get("readyAt")
+    ready_at = str(previous["readyAt"]) if keep else timestamp(now)
+    how = "rebuilt" if repaired else ("reused" if result.reused else ("from cache" if result.cache_hit
+                                                                      else "after fetch"))
     message = f"worktree at {result.path} ({result.commit[:12]}, {how})"
+    patch = _patch(previous, Phase.READY, message, generation=generation, now=now,
+                   ready=Condition("True", "Materialized", message),
+                   reconciling=Condition("False", "Materialized", message),
+                   stalled=Condition("False", "Materialized", message))
     return {
-        "phase": Phase.READY.value,
+        **patch,
         "commit": result.commit,
         "shortCommit": result.commit[:12],
         "path": str(result.path),
@@ -92,12 +143,8 @@ def ready(
             "checkoutSeconds": round(result.checkout_seconds, 3),
             "totalSeconds": round(result.total_seconds + lock_wait_seconds, 3),
         },
-        "readyAt": previous.get("readyAt") if result.reused and previous.get("readyAt") else timestamp(now),
-        "expiresAt": expires,
-        "message": message,
-        "observedGeneration": generation,
-        "conditions": ready_condition(previous.get("conditions"), status="True", reason="Materialized",
-                                      message=message, generation=generation, now=now),
+        "readyAt": ready_at,
+        "expiresAt": expiry(ready_at, expires_after),
     }
 
 
@@ -111,16 +158,51 @@ def failed(
     attempts: int,
     generation: int,
     now: datetime,
+    expires_after: int | None = None,
 ) -> Patch:
-    """Ready=False with a precise reason; permanent failures end in phase Failed."""
+    """Ready=False with a precise reason. Retryable: Pending and Reconciling. Permanent:
+    Failed and Stalled, deleted `expires_after` seconds from now (None: kept)."""
     if retryable:
         shown = f"{message} (attempt {attempts}, retrying in {retry_in:.0f}s)" if retry_in else message
-        phase = Phase.PENDING
+        patch = progressing(previous, phase=Phase.PENDING, reason=reason, message=shown, generation=generation,
+                            now=now)
     else:
-        shown, phase = message, Phase.FAILED
-    patch = progressing(previous, phase=phase, reason=reason, message=shown, generation=generation, now=now)
+        patch = _patch(previous, Phase.FAILED, message, generation=generation, now=now,
+                       ready=Condition("False", reason, message), reconciling=Condition("False", reason, message),
+                       stalled=Condition("True", reason, message))
+        patch["expiresAt"] = expiry(timestamp(now), expires_after)
     patch["attempts"] = attempts
     return patch
+
+
+def worktree_lost(previous: Mapping[str, Any], *, message: str, generation: int, now: datetime) -> Patch:
+    """A Ready Workspace's worktree is damaged or gone: Ready=False while it is rebuilt."""
+    return progressing(previous, phase=Phase.MATERIALIZING, reason=WORKTREE_LOST, message=message,
+                       generation=generation, now=now)
+
+
+def terminating(previous: Mapping[str, Any], *, generation: int, now: datetime) -> Patch:
+    message = "deletion requested: removing the worktree"
+    return _patch(previous, Phase.TERMINATING, message, generation=generation, now=now,
+                  ready=Condition("False", "Terminating", message),
+                  reconciling=Condition("True", "Terminating", message),
+                  stalled=Condition("False", "Terminating", message))
+
+
+def retimed(previous: Mapping[str, Any], *, expires_at: str | None, generation: int) -> Patch:
+    """A new expiry (the TTL was changed) acknowledged for this generation; nothing else moves."""
+    return {
+        "expiresAt": expires_at,
+        "observedGeneration": generation,
+        "conditions": [{**c, "observedGeneration": generation} for c in previous.get("conditions") or ()],
+    }
+
+
+def expiry(since: str | None, seconds: int | None) -> str | None:
+    start = parse_time(since)
+    if start is None or not seconds:
+        return None
+    return timestamp(start + timedelta(seconds=seconds))
 
 
 def is_settled(status: Mapping[str, Any], generation: int) -> bool:
@@ -130,5 +212,5 @@ def is_settled(status: Mapping[str, Any], generation: int) -> bool:
 
 
 def retry_delay(attempt: int, *, base: float = 2.0, cap: float = 300.0) -> float:
-    """Exponential backoff for retryable failures: 2, 4, 8, ... capped at 5 minutes."""
+    """The one backoff policy, for creation and deletion alike: base, 2×base, 4×base, ... capped."""
     return float(min(cap, base * 2 ** max(0, attempt - 1)))

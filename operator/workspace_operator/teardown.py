@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from workspace_operator import metrics
+from workspace_operator import metrics, status
 from workspace_operator.git import GitError
 from workspace_operator.git.layout import DNS1123_LABEL
 from workspace_operator.lock import LeaseLost, LockTimeout
@@ -23,11 +24,17 @@ GIVE_UP_AFTER_ATTEMPTS = 10
 
 
 class RetryDeletion(Exception):
-    pass
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
 
 
-async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str, Any], attempt: int) -> str:
+async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str, Any], attempt: int,
+                   current: Mapping[str, Any] | None = None, generation: int = 0) -> str:
     """Returns what happened, for the Event; raises RetryDeletion to be called again."""
+    if attempt == 0 and current is not None and current.get("phase") != status.Phase.TERMINATING.value:
+        await rt.kube.patch_status(namespace, name, status.terminating(current, generation=generation,
+                                                                       now=datetime.now(UTC)), missing_ok=True)
     project = str(spec.get("project", ""))
     if not DNS1123_LABEL.match(project) or not DNS1123_LABEL.match(name):
         metrics.DELETIONS.labels("nothing").inc()
@@ -41,7 +48,7 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
             log.error("giving up removing worktree %s/%s/%s after %d attempts (GC will collect it): %s",
                       namespace, project, name, attempt + 1, error)
             return f"worktree left for garbage collection: {error}"
-        raise RetryDeletion(str(error)) from None
+        raise RetryDeletion(str(error), rt.backoff(attempt + 1)) from None
     metrics.DELETIONS.labels("removed" if existed else "absent").inc()
     log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed)
     return "worktree removed" if existed else "no worktree on the volume"

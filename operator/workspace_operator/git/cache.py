@@ -273,6 +273,8 @@ class Cache:
                  "--quiet", "--", "origin", refspec],
                 cwd=repo,
                 env=env,
+                # Every received object is checked (malformed trees, paths like .git or ../).
+                config=["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else [],
             )
         except GitError as error:
             if error.reason is Reason.REF_NOT_FOUND and missing is not Reason.REF_NOT_FOUND:

@@ -24,8 +24,10 @@ from workspace_operator.git.layout import (
     check_relpath,
     invalid,
 )
+from workspace_operator.git.policy import URLPolicy
 from workspace_operator.git.runner import GitRunner, GitSettings
-from workspace_operator.git.source import Revision, check_url
+from workspace_operator.git.source import Revision
+from workspace_operator.git.submodules import Submodules
 from workspace_operator.git.tls import ca_env
 from workspace_operator.git.worktree import Worktrees, WorktreeSpec
 
@@ -72,6 +74,7 @@ class Engine:
     def __init__(self, root: Path, settings: GitSettings) -> None:
         self.root = root
         self.settings = settings
+        self.policy = URLPolicy(settings, root)
         # Caches fully checked (fsck) by this process; others get the deep check first.
         self._verified: set[PurePosixPath] = set()
 
@@ -79,7 +82,7 @@ class Engine:
         """Every rule the CRD enforces, again, before anything touches the disk or network."""
         layout = ProjectLayout(self.root, request.namespace, request.project)
         check_label("workspace name", request.name)
-        check_url(request.repository, self.settings.allowed_schemes)
+        self.policy.check(request.repository)
         sub_path = check_relpath("subPath", request.sub_path) if request.sub_path else None
         sparse = tuple(check_relpath("sparse entry", entry) for entry in request.sparse)
         if sub_path and sparse and not any(sub_path == s or s in sub_path.parents for s in sparse):
@@ -107,15 +110,19 @@ class Engine:
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials)
         cache = Cache(runner, layout)
+        await self.policy.check_addresses(self.policy.check(request.repository))
         ca_bundle = request.credentials.ca_bundle if request.credentials else None
-        with credential_env(request.credentials, self.settings.scratch_dir) as env, \
+        with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session, \
                 ca_env(ca_bundle, self.settings.scratch_dir) as tls_env:
-            env = {**env, **tls_env}
+            # The Secret's CA is for its repository (and submodules it covers), not for others.
+            session.env.update(tls_env)
+            env = session.env
             resolution = await cache.open(request.repository, env, request.revision,
                                           verified=layout.relative_dir in self._verified)
             self._verified.add(layout.relative_dir)
             checkout_started = time.monotonic()
-            worktree = await Worktrees(runner, layout).add(valid.worktree_spec(resolution.commit), env)
+            submodules = (Submodules(runner, self.policy, session), request.repository)
+            worktree = await Worktrees(runner, layout).add(valid.worktree_spec(resolution.commit), env, submodules)
             stamp(layout.cache_dir, LAST_USED)
         checkout_seconds = time.monotonic() - checkout_started
         return CheckoutResult(

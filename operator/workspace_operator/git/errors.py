@@ -23,6 +23,8 @@ class Reason(StrEnum):
     HOST_KEY_MISMATCH = "HostKeyVerificationFailed"
     TLS_VERIFY_FAILED = "TLSVerificationFailed"
     CREDENTIALS_NOT_ALLOWED = "CredentialsNotAllowed"
+    INVALID_CREDENTIALS = "InvalidCredentials"
+    HOST_NOT_ALLOWED = "HostNotAllowed"
     UNREACHABLE = "UpstreamUnavailable"
     TIMEOUT = "GitTimeout"
     DISK_FULL = "DiskFull"
@@ -42,6 +44,8 @@ PERMANENT = frozenset(
         Reason.HOST_KEY_MISMATCH,
         Reason.TLS_VERIFY_FAILED,
         Reason.CREDENTIALS_NOT_ALLOWED,
+        Reason.INVALID_CREDENTIALS,
+        Reason.HOST_NOT_ALLOWED,
     }
 )
 
@@ -98,17 +102,27 @@ def classify(stderr: str) -> Reason:
 
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+# Where credentials sit whatever their value: credential-protocol lines and HTTP auth headers.
+_KNOWN_POSITIONS = re.compile(r"(?i)(?P<key>\b(?:username|password)=|\bauthorization:\s*\w+\s+)(?P<value>\S+)")
+# Secrets shorter than this are masked only as whole tokens (see Redactor.add).
+SHORT = 6
 
 
 class Redactor:
     """Removes credentials from any text bound for logs, events, status or exceptions.
 
-    Two layers: URL userinfo is always masked, and every registered secret value
-    (tokens, passwords, key material lines) is replaced wherever it occurs.
+    Three layers: URL userinfo and credential positions (`password=...`,
+    `Authorization: Basic ...`) are always masked; every registered secret
+    value (tokens, passwords, user names, key material lines) of 6 characters
+    or more is replaced wherever it occurs; a shorter one only where it stands
+    as a whole token (not inside a longer word or path: a user "bob" is masked
+    in "user bob denied", not in "bobcat" or "/srv/bob.git"), so short
+    secrets are hidden without garbling innocent text.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
+        self._short: set[str] = set()
         for secret in secrets:
             self.add(secret)
 
@@ -117,12 +131,16 @@ class Redactor:
             return
         for piece in [secret, *secret.splitlines()]:
             piece = piece.strip()
-            # Very short fragments (e.g. "-----") would redact innocent text.
-            if len(piece) >= 6:
+            if len(piece) >= SHORT:
                 self._secrets.add(piece)
+            elif piece.strip("-=_.:/ "):  # not a bare "-----" separator of key material
+                self._short.add(piece)
 
     def __call__(self, text: str) -> str:
         text = _USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+        text = _KNOWN_POSITIONS.sub(lambda m: f"{m['key']}***", text)
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
+        for secret in sorted(self._short, key=len, reverse=True):
+            text = re.sub(rf"(?<![\w./~%@-]){re.escape(secret)}(?![\w/~%@-]|\.\w)", "***", text)
         return text

@@ -5,8 +5,8 @@ below hold everywhere by construction:
 
 * a timeout on every call; on timeout or cancellation the whole process group
   (git and its ssh / remote-https / index-pack children) is SIGKILLed;
-* no prompts, no user or system config, no hooks, no credential helpers, no
-  fsmonitor; transports limited to the configured allow-list (GIT_ALLOW_PROTOCOL
+* no prompts, no user or system config, no hooks, no credential helper but
+  ours (credentials.py: it answers only granted origins), no fsmonitor; transports limited to the configured allow-list (GIT_ALLOW_PROTOCOL
   also covers submodules and redirects);
 * user-supplied arguments are placed after `--` by callers, and anything that
   looks like an option where a ref belongs is refused before git runs;
@@ -50,6 +50,15 @@ class GitSettings:
     git_binary: str = "git"
     # Where credential material is written: never the shared volume.
     scratch_dir: Path | None = None
+    # Host patterns repositories may name ("h", "*.h"); empty = any public host.
+    allowed_hosts: tuple[str, ...] = ()
+    # Loopback, link-local and private addresses are refused unless this is set
+    # (or the host is listed in allowed_hosts).
+    allow_private_networks: bool = False
+    # file:// repositories must lie below one of these (never below the volume root).
+    file_roots: tuple[Path, ...] = ()
+    # Check every object a fetch receives (transfer.fsckObjects).
+    fsck_objects: bool = True
     # A PEM bundle trusted for https instead of the system roots (http.sslCAInfo).
     ca_file: Path | None = None
     # Called after every git call with (step, seconds, succeeded): the operator's metrics.
@@ -73,7 +82,6 @@ class GitResult:
 _HARDENING = (
     "-c", "core.hooksPath=/dev/null",
     "-c", "core.fsmonitor=false",
-    "-c", "credential.helper=",
     "-c", "core.askPass=",
     "-c", "protocol.version=2",
     "-c", "safe.directory=*",
@@ -83,6 +91,21 @@ _HARDENING = (
     "-c", "submodule.recurse=false",
     "-c", "advice.detachedHead=false",
 )
+
+
+def config_env(*pairs: tuple[str, str]) -> dict[str, str]:
+    """git config passed through the environment (GIT_CONFIG_COUNT), not argv.
+
+    Always starts by resetting credential.helper: git reads these entries
+    before the `-c` ones, and an empty credential.helper clears the helpers
+    configured before it, so the reset must come first and a helper after it.
+    """
+    entries = [("credential.helper", ""), *pairs]
+    env = {"GIT_CONFIG_COUNT": str(len(entries))}
+    for index, (key, value) in enumerate(entries):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
 
 
 @dataclass
@@ -109,6 +132,7 @@ class GitRunner:
             # Without explicit credentials, ssh must still never prompt or trust new hosts.
             "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes "
                                "-o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null",
+            **config_env(),  # no credential helper unless credentials.py configures ours
         }
         for passthrough in ("TMPDIR", "GIT_TRACE_PACKET_DISABLED"):
             if passthrough in os.environ:

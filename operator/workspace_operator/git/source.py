@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from workspace_operator.git import origins
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import invalid
 
@@ -21,16 +22,21 @@ _SCP_LIKE = re.compile(r"^[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+:(?!//)[^\s]+$")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
 
 
-def check_url(url: str, allowed_schemes: frozenset[str]) -> str:
-    """Return the transport of a repository URL, or raise a permanent GitError."""
+def check_url(url: str, allowed_schemes: frozenset[str], what: str = "repository") -> str:
+    """Return the transport of a repository URL, or raise a permanent GitError.
+
+    Beyond git's own syntax, the URL must parse unambiguously (origins.parse:
+    no dot segments, encoded separators, '//', query, fragment, userinfo in
+    http(s)), because credentials are lent by comparing parsed origins.
+    """
     if not isinstance(url, str) or not url or len(url) > MAX_URL:
-        raise invalid(f"repository must be a URL of at most {MAX_URL} characters")
+        raise invalid(f"{what} must be a URL of at most {MAX_URL} characters")
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
-        raise invalid("repository URL contains whitespace or control characters")
+        raise invalid(f"{what} URL contains whitespace or control characters")
     if url.startswith("-"):
-        raise invalid("repository URL must not start with '-'")
+        raise invalid(f"{what} URL must not start with '-'")
     if "::" in url.split("/", 1)[0] or url.lower().startswith("ext::"):
-        raise GitError(Reason.SCHEME_NOT_ALLOWED, "transport '<name>::' syntax is not allowed", step="validate")
+        raise GitError(Reason.SCHEME_NOT_ALLOWED, f"{what}: transport '<name>::' syntax is not allowed", step="validate")
     if _SCP_LIKE.match(url):
         scheme = "ssh"
         user, _, rest = url.partition("@")
@@ -39,26 +45,30 @@ def check_url(url: str, allowed_schemes: frozenset[str]) -> str:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if not scheme or "://" not in url:
-            raise invalid("repository must be a URL (scheme://host/path) or user@host:path")
+            raise invalid(f"{what} must be a URL (scheme://host/path) or user@host:path")
         if scheme in ("http", "https") and parts.password is not None:
-            raise invalid("repository URL must not embed credentials; use spec.credentials")
+            raise invalid(f"{what} URL must not embed credentials; use spec.credentials")
         if scheme != "file" and not parts.hostname:
-            raise invalid("repository URL has no host")
+            raise invalid(f"{what} URL has no host")
         user, host = parts.username or "", parts.hostname or ""
         try:
             _ = parts.port  # raises unless the port is a number in range
         except ValueError:
-            raise invalid("repository URL has an invalid port") from None
+            raise invalid(f"{what} URL has an invalid port") from None
     # ssh would read "-oProxyCommand=..." as an option. git blocks such hosts
     # too ("strange hostname"), but only once it runs: refuse them here first.
     if unquote(user).startswith("-") or unquote(host).startswith("-"):
-        raise invalid("repository URL user and host must not start with '-'")
+        raise invalid(f"{what} URL user and host must not start with '-'")
     if scheme not in allowed_schemes:
         raise GitError(
             Reason.SCHEME_NOT_ALLOWED,
-            f"transport {scheme!r} is not allowed (allowed: {', '.join(sorted(allowed_schemes))})",
+            f"{what}: transport {scheme!r} is not allowed (allowed: {', '.join(sorted(allowed_schemes))})",
             step="validate",
         )
+    try:
+        origins.parse(url)
+    except origins.URLRefused as error:
+        raise invalid(f"{what} URL refused: {error}") from None
     return scheme
 
 

@@ -20,6 +20,7 @@ from workspace_operator.git.cache import unlock_crashed_worktrees
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import ProjectLayout, resolve_inside
 from workspace_operator.git.runner import GitRunner
+from workspace_operator.git.submodules import Submodules
 
 log = logging.getLogger("workspace_operator.worktree")
 
@@ -95,7 +96,9 @@ class Worktrees:
         return (metadata.parent.resolve() == (self.cache / "worktrees").resolve()
                 and back.resolve() == (path / ".git").resolve())
 
-    async def add(self, spec: WorktreeSpec, env: dict[str, str]) -> WorktreeResult:
+    async def add(self, spec: WorktreeSpec, env: dict[str, str], submodules: tuple[Submodules, str] | None = None
+                  ) -> WorktreeResult:
+        """Check out spec; `submodules` (updater, superproject URL) is required when spec asks for them."""
         started = time.monotonic()
         path = self.layout.worktree_dir(spec.name)
         if self.is_complete(spec):
@@ -123,8 +126,10 @@ class Worktrees:
             await self.runner.run("checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"],
                                   cwd=path, env=env, config=config)
         if spec.submodules:
-            await self.runner.run("submodules", ["submodule", "update", "--init", "--recursive", "--quiet"],
-                                  cwd=path, env=env)
+            if submodules is None:
+                raise ValueError("a worktree with submodules needs a Submodules updater")
+            updater, url = submodules
+            await updater.update(path, url)
         workdir = self._workdir(path, spec)
         self._write_record(spec)
         return WorktreeResult(path, workdir, False, time.monotonic() - started)

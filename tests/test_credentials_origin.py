@@ -1,0 +1,342 @@
+"""Attacks on the engine's credentials, URL rules and shared cache, each performed for real.
+
+Loopback upstreams (smart HTTP with Basic auth, git daemon, sshd) serve a
+superproject; attacker servers record what reaches them. Every test asserts
+that no credential reached a place it was not granted to, that no secret
+appeared in any process's argv or environment, and that nothing on the volume
+was touched beyond what the engine may write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from attackers import CredentialSink, credential_sink
+from engine_fixtures import (
+    NS,
+    assert_cache_consistent,
+    assert_worktree_at,
+    checkout,
+    engine,
+    layout,
+    make_settings,
+    no_leftover_processes,
+    processes_under,
+    request,
+    run_git,
+    scratch,
+    snapshot,
+    standard_repo_template,
+    tree_files,
+    upstream_repo,
+    volume,
+)
+from upstreams import (GitDaemon, SmartHTTP, SSHDMissingError, SSHServer, StandardRepo, commit, git, git_env,
+                       publish)
+from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
+
+__all__ = ["credential_sink", "engine", "no_leftover_processes", "scratch", "standard_repo_template",
+           "upstream_repo", "volume"]
+
+pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+
+USER = "ci5x"  # short on purpose: masked too
+TOKEN = "tok-" + secrets.token_hex(12)
+
+
+def served_repo(served: Path, name: str, files: dict[str, str], gitlinks: dict[str, str] | None = None,
+                gitmodules: str | None = None) -> str:
+    """Build and publish served/<name>.git with files (+ submodule gitlinks); return its commit."""
+    src = served.parent / f"{name}-src"
+    git(served.parent, "init", "-q", "-b", "main", str(src))
+    for path, sha in (gitlinks or {}).items():
+        git(src, "update-index", "--add", "--cacheinfo", f"160000,{sha},{path}")
+    if gitmodules is not None:
+        files = {**files, ".gitmodules": gitmodules}
+    sha = commit(src, files, f"{name} content")
+    publish(src, served / f"{name}.git")
+    return sha
+
+
+def submodule(name: str, path: str, url: str) -> str:
+    return f'[submodule "{name}"]\n\tpath = {path}\n\turl = {url}\n'
+
+
+class ProcessWatch:
+    """Samples argv and environment of every process below the volume while the engine runs."""
+
+    def __init__(self, volume: Path, needles: tuple[str, ...]) -> None:
+        self.volume, self.needles = volume, needles
+        self.seen: set[str] = set()
+        self.leaks: list[str] = []
+
+    async def run(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            for pid, cmdline in processes_under(self.volume).items():
+                self.seen.add(cmdline.split(" ")[0])
+                try:
+                    environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+                except OSError:
+                    environ = ""
+                for needle in self.needles:
+                    if needle in cmdline or needle in environ:
+                        self.leaks.append(f"{needle[:3]}... in pid {pid}: {cmdline[:80]}")
+            await asyncio.sleep(0.002)  # sampling interval, not synchronisation
+
+    async def around(self, work: asyncio.Future[object] | asyncio.Task[object]) -> object:
+        done = asyncio.Event()
+        watcher = asyncio.create_task(self.run(done))
+        try:
+            return await work
+        finally:
+            done.set()
+            await watcher
+
+
+def assert_nowhere(texts: list[str], roots: list[Path], secrets_: tuple[str, ...]) -> None:
+    for text in texts:
+        for secret in secrets_:
+            assert secret not in text, f"secret {secret[:3]}... in {text[:200]!r}"
+    for root in roots:
+        for item in root.rglob("*"):
+            if item.is_file() and not item.is_symlink():
+                data = item.read_bytes()
+                for secret in secrets_:
+                    assert secret.encode() not in data, f"secret {secret[:3]}... in file {item}"
+
+
+@pytest.fixture
+def auth_http(upstream_repo: StandardRepo) -> SmartHTTP:
+    assert upstream_repo.served_dir is not None
+    server = SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN).start()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+# -- item 1: submodules never get credentials outside the grant ------------------------------------
+
+
+async def test_submodule_on_an_attacker_host_gets_no_credentials(
+        engine: Engine, upstream_repo: StandardRepo, auth_http: SmartHTTP, credential_sink: CredentialSink,
+        volume: Path, scratch: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="workspace_operator")
+    assert upstream_repo.served_dir is not None
+    served_repo(upstream_repo.served_dir, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
+                submodule("lib", "lib", credential_sink.url("org/lib.git")))
+    url = auth_http.url("super")
+    creds = Credentials(username=USER, password=TOKEN, scopes=(url,))
+    watch = ProcessWatch(volume, (USER, TOKEN))
+
+    with pytest.raises(GitError) as caught:
+        await watch.around(asyncio.ensure_future(checkout(engine, request(url, submodules=True, credentials=creds))))
+    assert caught.value.reason is Reason.AUTH_FAILED, caught.value
+    # The attack happened (git asked the attacker) and the superproject was fetched with
+    # the credentials, but the attacker never saw a user name or password.
+    assert credential_sink.received(), "git never contacted the attacker"
+    assert all(r.authorization is None for r in credential_sink.received()), credential_sink.received()
+    assert {r.user for r in auth_http.requests() if r.status == 200} == {USER}
+    assert not watch.leaks, watch.leaks
+    assert "git" in watch.seen  # the watch did see the engine's processes
+    assert not layout(volume).ready_record("ws").exists()
+    assert_nowhere([r.getMessage() for r in caplog.records] + [str(caught.value)], [volume], (USER, TOKEN))
+    assert list(scratch.iterdir()) == []
+
+
+async def test_same_host_other_path_gets_credentials_only_when_the_secret_lists_it(
+        engine: Engine, upstream_repo: StandardRepo, auth_http: SmartHTTP, volume: Path) -> None:
+    """A relative submodule URL reaching another repository of the same server."""
+    assert upstream_repo.served_dir is not None
+    served_repo(upstream_repo.served_dir, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
+                submodule("lib", "lib", "../repo.git"))
+    url = auth_http.url("super")
+    lib_path = "/repo.git/"
+
+    only_super = Credentials(username=USER, password=TOKEN, scopes=(url,))
+    with pytest.raises(GitError) as caught:
+        await checkout(engine, request(url, submodules=True, credentials=only_super, project="narrow"))
+    assert caught.value.reason is Reason.AUTH_FAILED
+    assert not any(r.user == USER for r in auth_http.requests() if r.path.startswith(lib_path))
+
+    whole_host = Credentials(username=USER, password=TOKEN, scopes=(url.rsplit("/", 1)[0] + "/",))
+    result = await checkout(engine, request(url, submodules=True, credentials=whole_host, project="wide"))
+    assert tree_files(volume / result.path / "lib")["README.md"] == "# demo\n\nv1.1\n"
+    assert any(r.user == USER and r.status == 200 for r in auth_http.requests() if r.path.startswith(lib_path))
+
+
+async def test_dot_segments_never_reach_git(engine: Engine, auth_http: SmartHTTP, volume: Path) -> None:
+    base = auth_http.url("repo")
+    for url in (f"{base}/../../other/secret.git", f"{base}/%2e%2e/%2E%2E/other/secret.git",
+                f"{base}?private_token={TOKEN}", base.replace("http://", f"http://{TOKEN}@")):
+        with pytest.raises(GitError) as caught:
+            await checkout(engine, request(url, credentials=Credentials(username=USER, password=TOKEN)))
+        assert caught.value.reason is Reason.INVALID_SPEC, url
+        assert TOKEN not in str(caught.value)
+    assert auth_http.requests() == []
+    assert list(volume.iterdir()) == []
+
+
+async def test_ssh_key_only_for_granted_submodules(
+        engine: Engine, upstream_repo: StandardRepo, tmp_path: Path, volume: Path) -> None:
+    assert upstream_repo.served_dir is not None
+    try:
+        server = SSHServer(upstream_repo.served_dir, tmp_path / "sshd").start()
+    except SSHDMissingError as error:
+        pytest.skip(str(error))
+    try:
+        served_repo(upstream_repo.served_dir, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
+                    submodule("lib", "lib", "../repo.git"))
+        url = server.url("super")
+        key, known = server.client_key_text, server.known_hosts_text
+        narrow = Credentials(ssh_private_key=key, known_hosts=known, scopes=(url,))
+        with pytest.raises(GitError) as caught:
+            await checkout(engine, request(url, submodules=True, credentials=narrow, project="narrow"))
+        assert caught.value.reason is Reason.AUTH_FAILED, caught.value  # the submodule ran without the key
+        wide = Credentials(ssh_private_key=key, known_hosts=known, scopes=(url.rsplit("/", 1)[0] + "/",))
+        result = await checkout(engine, request(url, submodules=True, credentials=wide, project="wide"))
+        assert (volume / result.path / "lib" / "README.md").is_file()
+    finally:
+        server.stop()
+
+
+# -- item 7: submodules leave the shared cache alone ---------------------------------------------------
+
+
+async def test_submodule_workspace_keeps_one_clean_cache(
+        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    served = git_daemon.base
+    deep = served_repo(served, "deep", {"deep.txt": "deepest\n"})
+    lib = served_repo(served, "lib", {"lib.txt": "library\n"}, {"deep": deep},
+                      submodule("deep", "deep", git_daemon.url("deep")))
+    top = served_repo(served, "super", {"top.txt": "top\n"}, {"vendor/lib": lib},
+                      submodule("lib", "vendor/lib", "../lib.git"))
+    url = git_daemon.url("super")
+    cache = layout(volume).cache_dir
+
+    first = await checkout(engine, request(url, Revision(branch="main"), submodules=True, name="ws-0"))
+    config_after_first = run_git("config", "--list", "--local", cwd=cache).stdout
+    assert "submodule." not in config_after_first
+    inode = cache.stat().st_ino
+    for index in range(1, 6):
+        result = await checkout(engine, request(url, Revision(branch="main"), submodules=index % 2 == 0,
+                                                name=f"ws-{index}"))
+        assert result.cache_repaired is None, result.cache_repaired
+        assert (result.cache_hit, result.fetched) == (True, False)
+    assert cache.stat().st_ino == inode
+    assert not list(layout(volume).project_dir.glob(".quarantine-*"))
+    assert run_git("config", "--list", "--local", cwd=cache).stdout == config_after_first
+    for index in range(6):
+        assert_worktree_at(layout(volume), f"ws-{index}", top)
+    files = tree_files(volume / first.path)
+    assert files["vendor/lib/lib.txt"] == "library\n" and files["vendor/lib/deep/deep.txt"] == "deepest\n"
+    # A restarted engine (deep check of the cache) still trusts it.
+    restarted = Engine(volume, engine.settings)
+    again = await checkout(restarted, request(url, Revision(branch="main"), submodules=True, name="ws-6"))
+    assert again.cache_repaired is None
+    assert_cache_consistent(layout(volume), url)
+
+
+async def test_unsafe_submodule_urls_are_refused_before_any_update(
+        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, credential_sink: CredentialSink,
+        volume: Path) -> None:
+    served = git_daemon.base
+    cases = {
+        "dots": (submodule("lib", "lib", "../repo.git/../../x.git/../y"), Reason.INVALID_SPEC),
+        "query": (submodule("lib", "lib", "http://h.example/x.git?token=1"), Reason.INVALID_SPEC),
+        "dash": (submodule("lib", "lib", "ssh://-oProxyCommand=touch%20x/y"), Reason.INVALID_SPEC),
+        "ext": (submodule("lib", "lib", "ext::sh -c id"), Reason.SCHEME_NOT_ALLOWED),
+        "volume": (submodule("lib", "lib", f"file://{volume}/team-b/p/.cache"), Reason.HOST_NOT_ALLOWED),
+        "name": (submodule("a=b", "lib", git_daemon.url("repo")), Reason.INVALID_SPEC),
+    }
+    for project, (gitmodules, _) in cases.items():
+        served_repo(served, project, {"top.txt": "top\n"}, {"lib": upstream_repo.main}, gitmodules)
+    before = credential_sink.received()
+    for project, (_, reason) in cases.items():
+        with pytest.raises(GitError) as caught:
+            await checkout(engine, request(git_daemon.url(project), submodules=True, project=project))
+        assert caught.value.reason is reason, (project, caught.value)
+        assert not caught.value.retryable
+        worktree = layout(volume, project).worktree_dir("ws")
+        assert not (worktree / "lib" / ".git").exists()  # no submodule was updated
+        assert not layout(volume, project).ready_record("ws").exists()
+    assert credential_sink.received() == before
+    assert git_daemon.count("repo") == 0
+
+
+# -- item 5: file:// cannot reach the volume -----------------------------------------------------------
+
+
+async def test_file_urls_cannot_reach_other_namespaces(
+        upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, scratch: Path, tmp_path: Path) -> None:
+    mirrors = tmp_path / "mirrors"
+    mirrors.mkdir()
+    engine = Engine(volume, make_settings(scratch, file_roots=(mirrors, volume)))
+    # The victim namespace's cache, filled with someone's credentials (here: over git://).
+    await checkout(engine, request(git_daemon.url("repo"), namespace="team-b", project="backend"))
+    victim = volume / "team-b" / "backend"
+    before = snapshot(victim)
+    (mirrors / "link").symlink_to(victim / ".cache")
+    run_git("clone", "-q", "--bare", str(upstream_repo.bare), str(mirrors / "ok.git"), cwd=tmp_path)
+
+    for url in (f"file://{victim}/.cache", f"file://{mirrors}/link", f"file://{tmp_path}/served/repo.git"):
+        with pytest.raises(GitError) as caught:
+            await checkout(engine, request(url, project="steal"))
+        assert caught.value.reason is Reason.HOST_NOT_ALLOWED, (url, caught.value)
+    assert not (volume / NS).exists()
+    assert snapshot(victim) == before
+    result = await checkout(engine, request(f"file://{mirrors}/ok.git", project="mirror"))
+    assert result.commit == upstream_repo.main
+    # Without file roots, no file:// at all.
+    closed = Engine(volume, make_settings(scratch, file_roots=()))
+    with pytest.raises(GitError) as caught:
+        await checkout(closed, request(f"file://{mirrors}/ok.git", project="mirror2"))
+    assert caught.value.reason is Reason.HOST_NOT_ALLOWED and "WORKSPACE_FILE_ROOTS" in caught.value.message
+
+
+# -- item 11: private networks only when allowed -----------------------------------------------------
+
+
+async def test_loopback_upstreams_need_explicit_permission(
+        upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, scratch: Path) -> None:
+    strict = Engine(volume, make_settings(scratch, allow_private_networks=False))
+    for url in (git_daemon.url("repo"), git_daemon.url("repo").replace("127.0.0.1", "localhost"),
+                git_daemon.url("repo").replace("127.0.0.1", "2130706433")):
+        with pytest.raises(GitError) as caught:
+            await checkout(strict, request(url))
+        assert caught.value.reason is Reason.HOST_NOT_ALLOWED, (url, caught.value)
+    assert git_daemon.count() == 0
+    assert list(volume.iterdir()) == []
+
+    listed = Engine(volume, make_settings(scratch, allow_private_networks=False, allowed_hosts=("127.0.0.1",)))
+    assert (await checkout(listed, request(git_daemon.url("repo")))).commit == upstream_repo.main
+    # A submodule elsewhere on the private network is not covered by the superproject's listing.
+    served_repo(git_daemon.base, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
+                submodule("lib", "lib", git_daemon.url("repo").replace("127.0.0.1", "127.0.0.2")))
+    with pytest.raises(GitError) as caught:
+        await checkout(listed, request(git_daemon.url("super"), submodules=True, project="super"))
+    assert caught.value.reason is Reason.HOST_NOT_ALLOWED
+
+
+# -- item 12: fetched objects are checked ----------------------------------------------------------------
+
+
+async def test_fetch_checks_objects(engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon,
+                                    volume: Path) -> None:
+    """A tree with a `.GIT` entry (a hostile repository's classic) is refused at fetch."""
+    src = git_daemon.base.parent / "evil-src"
+    git(git_daemon.base.parent, "init", "-q", "-b", "main", str(src))
+    empty_blob = run_git("hash-object", "-w", "-t", "blob", "/dev/null", cwd=src).stdout.strip()
+    bad_tree = subprocess.run(["git", "mktree"], input=f"100644 blob {empty_blob}\t.GIT\n", cwd=src,
+                              env=git_env(), capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    bad = git(src, "commit-tree", bad_tree, "-m", "evil").strip()
+    git(src, "update-ref", "refs/heads/main", bad)
+    publish(src, git_daemon.base / "evil.git")
+    with pytest.raises(GitError) as caught:
+        await checkout(engine, request(git_daemon.url("evil"), project="evil"))
+    assert "fsck" in caught.value.message or "dotgit" in caught.value.message.lower(), caught.value
+    assert not (volume / NS / "evil" / ".cache").exists()
