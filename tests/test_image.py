@@ -107,7 +107,8 @@ def image_operator(pod: Pod, namespace: str, crd: None, tmp_path: Path) -> Itera
         "PATH": "/opt/workspace-operator/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "KUBECONFIG": "/mnt/kubeconfig",
         "WORKSPACE_ROOT": "/workspaces", "WORKSPACE_NAMESPACES": namespace, "WORKSPACE_LEASE_NAMESPACE": namespace,
-        "WORKSPACE_ALLOWED_SCHEMES": "https,http", "WORKSPACE_METRICS_PORT": str(port),
+        "WORKSPACE_ALLOWED_SCHEMES": "https,http", "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",
+        "WORKSPACE_METRICS_PORT": str(port),
         "WORKSPACE_GIT_TIMEOUT_SECONDS": "30s", "WORKSPACE_LEASE_SECONDS": "10s", "WORKSPACE_IDENTITY": "image",
     }
     operator = ImageOperator(pod.volume, tmp_path / "image-operator.log", port, env)
