@@ -89,7 +89,8 @@ def test_every_chart_object_carries_the_standard_labels() -> None:
 
 def test_chart_and_kustomize_grant_the_same_rbac(kubectl: Kubectl, tmp_path: Path) -> None:
     chart_cluster = grants(objects(template()), operator_namespace="workspace-operator")
-    base = grants(objects(kubectl("kustomize", str(REPO / "manifests")).stdout), operator_namespace="workspace-operator")
+    base = grants(objects(kubectl("kustomize", str(REPO / "manifests")).stdout),
+                  operator_namespace="workspace-operator")
     assert chart_cluster == base
     assert ("cluster", "", "secrets", "get") in base
 
