@@ -32,7 +32,8 @@ from upstreams import SmartHTTP, StandardRepo
 sys.path.insert(0, str(REPO / "hack"))
 import image  # noqa: E402
 
-pytestmark = pytest.mark.cluster
+# The first image build on a machine (minutes) happens in the first test that needs it.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 UID = 10001
 
 # Runs as root in a new mount namespace; "$@" is the command to run in the image.
@@ -118,7 +119,6 @@ def image_operator(pod: Pod, namespace: str, crd: None, tmp_path: Path) -> Itera
     operator.stop()
 
 
-@pytest.mark.timeout(1800)  # the first image build on a machine is part of this test
 def test_image_root_filesystem_is_read_only_and_unprivileged(pod: Pod) -> None:
     probe = pod.run("/bin/sh", "-c", "id -u; id -g; touch /opt/probe 2>&1 || true; touch /tmp/probe && echo tmp-ok; "
                     "grep CapEff /proc/self/status")
@@ -130,7 +130,6 @@ def test_image_root_filesystem_is_read_only_and_unprivileged(pod: Pod) -> None:
     assert not (pod.rootfs / "opt" / "probe").exists()
 
 
-@pytest.mark.timeout(1800)
 def test_operator_from_the_image_materializes_a_workspace(
     image_operator: ImageOperator, workspaces: Workspaces, upstream_repo: StandardRepo, smart_http: SmartHTTP,
 ) -> None:
