@@ -282,8 +282,10 @@ def test_metrics_and_health(namespace: str, workspaces: Workspaces, operator_fac
     workspaces.create("m2", {"project": "metrics", "repository": smart_http.url("repo"),
                              "ref": {"commit": upstream_repo.main}})
     workspaces.wait_ready("m2")
-    after = op.metrics()
-    assert metric_value(after, "workspace_operator_materializations_total", '{result="ready"}') == 2
+    # Counted right after the Ready status is written: a scrape may come in between.
+    after = wait_for(lambda: (text := op.metrics()) and metric_value(
+        text, "workspace_operator_materializations_total", '{result="ready"}') == 2 and text,
+        timeout=10, message="two ready materializations counted")
     assert metric_value(after, "workspace_operator_cache_lookups_total", '{result="hit"}') == 1
     assert metric_value(after, "workspace_operator_cache_lookups_total", '{result="miss"}') == 1
     assert metric_value(after, "workspace_operator_fetch_seconds_count") == 1
