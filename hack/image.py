@@ -61,7 +61,9 @@ def packages() -> list[str]:
 
 
 def inputs() -> list[Path]:
-    sources = [p for p in (REPO / "operator").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    # The package's files only (not build debris such as egg-info or bytecode).
+    package = REPO / "operator" / "workspace_operator"
+    sources = [p for p in package.rglob("*") if p.is_file() and (p.suffix == ".py" or p.name == "py.typed")]
     return [PACKAGES_FILE, INSTALL_SCRIPT, Path(__file__).resolve(), REPO / "pyproject.toml", REPO / "README.md",
             *sources]
 
