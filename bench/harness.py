@@ -480,11 +480,12 @@ class Workspaces:
         self.custom = CustomObjectsApi(self.client)
         self.created_at: dict[str, float] = {}
         self.watcher = Watcher(cp, namespace)
+        self.extra_spec: dict[str, Any] = {}  # e.g. {"mode": "CacheOnly"} for every create
 
     def create(self, name: str, project: str, ref: Mapping[str, str]) -> None:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Workspace",
                 "metadata": {"name": name, "namespace": self.namespace},
-                "spec": {"project": project, "repository": self.repository, "ref": dict(ref)}}
+                "spec": {"project": project, "repository": self.repository, "ref": dict(ref), **self.extra_spec}}
         self.created_at[name] = now()
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 

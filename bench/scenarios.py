@@ -591,3 +591,12 @@ SCENARIOS: dict[str, Callable[[ControlPlane, Settings], Result]] = {
     "monorepo": monorepo,
 }
 QUICK_SKIP = {"monorepo"}
+
+
+def _cache_only(cp: ControlPlane, st: Settings) -> Result:
+    from bench.cache_only import cache_only  # it builds on this module
+
+    return cache_only(cp, st)
+
+
+SCENARIOS["cache-only"] = _cache_only

@@ -21,6 +21,9 @@ python3 -m venv /opt/workspace-operator
 /opt/workspace-operator/bin/pip install --no-cache-dir --disable-pip-version-check --no-index \
     --find-links "$wheels" workspace-operator
 /opt/workspace-operator/bin/pip uninstall -y --disable-pip-version-check pip >/dev/null
+# Both entry points start (the job-side `kubectl-workspace` too).
+/opt/workspace-operator/bin/kubectl-workspace --help >/dev/null
+/opt/workspace-operator/bin/python -m workspace_operator --help >/dev/null
 
 # The runtime user. It must exist in /etc/passwd: ssh refuses to run for a uid
 # without an entry ("No user exists for uid ..."). Its home is /tmp, the one

@@ -135,6 +135,7 @@ def test_printer_columns(version: dict[str, Any]) -> None:
         "RefName": (".spec.ref.name", "string", 1),
         "Commit": (".status.shortCommit", "string", 0),
         "Phase": (".status.phase", "string", 0),
+        "Mode": (".spec.mode", "string", 0),
         "Age": (".metadata.creationTimestamp", "date", 0),
         "Path": (".status.path", "string", 1),
         "Ready": ('.status.conditions[?(@.type=="Ready")].status', "string", 0),
@@ -255,7 +256,7 @@ def test_status_is_operator_owned_and_pruned(root: Schema) -> None:
     assert set(status["properties"]) == {
         "phase", "commit", "shortCommit", "path", "workdir", "volumeClaim", "conditions",
         "observedGeneration", "cache", "timings", "readyAt", "expiresAt", "message",
-        "attempts", "kopf",
+        "attempts", "kopf", "cachePath",
     }
     assert status["properties"]["phase"]["enum"] == [
         "Pending", "Materializing", "Ready", "Failed", "Terminating",
@@ -286,7 +287,14 @@ def test_spec_contract(root: Schema) -> None:
     spec = root["properties"]["spec"]
     assert set(spec["properties"]) == {
         "project", "repository", "ref", "subPath", "sparse", "submodules",
-        "credentials", "ttlSecondsAfterReady", "activeDeadlineSeconds",
+        "credentials", "ttlSecondsAfterReady", "activeDeadlineSeconds", "mode", "tags",
+    }
+    assert spec_prop(root, "mode") | {"description": "", "x-kubernetes-validations": []} == {
+        "type": "string", "enum": ["Worktree", "CacheOnly"], "default": "Worktree", "description": "",
+        "x-kubernetes-validations": [],
+    }
+    assert spec_prop(root, "tags") | {"description": "", "x-kubernetes-validations": []} == {
+        "type": "boolean", "default": False, "description": "", "x-kubernetes-validations": [],
     }
     assert sorted(spec["required"]) == ["project", "repository"]
     assert spec_prop(root, "project")["maxLength"] == 63

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -112,11 +113,10 @@ def assert_nowhere(texts: list[str], roots: list[Path], secrets_: tuple[str, ...
 
 
 @pytest.fixture
-def auth_http(upstream_repo: StandardRepo) -> SmartHTTP:
+def auth_http(upstream_repo: StandardRepo) -> Iterator[SmartHTTP]:
     assert upstream_repo.served_dir is not None
-    server = SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN).start()
-    yield server  # type: ignore[misc]
-    server.stop()
+    with SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN) as server:
+        yield server
 
 
 # -- item 1: submodules never get credentials outside the grant ------------------------------------
@@ -252,6 +252,8 @@ async def test_unsafe_submodule_urls_are_refused_before_any_update(
         "ext": (submodule("lib", "lib", "ext::sh -c id"), Reason.SCHEME_NOT_ALLOWED),
         "volume": (submodule("lib", "lib", f"file://{volume}/team-b/p/.cache"), Reason.HOST_NOT_ALLOWED),
         "name": (submodule("a=b", "lib", git_daemon.url("repo")), Reason.INVALID_SPEC),
+        "command": (submodule("lib", "lib", git_daemon.url("repo")) + f"\tupdate = !touch {volume}/x\n",
+                    Reason.INVALID_SPEC),
     }
     for project, (gitmodules, _) in cases.items():
         served_repo(served, project, {"top.txt": "top\n"}, {"lib": upstream_repo.main}, gitmodules)
@@ -265,6 +267,15 @@ async def test_unsafe_submodule_urls_are_refused_before_any_update(
         assert not (worktree / "lib" / ".git").exists()  # no submodule was updated
         assert not layout(volume, project).ready_record("ws").exists()
     assert credential_sink.received() == before
+    assert git_daemon.count("repo") == 0
+
+
+async def test_submodule_marked_update_none_is_left_out(
+        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    served_repo(git_daemon.base, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
+                submodule("lib", "lib", git_daemon.url("repo")) + "\tupdate = none\n")
+    result = await checkout(engine, request(git_daemon.url("super"), submodules=True))
+    assert sorted(tree_files(volume / result.path)) == [".gitmodules", "top.txt"]
     assert git_daemon.count("repo") == 0
 
 
@@ -325,9 +336,10 @@ async def test_loopback_upstreams_need_explicit_permission(
 # -- item 12: fetched objects are checked ----------------------------------------------------------------
 
 
-async def test_fetch_checks_objects(engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon,
-                                    volume: Path) -> None:
+async def test_fetch_checks_objects_when_asked(upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path,
+                                              scratch: Path) -> None:
     """A tree with a `.GIT` entry (a hostile repository's classic) is refused at fetch."""
+    engine = Engine(volume, make_settings(scratch, fsck_objects=True))
     src = git_daemon.base.parent / "evil-src"
     git(git_daemon.base.parent, "init", "-q", "-b", "main", str(src))
     empty_blob = run_git("hash-object", "-w", "-t", "blob", "/dev/null", cwd=src).stdout.strip()

@@ -172,7 +172,8 @@ import asyncio, json, sys
 from pathlib import Path
 from workspace_operator.git import CheckoutRequest, Engine, GitSettings, Revision
 root, scratch, url, branch, commit = sys.argv[1:6]
-engine = Engine(Path(root), GitSettings(allowed_schemes=frozenset({"git"}), scratch_dir=Path(scratch)))
+engine = Engine(Path(root), GitSettings(allowed_schemes=frozenset({"git"}), scratch_dir=Path(scratch),
+                                           allow_private_networks=True))
 req = CheckoutRequest(%r, %r, %r, url, Revision(branch=branch or None, commit=commit or None))
 result = asyncio.run(engine.checkout(engine.validate(req)))
 print(json.dumps({"commit": result.commit}), flush=True)

@@ -76,6 +76,9 @@ def test_operator_runs_with_its_own_service_account(
     ("create", "workspaces", "-n", "default"),
     ("update", "clusterroles"),
     ("get", "nodes"),
+    ("list", "namespaces"),
+    ("watch", "namespaces"),
+    ("delete", "namespaces/default"),
 ])
 def test_operator_token_is_denied_what_it_does_not_need(kubectl: Kubectl, operator_token: str,
                                                         verb_resource: tuple[str, ...]) -> None:
@@ -92,4 +95,5 @@ def test_operator_permissions_are_exactly_the_documented_ones(kubectl: Kubectl, 
     assert "[patch]" in rows["workspaces.crafting.dev/status"]
     assert "[get]" in rows["secrets"]
     assert "[create]" in rows["events"]
+    assert "[get]" in rows["namespaces"]  # a namespace's UID, by name
     assert "*.*" not in rows

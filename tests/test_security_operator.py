@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client import ApiClient, CoreV1Api, V1ObjectMeta, V1Secret
 from kubernetes.client.exceptions import ApiException
 
 from attackers import CredentialSink, credential_sink
@@ -38,9 +38,9 @@ TOKEN = "tok-" + secrets.token_hex(12)
 
 
 def make_secret(core: CoreV1Api, namespace: str, name: str, data: dict[str, bytes], allowed: str) -> None:
-    core.create_namespaced_secret(namespace, {
-        "metadata": {"name": name, "annotations": {"crafting.dev/repositories": allowed}}, "type": "Opaque",
-        "data": {key: base64.b64encode(value).decode() for key, value in data.items()}})
+    core.create_namespaced_secret(namespace, V1Secret(
+        metadata=V1ObjectMeta(name=name, annotations={"crafting.dev/repositories": allowed}), type="Opaque",
+        data={key: base64.b64encode(value).decode() for key, value in data.items()}))
 
 
 @pytest.mark.parametrize("trick", [

@@ -274,7 +274,7 @@ def test_policy_file_roots(tmp_path: Path) -> None:
 def test_settings_parse_and_default_safe(tmp_path: Path) -> None:
     defaults = config.parse([], {"WORKSPACE_ROOT": str(tmp_path)}).git
     assert (defaults.allowed_hosts, defaults.allow_private_networks, defaults.file_roots, defaults.fsck_objects) \
-        == ((), False, (), True)
+        == ((), False, (), False)
     assert GitSettings().allow_private_networks is False and GitSettings().file_roots == ()
     parsed = config.parse([], {"WORKSPACE_ROOT": str(tmp_path), "WORKSPACE_ALLOWED_HOSTS": "Git.Example.com, *.corp",
                                "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true", "WORKSPACE_FILE_ROOTS": f"{tmp_path},/srv"})

@@ -53,11 +53,12 @@ class Config:
     replica_index: int = 0
     checkout_workers: int = 0
     partial_clone: bool = False
+    max_git_processes: int = 0
     log_format: str = "text"
     allowed_hosts: tuple[str, ...] = ()
     allow_private_networks: bool = False
     file_roots: tuple[Path, ...] = ()
-    fsck_objects: bool = True
+    fsck_objects: bool = False
     ca_file: Path | None = None
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
@@ -68,6 +69,8 @@ class Config:
             raise ConfigError("WORKSPACE_REPLICA_INDEX must be in [0, WORKSPACE_REPLICAS)")
         if self.lease_seconds < 3:
             raise ConfigError("WORKSPACE_LEASE_SECONDS must be at least 3")
+        if self.max_git_processes < 0:
+            raise ConfigError("WORKSPACE_MAX_GIT_PROCESSES must be 0 (automatic) or more")
         if self.reconcile_interval_seconds <= 0 or self.reconcile_jitter_seconds < 0:
             raise ConfigError("WORKSPACE_RECONCILE_INTERVAL_SECONDS must be > 0, the jitter >= 0")
         if min(self.failed_ttl_seconds, self.active_deadline_seconds, self.max_workspaces_per_namespace,
@@ -85,6 +88,7 @@ class Config:
             allowed_schemes=self.allowed_schemes,
             checkout_workers=self.checkout_workers,
             partial_clone=self.partial_clone,
+            max_processes=self.max_git_processes,
             allowed_hosts=self.allowed_hosts,
             allow_private_networks=self.allow_private_networks,
             file_roots=self.file_roots,
@@ -206,6 +210,8 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--checkout-workers", "WORKSPACE_CHECKOUT_WORKERS", "checkout_workers", int,
      "git checkout.workers (parallel checkout); 0 = git default"),
     ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
+    ("--max-git-processes", "WORKSPACE_MAX_GIT_PROCESSES", "max_git_processes", int,
+     "git processes running at once in this operator; 0 = 2 per CPU (cgroup quota), at least 4"),
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
     ("--ca-file", "WORKSPACE_CA_FILE", "ca_file", Path,
      "PEM bundle git trusts for https instead of the system roots (a Secret's ca.crt wins per repository)"),

@@ -32,7 +32,9 @@ from typing import Any
 
 from workspace_operator import metrics
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
+from workspace_operator.git import GitError
 from workspace_operator.git.cache import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
+from workspace_operator.git import pins, safepath
 from workspace_operator.git.engine import Maintenance
 from workspace_operator.git.layout import (
     CACHE_DIR,
@@ -54,15 +56,8 @@ def policy_of(rt: Runtime) -> Policy:
                   c.disk_high_watermark, c.disk_low_watermark, c.max_cache_bytes_per_namespace)
 
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-
-
 def snapshot(root: Path, owns: Callable[[str, str], bool]) -> list[ProjectSnapshot]:
-    """What is on the volume, for the projects this replica owns."""
+    """What is on the volume, for the projects this replica owns (links are never followed)."""
     snaps: list[ProjectSnapshot] = []
     for ns_dir in _subdirs(root):
         if not DNS1123_LABEL.match(ns_dir.name):
@@ -73,35 +68,58 @@ def snapshot(root: Path, owns: Callable[[str, str], bool]) -> list[ProjectSnapsh
     return snaps
 
 
-def _subdirs(path: Path) -> list[Path]:
+def _entries(path: Path) -> list[os.DirEntry[str]]:
     try:
-        return sorted(entry for entry in path.iterdir() if entry.is_dir())
+        with os.scandir(path) as listing:
+            return sorted(listing, key=lambda entry: entry.name)
     except (FileNotFoundError, NotADirectoryError):
         return []  # removed meanwhile (a cache deletion takes an empty project dir with it)
 
 
+def _subdirs(path: Path) -> list[Path]:
+    """Real subdirectories; a link in their place is reported and left alone."""
+    found = []
+    for entry in _entries(path):
+        if entry.is_symlink():
+            _report_link(Path(entry.path))
+        elif entry.is_dir(follow_symlinks=False):
+            found.append(Path(entry.path))
+    return found
+
+
+def _report_link(path: Path) -> None:
+    metrics.UNSAFE_PATHS.labels("gc").inc()
+    log.warning("gc: %s is a symlink where a directory belongs; left alone, never followed", path)
+
+
 def snapshot_project(root: Path, namespace: str, project: str) -> ProjectSnapshot:
-    """One project's directory; a project that is gone reads as empty."""
+    """One project's directory; a project that is gone (or not a real directory) reads as empty."""
     project_dir = root / namespace / project
     cache = project_dir / CACHE_DIR
     worktrees: dict[str, float] = {}
     debris: dict[str, float] = {}
     try:
-        entries = list(project_dir.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        entries = []
-    for entry in entries:
-        mtime = _mtime(entry)
-        if mtime is None:
+        safepath.check_real_dirs(root, project_dir)
+    except (FileNotFoundError, GitError):
+        return ProjectSnapshot(namespace=namespace, project=project, has_cache=False,
+                               last_used=None, last_fetch=None, last_gc=None)
+    for entry in _entries(project_dir):
+        try:
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:
             continue
-        if is_worktree_name(entry.name) and entry.is_dir():
+        if entry.name.startswith((STAGING_PREFIX, QUARANTINE_PREFIX)):
+            debris[entry.name] = mtime  # a link here is removed as a link
+        elif entry.is_symlink() and (is_worktree_name(entry.name) or entry.name == CACHE_DIR):
+            _report_link(Path(entry.path))
+        elif is_worktree_name(entry.name) and entry.is_dir(follow_symlinks=False):
             worktrees[entry.name] = mtime
-        elif entry.name.startswith((STAGING_PREFIX, QUARANTINE_PREFIX)):
-            debris[entry.name] = mtime
+    has_cache = safepath.is_real_dir(cache)
     return ProjectSnapshot(
-        namespace=namespace, project=project, has_cache=cache.is_dir(),
-        last_used=stamp_time(cache, LAST_USED), last_fetch=stamp_time(cache, LAST_FETCH),
-        last_gc=stamp_time(cache, LAST_GC), worktrees=worktrees, debris=debris)
+        namespace=namespace, project=project, has_cache=has_cache,
+        last_used=stamp_time(root, cache, LAST_USED), last_fetch=stamp_time(root, cache, LAST_FETCH),
+        last_gc=stamp_time(root, cache, LAST_GC), worktrees=worktrees, debris=debris,
+        pins=pins.names(cache) if has_cache else frozenset())
 
 
 def with_sizes(snaps: list[ProjectSnapshot], root: Path,
@@ -112,20 +130,9 @@ def with_sizes(snaps: list[ProjectSnapshot], root: Path,
         if not snap.has_cache or (snap.namespace, snap.project) in live_projects:
             sized.append(snap)
             continue
-        size = _du(root / snap.namespace / snap.project / CACHE_DIR)
+        size = safepath.disk_usage(root, root / snap.namespace / snap.project / CACHE_DIR)
         sized.append(replace(snap, cache_bytes=size))
     return sized
-
-
-def _du(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for file in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, file)).st_blocks * 512
-            except FileNotFoundError:
-                pass
-    return total
 
 
 def volume_usage(root: Path) -> Usage:
@@ -218,7 +225,7 @@ def _publish_caches(root: Path, snaps: list[ProjectSnapshot]) -> None:
         seen.add(key)
         size = snap.cache_bytes
         if size is None:  # not measured by this pass yet
-            size = _du(root / snap.namespace / snap.project / CACHE_DIR)
+            size = safepath.disk_usage(root, root / snap.namespace / snap.project / CACHE_DIR)  # never follows links
         metrics.CACHE_BYTES.labels(*key).set(size)
         if snap.last_fetch is not None:
             metrics.CACHE_LAST_FETCH.labels(*key).set(snap.last_fetch)
@@ -244,6 +251,8 @@ async def _execute(rt: Runtime, action: Action) -> None:
         await asyncio.to_thread(maintenance.remove_debris, ns, project, action.target)
     elif action.kind is Kind.PRUNE:
         await maintenance.prune(ns, project)
+    elif action.kind is Kind.UNPIN:
+        await maintenance.unpin(ns, project, action.target)
     elif action.kind is Kind.GC_CACHE:
         await maintenance.gc_cache(ns, project)
     elif action.kind in (Kind.DELETE_UNUSED_CACHE, Kind.EVICT_CACHE):

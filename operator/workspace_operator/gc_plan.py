@@ -16,6 +16,7 @@ class Kind(StrEnum):
     REMOVE_ORPHAN = "remove-orphan-worktree"
     REMOVE_DEBRIS = "remove-debris"  # staging dirs and quarantined caches of crashed operations
     PRUNE = "worktree-prune"
+    UNPIN = "remove-pin"  # the pin of a cache-only Workspace that no longer exists
     GC_CACHE = "gc-cache"
     DELETE_UNUSED_CACHE = "delete-unused-cache"
     EVICT_CACHE = "evict-cache"
@@ -41,6 +42,7 @@ class ProjectSnapshot:
     cache_bytes: int | None = None  # measured only under disk pressure
     worktrees: dict[str, float] = field(default_factory=dict)  # name -> mtime
     debris: dict[str, float] = field(default_factory=dict)  # .staging-*/.quarantine-* -> mtime
+    pins: frozenset[str] = frozenset()  # Workspaces with a pin ref in the cache
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,9 @@ def _project(snap: ProjectSnapshot, live_names: set[str], *, now: float,
         return actions, False
     if orphans:
         actions.append(Action(Kind.PRUNE, *key, why="after removing orphans"))
+    # Before any gc of the cache, so that what only a dead pin kept is pruned with it.
+    for name in sorted(snap.pins - live_names):
+        actions.append(Action(Kind.UNPIN, *key, name, "no Workspace for it"))
     # Young worktrees without a Workspace may be a materialization finishing: keep their cache.
     in_use = bool(live_names) or any(name not in orphans for name in snap.worktrees)
     if not in_use and _older(now, snap.last_used, policy.cache_unused_seconds):

@@ -1,7 +1,10 @@
 """The few Kubernetes API calls the operator makes itself (kopf makes the rest).
 
 The official client is synchronous; calls run in a thread pool sized for many
-concurrent Workspaces (see `configure_thread_pool`).
+concurrent Workspaces (see `configure_thread_pool`). The core/v1 calls (a Secret,
+a Namespace's UID, Events) go through the ApiClient directly rather than
+`CoreV1Api`: importing that class loads ~250 model modules, 20 MB of the
+operator's memory, for three calls.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import logging
+import time
 from datetime import UTC, datetime
 from collections.abc import Mapping
 from typing import Any
@@ -17,18 +22,21 @@ import kubernetes
 from kubernetes.client import (
     ApiClient,
     CoordinationV1Api,
-    CoreV1Api,
     CustomObjectsApi,
-    CoreV1Event,
     V1DeleteOptions,
-    V1EventSource,
-    V1ObjectMeta,
-    V1ObjectReference,
     V1Preconditions,
 )
 from kubernetes.client.exceptions import ApiException
 
 from workspace_operator.spec import GROUP, KIND, PLURAL, VERSION
+from workspace_operator.status import timestamp
+
+log = logging.getLogger("workspace_operator.kube")
+
+# How long a namespace's UID is reused without asking again. Short, and dropped
+# when a Workspace there is deleted: a namespace is only gone (and can be
+# created again) after all its Workspaces are.
+NAMESPACE_UID_TTL = 10.0
 
 
 def load_client_config() -> None:
@@ -49,8 +57,19 @@ class Kube:
     def __init__(self, client: ApiClient | None = None) -> None:
         self.client = client or ApiClient()
         self.custom = CustomObjectsApi(self.client)
-        self.core = CoreV1Api(self.client)
         self.coordination = CoordinationV1Api(self.client)
+        self._namespace_uids: dict[str, tuple[float, str | None]] = {}
+
+    def _core(self, method: str, path: str, path_params: Mapping[str, str], body: Any = None) -> Any:
+        """One call of the core/v1 API, JSON in and out (plain dicts); errors raise ApiException."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = self.client.param_serialize(method=method, resource_path=path, path_params=dict(path_params),
+                                              header_params=headers, body=body, auth_settings=["BearerToken"])
+        response = self.client.call_api(*request)
+        response.read()  # type: ignore[no-untyped-call]
+        return self.client.response_deserialize(response, {"2XX": "object"}).data
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *,
                            missing_ok: bool = False) -> None:
@@ -69,14 +88,38 @@ class Kube:
 
         Values stay bytes: whether they must be text is the reader's decision."""
         try:
-            secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+            secret = await asyncio.to_thread(self._core, "GET", "/api/v1/namespaces/{namespace}/secrets/{name}",
+                                             {"namespace": namespace, "name": name})
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
-        annotations = dict((secret.metadata.annotations if secret.metadata else None) or {})
+        data = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        annotations = dict((secret.get("metadata") or {}).get("annotations") or {})
         return data, annotations
+
+    async def namespace_uid(self, namespace: str) -> str | None:
+        """The namespace's UID (cached briefly); None if it cannot be read (no RBAC), logged."""
+        now = time.monotonic()
+        cached = self._namespace_uids.get(namespace)
+        if cached is not None and now - cached[0] < NAMESPACE_UID_TTL:
+            return cached[1]
+        try:
+            found = await asyncio.to_thread(self._core, "GET", "/api/v1/namespaces/{name}", {"name": namespace})
+            uid: str | None = (found.get("metadata") or {}).get("uid") or None
+        except ApiException as error:
+            if error.status not in (403, 404):
+                raise
+            log.warning("cannot read namespace %s (%s): caches there are not checked against the namespace "
+                        "UID; grant get on namespaces", namespace, error.status)
+            uid = None
+        if len(self._namespace_uids) > 4096:
+            self._namespace_uids.clear()  # bounded: entries are cheap to look up again
+        self._namespace_uids[namespace] = (now, uid)
+        return uid
+
+    def forget_namespace(self, namespace: str) -> None:
+        self._namespace_uids.pop(namespace, None)
 
     async def delete_workspace(self, namespace: str, name: str, uid: str) -> bool:
         """Delete if it is still the same object (uid precondition); False if already gone."""
@@ -107,13 +150,15 @@ class Kube:
                          event_type: str = "Normal") -> None:
         """A core/v1 Event about a Workspace, for actions taken outside kopf's handlers."""
         meta = obj["metadata"]
-        now = datetime.now(UTC)
-        body = CoreV1Event(
-            metadata=V1ObjectMeta(generate_name="workspace-operator-", namespace=meta["namespace"]),
-            involved_object=V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"],
-                                              namespace=meta["namespace"], uid=meta.get("uid")),
-            reason=reason, message=message[:1024], type=event_type,
-            source=V1EventSource(component="workspace-operator"),
-            first_timestamp=now, last_timestamp=now, count=1,
-        )
-        await asyncio.to_thread(self.core.create_namespaced_event, meta["namespace"], body)
+        now = timestamp(datetime.now(UTC))
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": "workspace-operator-", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "reason": reason, "message": message[:1024], "type": event_type,
+            "source": {"component": "workspace-operator"},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        await asyncio.to_thread(self._core, "POST", "/api/v1/namespaces/{namespace}/events",
+                                {"namespace": meta["namespace"]}, body)

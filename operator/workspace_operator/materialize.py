@@ -69,8 +69,8 @@ class Done:
         """(reason, message) of the Event that says what happened."""
         r = self.result
         if self.repaired:
-            return "Repaired", f"worktree rebuilt at {r.commit[:12]} ({r.path})"
-        return "Materialized", (f"{r.commit[:12]} at {r.path} (cache {'hit' if r.cache_hit else 'miss'}, "
+            return "Repaired", f"rebuilt at {r.commit[:12]} ({r.path or r.cache_path})"
+        return "Materialized", (f"{r.commit[:12]} at {r.path or r.cache_path} (cache {'hit' if r.cache_hit else 'miss'}, "
                                 f"{r.total_seconds:.2f}s)")
 
 
@@ -99,11 +99,13 @@ async def materialize(
     target = Target(namespace, name, generation, spec, current, meta or {})
     key = (namespace, name)
     rt.in_flight.add(key)
+    rt.trimmer.observe(len(rt.in_flight))
     try:
         return await _materialize(rt, target, attempt)
     finally:
         rt.in_flight.discard(key)
         rt.quota.release(namespace, name)
+        rt.trimmer.observe(len(rt.in_flight))
 
 
 async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None:
@@ -116,8 +118,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         raise await _fail(rt, target, Failure(error.reason.value, str(error.message), False, attempt)) from None
 
     # Reported Ready before (a restart, or the timer found it damaged): an intact, completed
-    # worktree at the reported commit is the proof, and nothing is fetched, locked or patched.
-    # Otherwise it is rebuilt at that same commit, whatever the branch points at now.
+    # worktree (CacheOnly: the pin) at the reported commit is the proof, and nothing is fetched,
+    # locked or patched. Otherwise it is rebuilt at that same commit, whatever the branch points at now.
     reported = str(current.get("commit") or "")
     repair = bool(reported and current.get("readyAt"))
     if repair and current.get("phase") == status.Phase.READY.value and rt.engine.is_complete(valid, reported):
@@ -135,7 +137,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
             f"{rt.quota.limit} materialized Workspaces (WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE)", True, attempt))
 
     if repair and current.get("phase") == status.Phase.READY.value:  # just found damaged
-        message = f"worktree at {current.get('path')} is missing or damaged: rebuilding it at {reported[:12]}"
+        message = (f"{current.get('path') or 'the pin'} is missing or damaged: "
+                   f"rebuilding it at {reported[:12]}")
         log.warning("%s/%s: %s", target.namespace, target.name, message)
         await rt.kube.patch_status(target.namespace, target.name, status.worktree_lost(
             current, message=message, generation=target.generation, now=now))
@@ -149,9 +152,10 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
 
     try:
         credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
-        valid = replace(valid, request=replace(valid.request, credentials=credentials))
+        owner = await rt.kube.namespace_uid(target.namespace)
+        valid = replace(valid, request=replace(valid.request, credentials=credentials, namespace_uid=owner))
         async with _locked(rt, target.namespace, request.project) as waited:
-            result = await rt.engine.checkout(valid)
+            result = await (rt.engine.pin(valid) if request.cache_only else rt.engine.checkout(valid))
     except GitError as error:
         # Unknown failures are retried, but not forever: after a while they are
         # as permanent as they look (e.g. a .gitmodules git refuses to honour).
@@ -162,11 +166,12 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         reason = "LockTimeout" if isinstance(error, LockTimeout) else "LeaseLost"
         raise await _fail(rt, target, Failure(reason, str(error), True, attempt)) from None
 
+    # Counted before Ready is written: whoever sees Ready also sees it in the metrics.
+    _observe(result, waited, repair)
     await rt.kube.patch_status(target.namespace, target.name, status.ready(
         current, result, lock_wait_seconds=waited, volume_claim=rt.config.volume_claim,
         expires_after=lifecycle.expires_after(target.spec, target.meta, rt.limits),
         generation=target.generation, now=datetime.now(UTC), repaired=repair))
-    _observe(result, waited, repair)
     log.info(
         "%s %s/%s project=%s commit=%s cache_hit=%s fetched=%s reused=%s "
         "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs", "repaired" if repair else "materialized",

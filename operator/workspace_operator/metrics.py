@@ -33,6 +33,9 @@ GIT_FAILURES = Counter("workspace_operator_git_failures_total", "Failed material
 GC_ACTIONS = Counter("workspace_operator_gc_actions_total", "Garbage collection actions", ["action"])
 LEASE_TAKEOVERS = Counter("workspace_operator_lease_takeovers_total", "Expired project Leases taken over")
 GC_DURATION = Histogram("workspace_operator_gc_pass_seconds", "Duration of one GC pass", buckets=_SECONDS)
+UNSAFE_PATHS = Counter("workspace_operator_unsafe_paths_total",
+                       "Symlinks found where the operator expects its own directories (never followed)",
+                       ["operation"])
 RECONCILES = Counter("workspace_operator_reconcile_total", "Per-Workspace timer runs by decision", ["decision"])
 VOLUME_USAGE = Gauge("workspace_operator_volume_usage_ratio", "Used fraction of the workspace volume")
 # Measured by the GC pass (every WORKSPACE_GC_INTERVAL_SECONDS), never per scrape.

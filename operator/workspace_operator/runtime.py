@@ -11,6 +11,7 @@ from workspace_operator.git.runner import UPSTREAM_STEPS
 from workspace_operator.kube import Kube
 from workspace_operator.lifecycle import Limits
 from workspace_operator.lock import LeaseLocks, new_identity
+from workspace_operator.memory import BurstTrimmer
 from workspace_operator.quota import NamespaceQuota
 from workspace_operator.spec import shard_of
 from workspace_operator.status import retry_delay
@@ -26,6 +27,7 @@ class Runtime:
     # (namespace, name) of the Workspaces a handler of this process is materializing
     # right now: the timer leaves them alone.
     in_flight: set[tuple[str, str]] = field(default_factory=set)
+    trimmer: BurstTrimmer = field(default_factory=BurstTrimmer)
 
     @classmethod
     def create(cls, config: Config, kube: Kube | None = None) -> Runtime:

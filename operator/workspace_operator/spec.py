@@ -18,6 +18,10 @@ GROUP = "crafting.dev"
 VERSION = "v1"
 PLURAL = "workspaces"
 KIND = "Workspace"
+# spec.mode: a worktree on the volume (the default), or only the commit pinned in the cache.
+WORKTREE = "Worktree"
+CACHE_ONLY = "CacheOnly"
+MODES = (WORKTREE, CACHE_ONLY)
 
 
 def revision_of(spec: Mapping[str, Any]) -> Revision:
@@ -35,6 +39,9 @@ def checkout_request(
         sparse = spec.get("sparse") or ()
         if not isinstance(sparse, (list, tuple)) or not all(isinstance(s, str) for s in sparse):
             raise invalid("spec.sparse must be a list of paths")
+        mode = spec.get("mode") or WORKTREE
+        if mode not in MODES:
+            raise invalid(f"spec.mode must be one of {', '.join(MODES)}")
         return CheckoutRequest(
             namespace=namespace,
             project=str(spec.get("project", "")),
@@ -45,6 +52,8 @@ def checkout_request(
             sparse=tuple(sparse),
             submodules=bool(spec.get("submodules", False)),
             credentials=credentials,
+            cache_only=mode == CACHE_ONLY,
+            tags=bool(spec.get("tags", False)),
         )
     except GitError:
         raise

@@ -124,7 +124,8 @@ def ready(
     ready_at = str(previous["readyAt"]) if keep else timestamp(now)
     how = "rebuilt" if repaired else ("reused" if result.reused else ("from cache" if result.cache_hit
                                                                       else "after fetch"))
-    message = f"worktree at {result.path} ({result.commit[:12]}, {how})"
+    where = f"worktree at {result.path}" if result.path is not None else f"pinned in the cache at {result.cache_path}"
+    message = f"{where} ({result.commit[:12]}, {how})"
     patch = _patch(previous, Phase.READY, message, generation=generation, now=now,
                    ready=Condition("True", "Materialized", message),
                    reconciling=Condition("False", "Materialized", message),
@@ -133,8 +134,10 @@ def ready(
         **patch,
         "commit": result.commit,
         "shortCommit": result.commit[:12],
-        "path": str(result.path),
-        "workdir": str(result.workdir),
+        # A cache-only Workspace has no worktree: no path or workdir.
+        "path": str(result.path) if result.path is not None else None,
+        "workdir": str(result.workdir) if result.workdir is not None else None,
+        "cachePath": str(result.cache_path) if result.cache_path is not None else None,
         "volumeClaim": volume_claim,
         "cache": {"hit": result.cache_hit, "fetched": result.fetched},
         "timings": {

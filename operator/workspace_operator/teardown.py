@@ -1,4 +1,4 @@
-"""Operation: remove a deleted Workspace's worktree under the project Lease.
+"""Operation: remove a deleted Workspace's worktree (or pin) under the project Lease.
 
 Deletion must never wedge: a missing volume, directory or cache is success, and
 if the lock cannot be had after many attempts the finalizer is released anyway —
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workspace_operator import metrics, status
-from workspace_operator.git import GitError
+from workspace_operator.git import GitError, Reason
 from workspace_operator.git.layout import DNS1123_LABEL
 from workspace_operator.lock import LeaseLost, LockTimeout
 from workspace_operator.runtime import Runtime
@@ -39,10 +39,18 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
     if not DNS1123_LABEL.match(project) or not DNS1123_LABEL.match(name):
         metrics.DELETIONS.labels("nothing").inc()
         return "nothing to remove (invalid spec was never materialized)"
+    rt.kube.forget_namespace(namespace)  # it may be on its way out: look its UID up afresh
     try:
         async with rt.locks.hold(namespace, project, wait_seconds=rt.config.lock_wait_seconds):
             existed = await rt.engine.remove(namespace, project, name)
     except (GitError, LockTimeout, LeaseLost, OSError) as error:
+        if isinstance(error, GitError) and error.reason is Reason.UNSAFE_PATH:
+            # A link planted where the project directory belongs: what it points at is
+            # not this Workspace's to delete. Nothing was touched.
+            metrics.UNSAFE_PATHS.labels("teardown").inc()
+            metrics.DELETIONS.labels("unsafe").inc()
+            log.error("not removing worktree %s/%s/%s: %s", namespace, project, name, error)
+            return f"worktree left alone: {error}"
         if attempt + 1 >= GIVE_UP_AFTER_ATTEMPTS:
             metrics.DELETIONS.labels("abandoned").inc()
             log.error("giving up removing worktree %s/%s/%s after %d attempts (GC will collect it): %s",
@@ -51,4 +59,4 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
         raise RetryDeletion(str(error), rt.backoff(attempt + 1)) from None
     metrics.DELETIONS.labels("removed" if existed else "absent").inc()
     log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed)
-    return "worktree removed" if existed else "no worktree on the volume"
+    return "worktree or pin removed" if existed else "no worktree or pin on the volume"

@@ -64,6 +64,9 @@ compares them); docs/operations.md ("RBAC") explains each rule.
   resources: ["secrets"]
   verbs: ["get"]
 - apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}

@@ -130,12 +130,9 @@ class CredentialSession:
         _write_private(partial, lines)
         os.replace(partial, self.directory / credential_helper.GRANTS)
 
-    def env_for(self, url: str) -> dict[str, str]:
-        """Credentials for a submodule URL the Secret covers; none otherwise."""
-        if self.creds is None or not self.creds.allows(url):
-            return self.anonymous
-        self.grant(url)
-        return self.env
+    def allows(self, url: str) -> bool:
+        """The Secret's own list of repositories covers url (a submodule, say)."""
+        return self.creds is not None and self.creds.allows(url)
 
 
 def _ssh_command(directory: Path, identity: bool) -> str:

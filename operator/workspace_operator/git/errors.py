@@ -29,6 +29,8 @@ class Reason(StrEnum):
     TIMEOUT = "GitTimeout"
     DISK_FULL = "DiskFull"
     GIT_FAILED = "GitFailed"
+    OUTPUT_TOO_LARGE = "GitOutputTooLarge"
+    UNSAFE_PATH = "UnsafeVolumePath"
 
 
 PERMANENT = frozenset(
@@ -44,6 +46,8 @@ PERMANENT = frozenset(
         Reason.HOST_KEY_MISMATCH,
         Reason.TLS_VERIFY_FAILED,
         Reason.CREDENTIALS_NOT_ALLOWED,
+        Reason.OUTPUT_TOO_LARGE,
+        Reason.UNSAFE_PATH,
         Reason.INVALID_CREDENTIALS,
         Reason.HOST_NOT_ALLOWED,
     }

@@ -93,12 +93,3 @@ class ProjectLayout:
 def is_worktree_name(entry: str) -> bool:
     """Directory entries of a project dir that are (or were) worktrees."""
     return not entry.startswith(".") and bool(DNS1123_LABEL.match(entry))
-
-
-def resolve_inside(base: Path, relative: PurePosixPath) -> Path:
-    """Join and resolve; refuse results (e.g. via a committed symlink) outside base."""
-    target = (base / relative).resolve()
-    base_resolved = base.resolve()
-    if target != base_resolved and base_resolved not in target.parents:
-        raise invalid(f"path {str(relative)!r} leaves the worktree (symlink?)")
-    return target

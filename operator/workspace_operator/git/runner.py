@@ -10,7 +10,11 @@ below hold everywhere by construction:
   also covers submodules and redirects);
 * user-supplied arguments are placed after `--` by callers, and anything that
   looks like an option where a ref belongs is refused before git runs;
-* the logged command line and any error text pass through the Redactor.
+* the logged command line and any error text pass through the Redactor;
+* bounded: at most `max_processes` git processes run at once per operator
+  process, stdout is kept only up to a per-call cap (beyond it the call fails
+  with `GitOutputTooLarge`) and only a tail of stderr is kept, so a hostile
+  upstream cannot grow the operator's memory.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import re
 import shutil
 import signal
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +44,9 @@ UPSTREAM_STEPS = frozenset({"ls-remote", "fetch"})
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # Kept small: stderr of a failed fetch is what users see; more is noise.
 _STDERR_LIMIT = 16 * 1024
+# Default cap on the stdout kept per call; callers that expect little pass less.
+DEFAULT_STDOUT_LIMIT = 4 * 1024 * 1024
+_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class GitSettings:
     git_binary: str = "git"
     # Where credential material is written: never the shared volume.
     scratch_dir: Path | None = None
+    # Concurrent git processes in this operator process; 0 = sized from the CPUs.
+    max_processes: int = 0
     # Host patterns repositories may name ("h", "*.h"); empty = any public host.
     allowed_hosts: tuple[str, ...] = ()
     # Loopback, link-local and private addresses are refused unless this is set
@@ -57,8 +67,8 @@ class GitSettings:
     allow_private_networks: bool = False
     # file:// repositories must lie below one of these (never below the volume root).
     file_roots: tuple[Path, ...] = ()
-    # Check every object a fetch receives (transfer.fsckObjects).
-    fsck_objects: bool = True
+    # Check every object a fetch receives (transfer.fsckObjects); costly on cold clones.
+    fsck_objects: bool = False
     # A PEM bundle trusted for https instead of the system roots (http.sslCAInfo).
     ca_file: Path | None = None
     # Called after every git call with (step, seconds, succeeded): the operator's metrics.
@@ -90,9 +100,38 @@ _HARDENING = (
     "-c", "fetch.writeCommitGraph=false",
     "-c", "submodule.recurse=false",
     "-c", "advice.detachedHead=false",
+    # refs/replace/* would make a pinned commit check out other content.
+    "-c", "core.useReplaceRefs=false",
 )
 
 
+def available_cpus() -> float:
+    """CPUs this process may use: the cgroup v2 quota if one is set, else the affinity mask."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            return max(int(quota) / int(period), 0.1)
+    except (OSError, ValueError):
+        pass
+    return float(len(os.sched_getaffinity(0)))
+
+
+def default_max_processes() -> int:
+    """2 per CPU (git mostly waits on the network or the volume), at least 4."""
+    return max(4, int(2 * available_cpus() + 0.5))
+
+
+# One semaphore per event loop and limit: the bound is per operator process,
+# whatever number of GitRunner objects the engine creates.
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary())
+
+
+def process_slots(limit: int) -> asyncio.Semaphore:
+    per_loop = _SLOTS.setdefault(asyncio.get_running_loop(), {})
+    if limit not in per_loop:
+        per_loop[limit] = asyncio.Semaphore(limit)
+    return per_loop[limit]
 def config_env(*pairs: tuple[str, str]) -> dict[str, str]:
     """git config passed through the environment (GIT_CONFIG_COUNT), not argv.
 
@@ -126,6 +165,7 @@ class GitRunner:
             "GCM_INTERACTIVE": "never",
             "GIT_ALLOW_PROTOCOL": ":".join(sorted(self.settings.allowed_schemes)),
             "GIT_PROTOCOL_FROM_USER": "0",
+            "GIT_NO_REPLACE_OBJECTS": "1",
             # Fail stalled HTTP transfers well before the hard timeout.
             "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
             "GIT_HTTP_LOW_SPEED_TIME": str(int(min(60.0, max(5.0, self.settings.timeout_seconds / 4)))),
@@ -155,8 +195,14 @@ class GitRunner:
         timeout: float | None = None,
         config: Sequence[str] = (),
         query: bool = False,
+        max_stdout: int = DEFAULT_STDOUT_LIMIT,
     ) -> GitResult:
-        """Run `git <args>` in cwd; raise GitError (classified, redacted) on failure."""
+        """Run `git <args>` in cwd; raise GitError (classified, redacted) on failure.
+
+        More than `max_stdout` bytes of output fail the call (`GitOutputTooLarge`):
+        the process group is killed as soon as the cap is passed, so memory stays
+        bounded whatever the other side sends.
+        """
         limit = timeout if timeout is not None else self.settings.timeout_seconds
         full_env = self.base_env()
         if env:
@@ -166,34 +212,40 @@ class GitRunner:
             extra_config += ["-c", item]
         argv = [self.settings.git_binary, *_HARDENING, *extra_config, *args]
         shown = self.redact(" ".join(["git", *args]))
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(cwd),
-            env=full_env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group, so we can kill the whole tree
-        )
-        try:
-            stdout_b, stderr_b = await asyncio.wait_for(proc.communicate(), timeout=limit)
-        except TimeoutError:
-            await _kill_tree(proc)
-            seconds = time.monotonic() - started
-            if self.settings.observer is not None:
-                self.settings.observer(step, seconds, False)
-            log.warning("git step %s timed out after %.1fs: %s", step, seconds, shown)
-            raise GitError(Reason.TIMEOUT, f"timed out after {limit:.0f}s", step=step) from None
-        except BaseException:
-            # Cancellation (lease lost, shutdown): never leave git running unguarded.
-            await _kill_tree(proc)
-            raise
+        async with process_slots(self.settings.max_processes or default_max_processes()):
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=str(cwd),
+                env=full_env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # its own process group, so we can kill the whole tree
+            )
+            try:
+                stdout_b, stderr_b = await asyncio.wait_for(_collect(proc, max_stdout), timeout=limit)
+            except TimeoutError:
+                await _kill_tree(proc)
+                seconds = time.monotonic() - started
+                if self.settings.observer is not None:
+                    self.settings.observer(step, seconds, False)
+                log.warning("git step %s timed out after %.1fs: %s", step, seconds, shown)
+                raise GitError(Reason.TIMEOUT, f"timed out after {limit:.0f}s", step=step) from None
+            except _TooLarge:
+                await _kill_tree(proc)
+                log.warning("git step %s killed: more than %d bytes of output: %s", step, max_stdout, shown)
+                raise GitError(Reason.OUTPUT_TOO_LARGE, f"git produced more than {max_stdout} bytes of output "
+                               "(a hostile or broken upstream?)", step=step) from None
+            except BaseException:
+                # Cancellation (lease lost, shutdown): never leave git running unguarded.
+                await _kill_tree(proc)
+                raise
         seconds = time.monotonic() - started
         if self.settings.observer is not None:
             self.settings.observer(step, seconds, proc.returncode == 0)
         stdout = stdout_b.decode("utf-8", "replace")
-        stderr = stderr_b[-_STDERR_LIMIT:].decode("utf-8", "replace")
+        stderr = stderr_b.decode("utf-8", "replace")
         if proc.returncode != 0:
             detail = self.redact(_last_lines(stderr) or f"exit status {proc.returncode}")
             reason = classify(stderr)
@@ -223,16 +275,56 @@ class GitRunner:
         return True
 
 
+class _TooLarge(Exception):
+    pass
+
+
+async def _collect(proc: asyncio.subprocess.Process, max_stdout: int) -> tuple[bytes, bytes]:
+    """Read both pipes as they fill: all of stdout up to the cap, the tail of stderr."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out = bytearray()
+    err = bytearray()
+
+    async def read_stdout(stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(_CHUNK):
+            out.extend(chunk)
+            if len(out) > max_stdout:
+                raise _TooLarge
+
+    async def read_stderr(stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(_CHUNK):
+            err.extend(chunk)
+            del err[:-_STDERR_LIMIT]
+
+    readers = [asyncio.ensure_future(read_stdout(proc.stdout)), asyncio.ensure_future(read_stderr(proc.stderr))]
+    try:
+        await asyncio.gather(*readers)
+    except BaseException:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.wait(readers)  # stopped for good before anyone else reads the pipes
+        raise
+    await proc.wait()
+    return bytes(out), bytes(err)
+
+
 async def _kill_tree(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    # Reap (and drain pipes) so no zombie or fd outlives the step.
+    # Reap so no zombie or fd outlives the step. The pipes are read to their end
+    # (and discarded): asyncio reports the exit only once both are closed.
+    streams = [stream for stream in (proc.stdout, proc.stderr) if stream is not None]
     try:
-        await asyncio.wait_for(proc.communicate(), timeout=10)
-    except (TimeoutError, ValueError, OSError):
+        await asyncio.wait_for(asyncio.gather(*map(_discard, streams), proc.wait()), timeout=10)
+    except (TimeoutError, OSError):
+        pass
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    while await stream.read(_CHUNK):
         pass
 
 

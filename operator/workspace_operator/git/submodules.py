@@ -76,25 +76,30 @@ def parse_gitmodules(text: str) -> dict[str, dict[str, str]]:
 
 
 class Submodules:
-    def __init__(self, runner: GitRunner, policy: URLPolicy, session: CredentialSession) -> None:
+    """Checks out the submodules of worktrees of `repository`, level by level."""
+
+    def __init__(self, runner: GitRunner, policy: URLPolicy, session: CredentialSession, repository: str) -> None:
         self.runner = runner
         self.policy = policy
         self.session = session
+        self.repository = repository
 
-    async def update(self, worktree: Path, super_url: str, depth: int = 0) -> None:
+    async def update(self, worktree: Path) -> None:
+        await self._update(worktree, self.repository, 0)
+
+    async def _update(self, worktree: Path, super_url: str, depth: int) -> None:
         plan = await self._plan(worktree, super_url)
         if not plan:
             return
         if depth >= MAX_DEPTH:
             raise invalid(f"submodules are nested more than {MAX_DEPTH} levels deep")
-        granted = [s for s in plan if self.session.creds is not None and self.session.creds.allows(s.url)]
-        public = [s for s in plan if s not in granted]
-        for group in (granted, public):
+        granted = [sub for sub in plan if self.session.allows(sub.url)]
+        for sub in granted:
+            self.session.grant(sub.url)
+        public = [sub for sub in plan if sub not in granted]
+        for group, env in ((granted, self.session.env), (public, self.session.anonymous)):
             if not group:
                 continue
-            env = self.session.anonymous
-            for sub in group:
-                env = self.session.env_for(sub.url)
             config = ["fetch.fsckObjects=true"] if self.runner.settings.fsck_objects else []
             for sub in group:
                 config += [f"submodule.{sub.name}.url={sub.url}", f"submodule.{sub.name}.active=true",
@@ -102,7 +107,7 @@ class Submodules:
             await self.runner.run("submodules", ["submodule", "update", "--quiet", "--", *(s.path for s in group)],
                                   cwd=worktree, env=env, config=config)
         for sub in plan:
-            await self.update(worktree / sub.path, sub.url, depth + 1)
+            await self._update(worktree / sub.path, sub.url, depth + 1)
 
     async def _plan(self, worktree: Path, super_url: str) -> list[Submodule]:
         """The submodules of the commit checked out in worktree, every URL checked."""
@@ -122,8 +127,11 @@ class Submodules:
         plan: list[Submodule] = []
         for name, fields in sorted(declared.items()):
             path = paths[name].rstrip("/")
-            if path not in gitlinks:
-                continue  # declared but not in this commit: git skips it too
+            if fields.get("update", "checkout") not in ("checkout", "rebase", "merge", "none"):
+                raise invalid(f"submodule {name!r} has an update mode other than checkout, rebase, merge "
+                              "or none (commands are never run)")
+            if path not in gitlinks or fields.get("update") == "none":
+                continue  # not in this commit, or not to be checked out: git skips it too
             if not fields.get("url"):
                 raise invalid(f"submodule {name!r} has no url")
             what = f"submodule {name!r}"

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
+from workspace_operator.git import safepath
 from workspace_operator.git.cache import unlock_crashed_worktrees
 from workspace_operator.git.errors import GitError, Reason
-from workspace_operator.git.layout import ProjectLayout, resolve_inside
+from workspace_operator.git.layout import ProjectLayout, invalid
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.git.submodules import Submodules
 
@@ -67,10 +66,11 @@ class Worktrees:
         self.cache = layout.cache_dir
 
     def read_record(self, name: str) -> CompletionRecord | None:
+        """The record, read without following links (a planted link reads as no record)."""
         try:
-            data = json.loads(self.layout.ready_record(name).read_text())
+            data = json.loads(safepath.read_text(self.layout.root, self.layout.ready_record(name)))
             return CompletionRecord(**data)
-        except (FileNotFoundError, ValueError, TypeError):
+        except (OSError, GitError, ValueError, TypeError):
             return None
 
     def is_complete(self, spec: WorktreeSpec) -> bool:
@@ -83,28 +83,33 @@ class Worktrees:
 
         A worktree made from a cache that was since quarantined keeps its files,
         record and `.git` file, but that file names metadata the new cache lacks:
-        git fails inside it, so it must be rebuilt, not reused. File reads only.
+        git fails inside it, so it must be rebuilt, not reused. File reads only,
+        none through a link; paths compare as written (git writes real paths, and
+        the root is resolved once at startup).
         """
+        root = self.layout.root
         try:
-            pointer = (path / ".git").read_text()
+            pointer = safepath.read_text(root, path / ".git")
             if not pointer.startswith("gitdir: "):
                 return False
             metadata = Path(pointer.removeprefix("gitdir: ").strip())
-            back = Path((metadata / "gitdir").read_text().strip())
-        except (OSError, ValueError):
+            if metadata.parent != self.cache / "worktrees":
+                return False
+            back = Path(safepath.read_text(root, metadata / "gitdir").strip())
+        except (OSError, GitError, ValueError):
             return False
-        return (metadata.parent.resolve() == (self.cache / "worktrees").resolve()
-                and back.resolve() == (path / ".git").resolve())
+        return back == path / ".git"
 
-    async def add(self, spec: WorktreeSpec, env: dict[str, str], submodules: tuple[Submodules, str] | None = None
+    async def add(self, spec: WorktreeSpec, env: dict[str, str], submodules: Submodules | None = None
                   ) -> WorktreeResult:
-        """Check out spec; `submodules` (updater, superproject URL) is required when spec asks for them."""
+        """Check out spec; `submodules` is required when spec asks for them."""
         started = time.monotonic()
         path = self.layout.worktree_dir(spec.name)
         if self.is_complete(spec):
             return WorktreeResult(path, self._workdir(path, spec), True, time.monotonic() - started)
         if self._leftovers(spec.name):
             await self.remove(spec.name)  # whatever a crash or an older spec left there
+        safepath.check_real_dirs(self.layout.root, self.cache)
 
         workers = self.runner.settings.checkout_workers
         config = [f"checkout.workers={workers}"] if workers else []
@@ -119,6 +124,7 @@ class Worktrees:
             env=env,
             config=config,
         )
+        safepath.check_real_dirs(self.layout.root, path)  # git made it; nothing swapped it for a link since
         if sparse:
             await self.runner.run("sparse-checkout",
                                   ["sparse-checkout", "set", "--cone", "--", *map(str, spec.sparse)],
@@ -128,8 +134,7 @@ class Worktrees:
         if spec.submodules:
             if submodules is None:
                 raise ValueError("a worktree with submodules needs a Submodules updater")
-            updater, url = submodules
-            await updater.update(path, url)
+            await submodules.update(path)
         workdir = self._workdir(path, spec)
         self._write_record(spec)
         return WorktreeResult(path, workdir, False, time.monotonic() - started)
@@ -138,47 +143,61 @@ class Worktrees:
         """Anything of a previous attempt at this name: directory, record or git metadata."""
         path = self.layout.worktree_dir(name)
         record = self.layout.ready_record(name)
-        return (path.exists() or path.is_symlink() or record.exists()
-                or record.with_name(f".{name}.partial").exists() or (self.cache / "worktrees" / name).exists())
+        return any(safepath.kind(p) is not None for p in (
+            path, record, record.with_name(f".{name}.partial"), self.cache / "worktrees" / name))
 
     def _workdir(self, path: Path, spec: WorktreeSpec) -> Path:
+        """path/subPath, every component a real directory: a committed symlink is never followed."""
         if spec.sub_path is None:
             return path
-        workdir = resolve_inside(path, spec.sub_path)
-        if not workdir.is_dir():
-            raise GitError(Reason.SUBPATH_NOT_FOUND, f"subPath {str(spec.sub_path)!r} is not a directory "
-                           f"at commit {spec.commit[:12]}", step="check-subpath")
+        workdir = path
+        for part in spec.sub_path.parts:
+            workdir = workdir / part
+            found = safepath.kind(workdir)
+            if found == "link":
+                raise invalid(f"subPath {str(spec.sub_path)!r} goes through a symlink at commit {spec.commit[:12]}")
+            if found != "dir":
+                raise GitError(Reason.SUBPATH_NOT_FOUND, f"subPath {str(spec.sub_path)!r} is not a directory "
+                               f"at commit {spec.commit[:12]}", step="check-subpath")
         return workdir
 
     def _write_record(self, spec: WorktreeSpec) -> None:
-        self.layout.ready_dir.mkdir(exist_ok=True)
-        target = self.layout.ready_record(spec.name)
-        partial = target.with_name(f".{target.name}.partial")
-        with open(partial, "w") as handle:
-            json.dump(asdict(CompletionRecord.of(spec)), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(partial, target)
+        root, ready = self.layout.root, self.layout.ready_dir
+        if safepath.kind(ready) == "link":
+            log.warning("removing the symlink planted at %s/%s", self.layout.relative_dir, ready.name)
+            safepath.remove(root, ready)  # the link itself, never its target
+        safepath.make_dirs(root, ready)
+        safepath.write_atomic(root, self.layout.ready_record(spec.name), json.dumps(asdict(CompletionRecord.of(spec))))
 
     async def remove(self, name: str) -> bool:
-        """Remove worktree `name` and its metadata; works without the cache or the directory."""
-        path = self.layout.worktree_dir(name)
+        """Remove worktree `name` and its metadata; works without the cache or the directory.
+
+        Nothing is followed: the project directory must be reached without links
+        (else UnsafeVolumePath, nothing touched); a link at the worktree's or a
+        record's place is removed as a link; git runs only on a real directory.
+        """
+        root, path = self.layout.root, self.layout.worktree_dir(name)
+        try:
+            safepath.check_real_dirs(root, self.layout.project_dir)
+        except FileNotFoundError:
+            return False
         record = self.layout.ready_record(name)
-        record.unlink(missing_ok=True)  # incomplete from here on
-        record.with_name(f".{name}.partial").unlink(missing_ok=True)  # a crash mid-write
-        existed = path.exists() or path.is_symlink()
-        if self.cache.is_dir():
-            unlock_crashed_worktrees(self.cache)  # else git refuses to remove or prune them
-        if existed and self.cache.is_dir():
+        if safepath.kind(self.layout.ready_dir) == "dir":
+            safepath.remove(root, record)  # incomplete from here on
+            safepath.remove(root, record.with_name(f".{name}.partial"))  # a crash mid-write
+        found = safepath.kind(path)
+        cache_ok = safepath.kind(self.cache) == "dir"
+        if cache_ok:
+            unlock_crashed_worktrees(root, self.cache)  # else git refuses to remove or prune them
+        if found == "dir" and cache_ok:
             try:
                 await self.runner.run("worktree-remove", ["worktree", "remove", "--force", "--force", "--", str(path)],
                                       cwd=self.cache)
             except GitError as error:
                 log.info("worktree remove %s fell back to rmtree: %s", name, error)
-        if path.is_symlink():
-            path.unlink()
-        elif path.exists():
-            shutil.rmtree(path)
-        if self.cache.is_dir():
+        elif found == "link":
+            log.warning("removing the symlink planted at %s/%s", self.layout.relative_dir, name)
+        safepath.remove(root, path)
+        if cache_ok:
             await self.runner.run("worktree-prune", ["worktree", "prune"], cwd=self.cache)
-        return existed
+        return found is not None

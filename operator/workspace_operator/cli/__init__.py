@@ -1,0 +1,1 @@
+"""The job-side command `kubectl-workspace` (`kubectl workspace`). No kopf in here."""

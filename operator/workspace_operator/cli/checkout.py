@@ -1,0 +1,129 @@
+"""A writable checkout owned by the job, borrowing the objects of the read-only cache.
+
+`git init` in the target directory, the cache's object directory as its only
+alternate (objects/info/alternates: nothing is copied), origin set to the
+Workspace's repository without credentials, refs written as a packed-refs file,
+then the commit checked out (sparse if asked, submodules if asked). Every git
+call goes through the engine's hardened runner: no hooks, no credential
+helpers, no user or system config, a timeout. The cache is only ever read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from workspace_operator.cli.errors import CliError, Exit
+from workspace_operator.git import GitError, GitSettings
+from workspace_operator.git.layout import check_relpath
+from workspace_operator.git.runner import GitRunner
+from workspace_operator.git.source import SHA, check_ref_name
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to check out, read from a Ready Workspace."""
+
+    repository: str
+    commit: str
+    cache: Path  # where the job sees the project's cache
+    sub_path: PurePosixPath | None = None
+    sparse: tuple[PurePosixPath, ...] = ()
+    submodules: bool = False
+    all_tags: bool = False  # spec.tags: the cache holds every upstream tag
+    tag: str | None = None
+    branch: str | None = None
+
+
+def source_of(obj: Mapping[str, Any], cache_root: Path) -> Source:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    commit, cache_path = str(status.get("commit") or ""), str(status.get("cachePath") or "")
+    if not SHA.match(commit) or not cache_path:
+        raise CliError(Exit.FAILED, "the Workspace's status has no commit or cachePath (an operator older "
+                       "than the cache-only mode?)")
+    try:
+        relative = check_relpath("status.cachePath", cache_path)
+        ref = spec.get("ref") or {}
+        return Source(
+            repository=str(spec.get("repository", "")), commit=commit, cache=cache_root / relative,
+            sub_path=check_relpath("subPath", spec["subPath"]) if spec.get("subPath") else None,
+            sparse=tuple(check_relpath("sparse entry", entry) for entry in spec.get("sparse") or ()),
+            submodules=bool(spec.get("submodules")), all_tags=bool(spec.get("tags")),
+            tag=check_ref_name("tag", ref["tag"]) if ref.get("tag") else None,
+            branch=check_ref_name("branch", ref["branch"]) if ref.get("branch") else None)
+    except GitError as error:
+        raise CliError(Exit.FAILED, f"unusable Workspace: {error.message}") from None
+
+
+async def checkout(source: Source, into: Path, *, clean: bool, settings: GitSettings) -> Path:
+    """Make the checkout; returns the directory to work in (into, or into/subPath)."""
+    _check_cache(source.cache)
+    _prepare(into, clean)
+    runner = GitRunner(settings)
+    try:
+        await runner.run("init", ["init", "--quiet", "--template=", "--", str(into)], cwd=into)
+        info = into / ".git" / "objects" / "info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "alternates").write_text(f"{source.cache.resolve() / 'objects'}\n")
+        if not await runner.ok("has-commit", ["cat-file", "-e", f"{source.commit}^{{commit}}"], cwd=into):
+            raise CliError(Exit.COMMIT_MISSING, f"commit {source.commit} is not in the cache at {source.cache} "
+                           "(was the Workspace deleted, or is another volume mounted there?)")
+        for key, value in (("remote.origin.url", source.repository),
+                           ("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*")):
+            await runner.run("configure", ["config", key, value], cwd=into)
+        await _write_refs(runner, source, into)
+        if source.sparse:
+            await runner.run("sparse-checkout", ["sparse-checkout", "set", "--cone", "--",
+                                                 *map(str, source.sparse)], cwd=into)
+        await runner.run("checkout", ["checkout", "--quiet", "--detach", source.commit, "--"], cwd=into)
+        if source.submodules:
+            # From their own upstreams, without credentials: the cache holds only the superproject.
+            await runner.run("submodules", ["submodule", "update", "--init", "--recursive", "--quiet"], cwd=into)
+    except GitError as error:
+        raise CliError(Exit.FAILED, f"git {error.step} failed in {into}: {error.message}") from None
+    workdir = into / source.sub_path if source.sub_path else into
+    if not workdir.is_dir():
+        raise CliError(Exit.FAILED, f"subPath {source.sub_path} is not a directory at {source.commit[:12]}")
+    return workdir
+
+
+def _check_cache(cache: Path) -> None:
+    if not (cache / "objects").is_dir() or not (cache / "HEAD").is_file():
+        raise CliError(Exit.CACHE_NOT_MOUNTED, f"no git cache at {cache}: mount the workspace volume (read-only) "
+                       "at --cache-root (WORKSPACE_CACHE_ROOT), or its status.cachePath at the same path below it")
+
+
+def _prepare(into: Path, clean: bool) -> None:
+    into.mkdir(parents=True, exist_ok=True)
+    entries = list(into.iterdir())
+    if entries and not clean:
+        raise CliError(Exit.DIRECTORY_NOT_EMPTY, f"{into} is not empty (pass --clean to empty it first)")
+    for entry in entries:  # the directory itself may be a mount point: keep it
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+async def _write_refs(runner: GitRunner, source: Source, into: Path) -> None:
+    """Tags (all of the cache's with spec.tags, else the one asked for) and origin's branch, as packed refs."""
+    refs: dict[str, str] = {}
+    if source.all_tags or source.tag:
+        wanted = "refs/tags/" if source.all_tags else f"refs/tags/{source.tag}"
+        listing = await runner.run("list-tags", ["for-each-ref", "--format=%(objectname) %(refname)", "--", wanted],
+                                   cwd=source.cache)
+        for line in listing.stdout.splitlines():
+            sha, _, ref = line.partition(" ")
+            if SHA.match(sha) and ref.startswith("refs/tags/"):
+                refs[ref] = sha
+    if source.branch:
+        refs[f"refs/remotes/origin/{source.branch}"] = source.commit
+    if refs:
+        lines = "".join(f"{sha} {ref}\n" for ref, sha in sorted(refs.items()))
+        packed = into / ".git" / "packed-refs"
+        packed.write_text("# pack-refs with: sorted \n" + lines)
+        os.chmod(packed, 0o644)

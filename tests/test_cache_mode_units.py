@@ -1,0 +1,170 @@
+"""Cache-only mode and the job-side command without a cluster: pins on disk, GC decisions,
+`wait`'s verdicts, the Workspace `create` builds, and `checkout --into` from a local cache."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from upstreams import StandardRepo, git, make_standard_repo
+from workspace_operator.cli.api import judge
+from workspace_operator.cli.checkout import Source, checkout
+from workspace_operator.cli.errors import CliError, Exit
+from workspace_operator.cli.main import owner_reference, parser, workspace_body
+from workspace_operator.gc_plan import Kind, Policy, ProjectSnapshot, plan
+from workspace_operator.git import GitSettings, pins
+from workspace_operator.spec import checkout_request
+
+NOW = 1_000_000_000.0
+POLICY = Policy(orphan_grace_seconds=3600, cache_quiet_seconds=86400, cache_unused_seconds=30 * 86400,
+                high_watermark=0.85, low_watermark=0.70)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> tuple[Path, StandardRepo]:
+    """A bare cache holding the standard repository's main, feature branch and tags."""
+    repo = make_standard_repo(tmp_path / "upstream")
+    bare = tmp_path / "cache"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(bare, "fetch", "-q", str(repo.src), "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+    return bare, repo
+
+
+# -- pins ------------------------------------------------------------------------------------
+
+
+def test_pins_read_loose_and_packed_and_ignore_what_is_not_a_pin(cache: tuple[Path, StandardRepo]) -> None:
+    bare, repo = cache
+    git(bare, "update-ref", "refs/workspaces/loose", repo.main)
+    git(bare, "update-ref", "refs/workspaces/packed", repo.old)
+    git(bare, "pack-refs", "--all", "--prune")
+    git(bare, "update-ref", "refs/workspaces/loose", repo.main)
+    (bare / "refs" / "workspaces").mkdir(exist_ok=True)
+    (bare / "refs" / "workspaces" / "Not_A_Label").write_text(repo.main + "\n")
+    (bare / "refs" / "workspaces" / "link").symlink_to(bare / "refs" / "workspaces" / "loose")
+    assert pins.names(bare) == {"loose", "packed"}
+    assert pins.read(bare, "loose") == repo.main and pins.read(bare, "packed") == repo.old
+    assert pins.read(bare, "link") is None and pins.read(bare, "absent") is None
+    assert pins.names(bare / "no-such-cache") == frozenset()
+
+
+def test_gc_removes_pins_without_a_workspace_before_packing() -> None:
+    snapshot = ProjectSnapshot("ns", "p", has_cache=True, last_used=NOW, last_fetch=NOW, last_gc=None,
+                               pins=frozenset({"live", "dead"}))
+    actions = plan([snapshot], {("ns", "p", "live")}, now=NOW, policy=POLICY)
+    assert [(a.kind, a.target) for a in actions if a.kind is Kind.UNPIN] == [(Kind.UNPIN, "dead")]
+    quiet = plan([snapshot], {("ns", "p", "live")}, now=NOW + 2 * 86400, policy=POLICY)
+    assert [a.kind for a in quiet] == [Kind.UNPIN, Kind.GC_CACHE]
+
+
+def test_spec_mode_and_tags() -> None:
+    spec: dict[str, Any] = {"project": "p", "repository": "https://h/r.git"}
+    assert not checkout_request("ns", "w", spec).cache_only
+    request = checkout_request("ns", "w", {**spec, "mode": "CacheOnly", "tags": True})
+    assert request.cache_only and request.tags
+    with pytest.raises(Exception, match="spec.mode must be one of Worktree, CacheOnly"):
+        checkout_request("ns", "w", {**spec, "mode": "Clone"})
+
+
+# -- wait's verdicts -------------------------------------------------------------------------
+
+
+def obj(status: dict[str, Any], generation: int = 1) -> dict[str, Any]:
+    return {"metadata": {"generation": generation}, "status": status}
+
+
+def test_judge_ready_failed_stalled_and_pending() -> None:
+    ready = {"type": "Ready", "status": "True", "reason": "Materialized", "message": "ok"}
+    assert judge(obj({"phase": "Ready", "commit": "a" * 40, "observedGeneration": 1, "conditions": [ready]})).ready
+    failed = judge(obj({"phase": "Failed", "observedGeneration": 1, "conditions": [
+        {"type": "Ready", "status": "False", "reason": "RefNotFound", "message": "no branch x"}]}))
+    assert failed.failed and failed.reason == "RefNotFound" and "no branch x" in failed.message
+    stalled = judge(obj({"phase": "Pending", "conditions": [
+        {"type": "Stalled", "status": "True", "reason": "AuthFailed", "message": "denied"}]}))
+    assert stalled.failed and stalled.reason == "AuthFailed"
+    pending = judge(obj({"phase": "Pending", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "UpstreamUnavailable", "message": "retrying"}]}))
+    assert not pending.ready and not pending.failed
+    assert not judge(obj({})).ready
+    # A verdict about an older generation is no verdict.
+    assert not judge(obj({"phase": "Failed", "observedGeneration": 1}, generation=2)).failed
+
+
+# -- create --------------------------------------------------------------------------------
+
+
+def create_args(*argv: str) -> argparse.Namespace:
+    return parser().parse_args(["create", "--project", "p", "--repository", "https://h/r.git", *argv])
+
+
+def test_create_builds_the_workspace_asked_for() -> None:
+    body = workspace_body(create_args("--generate-name", "gh-", "--branch", "main", "--commit", "a" * 40,
+                                      "--sparse", "src", "--sparse", "docs", "--submodules", "--tags", "--ttl", "0",
+                                      "--owner", "PipelineRun/build-1/0f0e", "--credentials", "git-creds"), "ci")
+    assert body["metadata"] == {"namespace": "ci", "generateName": "gh-", "ownerReferences": [
+        {"apiVersion": "tekton.dev/v1", "kind": "PipelineRun", "name": "build-1", "uid": "0f0e"}]}
+    assert body["spec"] == {"project": "p", "repository": "https://h/r.git", "mode": "CacheOnly",
+                            "ref": {"branch": "main", "commit": "a" * 40}, "sparse": ["src", "docs"],
+                            "submodules": True, "tags": True, "ttlSecondsAfterReady": 0,
+                            "credentials": {"secretName": "git-creds"}}
+    minimal = workspace_body(create_args("--name", "w", "--mode", "Worktree"), "ci")
+    assert minimal["spec"] == {"project": "p", "repository": "https://h/r.git", "mode": "Worktree"}
+    with pytest.raises(CliError) as error:
+        owner_reference("Widget/x/1", None)
+    assert error.value.code is Exit.USAGE
+    with pytest.raises(SystemExit):
+        parser().parse_args(["create", "--project", "p", "--repository", "r", "--name", "a", "--branch", "b",
+                             "--tag", "t"])
+
+
+def test_kubectl_finds_the_plugin() -> None:
+    kubectl = Path(sys.executable).parent / "kubectl"
+    result = subprocess.run([str(kubectl), "workspace", "--help"], capture_output=True, text=True, timeout=60,
+                            env={"PATH": f"{kubectl.parent}:/usr/bin:/bin", "HOME": "/nonexistent"})
+    assert result.returncode == 0, result.stderr
+    assert "checkout" in result.stdout and "wait" in result.stdout
+
+
+# -- checkout --into ------------------------------------------------------------------------
+
+
+def test_sparse_checkout_borrows_objects_and_copies_the_asked_tag(cache: tuple[Path, StandardRepo],
+                                                                   tmp_path: Path) -> None:
+    bare, repo = cache
+    source = Source(repository="https://git.example.com/r.git", commit=repo.v1_0, cache=bare,
+                    sub_path=PurePosixPath("services/api"), sparse=(PurePosixPath("services"),), tag="v1.0")
+    into = tmp_path / "job"
+    workdir = asyncio.run(checkout(source, into, clean=False, settings=GitSettings()))
+    assert workdir == into / "services" / "api" and (workdir / "app.py").is_file()
+    assert not (into / "libs").exists() and (into / "README.md").is_file()  # cone mode keeps root files
+    assert git(into, "describe", "--tags") == "v1.0"
+    assert git(into, "tag", "--list") == "v1.0"  # only the Workspace's own tag without spec.tags
+    assert git(into, "count-objects", "-v").splitlines()[0] == "count: 0"
+    assert not list((into / ".git" / "objects" / "pack").glob("*.pack"))
+    assert not (into / ".git" / "hooks").exists()
+
+
+def test_submodules_are_checked_out_from_their_own_upstream(tmp_path: Path) -> None:
+    library = make_standard_repo(tmp_path / "library")
+    superproject = make_standard_repo(tmp_path / "super")
+    git(superproject.src, "-c", "protocol.file.allow=always", "submodule", "add", "-q", f"file://{library.src}",
+        "vendor/library")
+    git(superproject.src, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "vendor")
+    head = git(superproject.src, "rev-parse", "HEAD")
+    bare = tmp_path / "cache"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(bare, "fetch", "-q", str(superproject.src), "+refs/heads/*:refs/remotes/origin/*")
+    source = Source(repository="https://git.example.com/super.git", commit=head, cache=bare, submodules=True)
+    into = tmp_path / "job"
+    asyncio.run(checkout(source, into, clean=False, settings=GitSettings(allowed_schemes=frozenset({"file"}))))
+    assert (into / "vendor" / "library" / "README.md").is_file()
+    assert git(into / "vendor" / "library", "rev-parse", "HEAD") == library.main
+    with pytest.raises(CliError) as refused:  # transports outside the allow-list stay closed
+        asyncio.run(checkout(source, tmp_path / "job2", clean=False, settings=GitSettings()))
+    assert refused.value.code is Exit.FAILED and "submodules" in refused.value.message
