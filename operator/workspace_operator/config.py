@@ -216,7 +216,7 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
     ("--checkout-concurrency", "WORKSPACE_CHECKOUT_CONCURRENCY", "checkout_concurrency", int,
      "worktrees written in parallel, outside the project lock; 0 = one per CPU of the pod (at least 2)"),
-    ("--maintenance-budget-seconds", "WORKSPACE_MAINTENANCE_BUDGET_SECONDS", "maintenance_budget_seconds", float,
+    ("--maintenance-budget-seconds", "WORKSPACE_MAINTENANCE_BUDGET_SECONDS", "maintenance_budget_seconds", _duration,
      "time box of one cache maintenance step between queued work; 0 = no such maintenance"),
     ("--max-git-processes", "WORKSPACE_MAX_GIT_PROCESSES", "max_git_processes", int,
      "git processes running at once in this operator; 0 = 2 per CPU (cgroup quota), at least 4"),
