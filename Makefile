@@ -15,7 +15,7 @@ FORMATTED ?= $(filter-out testsupport/upstreams.py,$(wildcard testsupport/*.py))
 	tests/upstreams.py tests/runtime_fakes.py tests/test_spec.py tests/test_materialize.py tests/test_teardown.py \
 	tests/test_logging.py operator/workspace_operator/logs.py operator/workspace_operator/git/inventory.py
 
-.PHONY: test lint fmt unit deps deps-py tools controlplane cluster-up cluster-down dev bench bench-quick clean
+.PHONY: test lint fmt unit deps deps-py tools controlplane helm image cluster-up cluster-down dev bench bench-quick clean
 
 # Everything a fresh machine lacks: Debian tools the tests use, the venv, the control plane.
 deps: deps-py tools controlplane
@@ -37,6 +37,16 @@ tools:
 
 controlplane: $(STAMP)
 	$(PY) hack/devcluster.py build
+
+# helm from its Go module, pinned (hack/helm.py), cached per machine.
+helm: $(STAMP)
+	$(PY) hack/helm.py build
+
+# The operator image from Debian's packages and the project's wheel, no registry or
+# container engine (hack/image.py; installs mmdebstrap and umoci if missing). Prints
+# the cache directory holding rootfs/ and oci/ (an OCI image layout, tag = version).
+image: $(STAMP)
+	$(PY) hack/image.py build
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PYTHON_SOURCES)

@@ -604,7 +604,7 @@ def replicas(cp: ControlPlane, st: Settings) -> Result:
             try:
                 ops = [env.operator, *extra]
                 deadline = now() + 60
-                while not all(f"workspace_members {float(count)}" in op.metrics() for op in ops):
+                while not all(f"workspace_operator_members {float(count)}" in op.metrics() for op in ops):
                     if now() > deadline:
                         raise TimeoutError(f"{count} replicas did not see each other in 60s")
                     time.sleep(0.2)

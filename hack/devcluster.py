@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import fcntl
-import hashlib
 import json
 import os
 import signal
@@ -32,6 +30,9 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import toolcache  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "controlplane"
@@ -49,51 +50,27 @@ def _versions() -> dict[str, str]:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "workspace-operator" / "controlplane"
+    return toolcache.cache_root("controlplane")
 
 
 def binary_path() -> Path:
     """Where kube-local for exactly this source lives: keyed by version and source hash."""
-    digest = hashlib.sha256()
-    for path in sorted(SOURCE.iterdir()):
-        if path.suffix in {".go", ".mod", ".sum", ".env"}:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    key = f"{_versions()['KUBERNETES_VERSION']}-{digest.hexdigest()[:12]}"
+    sources = [p for p in SOURCE.iterdir() if p.suffix in {".go", ".mod", ".sum", ".env"}]
+    key = f"{_versions()['KUBERNETES_VERSION']}-{toolcache.digest_files(sources, base=SOURCE)}"
     return cache_root() / key / "kube-local"
 
 
 def build(*, quiet: bool = False) -> Path:
     """Compile kube-local unless this exact source is already built (file-locked)."""
-    target = binary_path()
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
-            return target
-        version = _versions()["KUBERNETES_VERSION"]
-        major, minor = version.lstrip("v").split(".")[:2]
-        pkg = "k8s.io/component-base/version"
-        ldflags = (
-            f"-s -w -X {pkg}.gitVersion={version} -X {pkg}.gitMajor={major} "
-            f"-X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean"
-        )
-        partial = target.with_suffix(".partial")
-        if not quiet:
-            print(f"building kube-local {version} (first time on this machine: several minutes)...",
-                  file=sys.stderr, flush=True)
-        started = time.monotonic()
-        subprocess.run(
-            ["go", "build", "-mod=readonly", "-trimpath", "-ldflags", ldflags, "-o", str(partial), "."],
-            cwd=SOURCE,
-            check=True,
-        )
-        partial.rename(target)
-        if not quiet:
-            print(f"built {target} in {time.monotonic() - started:.0f}s", file=sys.stderr)
-    return target
+    version = _versions()["KUBERNETES_VERSION"]
+    major, minor = version.lstrip("v").split(".")[:2]
+    pkg = "k8s.io/component-base/version"
+    ldflags = (
+        f"-s -w -X {pkg}.gitVersion={version} -X {pkg}.gitMajor={major} "
+        f"-X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean"
+    )
+    return toolcache.cached(binary_path(), lambda partial: toolcache.go_build(SOURCE, partial, ldflags=ldflags),
+                            what=f"kube-local {version}", quiet=quiet)
 
 
 def _free_port() -> int:

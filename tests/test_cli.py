@@ -35,7 +35,7 @@ GC_EVERY_SECOND = {
 
 
 def gc_count(op: OperatorProcess, action: str) -> float:
-    found = re.search(rf'^workspace_gc_actions_total{{action="{re.escape(action)}"}} (\S+)$', op.metrics(), re.M)
+    found = re.search(rf'^workspace_operator_gc_actions_total{{action="{re.escape(action)}"}} (\S+)$', op.metrics(), re.M)
     return float(found.group(1)) if found else 0.0
 
 

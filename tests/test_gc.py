@@ -2,7 +2,7 @@
 
 Every test runs the operator with a 1 s GC interval (and 1 s per-Workspace timers) and waits on observable state
 (objects, directories, metrics), never on sleeps. "Some passes went by" is
-measured with the workspace_gc_pass_seconds_count metric.
+measured with the workspace_operator_gc_pass_seconds_count metric.
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ ANCIENT = time.time() - 30 * 86400
 
 
 def gc_actions(op: OperatorProcess, action: str) -> float:
-    found = re.search(rf'^workspace_gc_actions_total{{action="{re.escape(action)}"}} (\S+)$', op.metrics(), re.M)
+    found = re.search(rf'^workspace_operator_gc_actions_total{{action="{re.escape(action)}"}} (\S+)$', op.metrics(), re.M)
     return float(found.group(1)) if found else 0.0
 
 
 def gc_passes(op: OperatorProcess) -> float:
-    found = re.search(r"^workspace_gc_pass_seconds_count (\S+)$", op.metrics(), re.M)
+    found = re.search(r"^workspace_operator_gc_pass_seconds_count (\S+)$", op.metrics(), re.M)
     return float(found.group(1)) if found else 0.0
 
 
@@ -263,7 +263,7 @@ def test_watermark_evicts_lru_idle_caches_down_to_low_watermark(
     assert log.index(f"gc: evict-cache {namespace}/b ") < log.index(f"gc: evict-cache {namespace}/a ")
     assert gc_actions(op, "evict-cache") == 2
     assert shutil.disk_usage(small_volume).used <= low * total
-    ratio = re.search(r"^workspace_volume_usage_ratio (\S+)$", op.metrics(), re.M)
+    ratio = re.search(r"^workspace_operator_volume_usage_ratio (\S+)$", op.metrics(), re.M)
     assert ratio and float(ratio.group(1)) <= low
 
 

@@ -34,7 +34,7 @@ def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def reconciles(op: OperatorProcess, decision: str) -> float:
-    found = re.search(rf'^workspace_reconcile_total{{decision="{decision}"}} (\S+)$', op.metrics(), re.M)
+    found = re.search(rf'^workspace_operator_reconcile_total{{decision="{decision}"}} (\S+)$', op.metrics(), re.M)
     return float(found.group(1)) if found else 0.0
 
 

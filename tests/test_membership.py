@@ -189,7 +189,7 @@ class Replica:
 
     def members_seen(self) -> float:
         for line in self.op.metrics().splitlines():
-            if line.startswith("workspace_members "):
+            if line.startswith("workspace_operator_members "):
                 return float(line.split()[1])
         return 0.0
 
@@ -316,7 +316,7 @@ def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
     # The survivors added each worktree at most once (a worktree the victim added but
     # had not yet recorded as complete is rebuilt, by design).
     assert all(count == 1 for count in worktree_adds(calls, excluding="op1").values()), worktree_adds(calls)
-    taken = sum(r.metric("workspace_takeovers_total") for r in (replicas[0], replicas[2]))
+    taken = sum(r.metric("workspace_operator_takeovers_total") for r in (replicas[0], replicas[2]))
     print(f"{taken:.0f} Workspaces picked up by the takeover path (the rest by kopf after the change)")
     assert taken >= 1
     wait_members([replicas[0], replicas[2]], 2)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api, V1ObjectMeta, V1Secret
 
-from cluster import OperatorProcess, Workspaces, lease_spec
+from cluster import OperatorProcess, Workspaces, lease_spec, wait_for
 from upstreams import SmartHTTP, StandardRepo, commit
 
 pytestmark = pytest.mark.cluster
@@ -279,20 +279,25 @@ def test_metrics_and_health(namespace: str, workspaces: Workspaces, operator_fac
     with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/healthz", timeout=5) as resp:
         assert resp.status == 200
     before = op.metrics()
-    assert metric_value(before, "workspace_materializations_total", '{result="ready"}') == 0
+    assert metric_value(before, "workspace_operator_materializations_total", '{result="ready"}') == 0
     workspaces.create("m1", {"project": "metrics", "repository": smart_http.url("repo")})
     workspaces.wait_ready("m1")
     workspaces.create("m2", {"project": "metrics", "repository": smart_http.url("repo"),
                              "ref": {"commit": upstream_repo.main}})
     workspaces.wait_ready("m2")
-    after = op.metrics()
-    assert metric_value(after, "workspace_materializations_total", '{result="ready"}') == 2
-    assert metric_value(after, "workspace_cache_lookups_total", '{result="hit"}') == 1
-    assert metric_value(after, "workspace_cache_lookups_total", '{result="miss"}') == 1
-    assert metric_value(after, "workspace_fetch_seconds_count") == 1
-    assert metric_value(after, "workspace_checkout_seconds_count") == 2
-    assert metric_value(after, "workspace_lock_wait_seconds_count") == 2
-    for series in ("workspace_git_failures_total", "workspace_gc_actions_total", "workspace_lease_takeovers_total",
-                   "workspace_deletions_total"):
+    # Counted right after the Ready status is written: a scrape may come in between.
+    def counted() -> str | None:
+        text = op.metrics()
+        return text if metric_value(text, "workspace_operator_materializations_total", '{result="ready"}') == 2 \
+            else None
+
+    after = wait_for(counted, timeout=10, message="two ready materializations counted")
+    assert metric_value(after, "workspace_operator_cache_lookups_total", '{result="hit"}') == 1
+    assert metric_value(after, "workspace_operator_cache_lookups_total", '{result="miss"}') == 1
+    assert metric_value(after, "workspace_operator_fetch_seconds_count") == 1
+    assert metric_value(after, "workspace_operator_checkout_seconds_count") == 2
+    assert metric_value(after, "workspace_operator_lock_wait_seconds_count") == 2
+    for series in ("workspace_operator_git_failures_total", "workspace_operator_gc_actions_total", "workspace_operator_lease_takeovers_total",
+                   "workspace_operator_deletions_total"):
         assert f"# HELP {series}" in after
     assert "materialized " + namespace + "/m1" in op.log()

@@ -32,7 +32,7 @@ TIMERS = {"WORKSPACE_RECONCILE_INTERVAL_SECONDS": str(INTERVAL), "WORKSPACE_RECO
 
 
 def reconciles(op: OperatorProcess, decision: str = "check") -> float:
-    found = re.search(rf'^workspace_reconcile_total{{decision="{decision}"}} (\S+)$', op.metrics(), re.M)
+    found = re.search(rf'^workspace_operator_reconcile_total{{decision="{decision}"}} (\S+)$', op.metrics(), re.M)
     return float(found.group(1)) if found else 0.0
 
 

@@ -46,8 +46,8 @@ def metric(op: OperatorProcess, series: str) -> float:
 
 
 def wait_passes(op: OperatorProcess, count: int = 2) -> None:
-    target = metric(op, "workspace_gc_pass_seconds_count") + count + 1
-    wait_for(lambda: metric(op, "workspace_gc_pass_seconds_count") >= target, timeout=60, message="GC passes")
+    target = metric(op, "workspace_operator_gc_pass_seconds_count") + count + 1
+    wait_for(lambda: metric(op, "workspace_operator_gc_pass_seconds_count") >= target, timeout=60, message="GC passes")
 
 
 def plant_link(path: Path, target: Path) -> None:
@@ -98,8 +98,8 @@ def test_gc_and_teardown_never_follow_planted_links(
 
     assert (snapshot(victim), snapshot(outside)) == before, "a link was followed"
     assert workspaces.status("backend") == victim_status
-    assert metric(op, 'workspace_unsafe_paths_total{operation="gc"}') > 0
-    assert metric(op, 'workspace_unsafe_paths_total{operation="teardown"}') >= 1
+    assert metric(op, 'workspace_operator_unsafe_paths_total{operation="gc"}') > 0
+    assert metric(op, 'workspace_operator_unsafe_paths_total{operation="teardown"}') >= 1
     log = op.log()
     assert "is a symlink where a directory belongs; left alone" in log
     assert f"{namespace}/linked is a symlink" in log

@@ -18,6 +18,7 @@ import pwd
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -422,12 +423,26 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # the request log is requests(); keep pytest output clean
 
     def setup(self) -> None:
+        tls = self.owner.tls
+        if tls is not None:
+            # The handshake runs here, in the handler's thread: a client that
+            # rejects the certificate fails this connection only.
+            self.request.settimeout(self.timeout)
+            self.request = tls.wrap_socket(self.request, server_side=True)
         super().setup()
         self.owner._track_conn(self.connection, True)
 
     def finish(self) -> None:
         try:
             super().finish()
+            if isinstance(self.connection, ssl.SSLSocket):
+                # Responses end when the connection closes: TLS clients need a
+                # close_notify to tell that end from a truncation.
+                try:
+                    self.connection.settimeout(2)
+                    self.connection.unwrap()
+                except (OSError, ValueError):
+                    pass
         finally:
             self.owner._track_conn(self.connection, False)
 
@@ -637,8 +652,10 @@ class SmartHTTP:
     ``count()`` are complete as soon as the client has its answer.
     """
 
-    def __init__(self, base: Path, *, username: str | None = None, password: str | None = None) -> None:
+    def __init__(self, base: Path, *, username: str | None = None, password: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.base = base.resolve()
+        self.tls = tls  # serve https with this server context
         self.username = username
         self.password = password
         self.fault: str | None = None
@@ -715,8 +732,8 @@ class SmartHTTP:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{_repo_dir(name)}"
+    def url(self, name: str, host: str = "127.0.0.1") -> str:
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/{_repo_dir(name)}"
 
     def requests(self) -> list[HTTPRequest]:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class Config:
     allow_private_networks: bool = False
     file_roots: tuple[Path, ...] = ()
     fsck_objects: bool = False
+    ca_file: Path | None = None
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
     def __post_init__(self) -> None:
@@ -80,6 +82,8 @@ class Config:
             raise ConfigError("TTLs, deadlines and per-namespace limits must be >= 0 (0 = none)")
         if self.log_format not in ("text", "json"):
             raise ConfigError("WORKSPACE_LOG_FORMAT must be text or json")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ConfigError(f"WORKSPACE_CA_FILE: no such file: {self.ca_file}")
 
     @property
     def git(self) -> GitSettings:
@@ -93,6 +97,7 @@ class Config:
             allow_private_networks=self.allow_private_networks,
             file_roots=self.file_roots,
             fsck_objects=self.fsck_objects,
+            ca_file=self.ca_file,
         )
 
 
@@ -114,6 +119,27 @@ def _bool(value: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ConfigError(f"not a boolean: {value!r}")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> float:
+    """Seconds from `300`, `300s`, `5m`, `1h`, `1d`, `1.5h` or a sum like `1h30m` (no sign, no spaces)."""
+    text = value.strip().lower()
+    parts = _DURATION.findall(text)
+    if not text or "".join(number + unit for number, unit in parts) != text \
+            or (len(parts) > 1 and any(unit == "" for _number, unit in parts)):
+        raise ConfigError(f"not a duration (e.g. 300, 300s, 5m, 1h): {value!r}")
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def _whole_seconds(value: str) -> int:
+    seconds = _duration(value)
+    if seconds != int(seconds):
+        raise ConfigError(f"not a whole number of seconds: {value!r}")
+    return int(seconds)
 
 
 def _schemes(value: str) -> frozenset[str]:
@@ -144,26 +170,27 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--volume-claim", "WORKSPACE_VOLUME_CLAIM", "volume_claim", str, "PVC name reported in status"),
     ("--namespaces", "WORKSPACE_NAMESPACES", "namespaces", _csv, "comma-separated namespaces to watch; empty = all"),
     ("--lease-namespace", "WORKSPACE_LEASE_NAMESPACE", "lease_namespace", str, "where Leases live"),
-    ("--lease-seconds", "WORKSPACE_LEASE_SECONDS", "lease_seconds", int, "Lease duration"),
-    ("--lock-wait-seconds", "WORKSPACE_LOCK_WAIT_SECONDS", "lock_wait_seconds", float,
+    ("--lease-seconds", "WORKSPACE_LEASE_SECONDS", "lease_seconds", _whole_seconds, "Lease duration"),
+    ("--lock-wait-seconds", "WORKSPACE_LOCK_WAIT_SECONDS", "lock_wait_seconds", _duration,
      "how long to wait for a project lock before LockTimeout"),
-    ("--retry-base-seconds", "WORKSPACE_RETRY_BASE_SECONDS", "retry_base_seconds", float,
+    ("--retry-base-seconds", "WORKSPACE_RETRY_BASE_SECONDS", "retry_base_seconds", _duration,
      "first backoff after a transient failure; doubles per attempt"),
-    ("--retry-max-seconds", "WORKSPACE_RETRY_MAX_SECONDS", "retry_max_seconds", float, "backoff cap"),
+    ("--retry-max-seconds", "WORKSPACE_RETRY_MAX_SECONDS", "retry_max_seconds", _duration, "backoff cap"),
     ("--allowed-schemes", "WORKSPACE_ALLOWED_SCHEMES", "allowed_schemes", _schemes,
      "comma-separated of https, ssh, http, git, file"),
-    ("--git-timeout-seconds", "WORKSPACE_GIT_TIMEOUT_SECONDS", "git_timeout_seconds", float, "per git call"),
-    ("--default-ttl-seconds", "WORKSPACE_DEFAULT_TTL_SECONDS", "default_ttl_seconds", int,
+    ("--git-timeout-seconds", "WORKSPACE_GIT_TIMEOUT_SECONDS", "git_timeout_seconds", _duration, "per git call"),
+    ("--default-ttl-seconds", "WORKSPACE_DEFAULT_TTL_SECONDS", "default_ttl_seconds", _whole_seconds,
      "TTL after Ready when the spec has none; 0 = none"),
     ("--metrics-port", "WORKSPACE_METRICS_PORT", "metrics_port", int, "metrics and health port; 0 = off"),
-    ("--gc-interval-seconds", "WORKSPACE_GC_INTERVAL_SECONDS", "gc_interval_seconds", float, "volume sweep interval (orphans, caches, eviction)"),
-    ("--reconcile-interval-seconds", "WORKSPACE_RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", float,
+    ("--gc-interval-seconds", "WORKSPACE_GC_INTERVAL_SECONDS", "gc_interval_seconds", _duration,
+     "volume sweep interval (orphans, caches, eviction)"),
+    ("--reconcile-interval-seconds", "WORKSPACE_RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", _duration,
      "per-Workspace timer: TTL, deadline and worktree health check interval"),
-    ("--reconcile-jitter-seconds", "WORKSPACE_RECONCILE_JITTER_SECONDS", "reconcile_jitter_seconds", float,
+    ("--reconcile-jitter-seconds", "WORKSPACE_RECONCILE_JITTER_SECONDS", "reconcile_jitter_seconds", _duration,
      "random delay (0..jitter) before a Workspace's first timer run, spreading the checks"),
-    ("--failed-ttl-seconds", "WORKSPACE_FAILED_TTL_SECONDS", "failed_ttl_seconds", int,
+    ("--failed-ttl-seconds", "WORKSPACE_FAILED_TTL_SECONDS", "failed_ttl_seconds", _whole_seconds,
      "how long a Failed Workspace is kept before it is deleted; 0 = kept"),
-    ("--active-deadline-seconds", "WORKSPACE_ACTIVE_DEADLINE_SECONDS", "active_deadline_seconds", int,
+    ("--active-deadline-seconds", "WORKSPACE_ACTIVE_DEADLINE_SECONDS", "active_deadline_seconds", _whole_seconds,
      "default deadline to become Ready (spec.activeDeadlineSeconds overrides); 0 = none"),
     ("--allow-no-ttl", "WORKSPACE_ALLOW_NO_TTL", "allow_no_ttl", _bool,
      "honour ttlSecondsAfterReady: 0 (never expire); otherwise the default TTL applies"),
@@ -171,11 +198,11 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
      "worktrees materialized at once per namespace; more wait as QuotaExceeded; 0 = unlimited"),
     ("--max-cache-bytes-per-namespace", "WORKSPACE_MAX_CACHE_BYTES_PER_NAMESPACE", "max_cache_bytes_per_namespace",
      int, "cache bytes per namespace above which its idle caches are evicted (LRU); 0 = unlimited"),
-    ("--orphan-grace-seconds", "WORKSPACE_ORPHAN_GRACE_SECONDS", "orphan_grace_seconds", float,
+    ("--orphan-grace-seconds", "WORKSPACE_ORPHAN_GRACE_SECONDS", "orphan_grace_seconds", _duration,
      "age before a worktree with no Workspace is removed"),
-    ("--cache-quiet-seconds", "WORKSPACE_CACHE_QUIET_SECONDS", "cache_quiet_seconds", float,
+    ("--cache-quiet-seconds", "WORKSPACE_CACHE_QUIET_SECONDS", "cache_quiet_seconds", _duration,
      "quiet time before git gc of a cache"),
-    ("--cache-unused-seconds", "WORKSPACE_CACHE_UNUSED_SECONDS", "cache_unused_seconds", float,
+    ("--cache-unused-seconds", "WORKSPACE_CACHE_UNUSED_SECONDS", "cache_unused_seconds", _duration,
      "unused time before a cache is deleted"),
     ("--disk-high-watermark", "WORKSPACE_DISK_HIGH_WATERMARK", "disk_high_watermark", float,
      "volume usage fraction that starts eviction"),
@@ -190,11 +217,13 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
     ("--checkout-concurrency", "WORKSPACE_CHECKOUT_CONCURRENCY", "checkout_concurrency", int,
      "worktrees written in parallel, outside the project lock; 0 = one per CPU of the pod (at least 2)"),
-    ("--maintenance-budget-seconds", "WORKSPACE_MAINTENANCE_BUDGET_SECONDS", "maintenance_budget_seconds", float,
+    ("--maintenance-budget-seconds", "WORKSPACE_MAINTENANCE_BUDGET_SECONDS", "maintenance_budget_seconds", _duration,
      "time box of one cache maintenance step between queued work; 0 = no such maintenance"),
     ("--max-git-processes", "WORKSPACE_MAX_GIT_PROCESSES", "max_git_processes", int,
      "git processes running at once in this operator; 0 = 2 per CPU (cgroup quota), at least 4"),
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
+    ("--ca-file", "WORKSPACE_CA_FILE", "ca_file", Path,
+     "PEM bundle git trusts for https instead of the system roots (a Secret's ca.crt wins per repository)"),
     ("--allowed-hosts", "WORKSPACE_ALLOWED_HOSTS", "allowed_hosts", _hosts,
      "comma-separated host patterns (host, *.domain) repositories may use; empty = any public host"),
     ("--allow-private-networks", "WORKSPACE_ALLOW_PRIVATE_NETWORKS", "allow_private_networks", _bool,

@@ -19,12 +19,14 @@ cluster (every node's heartbeat every 10 s) and granting list/watch on them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from workspace_operator import metrics
 from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Usage, confirm, plan
@@ -39,6 +41,7 @@ from workspace_operator.git import (
 from workspace_operator.lock import LABEL_NAMESPACE, LABEL_PROJECT, MANAGED_BY, LeaseLost, LockTimeout
 from workspace_operator.logs import fields
 from workspace_operator.runtime import Runtime
+from workspace_operator.status import Phase
 
 log = logging.getLogger("workspace_operator.gc")
 
@@ -106,6 +109,7 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
         (ws["metadata"]["namespace"], str(ws.get("spec", {}).get("project", "")), ws["metadata"]["name"])
         for ws in items
     }
+    _count_phases(items, owns)
     usage: Usage | None = usage_probe(root) if root.is_dir() else None
     if usage is not None:
         metrics.VOLUME_USAGE.set(usage.ratio)
@@ -115,6 +119,7 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
     elif usage is not None and usage.ratio > rt.config.disk_high_watermark:
         live_projects = {(ns, project) for ns, project, _ in live}
         snaps = await asyncio.to_thread(with_sizes, snaps, root, live_projects)
+    await asyncio.to_thread(_publish_caches, root, snaps)
     policy = policy_of(rt)
     actions = plan(snaps, live, now=time.time(), policy=policy, usage=usage)
     done: list[Action] = []
@@ -179,6 +184,43 @@ async def forget_project_leases(rt: Runtime, live_projects: Collection[tuple[str
             metrics.PROJECT_LEASES_DELETED.inc()
             log.info("gc: deleted the lease of gone project %s/%s", namespace, project)
     return deleted
+
+
+def _count_phases(items: list[dict[str, Any]], owns: Callable[[str, str], bool]) -> None:
+    counts = dict.fromkeys(Phase, 0)
+    for ws in items:
+        if owns(ws["metadata"]["namespace"], str(ws.get("spec", {}).get("project", ""))):
+            phase = (ws.get("status") or {}).get("phase") or Phase.PENDING.value
+            with contextlib.suppress(ValueError):  # a phase this version does not know
+                counts[Phase(phase)] += 1
+    for phase, count in counts.items():
+        metrics.WORKSPACES.labels(phase.value).set(count)
+
+
+# Projects whose cache series this process publishes, to drop those gone since.
+_published: set[tuple[str, str]] = set()
+
+
+def _publish_caches(root: Path, snaps: list[ProjectSnapshot]) -> None:
+    """Per-project cache size and last fetch: measured once per pass, not per scrape."""
+    seen: set[tuple[str, str]] = set()
+    for snap in snaps:
+        if not snap.has_cache:
+            continue
+        key = (snap.namespace, snap.project)
+        seen.add(key)
+        size = snap.cache_bytes
+        if size is None:  # not measured by this pass yet
+            size = cache_bytes(root, snap.namespace, snap.project)  # never follows links
+        metrics.CACHE_BYTES.labels(*key).set(size)
+        if snap.last_fetch is not None:
+            metrics.CACHE_LAST_FETCH.labels(*key).set(snap.last_fetch)
+    for key in _published - seen:
+        for gauge in (metrics.CACHE_BYTES, metrics.CACHE_LAST_FETCH):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*key)
+    _published.clear()
+    _published.update(seen)
 
 
 async def _live_names(rt: Runtime, namespace: str, project: str) -> set[str]:

@@ -10,6 +10,7 @@ posted on a change of reason, not once per retry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -196,19 +197,29 @@ async def _checkout(rt: Runtime, valid: ValidRequest, received: float) -> tuple[
     """The exclusive phase in the project's queue (one Lease hold per burst), then the
     files in a parallel slot; (result, seconds waited for the lock)."""
 
+    started = False  # counted as queued until the exclusive step starts, then in flight
+    metrics.QUEUED.inc()
+
     async def exclusive() -> Prepared | CheckoutResult:
+        nonlocal started
+        started = True
+        metrics.QUEUED.dec()
+        metrics.IN_FLIGHT.inc()
         if valid.request.cache_only:
             return await rt.engine.pin(valid, not_before=received)
         hold = rt.queues.hold_id(valid.request.namespace, valid.request.project)
         prepared = await rt.engine.prepare(valid, not_before=received, hold=hold)
         return await rt.engine.populate(prepared) if prepared.needs_lock else prepared
 
-    outcome, waited = await rt.queues.run(valid.request.namespace, valid.request.project, exclusive,
-                                          wait_seconds=rt.config.lock_wait_seconds)
-    if isinstance(outcome, CheckoutResult):
-        return outcome, waited
-    async with rt.checkouts.slot():
-        return await rt.engine.populate(outcome), waited
+    try:
+        outcome, waited = await rt.queues.run(valid.request.namespace, valid.request.project, exclusive,
+                                              wait_seconds=rt.config.lock_wait_seconds)
+        if isinstance(outcome, CheckoutResult):
+            return outcome, waited
+        async with rt.checkouts.slot():
+            return await rt.engine.populate(outcome), waited
+    finally:
+        (metrics.IN_FLIGHT if started else metrics.QUEUED).dec()
 
 
 async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], repository: str

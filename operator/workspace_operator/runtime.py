@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from workspace_operator import metrics
 from workspace_operator.batching import IdleStep, ProjectQueues
 from workspace_operator.checkouts import Checkouts, default_limit
 from workspace_operator.config import Config
-from workspace_operator.git import Engine
+from workspace_operator.git import UPSTREAM_STEPS, Engine
 from workspace_operator.kube import Kube
 from workspace_operator.lifecycle import Limits
 from workspace_operator.lock import LeaseLocks, new_identity
@@ -47,7 +48,7 @@ class Runtime:
         quota = NamespaceQuota(config.root, config.max_workspaces_per_namespace)
         members = Members(kube, locks, namespace=config.lease_namespace, prefix=config.identity,
                           duration_seconds=config.lease_seconds)
-        engine = Engine(config.root, config.git)
+        engine = Engine(config.root, replace(config.git, observer=_count_upstream))
         queues = ProjectQueues(locks, idle=_maintenance(engine, config.maintenance_budget_seconds))
         checkouts = Checkouts(config.checkout_concurrency or default_limit())
         return cls(config, engine, kube, locks, quota, queues, checkouts, members)
@@ -82,3 +83,7 @@ def _maintenance(engine: Engine, budget: float) -> IdleStep | None:
         await engine.maintain(namespace, project, budget_seconds=budget)
 
     return step
+
+def _count_upstream(step: str, _seconds: float, succeeded: bool) -> None:
+    if step in UPSTREAM_STEPS:
+        metrics.UPSTREAM_REQUESTS.labels(step, "ok" if succeeded else "error").inc()

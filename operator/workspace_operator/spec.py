@@ -96,7 +96,7 @@ def credentials_allowed(annotations: Mapping[str, str], repository: str) -> bool
 
 
 _SECRET_KEYS = {"username": "username", "password": "password", "ssh-privatekey": "ssh_private_key",
-                "known_hosts": "known_hosts"}
+                "known_hosts": "known_hosts", "ca.crt": "ca_bundle"}
 
 
 def credentials_from_secret(data: Mapping[str, bytes], annotations: Mapping[str, str] | None = None

@@ -17,13 +17,14 @@ from workspace_operator.git.inventory import (
 )
 from workspace_operator.git.layout import DNS1123_LABEL, check_relpath, invalid
 from workspace_operator.git.origins import URLRefused, normalize_host_pattern
-from workspace_operator.git.runner import ALL_SCHEMES, GitRunner, GitSettings, write_guard
+from workspace_operator.git.runner import ALL_SCHEMES, UPSTREAM_STEPS, GitRunner, GitSettings, write_guard
 from workspace_operator.git.source import SHA, Revision, check_ref_name
 
 __all__ = [
     "ALL_SCHEMES",
     "DNS1123_LABEL",
     "SHA",
+    "UPSTREAM_STEPS",
     "CheckoutRequest",
     "CheckoutResult",
     "Credentials",

@@ -61,6 +61,7 @@ class Credentials:
     password: str | None = field(default=None, repr=False)
     ssh_private_key: str | None = field(default=None, repr=False)
     known_hosts: str | None = None
+    ca_bundle: str | None = None  # PEM, trusted for this repository's https (git/tls.py)
     # Repository URLs (prefixes) the Secret's owner lends it to. The requested
     # repository was checked by the caller; submodules get the credentials only
     # inside these.

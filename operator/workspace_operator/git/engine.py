@@ -37,6 +37,7 @@ from workspace_operator.git.policy import URLPolicy
 from workspace_operator.git.runner import GitRunner, GitSettings
 from workspace_operator.git.source import Revision
 from workspace_operator.git.submodules import Submodules
+from workspace_operator.git.tls import ca_env
 from workspace_operator.git.worktree import Registered, WorktreeResult, Worktrees, WorktreeSpec
 
 DEFER_CUT_OFF_STEP_SECONDS = 600.0
@@ -171,7 +172,11 @@ class Engine:
         await self.policy.check_addresses(self.policy.check(request.repository))
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
         checked = previous[1] if previous is not None and hold is not None and previous[0] == hold else None
-        with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
+        ca_bundle = request.credentials.ca_bundle if request.credentials else None
+        with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session, \
+                ca_env(ca_bundle, self.settings.scratch_dir) as tls_env:
+            # The Secret's CA is for its repository (and submodules it covers), not for others.
+            session.env.update(tls_env)
             env = session.env
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, env, not_before, checked)
             held = layout.cache_dir / HOLD_MARKER

@@ -77,7 +77,8 @@ _STDERR_RULES: tuple[tuple[re.Pattern[str], Reason], ...] = tuple(
     for pattern, reason in (
         (r"no space left on device|disk quota exceeded", Reason.DISK_FULL),
         (r"host key verification failed|remote host identification has changed", Reason.HOST_KEY_MISMATCH),
-        (r"ssl certificate problem|server certificate verification failed|certificate verify failed",
+        (r"ssl certificate problem|server certificate verification failed|certificate verify failed"
+         r"|problem with the ssl ca cert|error setting certificate",
          Reason.TLS_VERIFY_FAILED),
         (r"authentication failed|could not read (username|password)|terminal prompts disabled"
          r"|permission denied \(publickey|returned error: 40[13]|invalid username or password"

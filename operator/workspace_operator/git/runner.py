@@ -37,6 +37,12 @@ from workspace_operator.git.errors import GitError, Reason, Redactor, classify
 log = logging.getLogger("workspace_operator.git")
 
 ALL_SCHEMES = frozenset({"https", "ssh", "http", "git", "file"})
+# Steps that talk to the upstream (counted by kind in the metrics).
+UPSTREAM_STEPS = frozenset({"ls-remote", "fetch"})
+# Proxy settings git (curl) reads, passed through from the operator's environment.
+# curl ignores an upper-case HTTP_PROXY (a CGI safeguard that does not apply
+# here), so each is passed in both spellings, the lower-case value winning.
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # Kept small: stderr of a failed fetch is what users see; more is noise.
 _STDERR_LIMIT = 16 * 1024
 # Default cap on the stdout kept per call; callers that expect little pass less.
@@ -64,6 +70,10 @@ class GitSettings:
     file_roots: tuple[Path, ...] = ()
     # Check every object a fetch receives (transfer.fsckObjects); costly on cold clones.
     fsck_objects: bool = False
+    # A PEM bundle trusted for https instead of the system roots (http.sslCAInfo).
+    ca_file: Path | None = None
+    # Called after every git call with (step, seconds, succeeded): the operator's metrics.
+    observer: Callable[[str, float, bool], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         unknown = self.allowed_schemes - ALL_SCHEMES
@@ -173,6 +183,12 @@ class GitRunner:
         for passthrough in ("TMPDIR", "GIT_TRACE_PACKET_DISABLED"):
             if passthrough in os.environ:
                 env[passthrough] = os.environ[passthrough]
+        for name in _PROXY_VARIABLES:
+            value = os.environ.get(name, os.environ.get(name.upper()))
+            if value is not None:
+                env[name] = env[name.upper()] = value
+        if self.settings.ca_file is not None:
+            env["GIT_SSL_CAINFO"] = str(self.settings.ca_file)
         return env
 
     async def run(
@@ -221,6 +237,8 @@ class GitRunner:
             except TimeoutError:
                 await _kill_tree(proc)
                 seconds = time.monotonic() - started
+                if self.settings.observer is not None:
+                    self.settings.observer(step, seconds, False)
                 log.warning("git step %s timed out after %.1fs: %s", step, seconds, shown)
                 raise GitError(Reason.TIMEOUT, f"timed out after {limit:.0f}s", step=step) from None
             except _TooLarge:
@@ -233,6 +251,8 @@ class GitRunner:
                 await _kill_tree(proc)
                 raise
         seconds = time.monotonic() - started
+        if self.settings.observer is not None:
+            self.settings.observer(step, seconds, proc.returncode == 0)
         stdout = stdout_b.decode("utf-8", "replace")
         stderr = stderr_b.decode("utf-8", "replace")
         if proc.returncode != 0:
