@@ -5,7 +5,8 @@ replica, cwd, arguments), and a watch on the test namespace's Leases records
 every acquisition of every project Lease (holder, acquireTime). Two invariants
 are judged from those records, never assumed:
 
-* no two git writes on one project overlap in time;
+* no two writes to a project's shared store (cache, worktree registry) overlap in
+  time (a worktree's own files are written outside the Lease, in parallel, by design);
 * every git write happens under its replica's own project Lease: the latest
   acquisition before the write started is by that replica, and nobody acquired
   the Lease while the write ran.
@@ -96,11 +97,16 @@ exit $rc
         return done + list(running.values())
 
     def _project(self, cwd: str) -> str | None:
+        """`ns/project` of a call that can write the project's shared store (run in the
+        project dir, the cache or a staging dir). Calls inside a worktree write only its
+        files, outside the Lease and in parallel by design: not judged."""
         try:
             parts = Path(cwd).resolve().relative_to(self.root.resolve()).parts
         except ValueError:
             return None
-        return "/".join(parts[:2]) if len(parts) >= 2 else None
+        if len(parts) < 2 or (len(parts) > 2 and not parts[2].startswith(".")):
+            return None
+        return "/".join(parts[:2])
 
 
 def _real_git() -> str:

@@ -226,12 +226,12 @@ class LeaseRecords:
 
     async def _try_acquire(self, name: str, labels: dict[str, str]) -> tuple[V1Lease, float] | None:
         """(the Lease as written, local time the winning write was sent) or None if not acquired."""
-        now = datetime.now(UTC)
         try:
             lease = await asyncio.to_thread(self.api.read_namespaced_lease, name, self.namespace)
         except ApiException as error:
             if error.status != 404:
                 raise
+            now = datetime.now(UTC)
             body = V1Lease(
                 metadata=V1ObjectMeta(name=name, labels=labels),
                 spec=V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
@@ -246,6 +246,9 @@ class LeaseRecords:
                 raise
             return created, sent
 
+        # acquireTime is taken after the read: never earlier than the release or expiry
+        # it follows (a slow read must not date the acquisition into the previous hold).
+        now = datetime.now(UTC)
         spec = _spec(lease)
         holder = spec.holder_identity or ""
         key = (holder, spec.renew_time, spec.acquire_time, spec.lease_duration_seconds)
