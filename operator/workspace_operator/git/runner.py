@@ -102,6 +102,9 @@ _HARDENING = (
     "-c", "advice.detachedHead=false",
     # refs/replace/* would make a pinned commit check out other content.
     "-c", "core.useReplaceRefs=false",
+    # A redirect would take the request to a host the URL policy never checked
+    # (a cloud metadata address, a cluster-internal service).
+    "-c", "http.followRedirects=false",
 )
 
 
