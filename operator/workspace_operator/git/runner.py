@@ -37,7 +37,7 @@ log = logging.getLogger("workspace_operator.git")
 
 ALL_SCHEMES = frozenset({"https", "ssh", "http", "git", "file"})
 # Steps that talk to the upstream (counted by kind in the metrics).
-UPSTREAM_STEPS = frozenset({"ls-remote", "fetch"})
+UPSTREAM_STEPS = frozenset({"ls-remote", "fetch", "clone"})
 # Proxy settings git (curl) reads, passed through from the operator's environment.
 # curl ignores an upper-case HTTP_PROXY (a CGI safeguard that does not apply
 # here), so each is passed in both spellings, the lower-case value winning.
