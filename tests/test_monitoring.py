@@ -83,8 +83,8 @@ def test_metrics_move_with_the_work(api_client: ApiClient, namespace: str, works
     assert value(after, "workspace_operator_materializations_queued") == 0
     assert value(after, "workspace_operator_materializations_in_flight") == 0
     assert value(after, 'workspace_operator_materializations_total{result="ready"}') == 1
-    assert (value(after, 'workspace_operator_upstream_requests_total{kind="ls-remote",result="ok"}') or 0) >= 1
-    assert (value(after, 'workspace_operator_upstream_requests_total{kind="fetch",result="ok"}') or 0) >= 1
+    # A new cache of the default branch is one clone (no ls-remote, no separate fetch).
+    assert (value(after, 'workspace_operator_upstream_requests_total{kind="clone",result="ok"}') or 0) == 1
     assert (value(after, f"workspace_operator_cache_bytes{labels}") or 0) > 1000
     last_fetch = value(after, f"workspace_operator_cache_last_fetch_timestamp_seconds{labels}")
     assert last_fetch is not None and abs(last_fetch - fetched_at) < 60

@@ -38,7 +38,7 @@ log = logging.getLogger("workspace_operator.git")
 
 ALL_SCHEMES = frozenset({"https", "ssh", "http", "git", "file"})
 # Steps that talk to the upstream (counted by kind in the metrics).
-UPSTREAM_STEPS = frozenset({"ls-remote", "fetch"})
+UPSTREAM_STEPS = frozenset({"ls-remote", "fetch", "clone"})
 # Proxy settings git (curl) reads, passed through from the operator's environment.
 # curl ignores an upper-case HTTP_PROXY (a CGI safeguard that does not apply
 # here), so each is passed in both spellings, the lower-case value winning.
@@ -103,6 +103,9 @@ _HARDENING = (
     "-c", "advice.detachedHead=false",
     # refs/replace/* would make a pinned commit check out other content.
     "-c", "core.useReplaceRefs=false",
+    # A redirect would take the request to a host the URL policy never checked
+    # (a cloud metadata address, a cluster-internal service).
+    "-c", "http.followRedirects=false",
 )
 
 

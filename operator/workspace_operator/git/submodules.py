@@ -113,8 +113,14 @@ class Submodules:
         """The submodules of the commit checked out in worktree, every URL checked."""
         if not await self.runner.ok("has-gitmodules", ["cat-file", "-e", "HEAD:.gitmodules"], cwd=worktree):
             return []
-        listing = await self.runner.run("read-gitmodules", ["config", "--blob", "HEAD:.gitmodules", "--list",
-                                                            "--null"], cwd=worktree)
+        # --no-includes: an `[include] path=` in a pushed .gitmodules would otherwise read
+        # files of the operator's pod (another tenant's worktree on the volume, say).
+        listing = await self.runner.run("read-gitmodules", ["config", "--no-includes", "--blob", "HEAD:.gitmodules",
+                                                            "--list", "--null"], cwd=worktree)
+        included = [entry.partition("\n")[0] for entry in listing.stdout.split("\0")
+                    if entry.lower().startswith(("include.", "includeif."))]
+        if included:
+            raise invalid(f".gitmodules may not include other files ({included[0]})")
         declared = parse_gitmodules(listing.stdout)
         paths = {name: fields.get("path", "") for name, fields in declared.items()}
         for name, path in paths.items():
