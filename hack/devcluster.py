@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import toolcache  # noqa: E402
+import toolcache
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "controlplane"

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import toolcache  # noqa: E402
+import toolcache
 
 VERSION = "v3.22.0"
 MODULE = "helm.sh/helm/v3"

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import toolcache  # noqa: E402
+import toolcache
 
 REPO = toolcache.REPO
 SUITE = "bookworm"

@@ -16,13 +16,13 @@ from typing import Any, cast
 import pytest
 
 from testsupport.upstreams import commit, init_upstream
+from workspace_operator.batching import ProjectQueues
+from workspace_operator.checkouts import Checkouts
 from workspace_operator.config import Config
 from workspace_operator.git import CheckoutResult, Engine, GitSettings, Prepared, ValidRequest
 from workspace_operator.kube import Kube
 from workspace_operator.lock import LeaseLocks, LeaseLost, LockTimeout
 from workspace_operator.quota import NamespaceQuota
-from workspace_operator.batching import ProjectQueues
-from workspace_operator.checkouts import Checkouts
 from workspace_operator.runtime import Runtime
 
 
@@ -116,8 +116,9 @@ class LockCheckingEngine(Engine):
         self.locks = locks
         self.checkouts = 0
 
-    async def prepare(self, valid: ValidRequest, *, not_before: float | None = None,
-                      hold: object | None = None) -> Prepared:
+    async def prepare(
+        self, valid: ValidRequest, *, not_before: float | None = None, hold: object | None = None
+    ) -> Prepared:
         assert (valid.request.namespace, valid.request.project) in self.locks.held, "prepare without the Lease"
         return await super().prepare(valid, not_before=not_before, hold=hold)
 
@@ -167,8 +168,15 @@ def make_runtime(tmp_path: Path, file_roots: tuple[Path, ...] = (), **config: An
     )
     engine = LockCheckingEngine(root, git, locks)
     lease_locks = cast(LeaseLocks, locks)
-    rt = Runtime(cfg, engine, cast(Kube, kube), lease_locks, NamespaceQuota(root, 0), ProjectQueues(lease_locks, clock=clock),
-                 Checkouts(2))
+    rt = Runtime(
+        cfg,
+        engine,
+        cast(Kube, kube),
+        lease_locks,
+        NamespaceQuota(root, 0),
+        ProjectQueues(lease_locks, clock=clock),
+        Checkouts(2),
+    )
     return FakeRuntime(rt, kube, locks, engine, clock)
 
 

@@ -215,5 +215,5 @@ def test_default_limit_follows_the_cgroup_quota(tmp_path: Path) -> None:
     assert default_limit(quota) <= 8
     quota.write_text("max 100000\n")
     assert default_limit(quota) >= 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 1"):
         Checkouts(0)

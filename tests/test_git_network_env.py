@@ -10,8 +10,10 @@ from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.runner import GitRunner, GitSettings
 from workspace_operator.git.tls import ca_env
 
+DEFAULT_SETTINGS = GitSettings()
 
-def env_of(monkeypatch: pytest.MonkeyPatch, settings: GitSettings = GitSettings(), **operator_env: str
+
+def env_of(monkeypatch: pytest.MonkeyPatch, settings: GitSettings = DEFAULT_SETTINGS, **operator_env: str
            ) -> dict[str, str]:
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -58,8 +60,7 @@ def test_a_secrets_ca_lives_in_a_private_file_for_the_block_only(tmp_path: Path)
 
 
 def test_a_secrets_ca_without_a_certificate_is_a_permanent_tls_failure(tmp_path: Path) -> None:
-    with pytest.raises(GitError) as failure:
-        with ca_env("not a certificate", tmp_path):
-            pass
+    with pytest.raises(GitError) as failure, ca_env("not a certificate", tmp_path):
+        pass
     assert failure.value.reason is Reason.TLS_VERIFY_FAILED and not failure.value.retryable
     assert not list(tmp_path.iterdir())

@@ -58,9 +58,9 @@ def test_chart_lints(combination: str) -> None:
 
 
 def test_chart_refuses_contradictory_values() -> None:
-    with pytest.raises(AssertionError, match="rbac.scope=namespaced needs watchNamespaces"):
+    with pytest.raises(AssertionError, match=r"rbac\.scope=namespaced needs watchNamespaces"):
         template({"rbac.scope": "namespaced"})
-    with pytest.raises(AssertionError, match="rbac.scope must be cluster or namespaced"):
+    with pytest.raises(AssertionError, match=r"rbac\.scope must be cluster or namespaced"):
         template({"rbac.scope": "everywhere"})
 
 

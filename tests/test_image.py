@@ -30,7 +30,7 @@ from cluster import REPO, OperatorProcess, Workspaces, free_port, wait_for
 from upstreams import SmartHTTP, StandardRepo
 
 sys.path.insert(0, str(REPO / "hack"))
-import image  # noqa: E402
+import image
 
 # The first image build on a machine (minutes) happens in the first test that needs it.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
@@ -86,12 +86,11 @@ class ImageOperator(OperatorProcess):
     pod: Pod
 
     def start(self, timeout: float = 90) -> ImageOperator:
-        log = open(self.log_path, "ab")
         argv = self.pod.argv("/usr/bin/env", "-i", *(f"{k}={v}" for k, v in self.env.items()),
                              "/opt/workspace-operator/bin/python", "-m", "workspace_operator")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         wait_for(self._ready, timeout=timeout, message=f"operator from the image ready (log: {self.log_path})")
         return self
 

@@ -58,7 +58,7 @@ def test_versions_agree_across_package_image_chart_and_manifests() -> None:
     assert chart["appVersion"] == version
     base = yaml.safe_load((REPO / "manifests" / "base" / "kustomization.yaml").read_text())
     assert base["images"][0]["newTag"] == version
-    assert image.TAG == version
+    assert version == image.TAG
     assert namespaced_rbac.LABELS["app.kubernetes.io/version"] == version
 
 

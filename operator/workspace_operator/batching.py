@@ -137,7 +137,7 @@ class ProjectQueues:
             if not item.future.done():
                 item.future.cancel()
             return
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - handed to the step's waiter, which re-raises it
             if not item.future.done():
                 item.future.set_exception(error)
             return

@@ -10,7 +10,6 @@ posted on a change of reason, not once per retry.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping

@@ -20,11 +20,9 @@ from pathlib import Path, PurePosixPath
 
 from workspace_operator.git import pins, safepath
 from workspace_operator.git.cache import Cache
-from workspace_operator.git.housekeeping import Housekeeping
-from workspace_operator.git.markers import HOLD_MARKER, LAST_USED, stamp
-from workspace_operator.git.resolve import Answers, Resolution
 from workspace_operator.git.credentials import Credentials, credential_env
 from workspace_operator.git.errors import GitError, Redactor
+from workspace_operator.git.housekeeping import Housekeeping
 from workspace_operator.git.layout import (
     QUARANTINE_PREFIX,
     STAGING_PREFIX,
@@ -33,7 +31,9 @@ from workspace_operator.git.layout import (
     check_relpath,
     invalid,
 )
+from workspace_operator.git.markers import HOLD_MARKER, LAST_USED, stamp
 from workspace_operator.git.policy import URLPolicy
+from workspace_operator.git.resolve import Answers, Resolution
 from workspace_operator.git.runner import GitRunner, GitSettings
 from workspace_operator.git.source import Revision
 from workspace_operator.git.submodules import Submodules

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workspace_operator.git import pins, safepath
-from workspace_operator.git.markers import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
 from workspace_operator.git.errors import GitError
 from workspace_operator.git.layout import (
     CACHE_DIR,
@@ -24,6 +23,7 @@ from workspace_operator.git.layout import (
     STAGING_PREFIX,
     is_worktree_name,
 )
+from workspace_operator.git.markers import LAST_FETCH, LAST_GC, LAST_USED, stamp_time
 
 OnLink = Callable[[Path], None]
 

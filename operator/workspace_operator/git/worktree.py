@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from workspace_operator.git import safepath
-from workspace_operator.git.markers import unlock_crashed_worktrees
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import ProjectLayout, invalid
+from workspace_operator.git.markers import unlock_crashed_worktrees
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.git.submodules import Submodules
 
