@@ -9,11 +9,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UNIT := not cluster and not upstreams
 PYTHON_SOURCES := operator tests bench hack testsupport
-# Files already in `ruff format` style. The rest is reformatted once (`make fmt`) after the
-# parallel work of the moment has landed; then this becomes $(PYTHON_SOURCES).
-FORMATTED ?= $(filter-out testsupport/upstreams.py,$(wildcard testsupport/*.py)) tests/conftest.py \
-	tests/upstreams.py tests/runtime_fakes.py tests/test_spec.py tests/test_materialize.py tests/test_teardown.py \
-	tests/test_logging.py operator/workspace_operator/logs.py operator/workspace_operator/git/inventory.py
 
 .PHONY: test lint fmt unit deps deps-py tools controlplane helm image cluster-up cluster-down dev bench bench-quick clean
 
@@ -50,7 +45,7 @@ image: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PYTHON_SOURCES)
-	$(VENV)/bin/ruff format --check $(FORMATTED)
+	$(VENV)/bin/ruff format --check $(PYTHON_SOURCES)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

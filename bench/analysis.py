@@ -34,8 +34,15 @@ HINTS = {"cold": "Findings §2", "warm": "Findings §1 and §3", "memory": "Find
 
 
 def _hint(name: str) -> str:
-    key = "memory" if name.startswith("memory") else "cold" if name.startswith("cold") else \
-        "warm" if name.startswith("warm") else ""
+    key = (
+        "memory"
+        if name.startswith("memory")
+        else "cold"
+        if name.startswith("cold")
+        else "warm"
+        if name.startswith("warm")
+        else ""
+    )
     return f" See {HINTS[key]}." if key in HINTS and NOTES.exists() else ""
 
 
@@ -45,7 +52,9 @@ def _missed(result: Result, row: Row) -> str:
     if not b:
         return f"- **{name}**: {row.note}.{_hint(name)}"
     git = b["fetch"] + b["checkout"]
-    return (f"- **{name}** ({row.repo}): created→Ready {b['client']:.3f} s, of which git "
-            f"{git:.3f} s (fetch {b['fetch']:.3f}, checkout {b['checkout']:.3f}), engine checks "
-            f"{b['engine_other']:.3f} s, project Lease {b['lock_wait']:.3f} s and {b['outside_handler']:.3f} s "
-            f"outside the handler (kopf + API + watch).{_hint(name)}")
+    return (
+        f"- **{name}** ({row.repo}): created→Ready {b['client']:.3f} s, of which git "
+        f"{git:.3f} s (fetch {b['fetch']:.3f}, checkout {b['checkout']:.3f}), engine checks "
+        f"{b['engine_other']:.3f} s, project Lease {b['lock_wait']:.3f} s and {b['outside_handler']:.3f} s "
+        f"outside the handler (kopf + API + watch).{_hint(name)}"
+    )

@@ -61,15 +61,19 @@ class Driver:
     async def run(self, index: int) -> None:
         received = time.monotonic()
         valid = self.engine.validate(CheckoutRequest("ci", "repo", f"run-{index}", self.url, Revision(branch="main")))
-        prepared, _ = await self.queues.run("ci", "repo", lambda: self.engine.prepare(valid, not_before=received,
-                                                                          hold=self.queues.hold_id("ci", "repo")),
-                                            wait_seconds=600)
+        prepared, _ = await self.queues.run(
+            "ci",
+            "repo",
+            lambda: self.engine.prepare(valid, not_before=received, hold=self.queues.hold_id("ci", "repo")),
+            wait_seconds=600,
+        )
         async with self.checkouts.slot():
             await self.engine.populate(prepared)
         self.seconds.append(time.monotonic() - received)
         if index:
-            await self.queues.run("ci", "repo", lambda: self.engine.remove("ci", "repo", f"run-{index - 1}"),
-                                  wait_seconds=600)
+            await self.queues.run(
+                "ci", "repo", lambda: self.engine.remove("ci", "repo", f"run-{index - 1}"), wait_seconds=600
+            )
 
     def report(self, name: str, cache: Path) -> str:
         house = Housekeeping(self.engine.runner_for(None), self.engine.root, cache)
@@ -77,10 +81,12 @@ class Driver:
         p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
         stall = max(self.stalls, default=0.0)
         stall_p99 = sorted(self.stalls)[int(0.99 * (len(self.stalls) - 1))] if self.stalls else 0.0
-        return (f"{name:8s} materialize p50 {statistics.median(ordered):.3f}s p99 {p99:.3f}s | "
-                f"upkeep steps {sum(1 for s in self.stalls if s > 0.01)}, stall p99 {stall_p99:.3f}s max {stall:.3f}s | "
-                f"packs {house.pack_count()}, loose objects {house.loose_object_count()}, "
-                f"cache {dir_bytes(cache) / 1e6:.1f} MB")
+        return (
+            f"{name:8s} materialize p50 {statistics.median(ordered):.3f}s p99 {p99:.3f}s | "
+            f"upkeep steps {sum(1 for s in self.stalls if s > 0.01)}, stall p99 {stall_p99:.3f}s max {stall:.3f}s | "
+            f"packs {house.pack_count()}, loose objects {house.loose_object_count()}, "
+            f"cache {dir_bytes(cache) / 1e6:.1f} MB"
+        )
 
 
 async def simulate(runs: int, size: str, budget: float) -> None:
@@ -92,8 +98,10 @@ async def simulate(runs: int, size: str, budget: float) -> None:
     upstream = Upstream(served).start()
     try:
         extender = repogen.Extender(bare, seed=7)
-        drivers = {"without": Driver(work / "without", upstream.url("repo"), None),
-                   "with": Driver(work / "with", upstream.url("repo"), budget)}
+        drivers = {
+            "without": Driver(work / "without", upstream.url("repo"), None),
+            "with": Driver(work / "with", upstream.url("repo"), budget),
+        }
         for path in (work / "without", work / "with"):
             path.mkdir()
         for index in range(runs):

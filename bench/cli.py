@@ -35,9 +35,22 @@ RESULTS = REPO / "bench" / "results"
 
 def settings_for(opts: argparse.Namespace, run_dir: Path, results_dir: Path) -> Settings:
     if opts.quick:
-        st = Settings(quick=True, run_dir=run_dir, results_dir=results_dir, reps=2, size="small",
-                      burst=10, many=20, many_projects=4, memory=100, memory_projects=2, memory_batch=50,
-                      push_commits=5, monorepo_reps=1, settle_seconds=0.0)
+        st = Settings(
+            quick=True,
+            run_dir=run_dir,
+            results_dir=results_dir,
+            reps=2,
+            size="small",
+            burst=10,
+            many=20,
+            many_projects=4,
+            memory=100,
+            memory_projects=2,
+            memory_batch=50,
+            push_commits=5,
+            monorepo_reps=1,
+            settle_seconds=0.0,
+        )
     else:
         st = Settings(quick=False, run_dir=run_dir, results_dir=results_dir, reps=7)
     changes = {}
@@ -59,10 +72,16 @@ def rerender(directory: Path, write_docs: bool) -> int:
         rows = [Row(**{k: v for k, v in row.items() if k in fields}) for row in entry.pop("rows", [])]
         results.append(Result(name, rows, {k: v for k, v in entry.items() if k != "seconds"}, entry["seconds"]))
     raw = saved["settings"]
-    st = Settings(quick=raw["quick"] == "True", run_dir=Path(raw["run_dir"]), results_dir=directory,
-                  reps=int(raw["reps"]), monorepo_reps=int(raw.get("monorepo_reps", 3)))
-    markdown = render(results, saved["machine"], st, float(saved["seconds"]),
-                      analyse(results, saved.get("failures", [])))
+    st = Settings(
+        quick=raw["quick"] == "True",
+        run_dir=Path(raw["run_dir"]),
+        results_dir=directory,
+        reps=int(raw["reps"]),
+        monorepo_reps=int(raw.get("monorepo_reps", 3)),
+    )
+    markdown = render(
+        results, saved["machine"], st, float(saved["seconds"]), analyse(results, saved.get("failures", []))
+    )
     (directory / "benchmarks.md").write_text(markdown)
     print(f"wrote {directory / 'benchmarks.md'}")
     if write_docs:
@@ -72,23 +91,41 @@ def rerender(directory: Path, write_docs: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small repo, 2 reps, reduced counts (~1.5 min)")
-    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), metavar="NAME",
-                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        metavar="NAME",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
+    )
     parser.add_argument("--reps", type=int, help="reps per single-Workspace scenario")
-    parser.add_argument("--size", choices=sorted(repogen.PROFILES),
-                        help="repository for cold/warm/warm-new/burst (default: gitgit; quick: small)")
-    parser.add_argument("--write-docs", action="store_true", help=f"write {DOCS.relative_to(REPO)} even if "
-                        "quick or partial")
+    parser.add_argument(
+        "--size",
+        choices=sorted(repogen.PROFILES),
+        help="repository for cold/warm/warm-new/burst (default: gitgit; quick: small)",
+    )
+    parser.add_argument(
+        "--write-docs", action="store_true", help=f"write {DOCS.relative_to(REPO)} even if quick or partial"
+    )
     parser.add_argument("--no-docs", action="store_true", help="never write docs/benchmarks.md")
-    parser.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for the operator (experiments; never written to docs)")
+    parser.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the operator (experiments; never written to docs)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run directory (volumes, served repos)")
-    parser.add_argument("--render", type=Path, metavar="RESULTS_DIR",
-                        help="re-render benchmarks.md from a saved results.json (no run); with --write-docs "
-                             "also docs/benchmarks.md")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_DIR",
+        help="re-render benchmarks.md from a saved results.json (no run); with --write-docs also docs/benchmarks.md",
+    )
     opts = parser.parse_args(argv)
     if opts.render:
         return rerender(opts.render, opts.write_docs)
@@ -138,12 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     markdown = render(results, machine, st, seconds, analysis)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "benchmarks.md").write_text(markdown)
-    write_json(results_dir / "results.json", {
-        "machine": machine, "settings": {k: str(v) for k, v in dataclasses.asdict(st).items()},
-        "seconds": seconds, "summary": summary(results), "failures": failures,
-        "scenarios": {r.name: {"seconds": r.seconds, "rows": [row.__dict__ for row in r.rows], **r.data}
-                      for r in results},
-    })
+    write_json(
+        results_dir / "results.json",
+        {
+            "machine": machine,
+            "settings": {k: str(v) for k, v in dataclasses.asdict(st).items()},
+            "seconds": seconds,
+            "summary": summary(results),
+            "failures": failures,
+            "scenarios": {
+                r.name: {"seconds": r.seconds, "rows": [row.__dict__ for row in r.rows], **r.data} for r in results
+            },
+        },
+    )
     complete = not opts.scenario and not failures and not opts.operator_env
     if (opts.write_docs and not opts.operator_env) or (not opts.quick and complete and not opts.no_docs):
         DOCS.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {results_dir.relative_to(REPO)}/benchmarks.md and results.json ({seconds:.0f}s total)")
     print()
     from bench.report import table
+
     print(table(results))
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)

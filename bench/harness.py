@@ -97,8 +97,9 @@ def operator_revision() -> str:
 
     def run(*args: str) -> str:
         try:
-            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                                  timeout=30).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -170,13 +171,15 @@ class ControlPlane:
     def new_client(self, pool: int = 16) -> ApiClient:
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(self.kubeconfig), client_configuration=configuration)
+            config_file=str(self.kubeconfig), client_configuration=configuration
+        )
         configuration.connection_pool_maxsize = pool
         return ApiClient(configuration)
 
     def kubectl(self, *args: str) -> str:
-        proc = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True, text=True, timeout=120
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
         return proc.stdout
@@ -241,12 +244,18 @@ class Operator(OperatorProcess):
         super().stop(grace)
 
 
-def start_operator(kubeconfig: Path, root: Path, namespace: str, log_path: Path,
-                   env_overrides: Mapping[str, str] | None = None) -> Operator:
+def start_operator(
+    kubeconfig: Path, root: Path, namespace: str, log_path: Path, env_overrides: Mapping[str, str] | None = None
+) -> Operator:
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
-    env = operator_env(kubeconfig=kubeconfig, root=root, metrics_port=port, namespace=namespace,
-                       overrides={"WORKSPACE_IDENTITY": "bench", "TMPDIR": str(root.parent), **(env_overrides or {})})
+    env = operator_env(
+        kubeconfig=kubeconfig,
+        root=root,
+        metrics_port=port,
+        namespace=namespace,
+        overrides={"WORKSPACE_IDENTITY": "bench", "TMPDIR": str(root.parent), **(env_overrides or {})},
+    )
     return Operator(root, log_path, port, env).start()
 
 
@@ -289,8 +298,8 @@ def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[s
     delta = {key: after[key] - before[key] for key in before}
     delta["wall"] = delta.pop("at")
     delta["other"] = delta["system_busy"] - sum(
-        delta[k] for k in ("apiserver_etcd", "operator_python", "operator_git", "bench_client",
-                            "upstream_and_raw_git"))
+        delta[k] for k in ("apiserver_etcd", "operator_python", "operator_git", "bench_client", "upstream_and_raw_git")
+    )
     return delta
 
 
@@ -330,9 +339,14 @@ class Watcher:
             self._watch = watch.Watch()  # type: ignore[no-untyped-call]
             try:
                 for event in self._watch.stream(  # type: ignore[no-untyped-call]
-                        self.custom.list_namespaced_custom_object, GROUP, VERSION,
-                                                self.namespace, PLURAL, resource_version=self._rv,
-                                                timeout_seconds=600):
+                    self.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    resource_version=self._rv,
+                    timeout_seconds=600,
+                ):
                     self._seen(event)
             except Exception:  # noqa: BLE001 - reconnect from the last version seen
                 if self._stopping:
@@ -400,9 +414,12 @@ class Workspaces:
         self.extra_spec: dict[str, Any] = {}  # e.g. {"mode": "CacheOnly"} for every create
 
     def create(self, name: str, project: str, ref: Mapping[str, str]) -> None:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Workspace",
-                "metadata": {"name": name, "namespace": self.namespace},
-                "spec": {"project": project, "repository": self.repository, "ref": dict(ref), **self.extra_spec}}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Workspace",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {"project": project, "repository": self.repository, "ref": dict(ref), **self.extra_spec},
+        }
         self.created_at[name] = now()
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 

@@ -62,17 +62,45 @@ class Profile:
 PROFILES = {
     # For the memory scenario: the operator's RSS does not depend on the tree, only on
     # how many Workspaces it tracks, so the checkouts should cost as little as possible.
-    "tiny": Profile("tiny", files=10, commits=10, median_bytes=500, sigma=0.5, max_bytes=4000,
-                    files_per_dir=10, seed=5, tag_every=5),
-    "small": Profile("small", files=200, commits=100, median_bytes=1500, sigma=0.9, max_bytes=64_000,
-                     files_per_dir=25, seed=11, tag_every=25),
+    "tiny": Profile(
+        "tiny", files=10, commits=10, median_bytes=500, sigma=0.5, max_bytes=4000, files_per_dir=10, seed=5, tag_every=5
+    ),
+    "small": Profile(
+        "small",
+        files=200,
+        commits=100,
+        median_bytes=1500,
+        sigma=0.9,
+        max_bytes=64_000,
+        files_per_dir=25,
+        seed=11,
+        tag_every=25,
+    ),
     # git.git today: ~4.5k files, ~60 MB checked out, ~75k commits. 5k files with a
     # 6 KB median (mean ~12 KB) give the same tree size; 25k commits keep generation
     # to a few minutes on 2 cores while keeping history-walk costs realistic.
-    "gitgit": Profile("gitgit", files=5000, commits=25_000, median_bytes=6500, sigma=1.2, max_bytes=400_000,
-                      files_per_dir=100, seed=23, tag_every=500),
-    "monorepo": Profile("monorepo", files=50_000, commits=3000, median_bytes=1000, sigma=1.0, max_bytes=200_000,
-                        files_per_dir=120, seed=37, tag_every=500),
+    "gitgit": Profile(
+        "gitgit",
+        files=5000,
+        commits=25_000,
+        median_bytes=6500,
+        sigma=1.2,
+        max_bytes=400_000,
+        files_per_dir=100,
+        seed=23,
+        tag_every=500,
+    ),
+    "monorepo": Profile(
+        "monorepo",
+        files=50_000,
+        commits=3000,
+        median_bytes=1000,
+        sigma=1.0,
+        max_bytes=200_000,
+        files_per_dir=120,
+        seed=37,
+        tag_every=500,
+    ),
 }
 
 
@@ -110,8 +138,36 @@ class Content:
         self.rng = rng
         letters = "abcdefghijklmnopqrstuvwxyz_"
         vocab = ["".join(rng.choices(letters, k=rng.randint(2, 12))) for _ in range(3000)]
-        punct = ["(", ")", ";", "{", "}", "=", "+", ",", "->", "==", "0", "1", "NULL", "return", "if", "for",
-                 "int", "char", "struct", "const", "static", "void", "*", "&&", "||", "!", "size_t", "else"]
+        punct = [
+            "(",
+            ")",
+            ";",
+            "{",
+            "}",
+            "=",
+            "+",
+            ",",
+            "->",
+            "==",
+            "0",
+            "1",
+            "NULL",
+            "return",
+            "if",
+            "for",
+            "int",
+            "char",
+            "struct",
+            "const",
+            "static",
+            "void",
+            "*",
+            "&&",
+            "||",
+            "!",
+            "size_t",
+            "else",
+        ]
         self.vocab = vocab
         # Zipf-distributed tokens, like identifiers and keywords in real source code.
         self.tokens = punct + vocab
@@ -126,7 +182,8 @@ class Content:
 
     def _fresh_line(self, words: int) -> str:
         return "\t" * self.rng.choice((0, 1, 1, 2, 2, 3)) + " ".join(
-            self.rng.choices(self.tokens, cum_weights=self.cum, k=words))
+            self.rng.choices(self.tokens, cum_weights=self.cum, k=words)
+        )
 
     def lines(self, nbytes: int) -> list[str]:
         rng = self.rng
@@ -140,7 +197,7 @@ class Content:
                 continue
             n = rng.randint(2, 12)
             indent = "\t" * rng.choice((0, 1, 1, 2, 2, 3))
-            out.append(indent + " ".join(words[i:i + n]))
+            out.append(indent + " ".join(words[i : i + n]))
             i += n
         return out
 
@@ -182,7 +239,7 @@ def _edit(rng: random.Random, content: Content, lines: list[str]) -> None:
         elif op < 0.85 or len(lines) < 5:
             lines[pos:pos] = [content.line() for _ in range(rng.randint(1, 6))]
         else:
-            del lines[pos:pos + rng.randint(1, 3)]
+            del lines[pos : pos + rng.randint(1, 3)]
 
 
 # -- fast-import stream ------------------------------------------------------------
@@ -198,8 +255,9 @@ class Stream:
         self.out.write(payload)
         self.out.write(b"\n")
 
-    def commit(self, when: int, message: str, changes: Iterator[tuple[str, bytes | None]],
-               parent: str | None = None) -> int:
+    def commit(
+        self, when: int, message: str, changes: Iterator[tuple[str, bytes | None]], parent: str | None = None
+    ) -> int:
         self.mark += 1
         w = self.out.write
         w(f"commit {BRANCH}\nmark :{self.mark}\n".encode())
@@ -222,8 +280,11 @@ class Stream:
 
 
 def _fast_import(repo: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["git", "-C", str(repo), "fast-import", "--quiet", "--depth=50", "--active-branches=1"],
-                            stdin=subprocess.PIPE, env=gitenv.hermetic_env())
+    return subprocess.Popen(
+        ["git", "-C", str(repo), "fast-import", "--quiet", "--depth=50", "--active-branches=1"],
+        stdin=subprocess.PIPE,
+        env=gitenv.hermetic_env(),
+    )
 
 
 def _generate_into(repo: Path, profile: Profile) -> tuple[int, int]:
@@ -292,8 +353,12 @@ def generate(size: str, *, force: bool = False, quiet: bool = False) -> Generate
         if meta_path.exists() and not force:
             return Generated(**json.loads(meta_path.read_text()))
         if not quiet:
-            print(f"generating the {size!r} repository ({profile.files} files, {profile.commits} commits; "
-                  "cached after the first time)...", file=sys.stderr, flush=True)
+            print(
+                f"generating the {size!r} repository ({profile.files} files, {profile.commits} commits; "
+                "cached after the first time)...",
+                file=sys.stderr,
+                flush=True,
+            )
         started = time.monotonic()
         staging = target.parent / f".{size}-{VERSION}.staging"
         shutil.rmtree(staging, ignore_errors=True)
@@ -309,14 +374,25 @@ def generate(size: str, *, force: bool = False, quiet: bool = False) -> Generate
         serve_config(repo, (("receive.autogc", "false"), ("http.receivepack", "true")))
         head = git(repo, "rev-parse", BRANCH)
         commits = int(git(repo, "rev-list", "--count", BRANCH))
-        result = Generated(size, str(target / "repo.git"), head, commits, files, tree_bytes, _pack_bytes(repo),
-                           round(time.monotonic() - started, 1))
+        result = Generated(
+            size,
+            str(target / "repo.git"),
+            head,
+            commits,
+            files,
+            tree_bytes,
+            _pack_bytes(repo),
+            round(time.monotonic() - started, 1),
+        )
         (staging / "meta.json").write_text(json.dumps(asdict(result), indent=2))
         shutil.rmtree(target, ignore_errors=True)
         os.rename(staging, target)
         if not quiet:
-            print(f"generated {size} in {result.seconds:.0f}s: {commits} commits, {files} files, "
-                  f"{tree_bytes / 1e6:.1f} MB tree, {result.pack_bytes / 1e6:.1f} MB packed", file=sys.stderr)
+            print(
+                f"generated {size} in {result.seconds:.0f}s: {commits} commits, {files} files, "
+                f"{tree_bytes / 1e6:.1f} MB tree, {result.pack_bytes / 1e6:.1f} MB packed",
+                file=sys.stderr,
+            )
         return result
 
 
@@ -340,14 +416,20 @@ class Extender:
 
     def _read(self, paths: list[str]) -> dict[str, list[str]]:
         spec = "".join(f"{BRANCH}:{p}\n" for p in paths).encode()
-        out = subprocess.run(["git", "-C", str(self.repo), "cat-file", "--batch"], input=spec,
-                             capture_output=True, env=gitenv.hermetic_env(), timeout=120, check=True).stdout
+        out = subprocess.run(
+            ["git", "-C", str(self.repo), "cat-file", "--batch"],
+            input=spec,
+            capture_output=True,
+            env=gitenv.hermetic_env(),
+            timeout=120,
+            check=True,
+        ).stdout
         result: dict[str, list[str]] = {}
         pos = 0
         for path in paths:
             header_end = out.index(b"\n", pos)
             size = int(out[pos:header_end].split()[2])
-            body = out[header_end + 1: header_end + 1 + size]
+            body = out[header_end + 1 : header_end + 1 + size]
             pos = header_end + 1 + size + 1
             result[path] = body.decode().rstrip("\n").split("\n")
         return result
@@ -355,8 +437,9 @@ class Extender:
     def push(self, commits: int, files_per_commit: int = 3) -> str:
         """Append `commits` commits touching a few files each; returns the new tip."""
         when = int(git(self.repo, "log", "-1", "--format=%ct", BRANCH))
-        chosen = [[self.names[self.rng.randrange(len(self.names))] for _ in range(files_per_commit)]
-                  for _ in range(commits)]
+        chosen = [
+            [self.names[self.rng.randrange(len(self.names))] for _ in range(files_per_commit)] for _ in range(commits)
+        ]
         state = self._read(sorted({p for group in chosen for p in group}))
         proc = _fast_import(self.repo)
         assert proc.stdin is not None
@@ -368,8 +451,12 @@ class Extender:
             for path in group:
                 _edit(self.rng, self.content, state[path])
                 touched[path] = ("\n".join(state[path]) + "\n").encode()
-            stream.commit(when, f"bench update {self.counter}\n", iter(touched.items()),
-                          parent=f"{BRANCH}^0" if index == 0 else None)
+            stream.commit(
+                when,
+                f"bench update {self.counter}\n",
+                iter(touched.items()),
+                parent=f"{BRANCH}^0" if index == 0 else None,
+            )
         proc.stdin.close()
         if proc.wait() != 0:
             raise RuntimeError("git fast-import (extend) failed")

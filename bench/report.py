@@ -30,19 +30,53 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def table(results: list[Result]) -> str:
-    header = ["Scenario", "Repo", "Operator (median)", "Baseline (median)", "Baseline is", "Ratio", "Target", "Met?",
-              "Notes"]
-    return _table(header, [
-        [row.scenario, row.repo, _num(row.operator, row.unit), _num(row.baseline, row.unit), row.baseline_is,
-         "—" if row.ratio is None or row.unit == "MB" else f"{row.ratio:.2f}x", row.target, _met(row), row.note]
-        for result in results for row in result.rows])
+    header = [
+        "Scenario",
+        "Repo",
+        "Operator (median)",
+        "Baseline (median)",
+        "Baseline is",
+        "Ratio",
+        "Target",
+        "Met?",
+        "Notes",
+    ]
+    return _table(
+        header,
+        [
+            [
+                row.scenario,
+                row.repo,
+                _num(row.operator, row.unit),
+                _num(row.baseline, row.unit),
+                row.baseline_is,
+                "—" if row.ratio is None or row.unit == "MB" else f"{row.ratio:.2f}x",
+                row.target,
+                _met(row),
+                row.note,
+            ]
+            for result in results
+            for row in result.rows
+        ],
+    )
 
 
 def repos_table(sizes: list[str]) -> str:
     gens = [(size, repogen.generate(size, quiet=True)) for size in sizes]
-    return _table(["Repo", "Files at HEAD", "Tree (checked out)", "Commits", "Packed", "Generated in"], [
-        [size, f"{gen.files:,}", _bytes(gen.tree_bytes), f"{gen.commits:,}", _bytes(gen.pack_bytes),
-         f"{gen.seconds:.0f} s (once; cached)"] for size, gen in gens])
+    return _table(
+        ["Repo", "Files at HEAD", "Tree (checked out)", "Commits", "Packed", "Generated in"],
+        [
+            [
+                size,
+                f"{gen.files:,}",
+                _bytes(gen.tree_bytes),
+                f"{gen.commits:,}",
+                _bytes(gen.pack_bytes),
+                f"{gen.seconds:.0f} s (once; cached)",
+            ]
+            for size, gen in gens
+        ],
+    )
 
 
 def _bytes(n: int) -> str:
@@ -69,17 +103,35 @@ def time_table(results: list[Result]) -> str:
                 rows.append((key, value["breakdown"], value.get("api_get_roundtrip")))
     if not rows:
         return ""
-    header = ["created→Ready (client)", "  git: fetch", "  git: checkout (`worktree add` + completion record)",
-              "  engine: cache checks (one `git config` read, `cat-file -e`; on cold also `init`)", "  project Lease (lockWait: API round trips)",
-              "  outside the handler (kopf pickup, finalizer, status patches, watch delivery)",
-              "watch: create → finalizer seen", "watch: finalizer → Materializing seen",
-              "watch: Materializing → Ready seen", "writes to the object before Ready (watch events)",
-              "one API GET round trip (client)",
-              "**operator overhead** = created→Ready − git (fetch + checkout)"]
-    keys: list[str | None] = ["client", "fetch", "checkout", "engine_other", "lock_wait", "outside_handler", "to_finalizer",
-            "finalizer_to_materializing", "materializing_to_ready", "events_before_ready", None, "overhead"]
-    lines = ["| median | " + " | ".join(name for name, _b, _rt in rows) + " |",
-             "|---|" + "---|" * len(rows)]
+    header = [
+        "created→Ready (client)",
+        "  git: fetch",
+        "  git: checkout (`worktree add` + completion record)",
+        "  engine: cache checks (one `git config` read, `cat-file -e`; on cold also `init`)",
+        "  project Lease (lockWait: API round trips)",
+        "  outside the handler (kopf pickup, finalizer, status patches, watch delivery)",
+        "watch: create → finalizer seen",
+        "watch: finalizer → Materializing seen",
+        "watch: Materializing → Ready seen",
+        "writes to the object before Ready (watch events)",
+        "one API GET round trip (client)",
+        "**operator overhead** = created→Ready − git (fetch + checkout)",
+    ]
+    keys: list[str | None] = [
+        "client",
+        "fetch",
+        "checkout",
+        "engine_other",
+        "lock_wait",
+        "outside_handler",
+        "to_finalizer",
+        "finalizer_to_materializing",
+        "materializing_to_ready",
+        "events_before_ready",
+        None,
+        "overhead",
+    ]
+    lines = ["| median | " + " | ".join(name for name, _b, _rt in rows) + " |", "|---|" + "---|" * len(rows)]
     for label, column in zip(header, keys, strict=True):
         cells = []
         for _name, b, roundtrip in rows:
@@ -94,29 +146,72 @@ def time_table(results: list[Result]) -> str:
 
 
 def waves_table(results: list[Result]) -> str:
-    header = ["", "Workspaces", "all Ready after", "throughput", "created→Ready p50", "p99", "max", "lock wait p50",
-              "checkout p50", "upstream fetches", "writes per Workspace (median)"]
+    header = [
+        "",
+        "Workspaces",
+        "all Ready after",
+        "throughput",
+        "created→Ready p50",
+        "p99",
+        "max",
+        "lock wait p50",
+        "checkout p50",
+        "upstream fetches",
+        "writes per Workspace (median)",
+    ]
     rows = []
     for result in results:
         if not (wave := result.data.get("wave")):
             continue
         label = f"{result.name} (all at once)" if "at_once" in result.data else result.name
-        rows.append([label, f"{wave['count']}", f"{wave['wall']:.2f} s", f"{wave['throughput']:.1f}/s",
-                     f"{wave['p50']:.2f} s", f"{wave['p99']:.2f} s", f"{wave['max']:.2f} s",
-                     f"{wave['lock_wait_p50']:.2f} s", _ms(wave["checkout_p50"]), f"{wave.get('upstream_fetches', '—')}",
-                     f"{result.data.get('writes', {}).get('median', 0):.0f}"])
+        rows.append(
+            [
+                label,
+                f"{wave['count']}",
+                f"{wave['wall']:.2f} s",
+                f"{wave['throughput']:.1f}/s",
+                f"{wave['p50']:.2f} s",
+                f"{wave['p99']:.2f} s",
+                f"{wave['max']:.2f} s",
+                f"{wave['lock_wait_p50']:.2f} s",
+                _ms(wave["checkout_p50"]),
+                f"{wave.get('upstream_fetches', '—')}",
+                f"{result.data.get('writes', {}).get('median', 0):.0f}",
+            ]
+        )
     return _table(header, rows)
 
 
 def conditions_table(results: list[Result]) -> str:
     """CPU seconds per scenario, by whom; `others` is everything on the machine that is not this run."""
-    header = ["scenario", "wall", "machine busy", "kube-apiserver + etcd", "operator (Python)", "operator's git",
-              "upstream + raw git", "bench client", "others (not this run)"]
-    keys = ("system_busy", "apiserver_etcd", "operator_python", "operator_git", "upstream_and_raw_git",
-            "bench_client", "other")
-    return _table(header, [
-        [name, f"{cpu['wall']:.0f} s", *(f"{cpu[key]:.1f} s ({cpu[key] / cpu['wall']:.2f})" for key in keys)]
-        for result in results for name, cpu in _cpus(result)])
+    header = [
+        "scenario",
+        "wall",
+        "machine busy",
+        "kube-apiserver + etcd",
+        "operator (Python)",
+        "operator's git",
+        "upstream + raw git",
+        "bench client",
+        "others (not this run)",
+    ]
+    keys = (
+        "system_busy",
+        "apiserver_etcd",
+        "operator_python",
+        "operator_git",
+        "upstream_and_raw_git",
+        "bench_client",
+        "other",
+    )
+    return _table(
+        header,
+        [
+            [name, f"{cpu['wall']:.0f} s", *(f"{cpu[key]:.1f} s ({cpu[key] / cpu['wall']:.2f})" for key in keys)]
+            for result in results
+            for name, cpu in _cpus(result)
+        ],
+    )
 
 
 def _cpus(result: Result) -> list[tuple[str, Mapping[str, float]]]:
@@ -126,8 +221,9 @@ def _cpus(result: Result) -> list[tuple[str, Mapping[str, float]]]:
         found.append((result.name, result.data["cpu"]))
     for key, value in result.data.items():
         if key != "wave" and isinstance(value, Mapping) and isinstance(value.get("cpu"), Mapping):
-            found.append((f"{result.name} ({key})" if not key.startswith(result.name.split("-")[0]) else key,
-                          value["cpu"]))
+            found.append(
+                (f"{result.name} ({key})" if not key.startswith(result.name.split("-")[0]) else key, value["cpu"])
+            )
     return [(name, cpu) for name, cpu in found if cpu.get("wall")]
 
 
@@ -140,14 +236,17 @@ def background(results: list[Result]) -> str:
             wall += cpu.get("wall", 0.0)
     if not wall:
         return ""
-    return (f"Background load: processes that are not part of this run kept on average **{other / wall:.2f} of "
-            f"the machine's {os.cpu_count()} cores** busy while the scenarios ran (see Run conditions). Absolute "
-            "times are inflated by it and vary from rep to rep; the interleaved reps and medians are there so "
-            "that ratios stay comparable.")
+    return (
+        f"Background load: processes that are not part of this run kept on average **{other / wall:.2f} of "
+        f"the machine's {os.cpu_count()} cores** busy while the scenarios ran (see Run conditions). Absolute "
+        "times are inflated by it and vary from rep to rep; the interleaved reps and medians are there so "
+        "that ratios stay comparable."
+    )
 
 
-def render(results: list[Result], machine: Mapping[str, str], settings: Settings, seconds: float,
-           analysis: str = "") -> str:
+def render(
+    results: list[Result], machine: Mapping[str, str], settings: Settings, seconds: float, analysis: str = ""
+) -> str:
     mode = "quick" if settings.quick else "full"
     sizes = sorted({row.repo for r in results for row in r.rows}, key=list(repogen.PROFILES).index)
     parts = [
@@ -169,10 +268,19 @@ def render(results: list[Result], machine: Mapping[str, str], settings: Settings
         "",
         table(results),
         "",
-        *([("**Quick mode** runs everything on the ~200-file `small` repository with 2 reps. The targets (docs/design.md) are "
-            "stated for a git.git-sized repository; on a 0.5 MB tree the operator's fixed per-Workspace cost "
-            "(0.1–0.2 s: API round trips, a few extra git processes) dominates the ratios, so quick-mode "
-            "verdicts are a smoke test, not the verdict. `python -m bench` (full) is."), ""] if settings.quick else []),
+        *(
+            [
+                (
+                    "**Quick mode** runs everything on the ~200-file `small` repository with 2 reps. The targets (docs/design.md) are "
+                    "stated for a git.git-sized repository; on a 0.5 MB tree the operator's fixed per-Workspace cost "
+                    "(0.1–0.2 s: API round trips, a few extra git processes) dominates the ratios, so quick-mode "
+                    "verdicts are a smoke test, not the verdict. `python -m bench` (full) is."
+                ),
+                "",
+            ]
+            if settings.quick
+            else []
+        ),
         background(results),
         "",
         "## Repositories",
@@ -205,11 +313,16 @@ def render(results: list[Result], machine: Mapping[str, str], settings: Settings
         parts += ["## Many Workspaces at once", "", waves, ""]
     conditions = conditions_table(results)
     if conditions:
-        parts += ["## Run conditions", "",
-                  "CPU seconds used during each scenario (in parentheses: average cores busy). `others` is load "
-                  "on the machine that is not this run (other processes, kernel writeback): on a shared machine "
-                  "it is the main source of noise, and why medians over interleaved reps are reported.", "",
-                  conditions, ""]
+        parts += [
+            "## Run conditions",
+            "",
+            "CPU seconds used during each scenario (in parentheses: average cores busy). `others` is load "
+            "on the machine that is not this run (other processes, kernel writeback): on a shared machine "
+            "it is the main source of noise, and why medians over interleaved reps are reported.",
+            "",
+            conditions,
+            "",
+        ]
     if analysis:
         parts += [analysis.strip(), ""]
     parts += [

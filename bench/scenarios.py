@@ -89,8 +89,10 @@ class Result:
 def spread(operator: list[float], raw: list[float]) -> str:
     """Ranges, and the median of per-rep ratios (each pair ran back to back, under the same load)."""
     paired = median([o / r for o, r in zip(operator, raw, strict=True) if r > 0])
-    return (f"range: operator {min(operator):.2f}–{max(operator):.2f} s, raw {min(raw):.2f}–{max(raw):.2f} s; "
-            f"median of per-rep ratios {paired:.2f}x")
+    return (
+        f"range: operator {min(operator):.2f}–{max(operator):.2f} s, raw {min(raw):.2f}–{max(raw):.2f} s; "
+        f"median of per-rep ratios {paired:.2f}x"
+    )
 
 
 def median(values: list[float]) -> float:
@@ -109,8 +111,9 @@ def percentile(values: list[float], p: float) -> float:
 class Env:
     """One scenario's namespace, operator, upstream and scratch space; torn down on exit."""
 
-    def __init__(self, cp: ControlPlane, settings: Settings, name: str, size: str,
-                 operator_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, cp: ControlPlane, settings: Settings, name: str, size: str, operator_env: Mapping[str, str] | None = None
+    ) -> None:
         self.cp, self.settings, self.name, self.size = cp, settings, name, size
         self.dir = settings.run_dir / name
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -124,9 +127,13 @@ class Env:
         self.url = self.upstream.url("repo")
         namespace = cp.namespace(f"bench-{name}-{uuid.uuid4().hex[:6]}")
         settings.results_dir.mkdir(parents=True, exist_ok=True)
-        self.operator = start_operator(cp.kubeconfig, self.dir / "volume", namespace,
-                                       settings.results_dir / f"operator-{name}.log",
-                                       {**settings.operator_env, **(operator_env or {})})
+        self.operator = start_operator(
+            cp.kubeconfig,
+            self.dir / "volume",
+            namespace,
+            settings.results_dir / f"operator-{name}.log",
+            {**settings.operator_env, **(operator_env or {})},
+        )
         self.ws = Workspaces(cp, namespace, self.url)
         self.raw = self.dir / "raw"
         self.raw.mkdir()
@@ -182,11 +189,10 @@ class GitCpu:
         return f"git CPU (client + server): operator {median(self.operator):.2f} s, raw {median(self.raw):.2f} s"
 
 
-def interleave(rep: int, operator: Callable[[], None], baseline: Callable[[], None],
-               cpu: GitCpu | None = None) -> None:
+def interleave(rep: int, operator: Callable[[], None], baseline: Callable[[], None], cpu: GitCpu | None = None) -> None:
     """Alternate who goes first, so neither side always gets the warmer caches."""
     steps = ((operator, "operator"), (baseline, "raw"))
-    for step, side in (steps if rep % 2 == 0 else steps[::-1]):
+    for step, side in steps if rep % 2 == 0 else steps[::-1]:
         settle()
         before = cpu_snapshot(cpu.env.cp, cpu.env.operator) if cpu else None
         step()
@@ -205,6 +211,7 @@ def _samples_dict(samples: list[Sample]) -> list[dict[str, Any]]:
 
 def breakdown(samples: list[Sample]) -> dict[str, float]:
     """Medians of where a single Workspace's created→Ready goes."""
+
     def m(key: Callable[[Sample], float]) -> float:
         return median([key(s) for s in samples])
 
@@ -214,11 +221,18 @@ def breakdown(samples: list[Sample]) -> dict[str, float]:
         "lock_wait": m(lambda s: s.timings.get("lockWaitSeconds", 0.0)),
         "fetch": m(lambda s: s.timings.get("fetchSeconds", 0.0)),
         "checkout": m(lambda s: s.timings.get("checkoutSeconds", 0.0)),
-        "engine_other": m(lambda s: s.timings.get("totalSeconds", 0.0) - s.timings.get("lockWaitSeconds", 0.0)
-                          - s.timings.get("fetchSeconds", 0.0) - s.timings.get("checkoutSeconds", 0.0)),
+        "engine_other": m(
+            lambda s: (
+                s.timings.get("totalSeconds", 0.0)
+                - s.timings.get("lockWaitSeconds", 0.0)
+                - s.timings.get("fetchSeconds", 0.0)
+                - s.timings.get("checkoutSeconds", 0.0)
+            )
+        ),
         "outside_handler": m(lambda s: s.client_seconds - s.timings.get("totalSeconds", 0.0)),
-        "overhead": m(lambda s: s.client_seconds - s.timings.get("fetchSeconds", 0.0)
-                      - s.timings.get("checkoutSeconds", 0.0)),
+        "overhead": m(
+            lambda s: s.client_seconds - s.timings.get("fetchSeconds", 0.0) - s.timings.get("checkoutSeconds", 0.0)
+        ),
         "to_finalizer": m(lambda s: s.to_finalizer),
         "finalizer_to_materializing": m(lambda s: s.to_materializing - s.to_finalizer),
         "materializing_to_ready": m(lambda s: s.client_seconds - s.to_materializing),
@@ -241,8 +255,10 @@ def fsync_probe(directory: Path) -> float:
 
 def _op_summary(sample: Sample) -> str:
     t = sample.timings
-    return (f"operator {sample.client_seconds:.3f}s (fetch {t.get('fetchSeconds', 0):.3f}s, "
-            f"checkout {t.get('checkoutSeconds', 0):.3f}s)")
+    return (
+        f"operator {sample.client_seconds:.3f}s (fetch {t.get('fetchSeconds', 0):.3f}s, "
+        f"checkout {t.get('checkoutSeconds', 0):.3f}s)"
+    )
 
 
 # -- single Workspaces: cold, warm, warm with new commits -------------------------------------
@@ -268,8 +284,10 @@ def cold(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | No
 
         def baseline(rep: int, record: bool = True) -> None:
             cache, tree = env.raw / f"cold-{rep}.git", env.raw / f"cold-{rep}"
-            seconds = timed_git(["clone", "--bare", "--quiet", env.url, str(cache)],
-                                ["-C", str(cache), "worktree", "add", "--detach", "--quiet", str(tree), env.head])
+            seconds = timed_git(
+                ["clone", "--bare", "--quiet", env.url, str(cache)],
+                ["-C", str(cache), "worktree", "add", "--detach", "--quiet", str(tree), env.head],
+            )
             if record:
                 raw.append(seconds)
 
@@ -282,19 +300,33 @@ def cold(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | No
             progress(f"cold {size} rep {rep + 1}/{reps}: {_op_summary(samples[-1])}, raw {raw[-1]:.3f}s")
         ops = [s.client_seconds for s in samples]
         op, base = median(ops), median(raw)
-        result.rows.append(Row("cold (no cache)", size, op, base, "`git clone --bare` + `git worktree add`",
-                               "≤ 1.1x", op <= 1.1 * base,
-                               note=f"{spread(ops, raw)}; {cpu.note()}; upstream fetches per Workspace: "
-                                    f"{max(fetches)}"))
-        result.data = {"samples": _samples_dict(samples), "raw": raw, "fetches": fetches,
-                       "git_cpu": {"operator": cpu.operator, "raw": cpu.raw},
-                       "breakdown": breakdown(samples), "api_get_roundtrip": env.ws.get_roundtrip("cold-0")}
+        result.rows.append(
+            Row(
+                "cold (no cache)",
+                size,
+                op,
+                base,
+                "`git clone --bare` + `git worktree add`",
+                "≤ 1.1x",
+                op <= 1.1 * base,
+                note=f"{spread(ops, raw)}; {cpu.note()}; upstream fetches per Workspace: {max(fetches)}",
+            )
+        )
+        result.data = {
+            "samples": _samples_dict(samples),
+            "raw": raw,
+            "fetches": fetches,
+            "git_cpu": {"operator": cpu.operator, "raw": cpu.raw},
+            "breakdown": breakdown(samples),
+            "api_get_roundtrip": env.ws.get_roundtrip("cold-0"),
+        }
     result.data["cpu"] = env.cpu
     return result
 
 
-def warm(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | None = None,
-         references: bool = True) -> Result:
+def warm(
+    cp: ControlPlane, st: Settings, size: str | None = None, reps: int | None = None, references: bool = True
+) -> Result:
     """Commit already cached, pinned by commit, vs `git worktree add` of that commit.
 
     Alongside, for the README: a fresh `git clone` and a `git clone --depth 1` of the
@@ -319,8 +351,7 @@ def warm(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | No
 
         def baseline(rep: int, record: bool = True) -> None:
             tree = env.raw / f"wt-{rep}"
-            seconds = timed_git(["-C", str(base_cache), "worktree", "add", "--detach", "--quiet", str(tree),
-                                 env.head])
+            seconds = timed_git(["-C", str(base_cache), "worktree", "add", "--detach", "--quiet", str(tree), env.head])
             probe = fsync_probe(env.raw)  # after the timing: what a durable record would have added
             if record:
                 raw.append(seconds)
@@ -346,20 +377,53 @@ def warm(cp: ControlPlane, st: Settings, size: str | None = None, reps: int | No
             progress(f"warm {size} rep {rep + 1}/{reps}: {_op_summary(samples[-1])}, raw {raw[-1]:.3f}s{extra}")
         ops = [s.client_seconds for s in samples]
         op, base = median(ops), median(raw)
-        result.rows.append(Row("warm (commit cached, pinned)", size, op, base, "`git worktree add` of the commit",
-                               "≤ 1.5x + 0.3 s", op <= 1.5 * base + 0.3,
-                               note=f"operator − raw: {op - base:+.2f} s; {spread(ops, raw)}; {cpu.note()}"))
+        result.rows.append(
+            Row(
+                "warm (commit cached, pinned)",
+                size,
+                op,
+                base,
+                "`git worktree add` of the commit",
+                "≤ 1.5x + 0.3 s",
+                op <= 1.5 * base + 0.3,
+                note=f"operator − raw: {op - base:+.2f} s; {spread(ops, raw)}; {cpu.note()}",
+            )
+        )
         if references:
-            result.rows.append(Row("for the README: fresh `git clone`", size, op, median(clones),
-                                   "`git clone` (full history, checkout)", "—", None,
-                                   note="operator column: the warm Workspace above"))
-            result.rows.append(Row("for the README: `git clone --depth 1`", size, op, median(shallow),
-                                   "`git clone --depth 1`", "—", None,
-                                   note="operator column: the warm Workspace above"))
-        result.data = {"samples": _samples_dict(samples), "raw": raw, "fsync_after_raw_checkout": fsyncs,
-                       "git_cpu": {"operator": cpu.operator, "raw": cpu.raw},
-                       "clone": clones, "clone_depth1": shallow, "breakdown": breakdown(samples),
-                       "api_get_roundtrip": env.ws.get_roundtrip("seed")}
+            result.rows.append(
+                Row(
+                    "for the README: fresh `git clone`",
+                    size,
+                    op,
+                    median(clones),
+                    "`git clone` (full history, checkout)",
+                    "—",
+                    None,
+                    note="operator column: the warm Workspace above",
+                )
+            )
+            result.rows.append(
+                Row(
+                    "for the README: `git clone --depth 1`",
+                    size,
+                    op,
+                    median(shallow),
+                    "`git clone --depth 1`",
+                    "—",
+                    None,
+                    note="operator column: the warm Workspace above",
+                )
+            )
+        result.data = {
+            "samples": _samples_dict(samples),
+            "raw": raw,
+            "fsync_after_raw_checkout": fsyncs,
+            "git_cpu": {"operator": cpu.operator, "raw": cpu.raw},
+            "clone": clones,
+            "clone_depth1": shallow,
+            "breakdown": breakdown(samples),
+            "api_get_roundtrip": env.ws.get_roundtrip("seed"),
+        }
     result.data["cpu"] = env.cpu
     return result
 
@@ -402,20 +466,37 @@ def warm_new(cp: ControlPlane, st: Settings, size: str | None = None, reps: int 
         for rep in range(reps):
             tip = extender.push(st.push_commits)
             interleave(rep, lambda: operator(rep, tip), lambda: baseline(rep, tip), cpu)
-            progress(f"warm-new {size} rep {rep + 1}/{reps}: {_op_summary(samples[-1])}, raw {raw[-1]:.3f}s "
-                     f"(fetch {raw_fetch[-1]:.3f}s)")
+            progress(
+                f"warm-new {size} rep {rep + 1}/{reps}: {_op_summary(samples[-1])}, raw {raw[-1]:.3f}s "
+                f"(fetch {raw_fetch[-1]:.3f}s)"
+            )
         ops = [s.client_seconds for s in samples]
         op, base = median(ops), median(raw)
-        result.rows.append(Row(f"warm + {st.push_commits} new upstream commits", size, op, base,
-                               "`git fetch` + `git worktree add`", "≤ 1.2x", op <= 1.2 * base,
-                               note=f"{spread(ops, raw)}; {cpu.note()}; upstream fetches per Workspace: "
-                                    f"{max(fetches)}; raw fetch "
-                                    f"{median(raw_fetch):.3f}s, operator fetch "
-                                    f"{median([s.timings.get('fetchSeconds', 0.0) for s in samples]):.3f}s"))
-        result.data = {"samples": _samples_dict(samples), "raw": raw, "raw_fetch": raw_fetch, "fetches": fetches,
-                       "git_cpu": {"operator": cpu.operator, "raw": cpu.raw},
-                       "breakdown": breakdown(samples), "push_commits": st.push_commits,
-                       "api_get_roundtrip": env.ws.get_roundtrip("seed")}
+        result.rows.append(
+            Row(
+                f"warm + {st.push_commits} new upstream commits",
+                size,
+                op,
+                base,
+                "`git fetch` + `git worktree add`",
+                "≤ 1.2x",
+                op <= 1.2 * base,
+                note=f"{spread(ops, raw)}; {cpu.note()}; upstream fetches per Workspace: "
+                f"{max(fetches)}; raw fetch "
+                f"{median(raw_fetch):.3f}s, operator fetch "
+                f"{median([s.timings.get('fetchSeconds', 0.0) for s in samples]):.3f}s",
+            )
+        )
+        result.data = {
+            "samples": _samples_dict(samples),
+            "raw": raw,
+            "raw_fetch": raw_fetch,
+            "fetches": fetches,
+            "git_cpu": {"operator": cpu.operator, "raw": cpu.raw},
+            "breakdown": breakdown(samples),
+            "push_commits": st.push_commits,
+            "api_get_roundtrip": env.ws.get_roundtrip("seed"),
+        }
     result.data["cpu"] = env.cpu
     return result
 
@@ -464,24 +545,45 @@ def _raw_serial(env: Env, projects: int, count: int, measure_at_most: int) -> tu
     measured = min(count, measure_at_most)
     adds = []
     for i in range(measured):
-        adds.append(timed_git(["-C", str(env.raw / f"p{i % projects}.git"), "worktree", "add", "--detach",
-                               "--quiet", str(env.raw / f"wt-{i}"), env.head]))
+        adds.append(
+            timed_git(
+                [
+                    "-C",
+                    str(env.raw / f"p{i % projects}.git"),
+                    "worktree",
+                    "add",
+                    "--detach",
+                    "--quiet",
+                    str(env.raw / f"wt-{i}"),
+                    env.head,
+                ]
+            )
+        )
     total = sum(clone_seconds) + sum(adds) * count / measured
     label = "" if measured == count else f" (measured {measured} adds, extrapolated)"
     return total, label
 
 
-def _wave_vs_serial(cp: ControlPlane, st: Settings, name: str, size: str, count: int, projects: int,
-                    measure_at_most: int, verdict: Callable[[dict[str, Any], float, str], Row]) -> Result:
+def _wave_vs_serial(
+    cp: ControlPlane,
+    st: Settings,
+    name: str,
+    size: str,
+    count: int,
+    projects: int,
+    measure_at_most: int,
+    verdict: Callable[[dict[str, Any], float, str], Row],
+) -> Result:
     """`count` Workspaces over `projects` projects created at once (cold caches), against raw git
     doing the same work serially."""
     result = Result(f"{name}-{size}")
     with Env(cp, st, f"{name}-{size}", size) as env:
-        items = [(f"{name}-{i}", f"{name}{i % projects}", {"branch": "main", "commit": env.head})
-                 for i in range(count)]
+        items = [(f"{name}-{i}", f"{name}{i % projects}", {"branch": "main", "commit": env.head}) for i in range(count)]
         wave = _wave(env, items, timeout=1800)
-        progress(f"{name} {size}: {wave['ready']}/{count} Ready in {wave['wall']:.2f}s ({wave['throughput']:.1f}/s), "
-                 f"p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s, {wave['upstream_fetches']} upstream fetch(es)")
+        progress(
+            f"{name} {size}: {wave['ready']}/{count} Ready in {wave['wall']:.2f}s ({wave['throughput']:.1f}/s), "
+            f"p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s, {wave['upstream_fetches']} upstream fetch(es)"
+        )
         raw, label = _raw_serial(env, projects, count, measure_at_most)
         result.rows.append(verdict(wave, raw, label))
         result.data = {"wave": wave, "raw_serial": raw, "writes": _writes(env)}
@@ -494,11 +596,17 @@ def burst(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
     size, n = size or st.burst_size, st.burst
 
     def verdict(wave: dict[str, Any], raw: float, label: str) -> Row:
-        return Row(f"burst: {n} Workspaces, one project+commit", size, wave["wall"], raw,
-                   f"1 `clone --bare` + {n} `worktree add`, serial{label}", "1 fetch, all Ready",
-                   wave["upstream_fetches"] == 1 and wave["ready"] == n,
-                   note=f"{wave['upstream_fetches']} fetch, {wave['ready']}/{n} Ready; "
-                        f"created→Ready p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s")
+        return Row(
+            f"burst: {n} Workspaces, one project+commit",
+            size,
+            wave["wall"],
+            raw,
+            f"1 `clone --bare` + {n} `worktree add`, serial{label}",
+            "1 fetch, all Ready",
+            wave["upstream_fetches"] == 1 and wave["ready"] == n,
+            note=f"{wave['upstream_fetches']} fetch, {wave['ready']}/{n} Ready; "
+            f"created→Ready p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s",
+        )
 
     return _wave_vs_serial(cp, st, "burst", size, n, 1, 10 if size != "small" else n, verdict)
 
@@ -508,10 +616,17 @@ def many(cp: ControlPlane, st: Settings, size: str | None = None) -> Result:
     size, n, projects = size or st.many_size, st.many, st.many_projects
 
     def verdict(wave: dict[str, Any], raw: float, label: str) -> Row:
-        return Row(f"many: {n} Workspaces over {projects} projects", size, wave["wall"], raw,
-                   f"{projects} `clone --bare` + {n} `worktree add`, serial{label}", "reported", None,
-                   note=f"{wave['throughput']:.1f} Workspaces/s; created→Ready p50 {wave['p50']:.2f}s, "
-                        f"p99 {wave['p99']:.2f}s; {wave['upstream_fetches']} fetches")
+        return Row(
+            f"many: {n} Workspaces over {projects} projects",
+            size,
+            wave["wall"],
+            raw,
+            f"{projects} `clone --bare` + {n} `worktree add`, serial{label}",
+            "reported",
+            None,
+            note=f"{wave['throughput']:.1f} Workspaces/s; created→Ready p50 {wave['p50']:.2f}s, "
+            f"p99 {wave['p99']:.2f}s; {wave['upstream_fetches']} fetches",
+        )
 
     return _wave_vs_serial(cp, st, "many", size, n, projects, n if size == "small" else 20, verdict)
 
@@ -530,9 +645,10 @@ def _memory_run(cp: ControlPlane, st: Settings, size: str, batch: int) -> tuple[
         idle = env.operator.rss_kb()
         for p in range(st.memory_projects):  # the caches: a few projects, one commit
             env.ws.materialize(f"seed-{p}", f"m{p}", {"branch": "main", "commit": env.head})
-        items = [(f"mem-{i}", f"m{i % st.memory_projects}", {"branch": "main", "commit": env.head})
-                 for i in range(st.memory)]
-        waves = [_wave(env, items[i:i + batch], timeout=3600) for i in range(0, len(items), batch)]
+        items = [
+            (f"mem-{i}", f"m{i % st.memory_projects}", {"branch": "main", "commit": env.head}) for i in range(st.memory)
+        ]
+        waves = [_wave(env, items[i : i + batch], timeout=3600) for i in range(0, len(items), batch)]
         wall = sum(w["wall"] for w in waves)
         time.sleep(2.0)
         at_ready = env.operator.rss_kb()
@@ -546,19 +662,36 @@ def _memory_run(cp: ControlPlane, st: Settings, size: str, batch: int) -> tuple[
         # Writes to Ready Workspaces while nothing changes (timers must not write when idle).
         idle_writes = sum(env.ws.writes_per_workspace().values()) - writes_at_ready
         worst = max(at_ready["rss"], settled["rss"]) / 1024
-        progress(f"memory {size} ({how}): {st.memory} Ready in {wall:.1f}s; RSS idle {idle['rss'] / 1024:.0f} MB, "
-                 f"with {st.memory} Workspaces {worst:.0f} MB (peak {settled['hwm'] / 1024:.0f} MB)")
-        row = Row(f"memory: operator RSS with {st.memory} Workspaces, created {how}", size, worst,
-                  idle["rss"] / 1024, "the same operator, idle, no Workspaces", "< 150 MB", worst < 150, unit="MB",
-                  note=f"+{(worst * 1024 - idle['rss']) / st.memory:.0f} KB per Workspace; peak (VmHWM) "
-                       f"{max(at_ready['hwm'], settled['hwm']) / 1024:.0f} MB; "
-                       f"{st.memory / wall:.1f} Workspaces/s; {idle_writes} object writes in "
-                       f"{now() - idle_since:.0f} s idle")
-        data = {"idle_kb": idle, "at_ready_kb": at_ready, "settled_kb": settled, "batch": batch,
-                "idle_writes": idle_writes,
-                "wave": {**waves[-1], "count": st.memory, "wall": wall, "throughput": st.memory / wall}
-                if len(waves) == 1 else None,
-                "operator_cpu_seconds": env.operator.cpu_seconds(), "writes": _writes(env)}
+        progress(
+            f"memory {size} ({how}): {st.memory} Ready in {wall:.1f}s; RSS idle {idle['rss'] / 1024:.0f} MB, "
+            f"with {st.memory} Workspaces {worst:.0f} MB (peak {settled['hwm'] / 1024:.0f} MB)"
+        )
+        row = Row(
+            f"memory: operator RSS with {st.memory} Workspaces, created {how}",
+            size,
+            worst,
+            idle["rss"] / 1024,
+            "the same operator, idle, no Workspaces",
+            "< 150 MB",
+            worst < 150,
+            unit="MB",
+            note=f"+{(worst * 1024 - idle['rss']) / st.memory:.0f} KB per Workspace; peak (VmHWM) "
+            f"{max(at_ready['hwm'], settled['hwm']) / 1024:.0f} MB; "
+            f"{st.memory / wall:.1f} Workspaces/s; {idle_writes} object writes in "
+            f"{now() - idle_since:.0f} s idle",
+        )
+        data = {
+            "idle_kb": idle,
+            "at_ready_kb": at_ready,
+            "settled_kb": settled,
+            "batch": batch,
+            "idle_writes": idle_writes,
+            "wave": {**waves[-1], "count": st.memory, "wall": wall, "throughput": st.memory / wall}
+            if len(waves) == 1
+            else None,
+            "operator_cpu_seconds": env.operator.cpu_seconds(),
+            "writes": _writes(env),
+        }
     data["cpu"] = env.cpu
     return row, data
 
@@ -597,10 +730,16 @@ def replicas(cp: ControlPlane, st: Settings) -> Result:
     result = Result(f"replicas-{size}")
     for count in st.replica_counts:
         with Env(cp, st, f"replicas-{count}-{size}", size) as env:
-            extra = [start_operator(cp.kubeconfig, env.operator.root, env.ws.namespace,
-                                    st.results_dir / f"operator-replicas-{count}-{i}.log",
-                                    {**st.operator_env, "WORKSPACE_IDENTITY": f"bench{i}"})
-                     for i in range(1, count)]
+            extra = [
+                start_operator(
+                    cp.kubeconfig,
+                    env.operator.root,
+                    env.ws.namespace,
+                    st.results_dir / f"operator-replicas-{count}-{i}.log",
+                    {**st.operator_env, "WORKSPACE_IDENTITY": f"bench{i}"},
+                )
+                for i in range(1, count)
+            ]
             try:
                 ops = [env.operator, *extra]
                 deadline = now() + 60
@@ -608,20 +747,33 @@ def replicas(cp: ControlPlane, st: Settings) -> Result:
                     if now() > deadline:
                         raise TimeoutError(f"{count} replicas did not see each other in 60s")
                     time.sleep(0.2)
-                items = [(f"r{count}-{i}", f"p{i % st.many_projects}", {"branch": "main", "commit": env.head})
-                         for i in range(st.many)]
+                items = [
+                    (f"r{count}-{i}", f"p{i % st.many_projects}", {"branch": "main", "commit": env.head})
+                    for i in range(st.many)
+                ]
                 wave = _wave(env, items, timeout=1800)
                 shares = [_counter(op.metrics(), 'workspace_materializations_total{result="ready"}') for op in ops]
             finally:
                 for op in extra:
                     op.stop()
-        progress(f"replicas {count}: {wave['ready']}/{st.many} Ready in {wave['wall']:.2f}s "
-                 f"({wave['throughput']:.1f}/s), p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s, "
-                 f"materialized per replica {shares}")
-        result.rows.append(Row(f"replicas: {st.many} Workspaces over {st.many_projects} projects, {count} "
-                               f"replica(s)", size, wave["wall"], None, "", "reported", None,
-                               note=f"{wave['throughput']:.1f} Workspaces/s; created→Ready p50 {wave['p50']:.2f}s, "
-                                    f"p99 {wave['p99']:.2f}s; per replica {shares}"))
+        progress(
+            f"replicas {count}: {wave['ready']}/{st.many} Ready in {wave['wall']:.2f}s "
+            f"({wave['throughput']:.1f}/s), p50 {wave['p50']:.2f}s, p99 {wave['p99']:.2f}s, "
+            f"materialized per replica {shares}"
+        )
+        result.rows.append(
+            Row(
+                f"replicas: {st.many} Workspaces over {st.many_projects} projects, {count} replica(s)",
+                size,
+                wave["wall"],
+                None,
+                "",
+                "reported",
+                None,
+                note=f"{wave['throughput']:.1f} Workspaces/s; created→Ready p50 {wave['p50']:.2f}s, "
+                f"p99 {wave['p99']:.2f}s; per replica {shares}",
+            )
+        )
         result.data[f"replicas-{count}"] = {"wave": wave, "per_replica": shares}
     return result
 

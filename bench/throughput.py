@@ -33,14 +33,18 @@ from workspace_operator.git import CheckoutRequest, Engine, GitSettings, Revisio
 SETTINGS = GitSettings(allowed_schemes=frozenset({"http"}), timeout_seconds=1800, allow_private_networks=True)
 
 
-async def materialize(engine: Engine, queues: ProjectQueues, checkouts: Checkouts, url: str, name: str,
-                      revision: Revision) -> None:
+async def materialize(
+    engine: Engine, queues: ProjectQueues, checkouts: Checkouts, url: str, name: str, revision: Revision
+) -> None:
     received = time.monotonic()
     valid = engine.validate(CheckoutRequest("bench", "repo", name, url, revision))
     hold = queues.hold_id  # asked inside the step: the hold it runs in
-    prepared, _ = await queues.run("bench", "repo",
-                                   lambda: engine.prepare(valid, not_before=received, hold=hold("bench", "repo")),
-                                   wait_seconds=1800)
+    prepared, _ = await queues.run(
+        "bench",
+        "repo",
+        lambda: engine.prepare(valid, not_before=received, hold=hold("bench", "repo")),
+        wait_seconds=1800,
+    )
     async with checkouts.slot():
         await engine.populate(prepared)
 
@@ -72,6 +76,7 @@ def main() -> int:
     url = upstream.url("repo")
     results: dict[str, list[float]] = {}
     try:
+
         def record(key: str, seconds: float) -> None:
             results.setdefault(key, []).append(seconds)
 
@@ -79,33 +84,78 @@ def main() -> int:
             root = work / f"cold-{rep}"
             root.mkdir()
             engine = Engine(root, SETTINGS)
-            record("cold op", timed(lambda: materialize(engine, ProjectQueues(LocalLocks()),  # type: ignore[arg-type]
-                                                        Checkouts(limit), url, "w", Revision(branch="main"))))
+            record(
+                "cold op",
+                timed(
+                    lambda: materialize(
+                        engine,
+                        ProjectQueues(LocalLocks()),  # type: ignore[arg-type]
+                        Checkouts(limit),
+                        url,
+                        "w",
+                        Revision(branch="main"),
+                    )
+                ),
+            )
 
         def raw_cold(rep: int) -> None:
             cache, tree = work / f"raw-cold-{rep}.git", work / f"raw-cold-{rep}"
-            record("cold raw", timed_git(["clone", "--bare", "--quiet", "--single-branch", "--no-tags", "--branch",
-                                          "main", url, str(cache)],
-                                         ["-C", str(cache), "worktree", "add", "--detach", "--quiet", str(tree),
-                                          gen.head]))
+            record(
+                "cold raw",
+                timed_git(
+                    ["clone", "--bare", "--quiet", "--single-branch", "--no-tags", "--branch", "main", url, str(cache)],
+                    ["-C", str(cache), "worktree", "add", "--detach", "--quiet", str(tree), gen.head],
+                ),
+            )
 
         # The volume and raw clone the restart and burst cases reuse.
         warm_root = work / "warm"
         warm_root.mkdir()
-        asyncio.run(materialize(Engine(warm_root, SETTINGS), ProjectQueues(LocalLocks()),  # type: ignore[arg-type]
-                                Checkouts(limit), url, "seed", Revision(branch="main")))
+        asyncio.run(
+            materialize(
+                Engine(warm_root, SETTINGS),
+                ProjectQueues(LocalLocks()),  # type: ignore[arg-type]
+                Checkouts(limit),
+                url,
+                "seed",
+                Revision(branch="main"),
+            )
+        )
         raw_cache = work / "raw.git"
         timed_git(["clone", "--bare", "--quiet", "--single-branch", "--no-tags", url, str(raw_cache)])
 
         def op_restart(rep: int) -> None:
             engine = Engine(warm_root, SETTINGS)  # a new process: nothing verified yet
-            record("restart op", timed(lambda: materialize(engine, ProjectQueues(LocalLocks()),  # type: ignore[arg-type]
-                                                           Checkouts(limit), url, f"r{rep}",
-                                                           Revision(commit=gen.head))))
+            record(
+                "restart op",
+                timed(
+                    lambda: materialize(
+                        engine,
+                        ProjectQueues(LocalLocks()),  # type: ignore[arg-type]
+                        Checkouts(limit),
+                        url,
+                        f"r{rep}",
+                        Revision(commit=gen.head),
+                    )
+                ),
+            )
 
         def raw_restart(rep: int) -> None:
-            record("restart raw", timed_git(["-C", str(raw_cache), "worktree", "add", "--detach", "--quiet",
-                                             str(work / f"raw-r{rep}"), gen.head]))
+            record(
+                "restart raw",
+                timed_git(
+                    [
+                        "-C",
+                        str(raw_cache),
+                        "worktree",
+                        "add",
+                        "--detach",
+                        "--quiet",
+                        str(work / f"raw-r{rep}"),
+                        gen.head,
+                    ]
+                ),
+            )
 
         def op_burst(rep: int) -> None:
             engine = Engine(warm_root, SETTINGS)
@@ -113,24 +163,52 @@ def main() -> int:
             checkouts = Checkouts(limit)
 
             async def all_of_them() -> None:
-                await asyncio.gather(*(materialize(engine, queues, checkouts, url, f"b{rep}-{i}",
-                                                   Revision(commit=gen.head)) for i in range(opts.burst)))
+                await asyncio.gather(
+                    *(
+                        materialize(engine, queues, checkouts, url, f"b{rep}-{i}", Revision(commit=gen.head))
+                        for i in range(opts.burst)
+                    )
+                )
+
             record("burst op", timed(all_of_them))
 
         def raw_burst(rep: int) -> None:
-            record("burst raw", sum(timed_git(["-C", str(raw_cache), "worktree", "add", "--detach", "--quiet",
-                                               str(work / f"raw-b{rep}-{i}"), gen.head])
-                                    for i in range(opts.burst)))
+            record(
+                "burst raw",
+                sum(
+                    timed_git(
+                        [
+                            "-C",
+                            str(raw_cache),
+                            "worktree",
+                            "add",
+                            "--detach",
+                            "--quiet",
+                            str(work / f"raw-b{rep}-{i}"),
+                            gen.head,
+                        ]
+                    )
+                    for i in range(opts.burst)
+                ),
+            )
 
-        cases = [(name, op, raw) for name, op, raw in (("cold", op_cold, raw_cold),
-                                                       ("restart", op_restart, raw_restart),
-                                                       ("burst", op_burst, raw_burst)) if name in only]
+        cases = [
+            (name, op, raw)
+            for name, op, raw in (
+                ("cold", op_cold, raw_cold),
+                ("restart", op_restart, raw_restart),
+                ("burst", op_burst, raw_burst),
+            )
+            if name in only
+        ]
         for rep in range(opts.reps):
             for name, op, raw in cases:
                 first, second = (op, raw) if rep % 2 == 0 else (raw, op)
                 first(rep)
                 second(rep)
-                print(f"rep {rep + 1} {name}: op {results[f'{name} op'][-1]:.2f}s raw {results[f'{name} raw'][-1]:.2f}s")
+                print(
+                    f"rep {rep + 1} {name}: op {results[f'{name} op'][-1]:.2f}s raw {results[f'{name} raw'][-1]:.2f}s"
+                )
         print(f"\n{opts.size}, {opts.reps} interleaved reps, checkout slots {limit}, medians:")
         for name, _op, _raw in cases:
             op_s, raw_s = statistics.median(results[f"{name} op"]), statistics.median(results[f"{name} raw"])

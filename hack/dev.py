@@ -42,8 +42,13 @@ def say(message: str) -> None:
 
 
 def kubectl(*args: str, capture: bool = False) -> str:
-    result = subprocess.run([KUBECTL, "--kubeconfig", str(STATE / "kubeconfig"), *args], check=True, text=True,
-                            timeout=120, capture_output=capture)
+    result = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(STATE / "kubeconfig"), *args],
+        check=True,
+        text=True,
+        timeout=120,
+        capture_output=capture,
+    )
     return str(result.stdout or "")
 
 
@@ -53,8 +58,11 @@ def demo_repository(served: Path) -> Path:
     if bare.exists():
         return bare
     work = init_upstream(served / "demo-src")
-    commit(work, {"app/main.py": 'print("hello from a workspace")\n',
-                  "README.md": "# demo\nServed locally by `make dev`.\n"}, "demo")
+    commit(
+        work,
+        {"app/main.py": 'print("hello from a workspace")\n', "README.md": "# demo\nServed locally by `make dev`.\n"},
+        "demo",
+    )
     git(served, "clone", "-q", "--bare", str(work), str(bare))
     return bare
 
@@ -92,9 +100,20 @@ def main() -> int:
             raise RuntimeError(f"port {DAEMON_PORT} is busy: examples/workspace.yaml needs git daemon there")
         with open(logs / "git-daemon.log", "ab") as log:
             daemon = subprocess.Popen(
-                ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}", "--listen=127.0.0.1",
-                 f"--port={DAEMON_PORT}", str(served)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    "git",
+                    "daemon",
+                    "--reuseaddr",
+                    "--export-all",
+                    f"--base-path={served}",
+                    "--listen=127.0.0.1",
+                    f"--port={DAEMON_PORT}",
+                    str(served),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for(lambda: not port_free(DAEMON_PORT), timeout=10, message="git daemon")
         say(f"demo repository served at git://127.0.0.1:{DAEMON_PORT}/demo.git")
 
@@ -111,9 +130,13 @@ def main() -> int:
         }
         operator_log = logs / "operator.log"
         out = open(operator_log, "ab") if oneshot else None  # noqa: SIM115 - the operator's stdout until it stops
-        operator = subprocess.Popen([sys.executable, "-m", "workspace_operator"], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT if out else None,
-                                    start_new_session=True)
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "workspace_operator"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
         say(f"operator running (pid {operator.pid}), volume root {VOLUME}, metrics on :{metrics_port}")
 
         kubectl("apply", "-f", str(REPO / "examples" / "workspace.yaml"))
@@ -122,13 +145,16 @@ def main() -> int:
         kubectl("get", "workspaces", "-A", "-o", "wide")
         status = json.loads(kubectl("get", "workspace/example", "-n", "default", "-o", "json", capture=True))["status"]
         say(f"Ready: commit {status['commit']} at {VOLUME / status['workdir']}")
-        print(f"""
+        print(
+            f"""
 Point kubectl at the local cluster:
-    export KUBECONFIG={STATE / 'kubeconfig'}
+    export KUBECONFIG={STATE / "kubeconfig"}
     {KUBECTL} get ws -A
     {KUBECTL} describe ws example
 Metrics: curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^workspace_
-""", flush=True)
+""",
+            flush=True,
+        )
         if oneshot:
             return 0
         say("operator in the foreground; Ctrl-C stops everything make dev started")

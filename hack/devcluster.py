@@ -69,8 +69,12 @@ def build(*, quiet: bool = False) -> Path:
         f"-s -w -X {pkg}.gitVersion={version} -X {pkg}.gitMajor={major} "
         f"-X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean"
     )
-    return toolcache.cached(binary_path(), lambda partial: toolcache.go_build(SOURCE, partial, ldflags=ldflags),
-                            what=f"kube-local {version}", quiet=quiet)
+    return toolcache.cached(
+        binary_path(),
+        lambda partial: toolcache.go_build(SOURCE, partial, ldflags=ldflags),
+        what=f"kube-local {version}",
+        quiet=quiet,
+    )
 
 
 def _free_port() -> int:
@@ -168,8 +172,15 @@ def _write_kubeconfig(state_dir: Path, server: str) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "kube-local", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}],
-        "users": [{"name": "admin", "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}],
+        "clusters": [
+            {"name": "kube-local", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}
+        ],
+        "users": [
+            {
+                "name": "admin",
+                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+            }
+        ],
         "contexts": [{"name": "kube-local", "context": {"cluster": "kube-local", "user": "admin"}}],
         "current-context": "kube-local",
     }
@@ -205,8 +216,9 @@ def start(
     if no_fsync:
         args.append("--unsafe-no-fsync")
     with open(logs / "apiserver.log", "ab") as log:
-        apiserver = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        apiserver = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     cluster = Cluster(str(state_dir), server, apiserver.pid, None)
     _write_kubeconfig(state_dir, server)
     deadline = time.monotonic() + timeout
@@ -221,9 +233,18 @@ def start(
     if controllers:
         with open(logs / "controller-manager.log", "ab") as log:
             kcm = subprocess.Popen(
-                [str(binary), "controller-manager", f"--kubeconfig={state_dir / 'kubeconfig'}",
-                 f"--controllers={CONTROLLERS}", "--leader-elect=false", "--secure-port=0"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [
+                    str(binary),
+                    "controller-manager",
+                    f"--kubeconfig={state_dir / 'kubeconfig'}",
+                    f"--controllers={CONTROLLERS}",
+                    "--leader-elect=false",
+                    "--secure-port=0",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         cluster.controller_manager_pid = kcm.pid
     (state_dir / "cluster.json").write_text(json.dumps(asdict(cluster)))

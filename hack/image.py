@@ -47,8 +47,12 @@ PACKAGES_FILE = REPO / "image" / "debian-packages.txt"
 INSTALL_SCRIPT = REPO / "image" / "install.sh"
 # The Containerfile's runtime settings; the OCI config below repeats them.
 USER = "10001:10001"
-ENV = ("PATH=/opt/workspace-operator/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONUNBUFFERED=1",
-       "PYTHONDONTWRITEBYTECODE=1", "HOME=/tmp")
+ENV = (
+    "PATH=/opt/workspace-operator/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PYTHONUNBUFFERED=1",
+    "PYTHONDONTWRITEBYTECODE=1",
+    "HOME=/tmp",
+)
 ENTRYPOINT = ("/opt/workspace-operator/bin/python", "-m", "workspace_operator")
 TOOLS = {"mmdebstrap": "mmdebstrap", "umoci": "umoci"}  # command -> Debian package
 # Bump when _debian_rootfs changes in a way the package list does not show.
@@ -64,8 +68,14 @@ def inputs() -> list[Path]:
     # The package's files only (not build debris such as egg-info or bytecode).
     package = REPO / "operator" / "workspace_operator"
     sources = [p for p in package.rglob("*") if p.is_file() and (p.suffix == ".py" or p.name == "py.typed")]
-    return [PACKAGES_FILE, INSTALL_SCRIPT, Path(__file__).resolve(), REPO / "pyproject.toml", REPO / "README.md",
-            *sources]
+    return [
+        PACKAGES_FILE,
+        INSTALL_SCRIPT,
+        Path(__file__).resolve(),
+        REPO / "pyproject.toml",
+        REPO / "README.md",
+        *sources,
+    ]
 
 
 def image_dir() -> Path:
@@ -77,8 +87,11 @@ def ensure_tools() -> None:
     if missing:
         print(f"installing {' '.join(missing)} (Debian packages)", file=sys.stderr, flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
 
 
 def _apt_sources() -> list[str]:
@@ -97,27 +110,56 @@ def _wheels(target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="wo-image-src-") as source:
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(REPO / name, source)
-        shutil.copytree(REPO / "operator", Path(source) / "operator",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-                        "--wheel-dir", str(target), source], check=True)
+        shutil.copytree(
+            REPO / "operator", Path(source) / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--wheel-dir",
+                str(target),
+                source,
+            ],
+            check=True,
+        )
 
 
 def _debian_rootfs(target: Path) -> None:
-    excludes = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*",
-                "path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright"]
-    subprocess.run([
-        "mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(packages())}",
-        *(f"--dpkgopt={opt}" for opt in excludes),
-        SUITE, str(target), *_apt_sources(),
-    ], check=True)
+    excludes = [
+        "path-exclude=/usr/share/man/*",
+        "path-exclude=/usr/share/locale/*",
+        "path-exclude=/usr/share/doc/*",
+        "path-include=/usr/share/doc/*/copyright",
+    ]
+    subprocess.run(
+        [
+            "mmdebstrap",
+            "--quiet",
+            "--variant=minbase",
+            f"--include={','.join(packages())}",
+            *(f"--dpkgopt={opt}" for opt in excludes),
+            SUITE,
+            str(target),
+            *_apt_sources(),
+        ],
+        check=True,
+    )
 
 
 def base_rootfs(*, quiet: bool = False) -> Path:
     """Debian with the image's packages: rebuilt only when the package list changes."""
     key = toolcache.digest_files([PACKAGES_FILE], extra=f"{SUITE}:{BASE_RECIPE}")
-    return toolcache.cached(toolcache.cache_root("image") / f"base-{SUITE}-{key}" / "rootfs", _debian_rootfs,
-                            what=f"the image's Debian {SUITE} root filesystem", quiet=quiet)
+    return toolcache.cached(
+        toolcache.cache_root("image") / f"base-{SUITE}-{key}" / "rootfs",
+        _debian_rootfs,
+        what=f"the image's Debian {SUITE} root filesystem",
+        quiet=quiet,
+    )
 
 
 def _rootfs(target: Path, wheels: Path, base: Path) -> None:
@@ -126,8 +168,11 @@ def _rootfs(target: Path, wheels: Path, base: Path) -> None:
     shutil.copytree(wheels, target / "tmp" / "wheels")
     shutil.copy2(INSTALL_SCRIPT, target / "tmp" / "install.sh")
     try:
-        subprocess.run(["chroot", str(target), "/bin/sh", "/tmp/install.sh", "/tmp/wheels"], check=True,
-                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"})
+        subprocess.run(
+            ["chroot", str(target), "/bin/sh", "/tmp/install.sh", "/tmp/wheels"],
+            check=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"},
+        )
     finally:
         shutil.rmtree(target / "tmp" / "wheels", ignore_errors=True)
         (target / "tmp" / "install.sh").unlink(missing_ok=True)
@@ -142,10 +187,23 @@ def _oci(target: Path, rootfs: Path) -> None:
         subprocess.run(["umoci", "init", "--layout", str(target)], check=True)
         subprocess.run(["umoci", "new", "--image", image], check=True)
         subprocess.run(["umoci", "raw", "add-layer", "--image", image, str(layer)], check=True)
-        labels = ("org.opencontainers.image.title=workspace-operator", f"org.opencontainers.image.version={TAG}",
-                  "org.opencontainers.image.licenses=Apache-2.0")
-        config = ["umoci", "config", "--image", image, "--config.user", USER, "--config.workingdir", "/",
-                  "--config.exposedports", "8080/tcp"]
+        labels = (
+            "org.opencontainers.image.title=workspace-operator",
+            f"org.opencontainers.image.version={TAG}",
+            "org.opencontainers.image.licenses=Apache-2.0",
+        )
+        config = [
+            "umoci",
+            "config",
+            "--image",
+            image,
+            "--config.user",
+            USER,
+            "--config.workingdir",
+            "/",
+            "--config.exposedports",
+            "8080/tcp",
+        ]
         config += [arg for label in labels for arg in ("--config.label", label)]
         config += [arg for entry in ENTRYPOINT for arg in ("--config.entrypoint", entry)]
         config += [arg for entry in ENV for arg in ("--config.env", entry)]
@@ -157,6 +215,7 @@ def _oci(target: Path, rootfs: Path) -> None:
 
 def build(*, quiet: bool = False) -> Path:
     """The cached image directory (rootfs/, oci/, build.json), built first if needed."""
+
     def produce(partial: Path) -> None:
         ensure_tools()
         partial.mkdir(parents=True)

@@ -96,14 +96,22 @@ def cluster_rules() -> list[dict[str, Any]]:
 def objects(namespaces: list[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for namespace in namespaces:
+
         def meta() -> dict[str, Any]:
             return {"name": "workspace-operator", "namespace": namespace, "labels": dict(LABELS)}
-        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(),
-                    "rules": cluster_rules()})
-        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(),
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                "name": "workspace-operator"},
-                    "subjects": [{"kind": "ServiceAccount", **OPERATOR}]})
+
+        out.append(
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(), "rules": cluster_rules()}
+        )
+        out.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": meta(),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "workspace-operator"},
+                "subjects": [{"kind": "ServiceAccount", **OPERATOR}],
+            }
+        )
     return out
 
 
@@ -116,7 +124,8 @@ def write(namespaces: list[str], out: Path) -> None:
     docs = yaml.safe_dump_all(objects(namespaces), sort_keys=False, default_flow_style=False)
     (out / "roles.yaml").write_text(header + docs)
     (out / "kustomization.yaml").write_text(
-        KUSTOMIZATION.format(header=header, watched=json.dumps(",".join(namespaces))))
+        KUSTOMIZATION.format(header=header, watched=json.dumps(",".join(namespaces)))
+    )
 
 
 def main() -> int:

@@ -72,8 +72,12 @@ def go_build(package_dir: Path, output: Path, *, ldflags: str = "", module: str 
     scratch = output.with_name(output.name + ".bin")
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        subprocess.run(["go", "install", "-trimpath", "-ldflags", ldflags, module], cwd=package_dir, check=True,
-                       env={**os.environ, "GOBIN": str(scratch)})
+        subprocess.run(
+            ["go", "install", "-trimpath", "-ldflags", ldflags, module],
+            cwd=package_dir,
+            check=True,
+            env={**os.environ, "GOBIN": str(scratch)},
+        )
         built = next(scratch.iterdir())
         built.rename(output)
     finally:

@@ -39,8 +39,21 @@ from testsupport.net import free_port
 from testsupport.operator import OperatorProcess, operator_env
 from testsupport.wait import wait_for
 
-__all__ = ["KUBECTL", "REPO", "OperatorProcess", "Workspaces", "dump", "free_port", "lease_spec", "load_yaml", "new_api_client", "new_namespace",
-           "service_account_token", "token_kubeconfig", "wait_for"]
+__all__ = [
+    "KUBECTL",
+    "REPO",
+    "OperatorProcess",
+    "Workspaces",
+    "dump",
+    "free_port",
+    "lease_spec",
+    "load_yaml",
+    "new_api_client",
+    "new_namespace",
+    "service_account_token",
+    "token_kubeconfig",
+    "wait_for",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
@@ -63,7 +76,8 @@ def kubeconfig(control_plane: devcluster.Cluster) -> Path:
 
 def new_api_client(kubeconfig: Path) -> ApiClient:
     client: ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(kubeconfig))
+        config_file=str(kubeconfig)
+    )
     return client
 
 
@@ -99,18 +113,22 @@ def token_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def kubectl(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Callable[..., subprocess.CompletedProcess[str]]:
-    def run(*args: str, input: str | None = None, check: bool = True, timeout: float = 60,
-            token: str | None = None) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    def run(
+        *args: str, input: str | None = None, check: bool = True, timeout: float = 60, token: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         config = kubeconfig
         if token:
             config = token_kubeconfig(kubeconfig, token, tmp_path_factory.mktemp("token") / "kubeconfig")
-        result = subprocess.run([KUBECTL, "--kubeconfig", str(config), *args], input=input,
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(config), *args], input=input, capture_output=True, text=True, timeout=timeout
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
+
     return run
 
 
@@ -147,8 +165,12 @@ class Workspaces:
     namespace: str
 
     def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": "crafting.dev/v1", "kind": "Workspace",
-                "metadata": {"name": name, "namespace": self.namespace}, "spec": spec}
+        body = {
+            "apiVersion": "crafting.dev/v1",
+            "kind": "Workspace",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec,
+        }
         created = self.api.create_namespaced_custom_object("crafting.dev", "v1", self.namespace, "workspaces", body)
         return cast(dict[str, Any], created)
 
@@ -186,8 +208,11 @@ class Workspaces:
             condition = self.ready_condition(name)
             return condition if condition and condition.get("reason") == reason else None
 
-        return wait_for(with_reason, timeout=timeout,
-                        message=f"workspace {name} Ready reason {reason} (status: {self.status(name)})")
+        return wait_for(
+            with_reason,
+            timeout=timeout,
+            message=f"workspace {name} Ready reason {reason} (status: {self.status(name)})",
+        )
 
     def wait_gone(self, name: str, timeout: float = 60) -> None:
         wait_for(lambda: self.get(name) is None, timeout=timeout, message=f"workspace {name} deleted")
@@ -199,14 +224,16 @@ def workspaces(api_client: ApiClient, namespace: str, crd: None) -> Workspaces:
 
 
 @pytest.fixture
-def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
-                     ) -> Iterator[Callable[..., OperatorProcess]]:
+def operator_factory(
+    kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
     """Start operator subprocesses watching the test namespace; all stopped at teardown."""
     started: list[OperatorProcess] = []
     root = tmp_path / "volume"
 
-    def start(*, env: dict[str, str] | None = None, root_dir: Path | None = None,
-              args: list[str] | None = None) -> OperatorProcess:
+    def start(
+        *, env: dict[str, str] | None = None, root_dir: Path | None = None, args: list[str] | None = None
+    ) -> OperatorProcess:
         port = free_port()
         overrides = {
             # Test upstreams listen on loopback and live in the test's temp dir: allow both explicitly.
@@ -220,10 +247,16 @@ def operator_factory(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
             "TMPDIR": str(tmp_path),
             **(env or {}),
         }
-        full_env = operator_env(kubeconfig=kubeconfig, root=root_dir or root, metrics_port=port,
-                                namespace=namespace, overrides=overrides)
-        process = OperatorProcess(Path(full_env["WORKSPACE_ROOT"]), tmp_path / f"operator-{len(started)}.log",
-                                  port, full_env, extra_args=args or [])
+        full_env = operator_env(
+            kubeconfig=kubeconfig, root=root_dir or root, metrics_port=port, namespace=namespace, overrides=overrides
+        )
+        process = OperatorProcess(
+            Path(full_env["WORKSPACE_ROOT"]),
+            tmp_path / f"operator-{len(started)}.log",
+            port,
+            full_env,
+            extra_args=args or [],
+        )
         started.append(process)
         return process.start()
 

@@ -70,8 +70,7 @@ def upstream_repo(standard_repo_template: StandardRepo, tmp_path: Path) -> Stand
 
 
 @pytest.fixture(scope="session")
-def ro_daemon(standard_repo_template: StandardRepo,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitDaemon]:
+def ro_daemon(standard_repo_template: StandardRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitDaemon]:
     """One git daemon for the session, serving the template: only for tests that never
     change, stop or count the upstream (they get ro_repo instead of upstream_repo)."""
     assert standard_repo_template.served_dir is not None
@@ -104,8 +103,13 @@ def scratch(tmp_path: Path) -> Path:
 def make_settings(scratch: Path, **overrides: object) -> GitSettings:
     # Upstreams are on loopback, and file:// ones anywhere below pytest's base temp
     # directory (this test's and the session templates'); both must be allowed explicitly.
-    values: dict[str, object] = {"allowed_schemes": ALL_SCHEMES, "scratch_dir": scratch, "timeout_seconds": 60.0,
-                                 "allow_private_networks": True, "file_roots": (scratch.parent.parent,)}
+    values: dict[str, object] = {
+        "allowed_schemes": ALL_SCHEMES,
+        "scratch_dir": scratch,
+        "timeout_seconds": 60.0,
+        "allow_private_networks": True,
+        "file_roots": (scratch.parent.parent,),
+    }
     values.update(overrides)
     return GitSettings(**values)  # type: ignore[arg-type]
 
@@ -115,10 +119,16 @@ def engine(volume: Path, scratch: Path) -> Engine:
     return Engine(volume, make_settings(scratch))
 
 
-def request(url: str, revision: Revision = Revision(), *, name: str = NAME, project: str = PROJECT,
-            namespace: str = NS, **extra: object) -> CheckoutRequest:
-    return CheckoutRequest(namespace=namespace, project=project, name=name, repository=url,
-                           revision=revision, **extra)  # type: ignore[arg-type]
+def request(
+    url: str,
+    revision: Revision = Revision(),
+    *,
+    name: str = NAME,
+    project: str = PROJECT,
+    namespace: str = NS,
+    **extra: object,
+) -> CheckoutRequest:
+    return CheckoutRequest(namespace=namespace, project=project, name=name, repository=url, revision=revision, **extra)  # type: ignore[arg-type]
 
 
 async def checkout(engine: Engine, req: CheckoutRequest) -> CheckoutResult:
@@ -169,16 +179,24 @@ def snapshot(path: Path, skip: Callable[[Path], bool] = lambda _: False) -> dict
                 digest = hashlib.sha256(item.read_bytes()).hexdigest()
             kind = "l" if item.is_symlink() else ("d" if item.is_dir() else "f")
             mtime = st.st_mtime_ns if kind != "d" else 0  # dir mtimes move on any child change
-            state[item.relative_to(path).as_posix()] = (kind, st.st_size if kind == "f" else 0, mtime,
-                                                        st.st_ino, digest)
+            state[item.relative_to(path).as_posix()] = (
+                kind,
+                st.st_size if kind == "f" else 0,
+                mtime,
+                st.st_ino,
+                digest,
+            )
     return state
 
 
 def lock_files(root: Path) -> list[Path]:
     """Lock files anywhere below root, except inside debris (.staging-*, .quarantine-*): a
     killed cache creation may leave its staging dir with a lock inside, for GC to delete."""
-    return [p for p in root.rglob("*.lock")
-            if not any(part.startswith((".staging-", ".quarantine-")) for part in p.relative_to(root).parts)]
+    return [
+        p
+        for p in root.rglob("*.lock")
+        if not any(part.startswith((".staging-", ".quarantine-")) for part in p.relative_to(root).parts)
+    ]
 
 
 def worktree_entries(cache: Path) -> list[dict[str, str]]:
@@ -225,8 +243,9 @@ def assert_worktree_at(project_layout: ProjectLayout, name: str, commit: str) ->
     assert (project_layout.ready_record(name)).is_file()
 
 
-def assert_materialized(volume: Path, repo: StandardRepo, result: CheckoutResult, url: str, sha: str, *,
-                        name: str = NAME) -> None:
+def assert_materialized(
+    volume: Path, repo: StandardRepo, result: CheckoutResult, url: str, sha: str, *, name: str = NAME
+) -> None:
     """The checkout of `sha` is complete: exactly its files, a clean worktree on the real cache,
     and a consistent cache."""
     assert result.commit == sha

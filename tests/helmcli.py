@@ -19,8 +19,9 @@ import namespaced_rbac  # noqa: E402
 
 def helm(*args: str, kubeconfig: Path | None = None, timeout: float = 300) -> str:
     config = ["--kubeconfig", str(kubeconfig)] if kubeconfig else []
-    result = subprocess.run([str(helm_build.build(quiet=True)), *config, *args], capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [str(helm_build.build(quiet=True)), *config, *args], capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr}")
     return result.stdout
@@ -30,8 +31,13 @@ def set_args(values: dict[str, str]) -> list[str]:
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
 
-def template(values: dict[str, str] | None = None, *, release: str = "workspace-operator",
-             namespace: str = "workspace-operator", include_crds: bool = False) -> str:
+def template(
+    values: dict[str, str] | None = None,
+    *,
+    release: str = "workspace-operator",
+    namespace: str = "workspace-operator",
+    include_crds: bool = False,
+) -> str:
     args = ["template", release, str(CHART), "--namespace", namespace, *set_args(values or {})]
     return helm(*args, *(["--include-crds"] if include_crds else []))
 
@@ -46,9 +52,16 @@ def namespaced_overlay(directory: Path, namespaces: list[str], *, components: tu
     namespaced_rbac.write(namespaces, component)
     base = Path(os.path.relpath(REPO / "manifests" / "base", directory))
     extra = [str(Path(os.path.relpath(REPO / "manifests" / "components" / c, directory))) for c in components]
-    (directory / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [str(base)], "components": ["namespaced-rbac", *extra]}))
+    (directory / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(base)],
+                "components": ["namespaced-rbac", *extra],
+            }
+        )
+    )
     return directory
 
 
@@ -68,9 +81,16 @@ def grants(rendered: list[dict[str, Any]], *, operator_namespace: str) -> set[tu
         namespace = obj["metadata"].get("namespace", "")
         ref = obj["roleRef"]
         key = (ref["kind"], "" if ref["kind"] == "ClusterRole" else namespace, ref["name"])
-        where = "cluster" if obj["kind"] == "ClusterRoleBinding" else (
-            "operator-namespace" if namespace == operator_namespace else namespace)
+        where = (
+            "cluster"
+            if obj["kind"] == "ClusterRoleBinding"
+            else ("operator-namespace" if namespace == operator_namespace else namespace)
+        )
         for rule in rules[key]:
-            out |= {(where, group, resource, verb) for group in rule["apiGroups"] for resource in rule["resources"]
-                    for verb in rule["verbs"]}
+            out |= {
+                (where, group, resource, verb)
+                for group in rule["apiGroups"]
+                for resource in rule["resources"]
+                for verb in rule["verbs"]
+            }
     return out

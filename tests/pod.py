@@ -75,8 +75,10 @@ class EmulatedPod:
         # The command as the image installs it: on PATH, run by a Python the uid can execute.
         command = self.bin / "kubectl-workspace"
         site_packages = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
-        command.write_text(f"#!{_interpreter()}\nimport site, sys\nsite.addsitedir({site_packages!r})\n"
-                           "from workspace_operator.cli.main import main\nsys.exit(main())\n")
+        command.write_text(
+            f"#!{_interpreter()}\nimport site, sys\nsite.addsitedir({site_packages!r})\n"
+            "from workspace_operator.cli.main import main\nsys.exit(main())\n"
+        )
         command.chmod(0o755)
         return self
 
@@ -94,8 +96,14 @@ class EmulatedPod:
         self.env["KUBECONFIG"] = str(path)
         return path
 
-    def run(self, *argv: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *argv: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 120,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         script = ["set -e"]
         full_env = {
             "PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin",
@@ -113,7 +121,12 @@ class EmulatedPod:
         script.append(f'exec setpriv --reuid {self.uid} --regid {self.uid} --clear-groups -- "$@"')
         return subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", "\n".join(script), "pod", *argv],
-            env=full_env, capture_output=True, text=True, timeout=timeout, input=input)
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
 
     def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         return self.run("sh", "-c", script, **kwargs)  # type: ignore[arg-type]
@@ -145,8 +158,9 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def job_token(kubectl: Kubectl, api_client: ApiClient, namespace: str, account: str = "workspace-job",
-              rbac: bool = True) -> str:
+def job_token(
+    kubectl: Kubectl, api_client: ApiClient, namespace: str, account: str = "workspace-job", rbac: bool = True
+) -> str:
     """A token of a ServiceAccount in `namespace`, bound to the Role of examples/job-rbac.yaml if `rbac`."""
     if rbac:
         for doc in load_yaml(REPO / "examples" / "job-rbac.yaml"):
@@ -158,7 +172,8 @@ def job_token(kubectl: Kubectl, api_client: ApiClient, namespace: str, account: 
     if not rbac:
         core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
     token = core.create_namespaced_service_account_token(
-        account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+        account, namespace, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
     return str(token)
 
 

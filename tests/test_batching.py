@@ -87,8 +87,9 @@ async def test_a_failing_step_fails_only_its_caller() -> None:
     async def fine() -> int:
         return 1
 
-    outcomes = await asyncio.gather(q.run("ns", "p", boom, wait_seconds=5), q.run("ns", "p", fine, wait_seconds=5),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        q.run("ns", "p", boom, wait_seconds=5), q.run("ns", "p", fine, wait_seconds=5), return_exceptions=True
+    )
     assert isinstance(outcomes[0], ValueError)
     assert outcomes[1] == (1, pytest.approx(outcomes[1][1]))  # type: ignore[index]
 
@@ -102,8 +103,7 @@ async def test_lock_failure_fails_every_queued_step() -> None:
     async def step() -> None:
         ran.append(1)
 
-    outcomes = await asyncio.gather(*(q.run("ns", "p", step, wait_seconds=5) for _ in range(3)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(*(q.run("ns", "p", step, wait_seconds=5) for _ in range(3)), return_exceptions=True)
     assert all(isinstance(o, LockTimeout) for o in outcomes) and ran == []
 
 

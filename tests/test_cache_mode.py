@@ -18,19 +18,28 @@ StartOperator = Callable[..., OperatorProcess]
 
 
 def pinned(cache_dir: object, name: str) -> str | None:
-    result = subprocess.run(["git", "-C", str(cache_dir), "rev-parse", "--verify", "-q", f"refs/workspaces/{name}"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["git", "-C", str(cache_dir), "rev-parse", "--verify", "-q", f"refs/workspaces/{name}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return result.stdout.strip() or None
 
 
 def test_cache_only_pins_the_commit_and_reports_the_cache(
-    kubectl: Kubectl, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-    upstream_repo: StandardRepo, smart_http: SmartHTTP,
+    kubectl: Kubectl,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
 ) -> None:
     op = operator_factory()
     url = smart_http.url("repo")
-    workspaces.create("pinned", {"project": "p", "repository": url, "mode": "CacheOnly",
-                                 "ref": {"tag": "v1.0"}, "tags": True})
+    workspaces.create(
+        "pinned", {"project": "p", "repository": url, "mode": "CacheOnly", "ref": {"tag": "v1.0"}, "tags": True}
+    )
     status = workspaces.wait_ready("pinned")
     assert status["commit"] == upstream_repo.v1_0
     assert status["cachePath"] == f"{namespace}/p/.cache"
@@ -55,24 +64,48 @@ def test_cache_only_pins_the_commit_and_reports_the_cache(
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert "CacheOnly" in rows["pinned"] and "Worktree" in rows["tree"]
 
-    patched = kubectl("patch", "ws", "pinned", "-n", namespace, "--type=merge", "-p",
-                      json.dumps({"spec": {"mode": "Worktree"}}), check=False)
+    patched = kubectl(
+        "patch",
+        "ws",
+        "pinned",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"mode": "Worktree"}}),
+        check=False,
+    )
     assert patched.returncode != 0 and "spec is immutable" in patched.stderr
-    bad = kubectl("apply", "-f", "-", check=False, input=json.dumps({
-        "apiVersion": "crafting.dev/v1", "kind": "Workspace", "metadata": {"name": "bad", "namespace": namespace},
-        "spec": {"project": "p", "repository": url, "mode": "Clone"}}))
+    bad = kubectl(
+        "apply",
+        "-f",
+        "-",
+        check=False,
+        input=json.dumps(
+            {
+                "apiVersion": "crafting.dev/v1",
+                "kind": "Workspace",
+                "metadata": {"name": "bad", "namespace": namespace},
+                "spec": {"project": "p", "repository": url, "mode": "Clone"},
+            }
+        ),
+    )
     assert bad.returncode != 0 and "Unsupported value" in bad.stderr
 
     workspaces.delete("pinned")
     workspaces.wait_gone("pinned")
     assert pinned(cache, "pinned") is None
-    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=pinned",
-                     "-o", "json").stdout
+    events = kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=pinned", "-o", "json"
+    ).stdout
     assert "worktree or pin removed" in events
 
 
 def test_cache_only_resume_after_restart_touches_nothing(
-    namespace: str, workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    smart_http: SmartHTTP,
 ) -> None:
     op = operator_factory()
     url = smart_http.url("repo")
@@ -82,8 +115,9 @@ def test_cache_only_resume_after_restart_touches_nothing(
     requests = len(smart_http.requests())
     version = workspaces.get("w")["metadata"]["resourceVersion"]  # type: ignore[index]
     operator_factory()
-    workspaces.create("probe", {"project": "p", "repository": url, "mode": "CacheOnly",
-                                "ref": {"commit": first["commit"]}})
+    workspaces.create(
+        "probe", {"project": "p", "repository": url, "mode": "CacheOnly", "ref": {"commit": first["commit"]}}
+    )
     assert workspaces.wait_ready("probe")["cache"] == {"hit": True, "fetched": False}
     assert workspaces.get("w")["metadata"]["resourceVersion"] == version  # type: ignore[index]
     assert len(smart_http.requests()) == requests

@@ -22,8 +22,13 @@ from workspace_operator.git import GitSettings, pins
 from workspace_operator.spec import checkout_request
 
 NOW = 1_000_000_000.0
-POLICY = Policy(orphan_grace_seconds=3600, cache_quiet_seconds=86400, cache_unused_seconds=30 * 86400,
-                high_watermark=0.85, low_watermark=0.70)
+POLICY = Policy(
+    orphan_grace_seconds=3600,
+    cache_quiet_seconds=86400,
+    cache_unused_seconds=30 * 86400,
+    high_watermark=0.85,
+    low_watermark=0.70,
+)
 
 
 @pytest.fixture
@@ -55,8 +60,9 @@ def test_pins_read_loose_and_packed_and_ignore_what_is_not_a_pin(cache: tuple[Pa
 
 
 def test_gc_removes_pins_without_a_workspace_before_packing() -> None:
-    snapshot = ProjectSnapshot("ns", "p", has_cache=True, last_used=NOW, last_fetch=NOW, last_gc=None,
-                               pins=frozenset({"live", "dead"}))
+    snapshot = ProjectSnapshot(
+        "ns", "p", has_cache=True, last_used=NOW, last_fetch=NOW, last_gc=None, pins=frozenset({"live", "dead"})
+    )
     actions = plan([snapshot], {("ns", "p", "live")}, now=NOW, policy=POLICY)
     assert [(a.kind, a.target) for a in actions if a.kind is Kind.UNPIN] == [(Kind.UNPIN, "dead")]
     quiet = plan([snapshot], {("ns", "p", "live")}, now=NOW + 2 * 86400, policy=POLICY)
@@ -82,14 +88,35 @@ def obj(status: dict[str, Any], generation: int = 1) -> dict[str, Any]:
 def test_judge_ready_failed_stalled_and_pending() -> None:
     ready = {"type": "Ready", "status": "True", "reason": "Materialized", "message": "ok"}
     assert judge(obj({"phase": "Ready", "commit": "a" * 40, "observedGeneration": 1, "conditions": [ready]})).ready
-    failed = judge(obj({"phase": "Failed", "observedGeneration": 1, "conditions": [
-        {"type": "Ready", "status": "False", "reason": "RefNotFound", "message": "no branch x"}]}))
+    failed = judge(
+        obj(
+            {
+                "phase": "Failed",
+                "observedGeneration": 1,
+                "conditions": [{"type": "Ready", "status": "False", "reason": "RefNotFound", "message": "no branch x"}],
+            }
+        )
+    )
     assert failed.failed and failed.reason == "RefNotFound" and "no branch x" in failed.message
-    stalled = judge(obj({"phase": "Pending", "conditions": [
-        {"type": "Stalled", "status": "True", "reason": "AuthFailed", "message": "denied"}]}))
+    stalled = judge(
+        obj(
+            {
+                "phase": "Pending",
+                "conditions": [{"type": "Stalled", "status": "True", "reason": "AuthFailed", "message": "denied"}],
+            }
+        )
+    )
     assert stalled.failed and stalled.reason == "AuthFailed"
-    pending = judge(obj({"phase": "Pending", "conditions": [
-        {"type": "Ready", "status": "False", "reason": "UpstreamUnavailable", "message": "retrying"}]}))
+    pending = judge(
+        obj(
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "UpstreamUnavailable", "message": "retrying"}
+                ],
+            }
+        )
+    )
     assert not pending.ready and not pending.failed
     assert not judge(obj({})).ready
     # A verdict about an older generation is no verdict.
@@ -104,29 +131,65 @@ def create_args(*argv: str) -> argparse.Namespace:
 
 
 def test_create_builds_the_workspace_asked_for() -> None:
-    body = workspace_body(create_args("--generate-name", "gh-", "--branch", "main", "--commit", "a" * 40,
-                                      "--sparse", "src", "--sparse", "docs", "--submodules", "--tags", "--ttl", "0",
-                                      "--owner", "PipelineRun/build-1/0f0e", "--credentials", "git-creds"), "ci")
-    assert body["metadata"] == {"namespace": "ci", "generateName": "gh-", "ownerReferences": [
-        {"apiVersion": "tekton.dev/v1", "kind": "PipelineRun", "name": "build-1", "uid": "0f0e"}]}
-    assert body["spec"] == {"project": "p", "repository": "https://h/r.git", "mode": "CacheOnly",
-                            "ref": {"branch": "main", "commit": "a" * 40}, "sparse": ["src", "docs"],
-                            "submodules": True, "tags": True, "ttlSecondsAfterReady": 0,
-                            "credentials": {"secretName": "git-creds"}}
+    body = workspace_body(
+        create_args(
+            "--generate-name",
+            "gh-",
+            "--branch",
+            "main",
+            "--commit",
+            "a" * 40,
+            "--sparse",
+            "src",
+            "--sparse",
+            "docs",
+            "--submodules",
+            "--tags",
+            "--ttl",
+            "0",
+            "--owner",
+            "PipelineRun/build-1/0f0e",
+            "--credentials",
+            "git-creds",
+        ),
+        "ci",
+    )
+    assert body["metadata"] == {
+        "namespace": "ci",
+        "generateName": "gh-",
+        "ownerReferences": [{"apiVersion": "tekton.dev/v1", "kind": "PipelineRun", "name": "build-1", "uid": "0f0e"}],
+    }
+    assert body["spec"] == {
+        "project": "p",
+        "repository": "https://h/r.git",
+        "mode": "CacheOnly",
+        "ref": {"branch": "main", "commit": "a" * 40},
+        "sparse": ["src", "docs"],
+        "submodules": True,
+        "tags": True,
+        "ttlSecondsAfterReady": 0,
+        "credentials": {"secretName": "git-creds"},
+    }
     minimal = workspace_body(create_args("--name", "w", "--mode", "Worktree"), "ci")
     assert minimal["spec"] == {"project": "p", "repository": "https://h/r.git", "mode": "Worktree"}
     with pytest.raises(CliError) as error:
         owner_reference("Widget/x/1", None)
     assert error.value.code is Exit.USAGE
     with pytest.raises(SystemExit):
-        parser().parse_args(["create", "--project", "p", "--repository", "r", "--name", "a", "--branch", "b",
-                             "--tag", "t"])
+        parser().parse_args(
+            ["create", "--project", "p", "--repository", "r", "--name", "a", "--branch", "b", "--tag", "t"]
+        )
 
 
 def test_kubectl_finds_the_plugin() -> None:
     kubectl = Path(sys.executable).parent / "kubectl"
-    result = subprocess.run([str(kubectl), "workspace", "--help"], capture_output=True, text=True, timeout=60,
-                            env={"PATH": f"{kubectl.parent}:/usr/bin:/bin", "HOME": "/nonexistent"})
+    result = subprocess.run(
+        [str(kubectl), "workspace", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": f"{kubectl.parent}:/usr/bin:/bin", "HOME": "/nonexistent"},
+    )
     assert result.returncode == 0, result.stderr
     assert "checkout" in result.stdout and "wait" in result.stdout
 
@@ -134,11 +197,18 @@ def test_kubectl_finds_the_plugin() -> None:
 # -- checkout --into ------------------------------------------------------------------------
 
 
-def test_sparse_checkout_borrows_objects_and_copies_the_asked_tag(cache: tuple[Path, StandardRepo],
-                                                                   tmp_path: Path) -> None:
+def test_sparse_checkout_borrows_objects_and_copies_the_asked_tag(
+    cache: tuple[Path, StandardRepo], tmp_path: Path
+) -> None:
     bare, repo = cache
-    source = Source(repository="https://git.example.com/r.git", commit=repo.v1_0, cache=bare,
-                    sub_path=PurePosixPath("services/api"), sparse=(PurePosixPath("services"),), tag="v1.0")
+    source = Source(
+        repository="https://git.example.com/r.git",
+        commit=repo.v1_0,
+        cache=bare,
+        sub_path=PurePosixPath("services/api"),
+        sparse=(PurePosixPath("services"),),
+        tag="v1.0",
+    )
     into = tmp_path / "job"
     workdir = asyncio.run(checkout(source, into, clean=False, settings=GitSettings()))
     assert workdir == into / "services" / "api" and (workdir / "app.py").is_file()
@@ -153,8 +223,16 @@ def test_sparse_checkout_borrows_objects_and_copies_the_asked_tag(cache: tuple[P
 def test_submodules_are_checked_out_from_their_own_upstream(tmp_path: Path) -> None:
     library = make_standard_repo(tmp_path / "library")
     superproject = make_standard_repo(tmp_path / "super")
-    git(superproject.src, "-c", "protocol.file.allow=always", "submodule", "add", "-q", f"file://{library.src}",
-        "vendor/library")
+    git(
+        superproject.src,
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        f"file://{library.src}",
+        "vendor/library",
+    )
     git(superproject.src, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "vendor")
     head = git(superproject.src, "rev-parse", "HEAD")
     bare = tmp_path / "cache"

@@ -35,26 +35,55 @@ GC_EVERY_SECOND = {
 
 
 def gc_count(op: OperatorProcess, action: str) -> float:
-    found = re.search(rf'^workspace_operator_gc_actions_total{{action="{re.escape(action)}"}} (\S+)$', op.metrics(), re.M)
+    found = re.search(
+        rf'^workspace_operator_gc_actions_total{{action="{re.escape(action)}"}} (\S+)$', op.metrics(), re.M
+    )
     return float(found.group(1)) if found else 0.0
 
 
 def cache_has(cache: Path, sha: str) -> bool:
-    return subprocess.run(["git", "-C", str(cache), "cat-file", "-e", f"{sha}^{{commit}}"],
-                          capture_output=True, timeout=30).returncode == 0
+    return (
+        subprocess.run(
+            ["git", "-C", str(cache), "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True, timeout=30
+        ).returncode
+        == 0
+    )
 
 
 def test_checkout_into_emptydir_in_a_pod(
-    kubectl: Kubectl, kubeconfig: Path, api_client: ApiClient, namespace: str, workspaces: Workspaces,
-    operator_factory: StartOperator, upstream_repo: StandardRepo, smart_http: SmartHTTP, pod: EmulatedPod,
+    kubectl: Kubectl,
+    kubeconfig: Path,
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    pod: EmulatedPod,
     tmp_path: Path,
 ) -> None:
     op = operator_factory(env=GC_EVERY_SECOND)
     url = smart_http.url("repo")
-    pod.kubeconfig(job_kubeconfig(kubeconfig, job_token(kubectl, api_client, namespace), namespace,
-                                  tmp_path / "job-kubeconfig"))
-    name = ok(pod.run("kubectl-workspace", "create", "--generate-name", "job-", "--project", "p",
-                      "--repository", url, "--branch", StandardRepo.FEATURE_BRANCH, "--tags", "--ttl", "0"))
+    pod.kubeconfig(
+        job_kubeconfig(kubeconfig, job_token(kubectl, api_client, namespace), namespace, tmp_path / "job-kubeconfig")
+    )
+    name = ok(
+        pod.run(
+            "kubectl-workspace",
+            "create",
+            "--generate-name",
+            "job-",
+            "--project",
+            "p",
+            "--repository",
+            url,
+            "--branch",
+            StandardRepo.FEATURE_BRANCH,
+            "--tags",
+            "--ttl",
+            "0",
+        )
+    )
     assert name.startswith("job-")
     ok(pod.run("kubectl-workspace", "wait", name, "--timeout", "60"))
     status = workspaces.status(name)
@@ -95,7 +124,8 @@ def test_checkout_into_emptydir_in_a_pod(
         if git -C "$WORKSPACE_CACHE_ROOT/CACHE_PATH" -c safe.directory='*' update-ref refs/heads/x HEAD 2>/dev/null
         then echo CACHE-REF-WRITABLE; fi
         git fsck --no-progress 2>&1 && echo FSCK-OK
-        """.replace("CACHE_PATH", status["cachePath"]))
+        """.replace("CACHE_PATH", status["cachePath"])
+    )
     out = ok(job)
     changes = out.split("STATUS ")[1].split("\n")[0].split(";")
     assert {" M README.md", " D libs/util.py", "?? .gitignore", "?? services/new.py"} <= set(changes), changes
@@ -113,11 +143,16 @@ def test_checkout_into_emptydir_in_a_pod(
     # A planted pin of a Workspace that does not exist: GC removes it.
     subprocess.run(["git", "-C", str(cache), "update-ref", "refs/workspaces/ghost", upstream_repo.old], check=True)
     gcs = gc_count(op, "gc-cache")
-    workspaces.create("later", {"project": "p", "repository": url, "mode": "CacheOnly",
-                                "ref": {"branch": StandardRepo.FEATURE_BRANCH}})
+    workspaces.create(
+        "later",
+        {"project": "p", "repository": url, "mode": "CacheOnly", "ref": {"branch": StandardRepo.FEATURE_BRANCH}},
+    )
     assert workspaces.wait_ready("later")["commit"] == rewritten
-    wait_for(lambda: gc_count(op, "gc-cache") > gcs and gc_count(op, "remove-pin") >= 1, timeout=30,
-             message="gc --prune=now and removal of the ghost pin")
+    wait_for(
+        lambda: gc_count(op, "gc-cache") > gcs and gc_count(op, "remove-pin") >= 1,
+        timeout=30,
+        message="gc --prune=now and removal of the ghost pin",
+    )
     assert not (cache / "refs" / "workspaces" / "ghost").exists() and "ghost" not in (cache / "packed-refs").read_text()
     assert cache_has(cache, upstream_repo.feature), "a live Workspace's pinned commit was pruned"
     fsck = pod.sh("git fsck --no-progress --full 2>&1 && git log --oneline -2 >/dev/null && echo FSCK-OK")
@@ -126,30 +161,48 @@ def test_checkout_into_emptydir_in_a_pod(
     # Deleting the Workspace removes its pin (finalizer): the next gc prunes what only it kept.
     ok(pod.run("kubectl-workspace", "delete", name))
     workspaces.wait_gone(name)
-    assert subprocess.run(["git", "-C", str(cache), "rev-parse", "--verify", "-q", f"refs/workspaces/{name}"],
-                          capture_output=True).returncode != 0
+    assert (
+        subprocess.run(
+            ["git", "-C", str(cache), "rev-parse", "--verify", "-q", f"refs/workspaces/{name}"], capture_output=True
+        ).returncode
+        != 0
+    )
     gcs = gc_count(op, "gc-cache")
-    workspaces.create("fetch-again", {"project": "p", "repository": url, "mode": "CacheOnly",
-                                      "ref": {"name": StandardRepo.PULL_REF}})
+    workspaces.create(
+        "fetch-again", {"project": "p", "repository": url, "mode": "CacheOnly", "ref": {"name": StandardRepo.PULL_REF}}
+    )
     workspaces.wait_ready("fetch-again")
     wait_for(lambda: gc_count(op, "gc-cache") > gcs, timeout=30, message="another gc")
     wait_for(lambda: not cache_has(cache, upstream_repo.feature), timeout=10, message="unpinned commit pruned")
 
 
 def test_wait_fails_at_once_on_a_permanent_failure_and_succeeds_on_ready(
-    kubectl: Kubectl, kubeconfig: Path, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
+    kubectl: Kubectl,
+    kubeconfig: Path,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
     smart_http: SmartHTTP,
 ) -> None:
     operator_factory()
     url = smart_http.url("repo")
     env = {"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"}
-    workspaces.create("missing-ref", {"project": "p", "repository": url, "mode": "CacheOnly",
-                                      "ref": {"branch": "no-such-branch"}})
-    waiting = subprocess.Popen([CLI, "-n", namespace, "wait", "missing-ref", "--timeout", "120"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workspaces.create(
+        "missing-ref", {"project": "p", "repository": url, "mode": "CacheOnly", "ref": {"branch": "no-such-branch"}}
+    )
+    waiting = subprocess.Popen(
+        [CLI, "-n", namespace, "wait", "missing-ref", "--timeout", "120"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_for(lambda: workspaces.status("missing-ref").get("phase") == "Failed", timeout=60,
-                 message="RefNotFound reported")
+        wait_for(
+            lambda: workspaces.status("missing-ref").get("phase") == "Failed",
+            timeout=60,
+            message="RefNotFound reported",
+        )
         failed_at = time.monotonic()
         _, stderr = waiting.communicate(timeout=5)
         assert time.monotonic() - failed_at < 5
@@ -159,25 +212,34 @@ def test_wait_fails_at_once_on_a_permanent_failure_and_succeeds_on_ready(
     assert "RefNotFound" in stderr and "missing-ref" in stderr
 
     workspaces.create("fine", {"project": "p", "repository": url, "mode": "CacheOnly"})
-    done = subprocess.run([CLI, "-n", namespace, "wait", "fine", "--timeout", "60"], env=env, capture_output=True,
-                          text=True, timeout=90)
+    done = subprocess.run(
+        [CLI, "-n", namespace, "wait", "fine", "--timeout", "60"], env=env, capture_output=True, text=True, timeout=90
+    )
     assert done.returncode == 0, done.stderr
     assert workspaces.status("fine")["phase"] == "Ready"
 
 
 def test_clear_errors_with_documented_exit_codes(
-    kubectl: Kubectl, kubeconfig: Path, api_client: ApiClient, namespace: str, workspaces: Workspaces,
-    operator_factory: StartOperator, smart_http: SmartHTTP, tmp_path: Path,
+    kubectl: Kubectl,
+    kubeconfig: Path,
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    smart_http: SmartHTTP,
+    tmp_path: Path,
 ) -> None:
     op = operator_factory()
     url = smart_http.url("repo")
 
     def cli(*args: str, config: Path = kubeconfig) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLI, "--kubeconfig", str(config), "-n", namespace, *args], capture_output=True,
-                              text=True, timeout=90)
+        return subprocess.run(
+            [CLI, "--kubeconfig", str(config), "-n", namespace, *args], capture_output=True, text=True, timeout=90
+        )
 
-    nobody = token_kubeconfig(kubeconfig, job_token(kubectl, api_client, namespace, "nobody", rbac=False),
-                              tmp_path / "nobody")
+    nobody = token_kubeconfig(
+        kubeconfig, job_token(kubectl, api_client, namespace, "nobody", rbac=False), tmp_path / "nobody"
+    )
     denied = cli("wait", "anything", config=nobody)
     assert denied.returncode == 4 and "not allowed to get" in denied.stderr, denied.stderr
     absent = cli("wait", "absent")

@@ -13,10 +13,21 @@ def parse(**env: str) -> config.Config:
     return config.parse([], {"WORKSPACE_ROOT": "/tmp/volume", **env})
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("300", 300.0), ("300s", 300.0), ("5m", 300.0), ("1h", 3600.0), ("1d", 86400.0),
-    ("1.5h", 5400.0), ("1h30m", 5400.0), ("0", 0.0), (" 90S ", 90.0), ("2.5", 2.5),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("300", 300.0),
+        ("300s", 300.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1d", 86400.0),
+        ("1.5h", 5400.0),
+        ("1h30m", 5400.0),
+        ("0", 0.0),
+        (" 90S ", 90.0),
+        ("2.5", 2.5),
+    ],
+)
 def test_durations_accept_plain_seconds_and_units(text: str, seconds: float) -> None:
     assert parse(WORKSPACE_LOCK_WAIT_SECONDS=text).lock_wait_seconds == seconds
     assert parse(WORKSPACE_GC_INTERVAL_SECONDS=text).gc_interval_seconds == seconds
@@ -37,8 +48,9 @@ def test_integer_settings_take_whole_durations_only() -> None:
 
 
 def test_every_duration_setting_uses_the_duration_parser() -> None:
-    durations = {var for _flag, var, _name, kind, _help in config._SETTINGS
-                 if kind in (config._duration, config._whole_seconds)}
+    durations = {
+        var for _flag, var, _name, kind, _help in config._SETTINGS if kind in (config._duration, config._whole_seconds)
+    }
     seconds_settings = {var for _flag, var, *_rest in config._SETTINGS if var.endswith("_SECONDS")}
     assert seconds_settings <= durations
 

@@ -35,21 +35,35 @@ GADGET_CRD = {
         "group": "test.crafting.dev",
         "names": {"kind": "Gadget", "plural": "gadgets", "singular": "gadget"},
         "scope": "Namespaced",
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
-                "type": "object", "required": ["size"],
-                "properties": {"size": {"type": "integer", "minimum": 1, "maximum": 10}},
-            }}}},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["size"],
+                                "properties": {"size": {"type": "integer", "minimum": 1, "maximum": 10}},
+                            }
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
 
 def test_lease_round_trip(api_client: ApiClient, namespace: str) -> None:
     api = CoordinationV1Api(api_client)
-    api.create_namespaced_lease(namespace, V1Lease(metadata=V1ObjectMeta(name="probe"),
-                                                   spec=V1LeaseSpec(holder_identity="me", lease_duration_seconds=7)))
+    api.create_namespaced_lease(
+        namespace,
+        V1Lease(metadata=V1ObjectMeta(name="probe"), spec=V1LeaseSpec(holder_identity="me", lease_duration_seconds=7)),
+    )
     lease = api.read_namespaced_lease("probe", namespace)
     assert lease_spec(lease).holder_identity == "me"
     assert lease_spec(lease).lease_duration_seconds == 7
@@ -60,11 +74,17 @@ def test_crd_is_served_and_validates(kubectl: Kubectl, api_client: ApiClient, na
     kubectl("apply", "-f", "-", input=json.dumps(GADGET_CRD))
     kubectl("wait", "--for=condition=Established", "crd/gadgets.test.crafting.dev", "--timeout=60s")
     api = CustomObjectsApi(api_client)
-    good = {"apiVersion": "test.crafting.dev/v1", "kind": "Gadget", "metadata": {"name": "ok"},
-            "spec": {"size": 3}}
+    good = {"apiVersion": "test.crafting.dev/v1", "kind": "Gadget", "metadata": {"name": "ok"}, "spec": {"size": 3}}
     api.create_namespaced_custom_object("test.crafting.dev", "v1", namespace, "gadgets", good)
-    bad = kubectl("apply", "-n", namespace, "-f", "-", check=False, input=json.dumps(
-        {**good, "metadata": {"name": "bad"}, "spec": {"size": 99}}))
+    bad = kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        check=False,
+        input=json.dumps({**good, "metadata": {"name": "bad"}, "spec": {"size": 99}}),
+    )
     assert bad.returncode != 0
     assert "spec.size: Invalid value: 99: spec.size in body should be less than or equal to 10" in bad.stderr
 
@@ -74,11 +94,10 @@ def test_rbac_is_enforced_and_token_request_works(api_client: ApiClient, kubectl
     core.create_namespaced_service_account(namespace, V1ServiceAccount(metadata=V1ObjectMeta(name="nobody")))
     token = service_account_token(core, "nobody", namespace)
     whoami = kubectl("auth", "whoami", "-o", "json", token=token)
-    assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == \
-        f"system:serviceaccount:{namespace}:nobody"
+    assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:nobody"
     denied = kubectl("get", "configmaps", "-n", namespace, token=token, check=False)
     assert denied.returncode != 0
-    assert "Forbidden" in denied.stderr and "cannot list resource \"configmaps\"" in denied.stderr
+    assert "Forbidden" in denied.stderr and 'cannot list resource "configmaps"' in denied.stderr
 
 
 def test_garbage_collector_follows_owner_references(api_client: ApiClient, namespace: str) -> None:
@@ -86,8 +105,9 @@ def test_garbage_collector_follows_owner_references(api_client: ApiClient, names
     owner = core.create_namespaced_config_map(namespace, V1ConfigMap(metadata=V1ObjectMeta(name="owner")))
     assert owner.metadata and owner.metadata.uid
     reference = V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid)
-    core.create_namespaced_config_map(namespace, V1ConfigMap(metadata=V1ObjectMeta(
-        name="child", owner_references=[reference])))
+    core.create_namespaced_config_map(
+        namespace, V1ConfigMap(metadata=V1ObjectMeta(name="child", owner_references=[reference]))
+    )
     core.delete_namespaced_config_map("owner", namespace)
 
     def child_gone() -> bool:

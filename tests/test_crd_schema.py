@@ -171,9 +171,7 @@ def test_every_property_has_a_description(root: Schema) -> None:
     """
     assert root.get("description", "").strip()
     missing = [
-        path
-        for path, node in properties(root)
-        if path != ".metadata" and not str(node.get("description", "")).strip()
+        path for path, node in properties(root) if path != ".metadata" and not str(node.get("description", "")).strip()
     ]
     assert not missing, f"properties without a description: {missing}"
 
@@ -183,8 +181,7 @@ def test_every_string_is_bounded(root: Schema) -> None:
     unbounded = [
         path
         for path, node in properties(root)
-        if node.get("type") == "string"
-        and not any(k in node for k in ("maxLength", "enum", "format"))
+        if node.get("type") == "string" and not any(k in node for k in ("maxLength", "enum", "format"))
     ]
     assert not unbounded, f"string properties without maxLength, enum or format: {unbounded}"
 
@@ -242,8 +239,12 @@ def test_structural_schema_rules(root: Schema) -> None:
             for key in node["x-kubernetes-list-map-keys"]:
                 if key not in item.get("required", []) and "default" not in item["properties"][key]:
                     problems.append(f"{path}: list-map key {key} must be required")
-        if node.get("x-kubernetes-list-type") == "set" and \
-                node["items"].get("type") not in ("string", "integer", "number", "boolean"):
+        if node.get("x-kubernetes-list-type") == "set" and node["items"].get("type") not in (
+            "string",
+            "integer",
+            "number",
+            "boolean",
+        ):
             problems.append(f"{path}: set items must be scalars")
     assert not problems, problems
 
@@ -254,12 +255,29 @@ def test_status_is_operator_owned_and_pruned(root: Schema) -> None:
     assert status["type"] == "object"
     assert "x-kubernetes-preserve-unknown-fields" not in status
     assert set(status["properties"]) == {
-        "phase", "commit", "shortCommit", "path", "workdir", "volumeClaim", "conditions",
-        "observedGeneration", "cache", "timings", "readyAt", "expiresAt", "message",
-        "attempts", "kopf", "cachePath",
+        "phase",
+        "commit",
+        "shortCommit",
+        "path",
+        "workdir",
+        "volumeClaim",
+        "conditions",
+        "observedGeneration",
+        "cache",
+        "timings",
+        "readyAt",
+        "expiresAt",
+        "message",
+        "attempts",
+        "kopf",
+        "cachePath",
     }
     assert status["properties"]["phase"]["enum"] == [
-        "Pending", "Materializing", "Ready", "Failed", "Terminating",
+        "Pending",
+        "Materializing",
+        "Ready",
+        "Failed",
+        "Terminating",
     ]
     kopf = status["properties"]["kopf"]
     assert kopf == {
@@ -286,15 +304,30 @@ def test_spec_contract(root: Schema) -> None:
     assert root["required"] == ["spec"]
     spec = root["properties"]["spec"]
     assert set(spec["properties"]) == {
-        "project", "repository", "ref", "subPath", "sparse", "submodules",
-        "credentials", "ttlSecondsAfterReady", "activeDeadlineSeconds", "mode", "tags",
+        "project",
+        "repository",
+        "ref",
+        "subPath",
+        "sparse",
+        "submodules",
+        "credentials",
+        "ttlSecondsAfterReady",
+        "activeDeadlineSeconds",
+        "mode",
+        "tags",
     }
     assert spec_prop(root, "mode") | {"description": "", "x-kubernetes-validations": []} == {
-        "type": "string", "enum": ["Worktree", "CacheOnly"], "default": "Worktree", "description": "",
+        "type": "string",
+        "enum": ["Worktree", "CacheOnly"],
+        "default": "Worktree",
+        "description": "",
         "x-kubernetes-validations": [],
     }
     assert spec_prop(root, "tags") | {"description": "", "x-kubernetes-validations": []} == {
-        "type": "boolean", "default": False, "description": "", "x-kubernetes-validations": [],
+        "type": "boolean",
+        "default": False,
+        "description": "",
+        "x-kubernetes-validations": [],
     }
     assert sorted(spec["required"]) == ["project", "repository"]
     assert spec_prop(root, "project")["maxLength"] == 63
@@ -308,7 +341,10 @@ def test_spec_contract(root: Schema) -> None:
     assert sparse["x-kubernetes-list-type"] == "set"
     assert sparse["items"]["maxLength"] == 1024
     assert spec_prop(root, "submodules") | {"description": "", "x-kubernetes-validations": []} == {
-        "type": "boolean", "default": False, "description": "", "x-kubernetes-validations": [],
+        "type": "boolean",
+        "default": False,
+        "description": "",
+        "x-kubernetes-validations": [],
     }
     assert spec_prop(root, "credentials")["required"] == ["secretName"]
     assert spec_prop(root, "credentials", "secretName")["maxLength"] == 253
@@ -405,8 +441,25 @@ REF_OK = ["main", "release/1.2", "feature/JIRA-1_x", "v1.2.3", "a.b", "foo./bar"
 # Rejected by the pattern itself; '..', '@{', a trailing '.', '.lock' and '@' are left
 # to CEL rules and so pass the pattern.
 REF_BAD = [
-    "", "-x", ".x", "a/.b", "/a", "a/", "a//b", "a b", "a~b", "a^b", "a:b", "a?b",
-    "a*b", "a[b", "a\\b", "a\x7fb", "a\tb", "caf\u00e9", "main\n",
+    "",
+    "-x",
+    ".x",
+    "a/.b",
+    "/a",
+    "a/",
+    "a//b",
+    "a b",
+    "a~b",
+    "a^b",
+    "a:b",
+    "a?b",
+    "a*b",
+    "a[b",
+    "a\\b",
+    "a\x7fb",
+    "a\tb",
+    "caf\u00e9",
+    "main\n",
 ]
 
 
@@ -467,10 +520,25 @@ def test_repository_pattern(root: Schema) -> None:
         "https://[2001:db8:0:0:0:0:0:1]/x.git",
     ]
     bad = [
-        "", "ext::sh -c touch% /tmp/pwned", "fd::17", "-oProxyCommand=x", "ssh://-oProxyCommand=x/y",
-        "ssh://-u@host/x", "https://-host/x", "git@-host:x", "https://host/a b", "https://host/a\tb",
-        "https://host/caf\u00e9", "HTTPS://host/x", "ftp://host/x", "/srv/git/repo.git",
-        "host:repo.git", "file://host/x", "file:///", "https://host:123456/x", "https://h/x\n",
+        "",
+        "ext::sh -c touch% /tmp/pwned",
+        "fd::17",
+        "-oProxyCommand=x",
+        "ssh://-oProxyCommand=x/y",
+        "ssh://-u@host/x",
+        "https://-host/x",
+        "git@-host:x",
+        "https://host/a b",
+        "https://host/a\tb",
+        "https://host/caf\u00e9",
+        "HTTPS://host/x",
+        "ftp://host/x",
+        "/srv/git/repo.git",
+        "host:repo.git",
+        "file://host/x",
+        "file:///",
+        "https://host:123456/x",
+        "https://h/x\n",
     ]
     for value in good:
         assert full_match(pattern, value), value
@@ -554,7 +622,10 @@ def test_kubectl_parses_the_file() -> None:
         pytest.skip("kubectl not installed")
     result = subprocess.run(
         [kubectl, "annotate", "--local", "-f", str(CRD_PATH), "crafting.dev/check=ok", "-o", "yaml"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     out = yaml.safe_load(result.stdout)

@@ -110,12 +110,23 @@ def auth_http(upstream_repo: StandardRepo) -> Iterator[SmartHTTP]:
 
 
 async def test_submodule_on_an_attacker_host_gets_no_credentials(
-        engine: Engine, upstream_repo: StandardRepo, auth_http: SmartHTTP, credential_sink: CredentialSink,
-        volume: Path, scratch: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine: Engine,
+    upstream_repo: StandardRepo,
+    auth_http: SmartHTTP,
+    credential_sink: CredentialSink,
+    volume: Path,
+    scratch: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG, logger="workspace_operator")
     assert upstream_repo.served_dir is not None
-    served_repo(upstream_repo.served_dir, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
-                submodule("lib", "lib", credential_sink.url("org/lib.git")))
+    served_repo(
+        upstream_repo.served_dir,
+        "super",
+        {"top.txt": "top\n"},
+        {"lib": upstream_repo.main},
+        submodule("lib", "lib", credential_sink.url("org/lib.git")),
+    )
     url = auth_http.url("super")
     creds = Credentials(username=USER, password=TOKEN, scopes=(url,))
     watch = ProcessWatch(volume, (USER, TOKEN))
@@ -136,11 +147,17 @@ async def test_submodule_on_an_attacker_host_gets_no_credentials(
 
 
 async def test_same_host_other_path_gets_credentials_only_when_the_secret_lists_it(
-        engine: Engine, upstream_repo: StandardRepo, auth_http: SmartHTTP, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, auth_http: SmartHTTP, volume: Path
+) -> None:
     """A relative submodule URL reaching another repository of the same server."""
     assert upstream_repo.served_dir is not None
-    served_repo(upstream_repo.served_dir, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
-                submodule("lib", "lib", "../repo.git"))
+    served_repo(
+        upstream_repo.served_dir,
+        "super",
+        {"top.txt": "top\n"},
+        {"lib": upstream_repo.main},
+        submodule("lib", "lib", "../repo.git"),
+    )
     url = auth_http.url("super")
     lib_path = "/repo.git/"
 
@@ -158,8 +175,12 @@ async def test_same_host_other_path_gets_credentials_only_when_the_secret_lists_
 
 async def test_dot_segments_never_reach_git(engine: Engine, auth_http: SmartHTTP, volume: Path) -> None:
     base = auth_http.url("repo")
-    for url in (f"{base}/../../other/secret.git", f"{base}/%2e%2e/%2E%2E/other/secret.git",
-                f"{base}?private_token={TOKEN}", base.replace("http://", f"http://{TOKEN}@")):
+    for url in (
+        f"{base}/../../other/secret.git",
+        f"{base}/%2e%2e/%2E%2E/other/secret.git",
+        f"{base}?private_token={TOKEN}",
+        base.replace("http://", f"http://{TOKEN}@"),
+    ):
         with pytest.raises(GitError) as caught:
             await checkout(engine, request(url, credentials=Credentials(username=USER, password=TOKEN)))
         assert caught.value.reason is Reason.INVALID_SPEC, url
@@ -169,15 +190,21 @@ async def test_dot_segments_never_reach_git(engine: Engine, auth_http: SmartHTTP
 
 
 async def test_ssh_key_only_for_granted_submodules(
-        engine: Engine, upstream_repo: StandardRepo, tmp_path: Path, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, tmp_path: Path, volume: Path
+) -> None:
     assert upstream_repo.served_dir is not None
     try:
         server = SSHServer(upstream_repo.served_dir, tmp_path / "sshd").start()
     except SSHDMissingError as error:
         pytest.skip(str(error))
     try:
-        served_repo(upstream_repo.served_dir, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
-                    submodule("lib", "lib", "../repo.git"))
+        served_repo(
+            upstream_repo.served_dir,
+            "super",
+            {"top.txt": "top\n"},
+            {"lib": upstream_repo.main},
+            submodule("lib", "lib", "../repo.git"),
+        )
         url = server.url("super")
         key, known = server.client_key_text, server.known_hosts_text
         narrow = Credentials(ssh_private_key=key, known_hosts=known, scopes=(url,))
@@ -195,13 +222,16 @@ async def test_ssh_key_only_for_granted_submodules(
 
 
 async def test_submodule_workspace_keeps_one_clean_cache(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     served = git_daemon.base
     deep = served_repo(served, "deep", {"deep.txt": "deepest\n"})
-    lib = served_repo(served, "lib", {"lib.txt": "library\n"}, {"deep": deep},
-                      submodule("deep", "deep", git_daemon.url("deep")))
-    top = served_repo(served, "super", {"top.txt": "top\n"}, {"vendor/lib": lib},
-                      submodule("lib", "vendor/lib", "../lib.git"))
+    lib = served_repo(
+        served, "lib", {"lib.txt": "library\n"}, {"deep": deep}, submodule("deep", "deep", git_daemon.url("deep"))
+    )
+    top = served_repo(
+        served, "super", {"top.txt": "top\n"}, {"vendor/lib": lib}, submodule("lib", "vendor/lib", "../lib.git")
+    )
     url = git_daemon.url("super")
     cache = layout(volume).cache_dir
 
@@ -210,8 +240,9 @@ async def test_submodule_workspace_keeps_one_clean_cache(
     assert "submodule." not in config_after_first
     inode = cache.stat().st_ino
     for index in range(1, 6):
-        result = await checkout(engine, request(url, Revision(branch="main"), submodules=index % 2 == 0,
-                                                name=f"ws-{index}"))
+        result = await checkout(
+            engine, request(url, Revision(branch="main"), submodules=index % 2 == 0, name=f"ws-{index}")
+        )
         assert result.cache_repaired is None, result.cache_repaired
         assert (result.cache_hit, result.fetched) == (True, False)
     assert cache.stat().st_ino == inode
@@ -229,8 +260,8 @@ async def test_submodule_workspace_keeps_one_clean_cache(
 
 
 async def test_unsafe_submodule_urls_are_refused_before_any_update(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, credential_sink: CredentialSink,
-        volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, credential_sink: CredentialSink, volume: Path
+) -> None:
     served = git_daemon.base
     cases = {
         "dots": (submodule("lib", "lib", "../repo.git/../../x.git/../y"), Reason.INVALID_SPEC),
@@ -239,8 +270,10 @@ async def test_unsafe_submodule_urls_are_refused_before_any_update(
         "ext": (submodule("lib", "lib", "ext::sh -c id"), Reason.SCHEME_NOT_ALLOWED),
         "volume": (submodule("lib", "lib", f"file://{volume}/team-b/p/.cache"), Reason.HOST_NOT_ALLOWED),
         "name": (submodule("a=b", "lib", git_daemon.url("repo")), Reason.INVALID_SPEC),
-        "command": (submodule("lib", "lib", git_daemon.url("repo")) + f"\tupdate = !touch {volume}/x\n",
-                    Reason.INVALID_SPEC),
+        "command": (
+            submodule("lib", "lib", git_daemon.url("repo")) + f"\tupdate = !touch {volume}/x\n",
+            Reason.INVALID_SPEC,
+        ),
     }
     for project, (gitmodules, _) in cases.items():
         served_repo(served, project, {"top.txt": "top\n"}, {"lib": upstream_repo.main}, gitmodules)
@@ -258,9 +291,15 @@ async def test_unsafe_submodule_urls_are_refused_before_any_update(
 
 
 async def test_submodule_marked_update_none_is_left_out(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
-    served_repo(git_daemon.base, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
-                submodule("lib", "lib", git_daemon.url("repo")) + "\tupdate = none\n")
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
+    served_repo(
+        git_daemon.base,
+        "super",
+        {"top.txt": "top\n"},
+        {"lib": upstream_repo.main},
+        submodule("lib", "lib", git_daemon.url("repo")) + "\tupdate = none\n",
+    )
     result = await checkout(engine, request(git_daemon.url("super"), submodules=True))
     assert sorted(tree_files(worktree_path(volume, result))) == [".gitmodules", "top.txt"]
     assert git_daemon.count("repo") == 0
@@ -270,7 +309,8 @@ async def test_submodule_marked_update_none_is_left_out(
 
 
 async def test_file_urls_cannot_reach_other_namespaces(
-        upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, scratch: Path, tmp_path: Path) -> None:
+    upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, scratch: Path, tmp_path: Path
+) -> None:
     mirrors = tmp_path / "mirrors"
     mirrors.mkdir()
     engine = Engine(volume, make_settings(scratch, file_roots=(mirrors, volume)))
@@ -300,10 +340,14 @@ async def test_file_urls_cannot_reach_other_namespaces(
 
 
 async def test_loopback_upstreams_need_explicit_permission(
-        upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, scratch: Path) -> None:
+    upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, scratch: Path
+) -> None:
     strict = Engine(volume, make_settings(scratch, allow_private_networks=False))
-    for url in (git_daemon.url("repo"), git_daemon.url("repo").replace("127.0.0.1", "localhost"),
-                git_daemon.url("repo").replace("127.0.0.1", "2130706433")):
+    for url in (
+        git_daemon.url("repo"),
+        git_daemon.url("repo").replace("127.0.0.1", "localhost"),
+        git_daemon.url("repo").replace("127.0.0.1", "2130706433"),
+    ):
         with pytest.raises(GitError) as caught:
             await checkout(strict, request(url))
         assert caught.value.reason is Reason.HOST_NOT_ALLOWED, (url, caught.value)
@@ -313,8 +357,13 @@ async def test_loopback_upstreams_need_explicit_permission(
     listed = Engine(volume, make_settings(scratch, allow_private_networks=False, allowed_hosts=("127.0.0.1",)))
     assert (await checkout(listed, request(git_daemon.url("repo")))).commit == upstream_repo.main
     # A submodule elsewhere on the private network is not covered by the superproject's listing.
-    served_repo(git_daemon.base, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
-                submodule("lib", "lib", git_daemon.url("repo").replace("127.0.0.1", "127.0.0.2")))
+    served_repo(
+        git_daemon.base,
+        "super",
+        {"top.txt": "top\n"},
+        {"lib": upstream_repo.main},
+        submodule("lib", "lib", git_daemon.url("repo").replace("127.0.0.1", "127.0.0.2")),
+    )
     with pytest.raises(GitError) as caught:
         await checkout(listed, request(git_daemon.url("super"), submodules=True, project="super"))
     assert caught.value.reason is Reason.HOST_NOT_ALLOWED
@@ -323,16 +372,24 @@ async def test_loopback_upstreams_need_explicit_permission(
 # -- item 12: fetched objects are checked ----------------------------------------------------------------
 
 
-async def test_fetch_checks_objects_when_asked(upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path,
-                                              scratch: Path) -> None:
+async def test_fetch_checks_objects_when_asked(
+    upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, scratch: Path
+) -> None:
     """A tree with a `.GIT` entry (a hostile repository's classic) is refused at fetch."""
     engine = Engine(volume, make_settings(scratch, fsck_objects=True))
     src = git_daemon.base.parent / "evil-src"
     git(git_daemon.base.parent, "init", "-q", "-b", "main", str(src))
     empty_blob = run_git("hash-object", "-w", "-t", "blob", "/dev/null", cwd=src).stdout.strip()
     bad_tree = subprocess.run(  # noqa: ASYNC221 - setup, before anything runs concurrently
-        ["git", "mktree"], input=f"100644 blob {empty_blob}\t.GIT\n", cwd=src,
-        env=git_env(), capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+        ["git", "mktree"],
+        input=f"100644 blob {empty_blob}\t.GIT\n",
+        cwd=src,
+        env=git_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
     bad = git(src, "commit-tree", bad_tree, "-m", "evil").strip()
     git(src, "update-ref", "refs/heads/main", bad)
     publish(src, git_daemon.base / "evil.git")

@@ -42,14 +42,21 @@ def medium_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
             stream.append(b"blob\nmark :%d\ndata %d\n%s\n" % (mark, len(data), data))
             files.append((f"dir{i % 50}/c{c}-f{i}.txt", mark))
         msg = f"commit {c}".encode()
-        stream.append(b"commit refs/heads/main\ncommitter A <a@b> %d +0000\ndata %d\n%s\n"
-                      % (1_700_000_000 + c, len(msg), msg))
+        stream.append(
+            b"commit refs/heads/main\ncommitter A <a@b> %d +0000\ndata %d\n%s\n" % (1_700_000_000 + c, len(msg), msg)
+        )
         for path, m in files:
             stream.append(b"M 100644 :%d %s\n" % (m, path.encode()))
-    subprocess.run(["git", "-C", str(src), "fast-import", "--quiet"], input=b"".join(stream), check=True,
-                   timeout=120, env=git_env())
-    head = subprocess.run(["git", "-C", str(src), "rev-parse", "main"], capture_output=True, text=True,
-                          check=True, timeout=30).stdout.strip()
+    subprocess.run(
+        ["git", "-C", str(src), "fast-import", "--quiet"],
+        input=b"".join(stream),
+        check=True,
+        timeout=120,
+        env=git_env(),
+    )
+    head = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "main"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
     served = base / "served"
     publish(src, served / "medium.git")
     return served, head
@@ -73,20 +80,34 @@ def processes_working_in(root: Path) -> list[str]:
 def check_volume(root: Path) -> None:
     """Every cache passes fsck; no lock files; no worktree metadata without a directory."""
     for cache in root.glob("*/*/.cache"):
-        fsck = subprocess.run(["git", "-C", str(cache), "fsck", "--connectivity-only", "--no-progress"],
-                              capture_output=True, text=True, timeout=120)
+        fsck = subprocess.run(
+            ["git", "-C", str(cache), "fsck", "--connectivity-only", "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert fsck.returncode == 0, fsck.stderr
         assert not list(cache.rglob("*.lock")), list(cache.rglob("*.lock"))
-        listing = subprocess.run(["git", "-C", str(cache), "worktree", "list", "--porcelain"],
-                                 capture_output=True, text=True, check=True, timeout=30).stdout
+        listing = subprocess.run(
+            ["git", "-C", str(cache), "worktree", "list", "--porcelain"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
         for line in listing.splitlines():
             if line.startswith("worktree ") and line != f"worktree {cache}":
                 assert Path(line.removeprefix("worktree ")).is_dir(), f"stale worktree metadata: {line}"
 
 
-def test_sigkill_during_clone_fetch_checkout(api_client: ApiClient, namespace: str, workspaces: Workspaces,
-                                            operator_factory: StartOperator, medium_repo: tuple[Path, str],
-                                            tmp_path: Path) -> None:
+def test_sigkill_during_clone_fetch_checkout(
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    medium_repo: tuple[Path, str],
+    tmp_path: Path,
+) -> None:
     served, head = medium_repo
     server = SmartHTTP(served).start()
     try:
@@ -100,8 +121,14 @@ def test_sigkill_during_clone_fetch_checkout(api_client: ApiClient, namespace: s
             project = f"crash{trial % 4}"  # revisits: cold clones first, then warm caches
             batch = [f"t{trial}"]
             for name in batch:
-                workspaces.create(name, {"project": project, "repository": server.url("medium"),
-                                         "ref": {"commit": head} if trial % 2 else {"branch": "main"}})
+                workspaces.create(
+                    name,
+                    {
+                        "project": project,
+                        "repository": server.url("medium"),
+                        "ref": {"commit": head} if trial % 2 else {"branch": "main"},
+                    },
+                )
             names += batch
             time.sleep(rng.uniform(0.05, 1.2))  # the kill point: random, the point of the test
             op.kill()
@@ -123,15 +150,14 @@ def test_sigkill_during_clone_fetch_checkout(api_client: ApiClient, namespace: s
         server.stop()
 
 
-def test_upstream_faults_recover_without_restart(namespace: str, workspaces: Workspaces,
-                                                 operator_factory: StartOperator, medium_repo: tuple[Path, str]
-                                                 ) -> None:
+def test_upstream_faults_recover_without_restart(
+    namespace: str, workspaces: Workspaces, operator_factory: StartOperator, medium_repo: tuple[Path, str]
+) -> None:
     served, head = medium_repo
     server = SmartHTTP(served).start()
     try:
         operator_factory(env={"WORKSPACE_GIT_TIMEOUT_SECONDS": "4", "WORKSPACE_LEASE_SECONDS": "5"})
-        for fault, reason in (("drop", "UpstreamUnavailable"), ("500", "UpstreamUnavailable"),
-                              ("hang", "GitTimeout")):
+        for fault, reason in (("drop", "UpstreamUnavailable"), ("500", "UpstreamUnavailable"), ("hang", "GitTimeout")):
             server.fault = fault
             name = f"fault-{fault}"
             workspaces.create(name, {"project": f"f{fault}", "repository": server.url("medium")})
@@ -144,8 +170,13 @@ def test_upstream_faults_recover_without_restart(namespace: str, workspaces: Wor
         server.stop()
 
 
-def test_disk_full_reports_and_recovers(namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-                                        medium_repo: tuple[Path, str], tmp_path: Path) -> None:
+def test_disk_full_reports_and_recovers(
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    medium_repo: tuple[Path, str],
+    tmp_path: Path,
+) -> None:
     served, head = medium_repo
     with tmpfs(tmp_path / "small-volume", "6m") as volume, SmartHTTP(served) as server:
         op = operator_factory(root_dir=volume)
@@ -160,9 +191,13 @@ def test_disk_full_reports_and_recovers(namespace: str, workspaces: Workspaces, 
         check_volume(volume)
 
 
-def test_sigterm_kills_git_and_releases_the_lease(api_client: ApiClient, namespace: str, workspaces: Workspaces,
-                                                  operator_factory: StartOperator,
-                                                  medium_repo: tuple[Path, str]) -> None:
+def test_sigterm_kills_git_and_releases_the_lease(
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    medium_repo: tuple[Path, str],
+) -> None:
     served, head = medium_repo
     server = SmartHTTP(served).start()
     try:

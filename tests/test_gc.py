@@ -45,7 +45,9 @@ ANCIENT = time.time() - 30 * 86400
 
 
 def gc_actions(op: OperatorProcess, action: str) -> float:
-    found = re.search(rf'^workspace_operator_gc_actions_total{{action="{re.escape(action)}"}} (\S+)$', op.metrics(), re.M)
+    found = re.search(
+        rf'^workspace_operator_gc_actions_total{{action="{re.escape(action)}"}} (\S+)$', op.metrics(), re.M
+    )
     return float(found.group(1)) if found else 0.0
 
 
@@ -94,8 +96,9 @@ def parse_time(stamp: str) -> datetime:
 # -- expiry ---------------------------------------------------------------------------------
 
 
-def test_expired_workspace_is_deleted_unexpired_kept(workspaces: Workspaces, operator_factory: StartOperator,
-                                                     namespace: str, smart_http: SmartHTTP, kubectl: Any) -> None:
+def test_expired_workspace_is_deleted_unexpired_kept(
+    workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP, kubectl: Any
+) -> None:
     op = operator_factory(env={**FAST, "WORKSPACE_DEFAULT_TTL_SECONDS": "2", "WORKSPACE_ALLOW_NO_TTL": "true"})
     url = smart_http.url("repo")
     workspaces.create("short", {"project": "p", "repository": url})  # the default TTL: 2 s
@@ -115,8 +118,9 @@ def test_expired_workspace_is_deleted_unexpired_kept(workspaces: Workspaces, ope
         assert workspaces.status(name) == status
         assert (op.root / status["path"] / "README.md").is_file()
     assert gc_actions(op, "expire-workspace") == 1
-    events = kubectl("get", "events", "-n", namespace, "--field-selector",
-                     "involvedObject.name=short,reason=Expired", "-o", "name").stdout
+    events = kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=short,reason=Expired", "-o", "name"
+    ).stdout
     assert events.strip(), "no Expired event on the expired Workspace"
 
 
@@ -124,7 +128,8 @@ def test_expired_workspace_is_deleted_unexpired_kept(workspaces: Workspaces, ope
 
 
 def test_orphans_older_than_grace_removed_young_and_live_kept(
-        workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP) -> None:
+    workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP
+) -> None:
     op = operator_factory(env={**FAST, "WORKSPACE_ORPHAN_GRACE_SECONDS": "60"})
     workspaces.create("alive", {"project": "p", "repository": smart_http.url("repo")})
     alive = workspaces.wait_ready("alive")
@@ -147,8 +152,9 @@ def test_orphans_older_than_grace_removed_young_and_live_kept(
         assert path.exists(), f"{path} was removed"
     assert workspaces.status("alive") == alive
     # The live worktree is still a working git checkout (prune kept its metadata).
-    head = subprocess.run(["git", "-C", str(live_tree), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          timeout=30)
+    head = subprocess.run(
+        ["git", "-C", str(live_tree), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30
+    )
     assert head.stdout.strip() == alive["commit"], head.stderr
 
     assert_visible(op, "remove-orphan-worktree", 2, f"{namespace}/p/old-orphan")
@@ -163,16 +169,16 @@ def test_orphans_older_than_grace_removed_young_and_live_kept(
 
 
 def loose_objects(cache: Path) -> dict[str, int]:
-    out = subprocess.run(["git", "-C", str(cache), "count-objects", "-v"], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    return {key: int(value) for key, value in (line.split(": ") for line in out.splitlines())
-            if value.isdigit()}
+    out = subprocess.run(
+        ["git", "-C", str(cache), "count-objects", "-v"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return {key: int(value) for key, value in (line.split(": ") for line in out.splitlines()) if value.isdigit()}
 
 
 def test_quiet_cache_gcd_once_unused_cache_deleted_live_cache_kept(
-        workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP) -> None:
-    op = operator_factory(env={**FAST, "WORKSPACE_CACHE_QUIET_SECONDS": "1",
-                               "WORKSPACE_CACHE_UNUSED_SECONDS": "2"})
+    workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP
+) -> None:
+    op = operator_factory(env={**FAST, "WORKSPACE_CACHE_QUIET_SECONDS": "1", "WORKSPACE_CACHE_UNUSED_SECONDS": "2"})
     url = smart_http.url("repo")
     workspaces.create("keep", {"project": "live", "repository": url})
     workspaces.create("gone", {"project": "idle", "repository": url})
@@ -219,8 +225,14 @@ def du(path: Path) -> int:
 
 
 def test_watermark_evicts_lru_idle_caches_down_to_low_watermark(
-        small_volume: Path, workspaces: Workspaces, operator_factory: StartOperator, namespace: str,
-        upstream_repo: StandardRepo, smart_http: SmartHTTP, tmp_path: Path) -> None:
+    small_volume: Path,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    namespace: str,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    tmp_path: Path,
+) -> None:
     assert upstream_repo.served_dir is not None
     projects = ("a", "b", "c", "live")
     for name in projects:  # one upstream per project, each with ~1.5 MB of poorly compressible content
@@ -228,8 +240,10 @@ def test_watermark_evicts_lru_idle_caches_down_to_low_watermark(
         commit(src, {"blob.txt": secrets.token_hex(750_000)}, f"{name} content")
         publish(src, upstream_repo.served_dir / f"{name}.git")
     high, low = 0.5, 0.4
-    op = operator_factory(root_dir=small_volume, env={**FAST, "WORKSPACE_DISK_HIGH_WATERMARK": str(high),
-                                                     "WORKSPACE_DISK_LOW_WATERMARK": str(low)})
+    op = operator_factory(
+        root_dir=small_volume,
+        env={**FAST, "WORKSPACE_DISK_HIGH_WATERMARK": str(high), "WORKSPACE_DISK_LOW_WATERMARK": str(low)},
+    )
     for name in projects:
         workspaces.create(name, {"project": name, "repository": smart_http.url(name)})
     for name in projects:
@@ -306,8 +320,14 @@ def journal_intervals(journal: Path, root: Path) -> dict[tuple[str, str], list[t
     return spans
 
 
-def _record(spans: dict[tuple[str, str], list[tuple[float, float, str]]], root: Path, cwd: str, begin: float,
-            end: float, args: str) -> None:
+def _record(
+    spans: dict[tuple[str, str], list[tuple[float, float, str]]],
+    root: Path,
+    cwd: str,
+    begin: float,
+    end: float,
+    args: str,
+) -> None:
     try:
         parts = Path(cwd).resolve().relative_to(root.resolve()).parts
     except ValueError:
@@ -319,8 +339,13 @@ def _record(spans: dict[tuple[str, str], list[tuple[float, float, str]]], root: 
 
 
 def test_gc_and_materialization_never_overlap_on_a_project(
-        workspaces: Workspaces, operator_factory: StartOperator, namespace: str, upstream_repo: StandardRepo,
-        smart_http: SmartHTTP, tmp_path: Path) -> None:
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    namespace: str,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    tmp_path: Path,
+) -> None:
     journal = tmp_path / "git-journal.tsv"
     journal.touch()
     bindir = tmp_path / "gitwrap"
@@ -329,12 +354,23 @@ def test_gc_and_materialization_never_overlap_on_a_project(
     wrapper.write_text(WRAPPER.format(journal=journal, git=shutil.which("git")))
     wrapper.chmod(0o755)
     # Everything as eager as it gets: orphans at once, gc after every fetch, idle caches deleted at once.
-    op = operator_factory(env={**FAST, "PATH": f"{bindir}:{os.environ['PATH']}",
-                               "WORKSPACE_ORPHAN_GRACE_SECONDS": "0", "WORKSPACE_CACHE_QUIET_SECONDS": "0",
-                               "WORKSPACE_CACHE_UNUSED_SECONDS": "0"})
+    op = operator_factory(
+        env={
+            **FAST,
+            "PATH": f"{bindir}:{os.environ['PATH']}",
+            "WORKSPACE_ORPHAN_GRACE_SECONDS": "0",
+            "WORKSPACE_CACHE_QUIET_SECONDS": "0",
+            "WORKSPACE_CACHE_UNUSED_SECONDS": "0",
+        }
+    )
     url = smart_http.url("repo")
-    refs = [{"commit": upstream_repo.main}, {"commit": upstream_repo.old}, {"branch": "main"},
-            {"branch": StandardRepo.FEATURE_BRANCH}, {"name": StandardRepo.PULL_REF}]
+    refs = [
+        {"commit": upstream_repo.main},
+        {"commit": upstream_repo.old},
+        {"branch": "main"},
+        {"branch": StandardRepo.FEATURE_BRANCH},
+        {"name": StandardRepo.PULL_REF},
+    ]
     project = op.root / namespace / "race"
     previous: list[str] = []
     everyone: list[str] = []
@@ -368,6 +404,10 @@ def test_gc_and_materialization_never_overlap_on_a_project(
         assert next_begin >= end, f"'{command}' [{begin:.6f}, {end:.6f}] overlaps '{next_command}' at {next_begin:.6f}"
     # GC really ran in between: all kinds of its actions on this project.
     # (Strays are only ever removed by GC, and only GC deletes caches: those counts are exact minimums.)
-    for action, times in (("remove-orphan-worktree", 6), ("worktree-prune", 1), ("gc-cache", 1),
-                          ("delete-unused-cache", 2)):
+    for action, times in (
+        ("remove-orphan-worktree", 6),
+        ("worktree-prune", 1),
+        ("gc-cache", 1),
+        ("delete-unused-cache", 2),
+    ):
         assert gc_actions(op, action) >= times, f"{action} fewer than {times} times: {op.metrics()}"

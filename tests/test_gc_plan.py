@@ -16,29 +16,57 @@ from workspace_operator.gc_plan import Action, Kind, Policy, ProjectSnapshot, Us
 NOW = 1_000_000_000.0
 HOUR = 3600.0
 DAY = 86400.0
-POLICY = Policy(orphan_grace_seconds=HOUR, cache_quiet_seconds=DAY, cache_unused_seconds=30 * DAY,
-                high_watermark=0.85, low_watermark=0.70)
+POLICY = Policy(
+    orphan_grace_seconds=HOUR,
+    cache_quiet_seconds=DAY,
+    cache_unused_seconds=30 * DAY,
+    high_watermark=0.85,
+    low_watermark=0.70,
+)
 MB = 1 << 20
 GC = Kind.GC_CACHE
 
 
-def snap(project: str = "p", *, namespace: str = "ns", has_cache: bool = True, last_used: float | None = NOW,
-         last_fetch: float | None = NOW, last_gc: float | None = NOW, cache_bytes: int | None = None,
-         worktrees: dict[str, float] | None = None, debris: dict[str, float] | None = None) -> ProjectSnapshot:
+def snap(
+    project: str = "p",
+    *,
+    namespace: str = "ns",
+    has_cache: bool = True,
+    last_used: float | None = NOW,
+    last_fetch: float | None = NOW,
+    last_gc: float | None = NOW,
+    cache_bytes: int | None = None,
+    worktrees: dict[str, float] | None = None,
+    debris: dict[str, float] | None = None,
+) -> ProjectSnapshot:
     """A project that is healthy and busy unless told otherwise (stamps all 'now')."""
-    return ProjectSnapshot(namespace=namespace, project=project, has_cache=has_cache, last_used=last_used,
-                           last_fetch=last_fetch, last_gc=last_gc, cache_bytes=cache_bytes,
-                           worktrees=worktrees or {}, debris=debris or {})
+    return ProjectSnapshot(
+        namespace=namespace,
+        project=project,
+        has_cache=has_cache,
+        last_used=last_used,
+        last_fetch=last_fetch,
+        last_gc=last_gc,
+        cache_bytes=cache_bytes,
+        worktrees=worktrees or {},
+        debris=debris or {},
+    )
 
 
-def run(*snaps: ProjectSnapshot, live: set[tuple[str, str, str]] | None = None, usage: Usage | None = None,
-        now: float = NOW, policy: Policy = POLICY) -> list[Action]:
+def run(
+    *snaps: ProjectSnapshot,
+    live: set[tuple[str, str, str]] | None = None,
+    usage: Usage | None = None,
+    now: float = NOW,
+    policy: Policy = POLICY,
+) -> list[Action]:
     return plan(snaps, live or set(), now=now, policy=policy, usage=usage)
 
 
 def kinds(actions: list[Action], **match: Any) -> list[tuple[Kind, str, str]]:
-    return [(a.kind, a.project, a.target) for a in actions
-            if all(getattr(a, key) == value for key, value in match.items())]
+    return [
+        (a.kind, a.project, a.target) for a in actions if all(getattr(a, key) == value for key, value in match.items())
+    ]
 
 
 # -- orphans -------------------------------------------------------------------------
@@ -52,7 +80,8 @@ def test_orphan_older_than_grace_is_removed_then_pruned() -> None:
 
 def test_orphan_exactly_at_grace_is_removed_younger_is_kept() -> None:
     assert kinds(run(snap(worktrees={"edge": NOW - HOUR})), kind=Kind.REMOVE_ORPHAN) == [
-        (Kind.REMOVE_ORPHAN, "p", "edge")]
+        (Kind.REMOVE_ORPHAN, "p", "edge")
+    ]
     assert run(snap(worktrees={"young": NOW - HOUR + 1})) == []
 
 
@@ -63,7 +92,8 @@ def test_worktree_of_an_existing_workspace_is_never_removed_whatever_its_age() -
     # Same name in another namespace or project does not protect it.
     other = {("other", "p", "mine"), ("ns", "q", "mine")}
     assert kinds(run(snap(worktrees={"mine": 0.0}), live=other), kind=Kind.REMOVE_ORPHAN) == [
-        (Kind.REMOVE_ORPHAN, "p", "mine")]
+        (Kind.REMOVE_ORPHAN, "p", "mine")
+    ]
 
 
 def test_only_the_orphans_among_live_worktrees_go() -> None:
@@ -79,8 +109,16 @@ def test_prune_only_when_orphans_were_removed() -> None:
 
 def test_worktree_dirs_without_a_cache_are_removed_but_not_pruned() -> None:
     """Partial state: the cache was lost (or never finished); orphans still go, no git runs."""
-    actions = run(snap(has_cache=False, last_used=None, last_fetch=None, last_gc=None,
-                       worktrees={"old": 0.0, "young": NOW, "live": 0.0}), live={("ns", "p", "live")})
+    actions = run(
+        snap(
+            has_cache=False,
+            last_used=None,
+            last_fetch=None,
+            last_gc=None,
+            worktrees={"old": 0.0, "young": NOW, "live": 0.0},
+        ),
+        live={("ns", "p", "live")},
+    )
     assert kinds(actions) == [(Kind.REMOVE_ORPHAN, "p", "old")]
 
 
@@ -92,15 +130,14 @@ def test_empty_project_dir_without_cache_needs_nothing() -> None:
 
 
 def test_debris_older_than_grace_is_removed_young_debris_kept() -> None:
-    actions = run(snap(debris={".staging-cache-1": 0.0, ".quarantine-2": NOW - 2 * HOUR,
-                               ".staging-cache-3": NOW - 60}))
-    assert kinds(actions) == [(Kind.REMOVE_DEBRIS, "p", ".quarantine-2"),
-                              (Kind.REMOVE_DEBRIS, "p", ".staging-cache-1")]
+    actions = run(snap(debris={".staging-cache-1": 0.0, ".quarantine-2": NOW - 2 * HOUR, ".staging-cache-3": NOW - 60}))
+    assert kinds(actions) == [(Kind.REMOVE_DEBRIS, "p", ".quarantine-2"), (Kind.REMOVE_DEBRIS, "p", ".staging-cache-1")]
 
 
 def test_debris_alone_triggers_no_prune_and_is_removed_without_a_cache() -> None:
     assert kinds(run(snap(has_cache=False, last_used=None, debris={".staging-x": 0.0}))) == [
-        (Kind.REMOVE_DEBRIS, "p", ".staging-x")]
+        (Kind.REMOVE_DEBRIS, "p", ".staging-x")
+    ]
     assert Kind.PRUNE not in [a.kind for a in run(snap(debris={".staging-x": 0.0}))]
 
 
@@ -153,8 +190,7 @@ def test_recently_used_cache_is_kept() -> None:
 def test_unused_cache_of_a_project_with_a_live_workspace_is_never_deleted() -> None:
     # The live Workspace need not even have a worktree yet (still materializing, or failed).
     for worktrees in ({}, {"w": 0.0}):
-        actions = run(snap(last_used=0.0, last_fetch=0.0, last_gc=0.0, worktrees=worktrees),
-                      live={("ns", "p", "w")})
+        actions = run(snap(last_used=0.0, last_fetch=0.0, last_gc=0.0, worktrees=worktrees), live={("ns", "p", "w")})
         assert Kind.DELETE_UNUSED_CACHE not in [a.kind for a in actions]
 
 
@@ -166,8 +202,12 @@ def test_unused_cache_with_a_young_worktree_is_kept() -> None:
 
 def test_unused_cache_whose_worktrees_are_all_old_orphans_goes_after_them() -> None:
     actions = run(snap(last_used=0.0, last_fetch=0.0, last_gc=0.0, worktrees={"a": 0.0, "b": 0.0}))
-    assert kinds(actions) == [(Kind.REMOVE_ORPHAN, "p", "a"), (Kind.REMOVE_ORPHAN, "p", "b"),
-                              (Kind.PRUNE, "p", ""), (Kind.DELETE_UNUSED_CACHE, "p", "")]
+    assert kinds(actions) == [
+        (Kind.REMOVE_ORPHAN, "p", "a"),
+        (Kind.REMOVE_ORPHAN, "p", "b"),
+        (Kind.PRUNE, "p", ""),
+        (Kind.DELETE_UNUSED_CACHE, "p", ""),
+    ]
 
 
 def test_missing_last_used_stamp_counts_as_unused() -> None:
@@ -186,8 +226,9 @@ def test_live_workspace_in_another_namespace_does_not_protect_a_cache() -> None:
 def test_times_in_the_future_count_as_now() -> None:
     """Another node with a fast clock wrote these: nothing is old, nothing is removed."""
     future = NOW + 10 * DAY
-    actions = run(snap(last_used=future, last_fetch=future, last_gc=None, worktrees={"w": future},
-                       debris={".staging-x": future}))
+    actions = run(
+        snap(last_used=future, last_fetch=future, last_gc=None, worktrees={"w": future}, debris={".staging-x": future})
+    )
     assert actions == []
 
 
@@ -195,8 +236,7 @@ def test_future_fetch_stamp_leads_to_exactly_one_gc_once_quiet() -> None:
     fetch = NOW + HOUR  # skewed
     assert run(snap(last_fetch=fetch, last_gc=None), live={("ns", "p", "w")}) == []
     gc_at = fetch + DAY  # the first time the clock says it is quiet
-    assert kinds(run(snap(last_fetch=fetch, last_gc=None), live={("ns", "p", "w")}, now=gc_at)) == [
-        (GC, "p", "")]
+    assert kinds(run(snap(last_fetch=fetch, last_gc=None), live={("ns", "p", "w")}, now=gc_at)) == [(GC, "p", "")]
     assert run(snap(last_fetch=fetch, last_gc=gc_at), live={("ns", "p", "w")}, now=gc_at + 30 * DAY) == []
 
 
@@ -209,11 +249,18 @@ def idle(project: str, last_used: float, size_mb: int) -> ProjectSnapshot:
 
 def test_eviction_in_lru_order_down_to_the_low_watermark() -> None:
     usage = Usage(used_bytes=90 * MB, total_bytes=100 * MB)  # high 85%, low 70%: free >= 20 MB
-    snaps = [idle("newest", NOW - 1 * HOUR, 10), idle("oldest", NOW - 5 * HOUR, 8),
-             idle("middle", NOW - 3 * HOUR, 8), idle("older", NOW - 4 * HOUR, 8)]
+    snaps = [
+        idle("newest", NOW - 1 * HOUR, 10),
+        idle("oldest", NOW - 5 * HOUR, 8),
+        idle("middle", NOW - 3 * HOUR, 8),
+        idle("older", NOW - 4 * HOUR, 8),
+    ]
     actions = run(*snaps, usage=usage)
-    assert kinds(actions) == [(Kind.EVICT_CACHE, "oldest", ""), (Kind.EVICT_CACHE, "older", ""),
-                              (Kind.EVICT_CACHE, "middle", "")]
+    assert kinds(actions) == [
+        (Kind.EVICT_CACHE, "oldest", ""),
+        (Kind.EVICT_CACHE, "older", ""),
+        (Kind.EVICT_CACHE, "middle", ""),
+    ]
     assert "90%" in actions[0].why
 
 
@@ -252,7 +299,8 @@ def test_evicted_caches_are_not_gcd_first() -> None:
 def test_unmeasured_caches_are_not_evicted() -> None:
     usage = Usage(used_bytes=99 * MB, total_bytes=100 * MB)
     assert run(snap("a", cache_bytes=None), idle("b", NOW, 1), usage=usage) == [
-        Action(Kind.EVICT_CACHE, "ns", "b", why="volume at 99% > 85%")]
+        Action(Kind.EVICT_CACHE, "ns", "b", why="volume at 99% > 85%")
+    ]
 
 
 def test_eviction_ties_break_by_name() -> None:
@@ -262,8 +310,7 @@ def test_eviction_ties_break_by_name() -> None:
     actions = run(idle("b", NOW - HOUR, 1), idle("a", NOW - HOUR, 1), in_use, usage=usage, policy=keep_unused)
     assert kinds(actions) == [(Kind.EVICT_CACHE, "a", ""), (Kind.EVICT_CACHE, "b", "")]
     # An idle cache without a last-used stamp is not ranked: it is deleted as unused outright.
-    actions = run(idle("b", NOW - HOUR, 1), snap("n", last_used=None, cache_bytes=MB), usage=usage,
-                  policy=keep_unused)
+    actions = run(idle("b", NOW - HOUR, 1), snap("n", last_used=None, cache_bytes=MB), usage=usage, policy=keep_unused)
     assert kinds(actions) == [(Kind.DELETE_UNUSED_CACHE, "n", ""), (Kind.EVICT_CACHE, "b", "")]
 
 
@@ -304,8 +351,10 @@ def test_confirm_evicts_only_what_is_still_idle() -> None:
 
 
 def test_confirm_on_a_vanished_project_does_nothing() -> None:
-    planned = run(snap(worktrees={"w": 0.0}, debris={".staging-x": 0.0}, last_fetch=0.0, last_gc=None),
-                  live={("ns", "p", "other")})
+    planned = run(
+        snap(worktrees={"w": 0.0}, debris={".staging-x": 0.0}, last_fetch=0.0, last_gc=None),
+        live={("ns", "p", "other")},
+    )
     assert {a.kind for a in planned} == {Kind.REMOVE_ORPHAN, Kind.REMOVE_DEBRIS, Kind.PRUNE, GC}
     gone = snap(has_cache=False, last_used=None, last_fetch=None, last_gc=None)
     assert confirm(planned, gone, {"other"}, now=NOW, policy=POLICY) == []
@@ -371,8 +420,10 @@ def evicted(actions: list[Action]) -> list[tuple[str, str]]:
 
 
 def test_namespace_over_its_cache_limit_evicts_its_own_lru_idle_caches_only() -> None:
-    greedy = [snap(p, namespace="greedy", last_used=NOW - age * HOUR, cache_bytes=10 * MB)
-              for p, age in (("new", 1), ("old", 5), ("mid", 3), ("older", 4))]
+    greedy = [
+        snap(p, namespace="greedy", last_used=NOW - age * HOUR, cache_bytes=10 * MB)
+        for p, age in (("new", 1), ("old", 5), ("mid", 3), ("older", 4))
+    ]
     # Another tenant's caches are older and bigger: they are not touched for greedy's excess.
     modest = snap("big", namespace="modest", last_used=NOW - 9 * HOUR, cache_bytes=15 * MB)
     actions = run(*greedy, modest, policy=NS_LIMIT)  # no disk pressure at all
@@ -385,8 +436,7 @@ def test_namespace_caches_in_use_count_but_are_never_evicted() -> None:
     idle_cache = snap("idle", namespace="t", last_used=NOW - HOUR, cache_bytes=5 * MB)
     actions = run(live_cache, idle_cache, policy=NS_LIMIT, live={("t", "live", "w")})
     assert evicted(actions) == [("t", "idle")]  # 23 MB > 20 MB: only the idle one can go
-    assert evicted(run(live_cache, policy=replace(NS_LIMIT, namespace_cache_bytes=MB),
-                       live={("t", "live", "w")})) == []
+    assert evicted(run(live_cache, policy=replace(NS_LIMIT, namespace_cache_bytes=MB), live={("t", "live", "w")})) == []
 
 
 def test_namespace_limit_counts_unused_caches_deleted_in_the_same_pass() -> None:
@@ -396,8 +446,10 @@ def test_namespace_limit_counts_unused_caches_deleted_in_the_same_pass() -> None
 
 
 def test_namespace_limit_and_watermark_never_evict_a_cache_twice() -> None:
-    caches = [snap(p, namespace="t", last_used=NOW - age * HOUR, cache_bytes=10 * MB)
-              for p, age in (("a", 3), ("b", 2), ("c", 1))]
+    caches = [
+        snap(p, namespace="t", last_used=NOW - age * HOUR, cache_bytes=10 * MB)
+        for p, age in (("a", 3), ("b", 2), ("c", 1))
+    ]
     actions = run(*caches, policy=NS_LIMIT, usage=Usage(95 * MB, 100 * MB))
     assert evicted(actions) == [("t", "a"), ("t", "b"), ("t", "c")]  # limit takes a; the volume b, c
     assert len(set(evicted(actions))) == len(evicted(actions))

@@ -99,15 +99,21 @@ asyncio.run(main())
 def _probe(url: str, tmp: Path) -> dict[str, object]:
     for sub in ("root", "scratch"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(tmp / "root"), str(tmp / "scratch"), url],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(tmp / "root"), str(tmp / "scratch"), url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
 def test_hostile_ref_advertisement_keeps_engine_memory_bounded(
-        hostile_upstream: str, ro_repo: StandardRepo, ro_daemon: GitDaemon, tmp_path: Path) -> None:
+    hostile_upstream: str, ro_repo: StandardRepo, ro_daemon: GitDaemon, tmp_path: Path
+) -> None:
     normal = _probe(ro_daemon.url("repo"), tmp_path / "normal")
     hostile = _probe(hostile_upstream, tmp_path / "hostile")
     print(f"VmHWM normal checkout {normal['hwm_kb']} kB, hostile ls-remote {hostile['hwm_kb']} kB")
@@ -131,8 +137,9 @@ def _fake_git(tmp_path: Path, body: str) -> str:
 
 async def test_endless_output_is_cut_at_the_cap_and_git_killed(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
-    runner = GitRunner(GitSettings(git_binary=_fake_git(tmp_path, f"echo $$ > {pidfile}; exec yes"),
-                                   timeout_seconds=60))
+    runner = GitRunner(
+        GitSettings(git_binary=_fake_git(tmp_path, f"echo $$ > {pidfile}; exec yes"), timeout_seconds=60)
+    )
     with pytest.raises(GitError) as caught:
         await runner.run("endless", ["anything"], cwd=tmp_path, max_stdout=1 << 20)
     assert caught.value.reason is Reason.OUTPUT_TOO_LARGE and caught.value.retryable is False
@@ -154,10 +161,14 @@ async def test_stderr_keeps_only_its_tail(tmp_path: Path) -> None:
 
 async def test_at_most_max_processes_git_processes_at_once(tmp_path: Path) -> None:
     journal = tmp_path / "journal"
-    body = f'printf "%s +1\\n" "$(date +%s.%N)" >> {journal}; sleep 0.3; printf "%s -1\\n" "$(date +%s.%N)" >> {journal}'
+    body = (
+        f'printf "%s +1\\n" "$(date +%s.%N)" >> {journal}; sleep 0.3; printf "%s -1\\n" "$(date +%s.%N)" >> {journal}'
+    )
     runner = GitRunner(GitSettings(git_binary=_fake_git(tmp_path, body), timeout_seconds=60, max_processes=3))
     await asyncio.gather(*(runner.run(f"call-{i}", [], cwd=tmp_path) for i in range(12)))
-    events = sorted((float(ts), int(delta)) for ts, delta in (line.split() for line in journal.read_text().splitlines()))
+    events = sorted(
+        (float(ts), int(delta)) for ts, delta in (line.split() for line in journal.read_text().splitlines())
+    )
     running = peak = 0
     for _ts, delta in events:
         running += delta

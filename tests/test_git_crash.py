@@ -82,8 +82,13 @@ def _fast_import(bare: Path, seed: int) -> None:
             data = rng.randbytes(FILE_BYTES // 2).hex().encode()
             stream += b"M 100644 inline d%02d/f%05d.txt\ndata %d\n%s\n" % (index % 40, index, len(data), data)
     stream += b"done\n"
-    subprocess.run(["git", "-C", str(bare), "fast-import", "--quiet", "--done"], input=bytes(stream),
-                   check=True, capture_output=True, timeout=SUBPROCESS_TIMEOUT)
+    subprocess.run(
+        ["git", "-C", str(bare), "fast-import", "--quiet", "--done"],
+        input=bytes(stream),
+        check=True,
+        capture_output=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +182,9 @@ class Outcome:
     detail: str
 
 
-async def _crash_cancel(engine: Engine, volume: Path, url: str, revision: Revision, phase: str,
-                        delay: float) -> Outcome:
+async def _crash_cancel(
+    engine: Engine, volume: Path, url: str, revision: Revision, phase: str, delay: float
+) -> Outcome:
     task = asyncio.create_task(checkout(engine, request(url, revision)))
     seen = await _wait_for_phase(volume, phase, task.done)
     if seen is not None:
@@ -192,8 +198,9 @@ async def _crash_cancel(engine: Engine, volume: Path, url: str, revision: Revisi
     return Outcome(cancelled, f"cancelled during {_short(seen)!r}")
 
 
-async def _crash_sigkill_git(engine: Engine, volume: Path, url: str, revision: Revision, phase: str,
-                             delay: float) -> Outcome:
+async def _crash_sigkill_git(
+    engine: Engine, volume: Path, url: str, revision: Revision, phase: str, delay: float
+) -> Outcome:
     task = asyncio.create_task(checkout(engine, request(url, revision)))
     seen = await _wait_for_phase(volume, phase, task.done)
     killed: list[str] = []
@@ -214,11 +221,15 @@ async def _crash_sigkill_git(engine: Engine, volume: Path, url: str, revision: R
     return Outcome(failed, f"SIGKILLed {killed}")
 
 
-async def _crash_kill_engine(scratch: Path, volume: Path, url: str, revision: Revision, phase: str,
-                             delay: float) -> Outcome:
+async def _crash_kill_engine(
+    scratch: Path, volume: Path, url: str, revision: Revision, phase: str, delay: float
+) -> Outcome:
     child = subprocess.Popen(  # noqa: ASYNC220 - the child is the operator to kill, not awaited work
         [sys.executable, "-c", CHILD, str(volume), str(scratch), url, revision.branch or "", revision.commit or ""],
-        cwd=volume, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=volume,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         seen = await _wait_for_phase(volume, phase, lambda: child.poll() is not None)
@@ -246,14 +257,16 @@ def _prepare(rng: random.Random, volume: Path, big: BigRepo, c0_cache: Path) -> 
     scenario = rng.choice(["clone", "fetch", "checkout"]) if cache.is_dir() else rng.choice(["clone", "fetch"])
     if scenario == "clone":  # no cache: the first clone (init + fetch into staging, rename) and checkout
         shutil.rmtree(project.project_dir, ignore_errors=True)
-        return rng.choice(["fetch", "checkout"]), rng.choice([Revision(branch="main"),
-                                                              Revision(commit=rng.choice(big.commits))])
+        return rng.choice(["fetch", "checkout"]), rng.choice(
+            [Revision(branch="main"), Revision(commit=rng.choice(big.commits))]
+        )
     if scenario == "fetch":  # a cache that has only the first commit: fetch into it
         shutil.rmtree(project.project_dir, ignore_errors=True)
         project.project_dir.mkdir(parents=True)
         shutil.copytree(c0_cache, cache, symlinks=True)
-        return rng.choice(["fetch", "fetch", "checkout"]), rng.choice([
-            Revision(branch="main"), Revision(commit=big.commits[2]), Revision(branch="main", commit=big.commits[1])])
+        return rng.choice(["fetch", "fetch", "checkout"]), rng.choice(
+            [Revision(branch="main"), Revision(commit=big.commits[2]), Revision(branch="main", commit=big.commits[1])]
+        )
     # The cache has every commit: replace the worktree by one at another commit.
     current = run_git("rev-parse", "HEAD", cwd=project.worktree_dir(NAME)).stdout.strip()
     return "checkout", Revision(commit=rng.choice([c for c in big.commits if c != current]))
@@ -272,8 +285,9 @@ def _check_content(rng: random.Random, big: BigRepo, worktree: Path, sha: str) -
         assert (worktree / name).read_text() == expected, name
 
 
-async def test_crash_loop(volume: Path, scratch: Path, big_repo: BigRepo, big_daemon: GitDaemon,
-                          c0_cache: Path) -> None:
+async def test_crash_loop(
+    volume: Path, scratch: Path, big_repo: BigRepo, big_daemon: GitDaemon, c0_cache: Path
+) -> None:
     base_seed = int(os.environ.get("WO_CRASH_SEED", random.randrange(1 << 30)))
     print(f"crash loop base seed {base_seed} (replay: WO_CRASH_SEED={base_seed})")
     url = big_daemon.url("big")
@@ -285,8 +299,11 @@ async def test_crash_loop(volume: Path, scratch: Path, big_repo: BigRepo, big_da
         seed = base_seed + iteration
         rng = random.Random(seed)
         phase, revision = _prepare(rng, volume, big_repo, c0_cache)
-        mode = ["cancel", "sigkill-git", "kill-engine"][iteration % 3] if iteration < 3 else rng.choice(
-            ["cancel", "sigkill-git", "kill-engine"])
+        mode = (
+            ["cancel", "sigkill-git", "kill-engine"][iteration % 3]
+            if iteration < 3
+            else rng.choice(["cancel", "sigkill-git", "kill-engine"])
+        )
         delay = rng.uniform(0.0, 0.8 * phase_seconds[phase])
         context = f"iteration {iteration} seed {seed}: {mode} in {phase} (+{delay:.3f}s) of {revision}"
         if mode == "cancel":
@@ -312,8 +329,11 @@ async def test_crash_loop(volume: Path, scratch: Path, big_repo: BigRepo, big_da
             _check_content(rng, big_repo, project.worktree_dir(NAME), sha)
             assert_cache_consistent(project, url)
             # Debris is left for GC, never used: the worktree is attached to .cache (checked above).
-            assert all(p.name.startswith((".staging-", ".quarantine-")) for p in project.project_dir.iterdir()
-                       if p.name not in (".cache", ".ready", NAME))
+            assert all(
+                p.name.startswith((".staging-", ".quarantine-"))
+                for p in project.project_dir.iterdir()
+                if p.name not in (".cache", ".ready", NAME)
+            )
             assert processes_under(volume) == {}
         except (AssertionError, GitError) as error:
             raise AssertionError(f"repair after {context} failed: {error}") from error
@@ -325,7 +345,8 @@ async def test_crash_loop(volume: Path, scratch: Path, big_repo: BigRepo, big_da
 
 
 async def test_worktree_add_killed_leaves_locked_metadata(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     """`git worktree add` locks its metadata ("initializing") until done; killed, the lock stays."""
     url = git_daemon.url("repo")
     project = layout(volume)
@@ -355,7 +376,8 @@ async def test_worktree_add_killed_leaves_locked_metadata(
 
 
 async def test_staging_cache_is_never_taken_for_the_cache(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     """A crash mid-create leaves .staging-cache-*; it may even look complete. It is never used."""
     url = git_daemon.url("repo")
     project = layout(volume)
@@ -373,8 +395,9 @@ async def test_staging_cache_is_never_taken_for_the_cache(
     assert staging.is_dir() and not (staging / "worktrees").exists()  # untouched debris, for GC
 
 
-async def test_cancellation_kills_git_at_once(volume: Path, scratch: Path, upstream_repo: StandardRepo,
-                                              smart_http: SmartHTTP) -> None:
+async def test_cancellation_kills_git_at_once(
+    volume: Path, scratch: Path, upstream_repo: StandardRepo, smart_http: SmartHTTP
+) -> None:
     """A hung fetch with a long timeout: cancelling the task must kill git right away."""
     engine = Engine(volume, make_settings(scratch, timeout_seconds=300.0))
     smart_http.fault = "hang"

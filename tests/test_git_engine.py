@@ -69,7 +69,8 @@ REFS: dict[str, RefCase] = {
 
 @pytest.mark.parametrize("case", list(REFS))
 async def test_every_kind_of_ref_checks_out_the_right_commit(
-        case: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    case: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     make_revision, expected = REFS[case]
     url = ro_daemon.url("repo")
     result = await checkout(engine, request(url, make_revision(ro_repo)))
@@ -85,7 +86,8 @@ async def test_every_kind_of_ref_checks_out_the_right_commit(
 
 
 async def test_all_refs_side_by_side_share_one_cache(
-        engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path
+) -> None:
     url = smart_http.url("repo")
     for index, case in enumerate(REFS):
         make_revision, expected = REFS[case]
@@ -93,13 +95,15 @@ async def test_all_refs_side_by_side_share_one_cache(
         assert result.commit == expected(upstream_repo), case
         assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, result.commit), case
     assert sorted(p.name for p in layout(volume).project_dir.iterdir()) == [
-        ".cache", ".ready", *sorted(f"w{i}" for i in range(len(REFS)))]
+        ".cache",
+        ".ready",
+        *sorted(f"w{i}" for i in range(len(REFS))),
+    ]
     assert len(worktree_entries(layout(volume).cache_dir)) == len(REFS)
     assert_cache_consistent(layout(volume), url)
 
 
-async def test_sub_path_sets_workdir(engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon,
-                                     volume: Path) -> None:
+async def test_sub_path_sets_workdir(engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
     result = await checkout(engine, request(ro_daemon.url("repo"), Revision(tag="v1.1"), sub_path="services/api"))
     assert result.path == PurePosixPath(NS, PROJECT, NAME)
     assert result.workdir == PurePosixPath(NS, PROJECT, NAME, "services", "api")
@@ -108,10 +112,12 @@ async def test_sub_path_sets_workdir(engine: Engine, ro_repo: StandardRepo, ro_d
 
 
 async def test_sparse_cone_checks_out_only_those_dirs(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
-    result = await checkout(engine, request(url, Revision(branch=ro_repo.FEATURE_BRANCH),
-                                            sparse=("services/api",), sub_path="services/api"))
+    result = await checkout(
+        engine, request(url, Revision(branch=ro_repo.FEATURE_BRANCH), sparse=("services/api",), sub_path="services/api")
+    )
     assert result.commit == ro_repo.feature
     assert result.workdir == PurePosixPath(NS, PROJECT, NAME, "services", "api")
     # Cone mode: the listed directory recursively plus top-level files, nothing else.
@@ -127,8 +133,7 @@ async def test_sparse_cone_checks_out_only_those_dirs(
     assert_materialized(volume, ro_repo, full, url, ro_repo.feature, name="full")
 
 
-async def test_sub_path_outside_sparse_dirs_is_refused(engine: Engine, ro_daemon: GitDaemon,
-                                                       volume: Path) -> None:
+async def test_sub_path_outside_sparse_dirs_is_refused(engine: Engine, ro_daemon: GitDaemon, volume: Path) -> None:
     with pytest.raises(GitError) as caught:
         engine.validate(request(ro_daemon.url("repo"), sparse=("libs",), sub_path="services/api"))
     assert caught.value.reason is Reason.INVALID_SPEC
@@ -136,14 +141,25 @@ async def test_sub_path_outside_sparse_dirs_is_refused(engine: Engine, ro_daemon
 
 
 async def test_submodules_are_checked_out_recursively(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     served = git_daemon.base
     deep = served_repo(served, "deep", {"deep.txt": "deepest\n"})
     # lib -> deep by absolute git:// URL; super -> lib by a URL relative to super's own.
-    lib = served_repo(served, "lib", {"lib.txt": "library\n"}, {"deep": deep},
-                       f'[submodule "deep"]\n\tpath = deep\n\turl = {git_daemon.url("deep")}\n')
-    top = served_repo(served, "super", {"top.txt": "top\n"}, {"vendor/lib": lib},
-                       '[submodule "lib"]\n\tpath = vendor/lib\n\turl = ../lib.git\n')
+    lib = served_repo(
+        served,
+        "lib",
+        {"lib.txt": "library\n"},
+        {"deep": deep},
+        f'[submodule "deep"]\n\tpath = deep\n\turl = {git_daemon.url("deep")}\n',
+    )
+    top = served_repo(
+        served,
+        "super",
+        {"top.txt": "top\n"},
+        {"vendor/lib": lib},
+        '[submodule "lib"]\n\tpath = vendor/lib\n\turl = ../lib.git\n',
+    )
     url = git_daemon.url("super")
 
     result = await checkout(engine, request(url, Revision(branch="main"), submodules=True))
@@ -168,11 +184,17 @@ async def test_submodules_are_checked_out_recursively(
 
 
 async def test_submodule_over_a_disallowed_transport_is_refused(
-        volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon) -> None:
+    volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon
+) -> None:
     served = git_daemon.base
     lib = served_repo(served, "lib", {"lib.txt": "library\n"})
-    served_repo(served, "super", {"top.txt": "top\n"}, {"lib": lib},
-                 f'[submodule "lib"]\n\tpath = lib\n\turl = file://{served / "lib.git"}\n')
+    served_repo(
+        served,
+        "super",
+        {"top.txt": "top\n"},
+        {"lib": lib},
+        f'[submodule "lib"]\n\tpath = lib\n\turl = file://{served / "lib.git"}\n',
+    )
     engine = Engine(volume, make_settings(scratch, allowed_schemes=frozenset({"git"})))
     with pytest.raises(GitError) as caught:
         await checkout(engine, request(git_daemon.url("super"), submodules=True))
@@ -184,7 +206,8 @@ async def test_submodule_over_a_disallowed_transport_is_refused(
 
 
 async def test_cached_commit_needs_no_network(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     url = git_daemon.url("repo")
     first = await checkout(engine, request(url, Revision(branch="main")))
     assert (first.cache_hit, first.fetched) == (False, True)
@@ -206,7 +229,8 @@ async def test_cached_commit_needs_no_network(
 
 
 async def test_cached_branch_tip_costs_one_ls_remote_and_no_fetch(
-        engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path
+) -> None:
     url = smart_http.url("repo")
     await checkout(engine, request(url, Revision(branch="main")))
     fetches, requests = smart_http.count(), len(smart_http.requests())
@@ -232,7 +256,8 @@ async def test_cached_branch_tip_costs_one_ls_remote_and_no_fetch(
 
 
 async def test_complete_worktree_is_reused_untouched(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     req = request(url, Revision(tag="v1.0"), sub_path="services")
     first = await checkout(engine, req)
@@ -251,7 +276,8 @@ async def test_complete_worktree_is_reused_untouched(
 
 
 async def test_worktree_without_completion_record_is_rebuilt(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     project = layout(volume)
     req = request(url, Revision(branch="main"))
@@ -266,7 +292,8 @@ async def test_worktree_without_completion_record_is_rebuilt(
 
 
 async def test_half_created_directory_is_replaced(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url, name="other"))  # the cache exists
@@ -280,7 +307,8 @@ async def test_half_created_directory_is_replaced(
 
 
 async def test_deleted_worktree_dir_with_record_is_rebuilt(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     project = layout(volume)
     req = request(url, Revision(branch="main"))
@@ -295,7 +323,8 @@ async def test_deleted_worktree_dir_with_record_is_rebuilt(
 
 
 async def test_changed_spec_rebuilds_at_new_commit(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     await checkout(engine, request(url, Revision(tag="v1.0")))
     result = await checkout(engine, request(url, Revision(name=ro_repo.PULL_REF)))
@@ -330,7 +359,8 @@ def _quarantined(volume: Path) -> list[Path]:
 
 
 async def test_cache_without_objects_is_quarantined_and_recreated(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url, Revision(branch="main")))
@@ -346,7 +376,8 @@ async def test_cache_without_objects_is_quarantined_and_recreated(
 
 
 async def test_ref_to_missing_object_is_found_by_the_deep_check(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url, Revision(branch="main")))
@@ -365,13 +396,20 @@ async def test_ref_to_missing_object_is_found_by_the_deep_check(
 
 
 async def test_stale_lock_files_are_removed(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     url = git_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url, Revision(branch="main")))
     cache = project.cache_dir
-    for lock in ("index.lock", "packed-refs.lock", "config.lock", "HEAD.lock",
-                 "refs/remotes/origin/main.lock", f"worktrees/{NAME}/index.lock"):
+    for lock in (
+        "index.lock",
+        "packed-refs.lock",
+        "config.lock",
+        "HEAD.lock",
+        "refs/remotes/origin/main.lock",
+        f"worktrees/{NAME}/index.lock",
+    ):
         (cache / lock).write_text("left by a killed git\n")
 
     # The branch moved upstream: the fetch must update the ref the lock covered.
@@ -385,7 +423,8 @@ async def test_stale_lock_files_are_removed(
 
 
 async def test_interrupted_fetch_marker_triggers_check_and_is_cleared(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     project = layout(volume)
     await checkout(engine, request(url, Revision(branch="main")))
@@ -411,7 +450,8 @@ async def test_interrupted_fetch_marker_triggers_check_and_is_cleared(
 
 
 async def test_cache_of_another_repository_is_refused_untouched(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     await checkout(engine, request(git_daemon.url("repo")))
     served = git_daemon.base
     publish(upstream_repo.src, served / "fork.git")
@@ -442,8 +482,9 @@ async def test_missing_tag_and_ref_name(engine: Engine, ro_daemon: GitDaemon) ->
 
 
 @pytest.mark.parametrize("on_branch", [False, True])
-async def test_missing_commit(engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP,
-                              on_branch: bool) -> None:
+async def test_missing_commit(
+    engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, on_branch: bool
+) -> None:
     url = smart_http.url("repo")
     await checkout(engine, request(url, name="first"))  # an existing cache, too
     missing = "0123456789abcdef" * 2 + "01234567"
@@ -454,7 +495,8 @@ async def test_missing_commit(engine: Engine, upstream_repo: StandardRepo, smart
 
 
 async def test_failed_update_keeps_the_previous_worktree(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     req = request(url, Revision(tag="v1.0"))
     await checkout(engine, req)
@@ -477,8 +519,11 @@ async def test_missing_repository(engine: Engine, smart_http: SmartHTTP, git_dae
 @pytest.mark.parametrize("scheme", ["git", "http", "ssh"])
 async def test_unreachable_upstream_is_retryable(engine: Engine, volume: Path, scheme: str) -> None:
     port = closed_port()
-    url = {"git": f"git://127.0.0.1:{port}/repo.git", "http": f"http://127.0.0.1:{port}/repo.git",
-           "ssh": f"ssh://git@127.0.0.1:{port}/repo.git"}[scheme]
+    url = {
+        "git": f"git://127.0.0.1:{port}/repo.git",
+        "http": f"http://127.0.0.1:{port}/repo.git",
+        "ssh": f"ssh://git@127.0.0.1:{port}/repo.git",
+    }[scheme]
     with pytest.raises(GitError) as caught:
         await checkout(engine, request(url))
     assert caught.value.reason is Reason.UNREACHABLE
@@ -486,8 +531,9 @@ async def test_unreachable_upstream_is_retryable(engine: Engine, volume: Path, s
     assert not layout(volume).cache_dir.exists()
 
 
-async def test_sub_path_missing_at_that_commit(engine: Engine, ro_repo: StandardRepo,
-                                               ro_daemon: GitDaemon, volume: Path) -> None:
+async def test_sub_path_missing_at_that_commit(
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     url = ro_daemon.url("repo")
     with pytest.raises(GitError) as caught:  # services/api only exists from the second commit on
         await checkout(engine, request(url, Revision(commit=ro_repo.old), sub_path="services/api"))
@@ -499,8 +545,9 @@ async def test_sub_path_missing_at_that_commit(engine: Engine, ro_repo: Standard
     assert caught.value.reason is Reason.SUBPATH_NOT_FOUND
 
 
-async def test_hung_server_times_out_promptly(volume: Path, scratch: Path, upstream_repo: StandardRepo,
-                                              smart_http: SmartHTTP) -> None:
+async def test_hung_server_times_out_promptly(
+    volume: Path, scratch: Path, upstream_repo: StandardRepo, smart_http: SmartHTTP
+) -> None:
     engine = Engine(volume, make_settings(scratch, timeout_seconds=3.0))
     smart_http.fault = "hang"
     tmp_path = volume.parent
@@ -547,8 +594,14 @@ def _assert_secret_free(texts: list[str], roots: list[Path], secrets: list[str])
                     assert secret.encode() not in data, f"secret leaked into file {item}"
 
 
-async def test_https_basic_auth(engine: Engine, upstream_repo: StandardRepo, smart_http_auth: SmartHTTP,
-                                volume: Path, scratch: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_https_basic_auth(
+    engine: Engine,
+    upstream_repo: StandardRepo,
+    smart_http_auth: SmartHTTP,
+    volume: Path,
+    scratch: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG, logger="workspace_operator")
     password = smart_http_auth.password
     assert password
@@ -561,12 +614,13 @@ async def test_https_basic_auth(engine: Engine, upstream_repo: StandardRepo, sma
     assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, upstream_repo.main)
     assert {r.user for r in smart_http_auth.requests() if r.status == 200} == {"ci-bot"}
     # The token is needed again for a fetch into the existing cache.
-    pinned = await checkout(engine, request(url, Revision(commit=upstream_repo.dangling), name="two",
-                                            credentials=good))
+    pinned = await checkout(engine, request(url, Revision(commit=upstream_repo.dangling), name="two", credentials=good))
     assert (pinned.commit, pinned.fetched) == (upstream_repo.dangling, True)
 
-    for creds, reason in ((Credentials(username="ci-bot", password="wrong-" + password[:8]), Reason.AUTH_FAILED),
-                          (None, Reason.AUTH_FAILED)):
+    for creds, reason in (
+        (Credentials(username="ci-bot", password="wrong-" + password[:8]), Reason.AUTH_FAILED),
+        (None, Reason.AUTH_FAILED),
+    ):
         with pytest.raises(GitError) as caught:
             await checkout(engine, request(url, project="other", credentials=creds))
         assert caught.value.reason is reason
@@ -584,8 +638,12 @@ async def test_https_basic_auth(engine: Engine, upstream_repo: StandardRepo, sma
 
 
 async def test_partial_clone_fetches_blobs_with_the_credentials(
-        volume: Path, scratch: Path, upstream_repo: StandardRepo, smart_http_auth: SmartHTTP,
-        caplog: pytest.LogCaptureFixture) -> None:
+    volume: Path,
+    scratch: Path,
+    upstream_repo: StandardRepo,
+    smart_http_auth: SmartHTTP,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """blob:none caches fetch blobs during checkout: that step needs the credentials too."""
     caplog.set_level(logging.DEBUG, logger="workspace_operator")
     password = smart_http_auth.password
@@ -593,8 +651,9 @@ async def test_partial_clone_fetches_blobs_with_the_credentials(
     engine = Engine(volume, make_settings(scratch, partial_clone=True))
     url = smart_http_auth.url("repo")
     creds = Credentials(username="ci-bot", password=password)
-    sparse = await checkout(engine, request(url, Revision(branch=upstream_repo.FEATURE_BRANCH), sparse=("libs",),
-                                            credentials=creds))
+    sparse = await checkout(
+        engine, request(url, Revision(branch=upstream_repo.FEATURE_BRANCH), sparse=("libs",), credentials=creds)
+    )
     assert sorted(tree_files(worktree_path(volume, sparse))) == ["README.md", "libs/util.py"]
     cache = layout(volume).cache_dir
     assert run_git("config", "--get", "remote.origin.partialclonefilter", cwd=cache).stdout.strip() == "blob:none"
@@ -602,23 +661,28 @@ async def test_partial_clone_fetches_blobs_with_the_credentials(
     assert any(line.startswith("?") for line in missing.splitlines()), "not a partial clone"
 
     restarted = Engine(volume, engine.settings)  # deep check of a partial clone, then blobs on demand
-    full = await checkout(restarted, request(url, Revision(commit=upstream_repo.feature), name="full",
-                                             credentials=creds))
+    full = await checkout(
+        restarted, request(url, Revision(commit=upstream_repo.feature), name="full", credentials=creds)
+    )
     assert (full.cache_hit, full.fetched) == (True, False)
     assert tree_files(worktree_path(volume, full)) == expected_files(upstream_repo, upstream_repo.feature)
     assert_worktree_at(layout(volume), "full", upstream_repo.feature)
 
     # "Is it cached?" is answered locally: a missing commit is reported and fetched as such
     # (and kept by a ref), never lazily pulled in by the query itself.
-    dangling = await checkout(restarted, request(url, Revision(commit=upstream_repo.dangling), name="dangling",
-                                                 credentials=creds))
+    dangling = await checkout(
+        restarted, request(url, Revision(commit=upstream_repo.dangling), name="dangling", credentials=creds)
+    )
     assert (dangling.cache_hit, dangling.fetched) == (False, True)
-    assert run_git("rev-parse", f"refs/cache/commits/{upstream_repo.dangling}", cwd=cache).stdout.strip() \
+    assert (
+        run_git("rev-parse", f"refs/cache/commits/{upstream_repo.dangling}", cwd=cache).stdout.strip()
         == upstream_repo.dangling
+    )
     # Blobs already there: another workspace at that commit needs no network at all.
     requests = len(smart_http_auth.requests())
-    again = await checkout(restarted, request(url, Revision(commit=upstream_repo.feature), name="again",
-                                              credentials=creds))
+    again = await checkout(
+        restarted, request(url, Revision(commit=upstream_repo.feature), name="again", credentials=creds)
+    )
     assert (again.cache_hit, again.fetched) == (True, False)
     assert len(smart_http_auth.requests()) == requests
     assert_cache_consistent(layout(volume), url)
@@ -626,9 +690,15 @@ async def test_partial_clone_fetches_blobs_with_the_credentials(
     assert list(scratch.iterdir()) == []
 
 
-async def test_ssh_key_and_known_hosts(engine: Engine, upstream_repo: StandardRepo, ssh_server: SSHServer,
-                                       volume: Path, scratch: Path, tmp_path: Path,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_ssh_key_and_known_hosts(
+    engine: Engine,
+    upstream_repo: StandardRepo,
+    ssh_server: SSHServer,
+    volume: Path,
+    scratch: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG, logger="workspace_operator")
     key = ssh_server.client_key_text
     url = ssh_server.url("repo")
@@ -639,26 +709,37 @@ async def test_ssh_key_and_known_hosts(engine: Engine, upstream_repo: StandardRe
     assert result.commit == upstream_repo.v1_1
     assert tree_files(worktree_path(volume, result)) == expected_files(upstream_repo, upstream_repo.v1_1)
     assert ssh_server.connections() >= 1
-    pinned = await checkout(engine, request(url, Revision(commit=upstream_repo.dangling), name="two",
-                                            credentials=good))
+    pinned = await checkout(engine, request(url, Revision(commit=upstream_repo.dangling), name="two", credentials=good))
     assert pinned.commit == upstream_repo.dangling
 
     # Another host key for the same [host]:port, i.e. a man in the middle; and no entry at all.
     impostor = tmp_path / "impostor"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True,  # noqa: ASYNC221 - test setup, nothing runs concurrently
-                   capture_output=True, timeout=SUBPROCESS_TIMEOUT)
+    subprocess.run(  # noqa: ASYNC221 - test setup, nothing runs concurrently
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)],
+        check=True,
+        capture_output=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
     impostor_pub = " ".join(impostor.with_suffix(".pub").read_text().split()[:2])
     for known_hosts in (f"[127.0.0.1]:{ssh_server.port} {impostor_pub}\n", ""):
         with pytest.raises(GitError) as caught:
-            await checkout(engine, request(url, project="other", credentials=Credentials(
-                ssh_private_key=key, known_hosts=known_hosts)))
+            await checkout(
+                engine,
+                request(url, project="other", credentials=Credentials(ssh_private_key=key, known_hosts=known_hosts)),
+            )
         assert caught.value.reason is Reason.HOST_KEY_MISMATCH, caught.value
         assert caught.value.retryable is False
         errors.append(str(caught.value))
     # Right host, wrong key.
     with pytest.raises(GitError) as caught:
-        await checkout(engine, request(url, project="other", credentials=Credentials(
-            ssh_private_key=impostor.read_text(), known_hosts=ssh_server.known_hosts_text)))
+        await checkout(
+            engine,
+            request(
+                url,
+                project="other",
+                credentials=Credentials(ssh_private_key=impostor.read_text(), known_hosts=ssh_server.known_hosts_text),
+            ),
+        )
     assert caught.value.reason is Reason.AUTH_FAILED
     errors.append(str(caught.value))
 

@@ -50,6 +50,7 @@ def pwned(tmp_path: Path) -> Path:
 def outside(tmp_path: Path, volume: Path) -> Outside:
     """Snapshot now; the returned check fails if anything outside the volume's
     project dirs (or /tmp/x) was written since."""
+
     def skip(path: Path) -> bool:
         return path.name in ("git-daemon", "sshd") or path == volume  # server logs change per request
 
@@ -65,7 +66,9 @@ def outside(tmp_path: Path, volume: Path) -> Outside:
                 assert rel[0] == "team-a", f"unexpected path {item}"
                 if len(rel) > 2:
                     assert rel[2] in (NAME, ".cache", ".ready"), f"unexpected path {item}"
+
         return check
+
     return start
 
 
@@ -79,31 +82,35 @@ def _refused(engine: Engine, build: Callable[[], CheckoutRequest]) -> GitError:
 # -- refused before anything runs ------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", [
-    "ext::sh -c touch% /tmp/x",
-    "ext::sh -c touch% {pwned}",
-    "ext::sh%20-c%20touch%25%20{pwned}",
-    "EXT::sh -c id",
-    "fd::17",
-    "fd::3/repo",
-    "http::http://127.0.0.1/repo.git",
-    "--upload-pack=touch /tmp/x",
-    "-uhttps://example.com/repo.git",
-    "ssh://-oProxyCommand=touch%20{pwned}/repo.git",
-    "ssh://git@-oProxyCommand=touch%20{pwned}/repo.git",
-    "ssh://-oProxyCommand=sh@example.com/repo.git",
-    "git@-oProxyCommand:repo.git",
-    "ssh://host:-1/repo.git",
-    "https://user:token@example.com/repo.git",
-    "/srv/git/repo.git",
-    "../repo.git",
-    "repo.git",
-    "https:///repo.git",
-    "https://example.com/repo.git\n--upload-pack=x",
-    "https://example.com/a b",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ext::sh -c touch% /tmp/x",
+        "ext::sh -c touch% {pwned}",
+        "ext::sh%20-c%20touch%25%20{pwned}",
+        "EXT::sh -c id",
+        "fd::17",
+        "fd::3/repo",
+        "http::http://127.0.0.1/repo.git",
+        "--upload-pack=touch /tmp/x",
+        "-uhttps://example.com/repo.git",
+        "ssh://-oProxyCommand=touch%20{pwned}/repo.git",
+        "ssh://git@-oProxyCommand=touch%20{pwned}/repo.git",
+        "ssh://-oProxyCommand=sh@example.com/repo.git",
+        "git@-oProxyCommand:repo.git",
+        "ssh://host:-1/repo.git",
+        "https://user:token@example.com/repo.git",
+        "/srv/git/repo.git",
+        "../repo.git",
+        "repo.git",
+        "https:///repo.git",
+        "https://example.com/repo.git\n--upload-pack=x",
+        "https://example.com/a b",
+    ],
+)
 async def test_hostile_urls_are_refused_at_validate(
-        url: str, engine: Engine, volume: Path, pwned: Path, outside: Outside) -> None:
+    url: str, engine: Engine, volume: Path, pwned: Path, outside: Outside
+) -> None:
     url = url.format(pwned=pwned)
     check = outside()
     error = _refused(engine, lambda: request(url))
@@ -113,9 +120,14 @@ async def test_hostile_urls_are_refused_at_validate(
     check()
 
 
-@pytest.mark.parametrize("url", [
-    "file:///srv/git/repo.git", "git://127.0.0.1/repo.git", "http://127.0.0.1/repo.git",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///srv/git/repo.git",
+        "git://127.0.0.1/repo.git",
+        "http://127.0.0.1/repo.git",
+    ],
+)
 def test_transports_outside_the_allow_list_are_refused(url: str, volume: Path, scratch: Path) -> None:
     engine = Engine(volume, make_settings(scratch, allowed_schemes=frozenset({"https", "ssh"})))
     error = _refused(engine, lambda: request(url))
@@ -130,10 +142,29 @@ def test_unknown_transports_cannot_even_be_configured() -> None:
 
 
 @pytest.mark.parametrize("kind", ["branch", "tag", "name"])
-@pytest.mark.parametrize("value", [
-    "--upload-pack=touch /tmp/x", "--upload-pack=touch", "-x", "refs/heads/../../x", "main..x",
-    "main@{1}", "x.lock", "x/", ".hidden", "a b", "a:b", "a~1", "a^", "a?", "a*", "a[b", "a\\b", "a//b",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "--upload-pack=touch /tmp/x",
+        "--upload-pack=touch",
+        "-x",
+        "refs/heads/../../x",
+        "main..x",
+        "main@{1}",
+        "x.lock",
+        "x/",
+        ".hidden",
+        "a b",
+        "a:b",
+        "a~1",
+        "a^",
+        "a?",
+        "a*",
+        "a[b",
+        "a\\b",
+        "a//b",
+    ],
+)
 def test_option_like_or_invalid_refs_are_refused(kind: str, value: str, engine: Engine, volume: Path) -> None:
     if kind == "name" and not value.startswith("-"):
         value = "refs/" + value  # so the rule that fails is the one under test, not "must start with refs/"
@@ -143,17 +174,37 @@ def test_option_like_or_invalid_refs_are_refused(kind: str, value: str, engine: 
 
 
 def test_ref_name_must_be_full_and_one_ref_only(engine: Engine) -> None:
-    assert _refused(engine, lambda: request("https://e.com/r.git", Revision(name="pull/1/head"))).reason \
+    assert (
+        _refused(engine, lambda: request("https://e.com/r.git", Revision(name="pull/1/head"))).reason
         is Reason.INVALID_SPEC
-    assert _refused(engine, lambda: request("https://e.com/r.git", Revision(branch="a", tag="b"))).reason \
+    )
+    assert (
+        _refused(engine, lambda: request("https://e.com/r.git", Revision(branch="a", tag="b"))).reason
         is Reason.INVALID_SPEC
+    )
     for sha in ("abc123", "A" * 40, "g" * 40, "--all" + "0" * 35):
-        assert _refused(engine, lambda: request("https://e.com/r.git", Revision(commit=sha))).reason \
-            is Reason.INVALID_SPEC
+        assert (
+            _refused(engine, lambda: request("https://e.com/r.git", Revision(commit=sha))).reason is Reason.INVALID_SPEC
+        )
 
 
-TRAVERSALS = ["..", "../x", "../../etc", "/abs", "/", ".", "a/../../b", "a/./b", "a//b", ".git", ".git/hooks",
-              "a\\..\\b", "a\x00b", "a\nb", ""]
+TRAVERSALS = [
+    "..",
+    "../x",
+    "../../etc",
+    "/abs",
+    "/",
+    ".",
+    "a/../../b",
+    "a/./b",
+    "a//b",
+    ".git",
+    ".git/hooks",
+    "a\\..\\b",
+    "a\x00b",
+    "a\nb",
+    "",
+]
 
 
 @pytest.mark.parametrize("value", TRAVERSALS)
@@ -171,12 +222,16 @@ def test_traversal_in_any_path_component_is_refused(value: str, engine: Engine, 
     assert list(volume.iterdir()) == []
 
 
-@pytest.mark.parametrize("label", ["UPPER", "dot.ted", "under_score", "-lead", "trail-", "x" * 64, ".cache",
-                                   ".ready", "a/b"])
+@pytest.mark.parametrize(
+    "label", ["UPPER", "dot.ted", "under_score", "-lead", "trail-", "x" * 64, ".cache", ".ready", "a/b"]
+)
 def test_names_must_be_dns_labels(label: str, engine: Engine) -> None:
     url = "https://example.com/r.git"
-    for build in (lambda: request(url, namespace=label), lambda: request(url, project=label),
-                  lambda: request(url, name=label)):
+    for build in (
+        lambda: request(url, namespace=label),
+        lambda: request(url, project=label),
+        lambda: request(url, name=label),
+    ):
         assert _refused(engine, build).reason is Reason.INVALID_SPEC
 
 
@@ -184,8 +239,8 @@ def test_names_must_be_dns_labels(label: str, engine: Engine) -> None:
 
 
 async def test_committed_symlinks_cannot_move_the_workdir_out(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path,
-        outside: Outside) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, outside: Outside
+) -> None:
     src = upstream_repo.src
     (src / "up").symlink_to("..")
     (src / "etc").symlink_to("/etc")
@@ -206,8 +261,18 @@ async def test_committed_symlinks_cannot_move_the_workdir_out(
     check()
 
 
-HOOKS = ("post-checkout", "post-merge", "reference-transaction", "post-index-change", "pre-auto-gc",
-         "post-rewrite", "fsmonitor-watchman", "pre-push", "pre-commit", "push-to-checkout")
+HOOKS = (
+    "post-checkout",
+    "post-merge",
+    "reference-transaction",
+    "post-index-change",
+    "pre-auto-gc",
+    "post-rewrite",
+    "fsmonitor-watchman",
+    "pre-push",
+    "pre-commit",
+    "push-to-checkout",
+)
 
 
 def _plant_hooks(directory: Path, pwned: Path) -> Path:
@@ -227,8 +292,8 @@ def _hostile_config(repo: Path, hooks: Path, pwned: Path) -> None:
 
 
 async def test_hooks_in_upstreams_and_cache_never_run(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, pwned: Path,
-        tmp_path: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, pwned: Path, tmp_path: Path
+) -> None:
     # Hostile served repo (git://) and a hostile local non-bare upstream (file://).
     _plant_hooks(upstream_repo.bare / "hooks", pwned)
     _hostile_config(upstream_repo.bare, _plant_hooks(tmp_path / "evil-hooks", pwned), pwned)
@@ -282,16 +347,25 @@ def _super_repo(served: Path, name: str, gitmodules: str, gitlink: str) -> None:
     publish(src, served / f"{name}.git")
 
 
-async def test_hostile_gitmodules(engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon,
-                                  volume: Path, pwned: Path, outside: Outside) -> None:
+async def test_hostile_gitmodules(
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, pwned: Path, outside: Outside
+) -> None:
     served = git_daemon.base
     lib = upstream_repo.main
     _super_repo(served, "evil-ext", f'[submodule "sub"]\n\tpath = sub\n\turl = ext::sh -c touch% {pwned}\n', lib)
-    _super_repo(served, "evil-update", f'[submodule "sub"]\n\tpath = sub\n\turl = {git_daemon.url("repo")}\n'
-                f'\tupdate = !touch {pwned}\n', lib)
-    _super_repo(served, "evil-path", f'[submodule "sub"]\n\tpath = sub\n\turl = {git_daemon.url("repo")}\n'
-                f'\tupdate = checkout\n[submodule "../../x"]\n\tpath = x\n\turl = {git_daemon.url("repo")}\n',
-                lib)
+    _super_repo(
+        served,
+        "evil-update",
+        f'[submodule "sub"]\n\tpath = sub\n\turl = {git_daemon.url("repo")}\n\tupdate = !touch {pwned}\n',
+        lib,
+    )
+    _super_repo(
+        served,
+        "evil-path",
+        f'[submodule "sub"]\n\tpath = sub\n\turl = {git_daemon.url("repo")}\n'
+        f'\tupdate = checkout\n[submodule "../../x"]\n\tpath = x\n\turl = {git_daemon.url("repo")}\n',
+        lib,
+    )
     check = outside()
 
     with pytest.raises(GitError) as caught:
@@ -304,8 +378,9 @@ async def test_hostile_gitmodules(engine: Engine, upstream_repo: StandardRepo, g
     outcomes: dict[str, str] = {}
     for project in ("update", "path"):
         try:
-            result = await checkout(engine, request(git_daemon.url(f"evil-{project}"), submodules=True,
-                                                    project=project))
+            result = await checkout(
+                engine, request(git_daemon.url(f"evil-{project}"), submodules=True, project=project)
+            )
             outcomes[project] = f"ok at {result.commit[:8]}"
         except GitError as error:
             assert error.reason is not Reason.TIMEOUT
@@ -321,10 +396,15 @@ async def test_hostile_gitmodules(engine: Engine, upstream_repo: StandardRepo, g
 
 
 async def test_submodules_follow_the_allow_list_too(
-        volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon, pwned: Path) -> None:
+    volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon, pwned: Path
+) -> None:
     served = git_daemon.base
-    _super_repo(served, "via-file", f'[submodule "sub"]\n\tpath = sub\n\turl = file://{upstream_repo.bare}\n',
-                upstream_repo.main)
+    _super_repo(
+        served,
+        "via-file",
+        f'[submodule "sub"]\n\tpath = sub\n\turl = file://{upstream_repo.bare}\n',
+        upstream_repo.main,
+    )
     strict = Engine(volume, make_settings(scratch, allowed_schemes=frozenset({"git"})))
     with pytest.raises(GitError) as caught:
         await checkout(strict, request(git_daemon.url("via-file"), submodules=True))
@@ -338,11 +418,20 @@ async def test_submodules_follow_the_allow_list_too(
 
 
 async def test_environment_of_the_operator_does_not_leak_into_git(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path, pwned: Path,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outside: Outside) -> None:
+    engine: Engine,
+    ro_repo: StandardRepo,
+    ro_daemon: GitDaemon,
+    volume: Path,
+    pwned: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    outside: Outside,
+) -> None:
     hostile = tmp_path / "hostile.gitconfig"
-    hostile.write_text(f"[core]\n\thooksPath = {_plant_hooks(tmp_path / 'env-hooks', pwned)}\n"
-                       f"[url \"file:///nonexistent/\"]\n\tinsteadOf = git://\n")
+    hostile.write_text(
+        f"[core]\n\thooksPath = {_plant_hooks(tmp_path / 'env-hooks', pwned)}\n"
+        f'[url "file:///nonexistent/"]\n\tinsteadOf = git://\n'
+    )
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(hostile))
     monkeypatch.setenv("GIT_CONFIG_PARAMETERS", f"'core.hooksPath'='{tmp_path / 'env-hooks'}'")
     monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))

@@ -13,8 +13,9 @@ from workspace_operator.git.tls import ca_env
 DEFAULT_SETTINGS = GitSettings()
 
 
-def env_of(monkeypatch: pytest.MonkeyPatch, settings: GitSettings = DEFAULT_SETTINGS, **operator_env: str
-           ) -> dict[str, str]:
+def env_of(
+    monkeypatch: pytest.MonkeyPatch, settings: GitSettings = DEFAULT_SETTINGS, **operator_env: str
+) -> dict[str, str]:
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)

@@ -26,15 +26,19 @@ ALL = frozenset({"https", "ssh", "http", "git", "file"})
 
 def test_redactor_masks_url_userinfo_always() -> None:
     redact = Redactor()
-    assert redact("fatal: unable to access 'https://bot:s3cr3t-token@git.example.com/r.git/'") == \
-        "fatal: unable to access 'https://***@git.example.com/r.git/'"
+    assert (
+        redact("fatal: unable to access 'https://bot:s3cr3t-token@git.example.com/r.git/'")
+        == "fatal: unable to access 'https://***@git.example.com/r.git/'"
+    )
     assert redact("ssh://git@host/r.git and http://u@h/x") == "ssh://***@host/r.git and http://***@h/x"
     assert redact("user@host:path stays") == "user@host:path stays"  # no scheme: not a userinfo
 
 
 def test_redactor_masks_registered_secrets_everywhere() -> None:
-    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACBmb29iYXI=\n" \
-          "-----END OPENSSH PRIVATE KEY-----\n"
+    key = (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACBmb29iYXI=\n"
+        "-----END OPENSSH PRIVATE KEY-----\n"
+    )
     redact = Redactor(["tok_abcdef123456", key])
     text = f"password tok_abcdef123456 in ARGV; key line b3BlbnNzaC1rZXktdjEAAAAA; whole:\n{key}"
     out = redact(text)
@@ -65,17 +69,14 @@ CLASSIFY = [
     ("fatal: repository 'https://h/nope.git/' not found", Reason.REPOSITORY_NOT_FOUND),
     ("fatal: remote error: no such repository: /nope.git", Reason.REPOSITORY_NOT_FOUND),
     ("fatal: '/srv/nope.git' does not appear to be a git repository", Reason.REPOSITORY_NOT_FOUND),
-    ("fatal: unable to access 'https://h/r.git/': The requested URL returned error: 404",
-     Reason.REPOSITORY_NOT_FOUND),
+    ("fatal: unable to access 'https://h/r.git/': The requested URL returned error: 404", Reason.REPOSITORY_NOT_FOUND),
     ("fatal: couldn't find remote ref refs/heads/nope", Reason.REF_NOT_FOUND),
     ("fatal: invalid refspec '+x:y'", Reason.REF_NOT_FOUND),
-    ("fatal: remote error: upload-pack: not our ref 0123456789abcdef0123456789abcdef01234567",
-     Reason.COMMIT_NOT_FOUND),
+    ("fatal: remote error: upload-pack: not our ref 0123456789abcdef0123456789abcdef01234567", Reason.COMMIT_NOT_FOUND),
     ("fatal: transport 'ext' not allowed", Reason.SCHEME_NOT_ALLOWED),
     ("fatal: unable to find remote helper for 'foo'", Reason.SCHEME_NOT_ALLOWED),
     ("fatal: unable to access 'https://h/': Could not resolve host: h", Reason.UNREACHABLE),
-    ("fatal: unable to connect to 127.0.0.1:\n127.0.0.1[0: 127.0.0.1]: errno=Connection refused",
-     Reason.UNREACHABLE),
+    ("fatal: unable to connect to 127.0.0.1:\n127.0.0.1[0: 127.0.0.1]: errno=Connection refused", Reason.UNREACHABLE),
     ("ssh: connect to host h port 22: Connection refused", Reason.UNREACHABLE),
     ("error: RPC failed; HTTP 500 curl 22 The requested URL returned error: 500", Reason.UNREACHABLE),
     ("error: RPC failed; curl 28 Operation too slow. Less than 1000 bytes/sec", Reason.UNREACHABLE),
@@ -96,7 +97,11 @@ def test_retryable_is_exactly_the_transient_reasons() -> None:
     for reason in Reason:
         assert GitError(reason, "x").retryable is (reason not in PERMANENT)
     assert {r for r in Reason if GitError(r, "x").retryable} >= {
-        Reason.UNREACHABLE, Reason.TIMEOUT, Reason.DISK_FULL, Reason.GIT_FAILED}
+        Reason.UNREACHABLE,
+        Reason.TIMEOUT,
+        Reason.DISK_FULL,
+        Reason.GIT_FAILED,
+    }
     assert not GitError(Reason.REF_NOT_FOUND, "x").retryable
     assert str(GitError(Reason.TIMEOUT, "timed out", step="fetch")) == "fetch: timed out"
 
@@ -104,46 +109,52 @@ def test_retryable_is_exactly_the_transient_reasons() -> None:
 # -- check_url ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "scheme"), [
-    ("https://github.com/org/repo.git", "https"),
-    ("HTTPS://github.com/org/repo", "https"),
-    ("https://github.com:8443/org/repo.git", "https"),
-    ("ssh://git@github.com/org/repo.git", "ssh"),
-    ("ssh://git@[::1]:2222/srv/repo.git", "ssh"),
-    ("git@github.com:org/repo.git", "ssh"),
-    ("git://127.0.0.1:9418/repo.git", "git"),
-    ("http://127.0.0.1/repo.git", "http"),
-    ("file:///srv/git/repo.git", "file"),
-])
+@pytest.mark.parametrize(
+    ("url", "scheme"),
+    [
+        ("https://github.com/org/repo.git", "https"),
+        ("HTTPS://github.com/org/repo", "https"),
+        ("https://github.com:8443/org/repo.git", "https"),
+        ("ssh://git@github.com/org/repo.git", "ssh"),
+        ("ssh://git@[::1]:2222/srv/repo.git", "ssh"),
+        ("git@github.com:org/repo.git", "ssh"),
+        ("git://127.0.0.1:9418/repo.git", "git"),
+        ("http://127.0.0.1/repo.git", "http"),
+        ("file:///srv/git/repo.git", "file"),
+    ],
+)
 def test_check_url_accepts(url: str, scheme: str) -> None:
     assert check_url(url, ALL) == scheme
 
 
-@pytest.mark.parametrize(("url", "reason"), [
-    ("", Reason.INVALID_SPEC),
-    ("x" * 3000, Reason.INVALID_SPEC),
-    ("ext::sh -c touch% /tmp/x", Reason.INVALID_SPEC),  # whitespace first
-    ("ext::sh%20-c%20id", Reason.SCHEME_NOT_ALLOWED),
-    ("fd::7", Reason.SCHEME_NOT_ALLOWED),
-    ("http::https://h/r", Reason.SCHEME_NOT_ALLOWED),
-    ("-uhttps://h/r", Reason.INVALID_SPEC),
-    ("--upload-pack=touch /tmp/x", Reason.INVALID_SPEC),
-    ("https://u:p@h/r", Reason.INVALID_SPEC),
-    ("https://bot@github.com/org/repo.git", Reason.INVALID_SPEC),  # the user name is a secret too
-    ("https:///r", Reason.INVALID_SPEC),
-    ("/abs/path", Reason.INVALID_SPEC),
-    ("relative/path", Reason.INVALID_SPEC),
-    ("host:path", Reason.INVALID_SPEC),
-    ("ssh://-oProxyCommand=x/r", Reason.INVALID_SPEC),
-    ("ssh://%2DoProxyCommand=x/r", Reason.INVALID_SPEC),
-    ("ssh://-oProxyCommand=x@h/r", Reason.INVALID_SPEC),
-    ("git@-oProxyCommand:r", Reason.INVALID_SPEC),
-    ("ssh://h:99999/r", Reason.INVALID_SPEC),
-    ("ssh://h:-1/r", Reason.INVALID_SPEC),
-    ("https://h/r\x7f", Reason.INVALID_SPEC),
-    ("svn://h/r", Reason.SCHEME_NOT_ALLOWED),
-    ("ftp://h/r", Reason.SCHEME_NOT_ALLOWED),
-])
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("", Reason.INVALID_SPEC),
+        ("x" * 3000, Reason.INVALID_SPEC),
+        ("ext::sh -c touch% /tmp/x", Reason.INVALID_SPEC),  # whitespace first
+        ("ext::sh%20-c%20id", Reason.SCHEME_NOT_ALLOWED),
+        ("fd::7", Reason.SCHEME_NOT_ALLOWED),
+        ("http::https://h/r", Reason.SCHEME_NOT_ALLOWED),
+        ("-uhttps://h/r", Reason.INVALID_SPEC),
+        ("--upload-pack=touch /tmp/x", Reason.INVALID_SPEC),
+        ("https://u:p@h/r", Reason.INVALID_SPEC),
+        ("https://bot@github.com/org/repo.git", Reason.INVALID_SPEC),  # the user name is a secret too
+        ("https:///r", Reason.INVALID_SPEC),
+        ("/abs/path", Reason.INVALID_SPEC),
+        ("relative/path", Reason.INVALID_SPEC),
+        ("host:path", Reason.INVALID_SPEC),
+        ("ssh://-oProxyCommand=x/r", Reason.INVALID_SPEC),
+        ("ssh://%2DoProxyCommand=x/r", Reason.INVALID_SPEC),
+        ("ssh://-oProxyCommand=x@h/r", Reason.INVALID_SPEC),
+        ("git@-oProxyCommand:r", Reason.INVALID_SPEC),
+        ("ssh://h:99999/r", Reason.INVALID_SPEC),
+        ("ssh://h:-1/r", Reason.INVALID_SPEC),
+        ("https://h/r\x7f", Reason.INVALID_SPEC),
+        ("svn://h/r", Reason.SCHEME_NOT_ALLOWED),
+        ("ftp://h/r", Reason.SCHEME_NOT_ALLOWED),
+    ],
+)
 def test_check_url_refuses(url: str, reason: Reason) -> None:
     with pytest.raises(GitError) as caught:
         check_url(url, ALL)
@@ -174,10 +185,37 @@ def test_check_ref_name_accepts(value: str) -> None:
     assert check_ref_name("name", f"refs/heads/{value}") == f"refs/heads/{value}"
 
 
-@pytest.mark.parametrize("value", [
-    "", "-x", "--upload-pack=x", "a..b", "a@{1}", "@", "x.lock", "x.lock/y", "x/", "/x", ".x", "x/.y", "x.",
-    "a b", "a\tb", "a~b", "a^b", "a:b", "a?b", "a*b", "a[b", "a\\b", "a//b", "a\x00b", "a\x7fb", "x" * 256,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "-x",
+        "--upload-pack=x",
+        "a..b",
+        "a@{1}",
+        "@",
+        "x.lock",
+        "x.lock/y",
+        "x/",
+        "/x",
+        ".x",
+        "x/.y",
+        "x.",
+        "a b",
+        "a\tb",
+        "a~b",
+        "a^b",
+        "a:b",
+        "a?b",
+        "a*b",
+        "a[b",
+        "a\\b",
+        "a//b",
+        "a\x00b",
+        "a\x7fb",
+        "x" * 256,
+    ],
+)
 def test_check_ref_name_refuses(value: str) -> None:
     with pytest.raises(GitError) as caught:
         check_ref_name("branch", value)
@@ -196,8 +234,12 @@ def test_check_ref_name_is_never_laxer_than_git() -> None:
         except GitError:
             continue
         accepted += 1
-        proc = subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True,
-                              timeout=SUBPROCESS_TIMEOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            ["git", "check-ref-format", "--branch", name],
+            capture_output=True,
+            timeout=SUBPROCESS_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 0, f"we accept {name!r}, git does not"
     assert accepted > 20
 
@@ -213,8 +255,14 @@ def test_revision() -> None:
     assert Revision(branch="main", commit=sha).describe() == f"main@{sha[:12]}"
     assert Revision(commit="a" * 64).commit == "a" * 64  # sha256 repositories
     assert local_ref_for("refs/heads/main") == "refs/remotes/origin/main"
-    for bad in (dict(branch="a", tag="b"), dict(tag="a", name="refs/x"), dict(commit=sha[:39]),
-                dict(commit=sha.upper()), dict(commit="HEAD"), dict(name="heads/main")):
+    for bad in (
+        dict(branch="a", tag="b"),
+        dict(tag="a", name="refs/x"),
+        dict(commit=sha[:39]),
+        dict(commit=sha.upper()),
+        dict(commit="HEAD"),
+        dict(name="heads/main"),
+    ):
         with pytest.raises(GitError) as caught:
             Revision(**bad)
         assert caught.value.reason is Reason.INVALID_SPEC, bad
@@ -223,18 +271,45 @@ def test_revision() -> None:
 # -- paths ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("a", "a"), ("a/b", "a/b"), ("a/b/", "a/b"), (".github/workflows", ".github/workflows"),
-    ("c..d/e", "c..d/e"), ("x.git", "x.git"), ("a b/ü", "a b/ü"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a", "a"),
+        ("a/b", "a/b"),
+        ("a/b/", "a/b"),
+        (".github/workflows", ".github/workflows"),
+        ("c..d/e", "c..d/e"),
+        ("x.git", "x.git"),
+        ("a b/ü", "a b/ü"),
+    ],
+)
 def test_check_relpath_accepts(value: str, expected: str) -> None:
     assert check_relpath("subPath", value) == PurePosixPath(expected)
 
 
-@pytest.mark.parametrize("value", [
-    "", "/", "/abs", "..", "../x", "a/..", "a/../b", ".", "./a", "a/./b", "a//b", ".git", ".git/config",
-    "a\\b", "a\x00b", "a\nb", "a\x7fb", "x" * 1025,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "/",
+        "/abs",
+        "..",
+        "../x",
+        "a/..",
+        "a/../b",
+        ".",
+        "./a",
+        "a/./b",
+        "a//b",
+        ".git",
+        ".git/config",
+        "a\\b",
+        "a\x00b",
+        "a\nb",
+        "a\x7fb",
+        "x" * 1025,
+    ],
+)
 def test_check_relpath_refuses(value: str) -> None:
     with pytest.raises(GitError) as caught:
         check_relpath("subPath", value)
@@ -279,11 +354,18 @@ def test_credential_env_files_are_private_and_removed(tmp_path: Path) -> None:
             assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
         assert (directory / "id").read_text() == "KEY\nLINES\n"
         # git's own credential machinery, with the environment the engine gives it.
-        for url, expected in (("https://h/org/repo.git", "username=bot\npassword=pa55-word-xyz\n"),
-                              ("https://other/org/repo.git", "")):
-            fill = subprocess.run(["git", "credential", "fill"], input=f"url={url}\n\n", capture_output=True,
-                                  text=True, timeout=SUBPROCESS_TIMEOUT,
-                                  env={**GitRunner(GitSettings()).base_env(), **env})
+        for url, expected in (
+            ("https://h/org/repo.git", "username=bot\npassword=pa55-word-xyz\n"),
+            ("https://other/org/repo.git", ""),
+        ):
+            fill = subprocess.run(
+                ["git", "credential", "fill"],
+                input=f"url={url}\n\n",
+                capture_output=True,
+                text=True,
+                timeout=SUBPROCESS_TIMEOUT,
+                env={**GitRunner(GitSettings()).base_env(), **env},
+            )
             assert ("username=bot" in fill.stdout and "password=pa55-word-xyz" in fill.stdout) == bool(expected)
         assert "pa55-word-xyz" not in " ".join(env.values()) and "bot" not in env.get("GIT_CONFIG_VALUE_1", "x")
         assert "StrictHostKeyChecking=yes" in env["GIT_SSH_COMMAND"]
@@ -300,9 +382,14 @@ def test_credential_env_files_are_private_and_removed(tmp_path: Path) -> None:
 
 
 def test_git_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in (("GIT_DIR", "/elsewhere"), ("GIT_CONFIG_PARAMETERS", "'core.hooksPath'='/x'"),
-                        ("GIT_SSH_COMMAND", "touch /tmp/x;"), ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
-                        ("GIT_CONFIG_GLOBAL", "/x"), ("GIT_EXEC_PATH", "/x")):
+    for name, value in (
+        ("GIT_DIR", "/elsewhere"),
+        ("GIT_CONFIG_PARAMETERS", "'core.hooksPath'='/x'"),
+        ("GIT_SSH_COMMAND", "touch /tmp/x;"),
+        ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+        ("GIT_CONFIG_GLOBAL", "/x"),
+        ("GIT_EXEC_PATH", "/x"),
+    ):
         monkeypatch.setenv(name, value)
     env = GitRunner(GitSettings(allowed_schemes=frozenset({"https", "git"}))).base_env()
     assert "GIT_DIR" not in env and "GIT_CONFIG_PARAMETERS" not in env and "AWS_SECRET_ACCESS_KEY" not in env

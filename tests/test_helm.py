@@ -25,13 +25,21 @@ COMBINATIONS: dict[str, dict[str, str]] = {
     "namespaced": {"rbac.scope": "namespaced", "watchNamespaces": "{WATCHED}"},
     "existing-claim-scaled": {"volume.existingClaim": "mine", "replicaCount": "3", "watchNamespaces": "{WATCHED}"},
     "monitoring-ca-egress-proxy": {
-        "serviceMonitor.enabled": "true", "prometheusRule.enabled": "true", "caBundle.configMap": "corp-ca",
-        "networkPolicy.egress[0].to[0].ipBlock.cidr": "10.0.0.0/8", "extraEnv[0].name": "HTTPS_PROXY",
-        "extraEnv[0].value": "http://proxy.corp.example:3128", "config.WORKSPACE_GIT_TIMEOUT_SECONDS": "10m",
+        "serviceMonitor.enabled": "true",
+        "prometheusRule.enabled": "true",
+        "caBundle.configMap": "corp-ca",
+        "networkPolicy.egress[0].to[0].ipBlock.cidr": "10.0.0.0/8",
+        "extraEnv[0].name": "HTTPS_PROXY",
+        "extraEnv[0].value": "http://proxy.corp.example:3128",
+        "config.WORKSPACE_GIT_TIMEOUT_SECONDS": "10m",
         "resources.limits.memory": "1Gi",
     },
-    "no-networkpolicy-no-rbac": {"networkPolicy.enabled": "false", "rbac.create": "false",
-                                 "serviceAccount.create": "false", "serviceAccount.name": "existing"},
+    "no-networkpolicy-no-rbac": {
+        "networkPolicy.enabled": "false",
+        "rbac.create": "false",
+        "serviceAccount.create": "false",
+        "serviceAccount.name": "existing",
+    },
 }
 
 
@@ -65,8 +73,9 @@ def test_chart_refuses_contradictory_values() -> None:
 
 
 @pytest.mark.parametrize("combination", sorted(COMBINATIONS))
-def test_chart_renders_what_the_server_accepts(combination: str, kubectl: Kubectl, crd: None,
-                                               release_namespaces: tuple[str, str]) -> None:
+def test_chart_renders_what_the_server_accepts(
+    combination: str, kubectl: Kubectl, crd: None, release_namespaces: tuple[str, str]
+) -> None:
     release_ns, watched = release_namespaces
     monitoring_crds.install(kubectl)
     rendered = template(_values(combination, watched), release=f"wo-{combination}", namespace=release_ns)
@@ -76,8 +85,12 @@ def test_chart_renders_what_the_server_accepts(combination: str, kubectl: Kubect
 
 
 def test_every_chart_object_carries_the_standard_labels() -> None:
-    values = {"rbac.scope": "namespaced", "watchNamespaces": "{ci}", "serviceMonitor.enabled": "true",
-              "prometheusRule.enabled": "true"}
+    values = {
+        "rbac.scope": "namespaced",
+        "watchNamespaces": "{ci}",
+        "serviceMonitor.enabled": "true",
+        "prometheusRule.enabled": "true",
+    }
     for obj in objects(template(values, release="ci-cache")):
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "workspace-operator", obj["kind"]
@@ -89,33 +102,59 @@ def test_every_chart_object_carries_the_standard_labels() -> None:
 
 def test_chart_and_kustomize_grant_the_same_rbac(kubectl: Kubectl, tmp_path: Path) -> None:
     chart_cluster = grants(objects(template()), operator_namespace="workspace-operator")
-    base = grants(objects(kubectl("kustomize", str(REPO / "manifests")).stdout),
-                  operator_namespace="workspace-operator")
+    base = grants(
+        objects(kubectl("kustomize", str(REPO / "manifests")).stdout), operator_namespace="workspace-operator"
+    )
     assert chart_cluster == base
     assert ("cluster", "", "secrets", "get") in base
 
     overlay = namespaced_overlay(tmp_path, ["ci", "builds"])
     kustomized = grants(objects(kubectl("kustomize", str(overlay)).stdout), operator_namespace="workspace-operator")
-    chart_namespaced = grants(objects(template({"rbac.scope": "namespaced", "watchNamespaces": "{ci,builds}"})),
-                              operator_namespace="workspace-operator")
+    chart_namespaced = grants(
+        objects(template({"rbac.scope": "namespaced", "watchNamespaces": "{ci,builds}"})),
+        operator_namespace="workspace-operator",
+    )
     assert chart_namespaced == kustomized
     assert not {g for g in kustomized if g[0] == "cluster"}, "namespaced variant must grant nothing cluster-wide"
     assert {g[0] for g in kustomized} == {"ci", "builds", "operator-namespace"}
 
 
 def test_helm_install_then_the_operator_materializes_with_the_releases_token(
-    kubectl: Kubectl, kubeconfig: Path, api_client: ApiClient, crd: None, namespace: str, workspaces: Workspaces,
-    operator_factory: StartOperator, upstream_repo: StandardRepo, smart_http: SmartHTTP, tmp_path: Path,
+    kubectl: Kubectl,
+    kubeconfig: Path,
+    api_client: ApiClient,
+    crd: None,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    tmp_path: Path,
 ) -> None:
     release_ns = f"wo-install-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", release_ns)
     try:
-        helm("install", "ci", str(CHART), "--namespace", release_ns, "--wait=false", *set_args({
-            "rbac.scope": "namespaced", "watchNamespaces": f"{{{namespace}}}"}), kubeconfig=kubeconfig)
+        helm(
+            "install",
+            "ci",
+            str(CHART),
+            "--namespace",
+            release_ns,
+            "--wait=false",
+            *set_args({"rbac.scope": "namespaced", "watchNamespaces": f"{{{namespace}}}"}),
+            kubeconfig=kubeconfig,
+        )
         listing = helm("list", "--namespace", release_ns, "--output", "json", kubeconfig=kubeconfig)
         assert '"status":"deployed"' in listing, listing
-        config = kubectl("get", "configmap", "ci-workspace-operator-config", "-n", release_ns,
-                         "-o", "jsonpath={.data.WORKSPACE_NAMESPACES}").stdout
+        config = kubectl(
+            "get",
+            "configmap",
+            "ci-workspace-operator-config",
+            "-n",
+            release_ns,
+            "-o",
+            "jsonpath={.data.WORKSPACE_NAMESPACES}",
+        ).stdout
         assert config == namespace
         token = service_account_token(CoreV1Api(api_client), "ci-workspace-operator", release_ns, 3600)
         operator_config = token_kubeconfig(kubeconfig, token, tmp_path / "release-kubeconfig")

@@ -74,23 +74,54 @@ class Pod:
         (self.config / "kubeconfig").chmod(0o644)
 
     def argv(self, *command: str) -> list[str]:
-        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _POD, "pod",
-                str(self.mountpoint), str(self.rootfs), str(self.volume), str(self.config), *command]
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            _POD,
+            "pod",
+            str(self.mountpoint),
+            str(self.rootfs),
+            str(self.volume),
+            str(self.config),
+            *command,
+        ]
 
     def run(self, *command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*command), capture_output=True, text=True, timeout=60,
-                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        return subprocess.run(
+            self.argv(*command),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
 
 
 class ImageOperator(OperatorProcess):
     pod: Pod
 
     def start(self, timeout: float = 90) -> ImageOperator:
-        argv = self.pod.argv("/usr/bin/env", "-i", *(f"{k}={v}" for k, v in self.env.items()),
-                             "/opt/workspace-operator/bin/python", "-m", "workspace_operator")
+        argv = self.pod.argv(
+            "/usr/bin/env",
+            "-i",
+            *(f"{k}={v}" for k, v in self.env.items()),
+            "/opt/workspace-operator/bin/python",
+            "-m",
+            "workspace_operator",
+        )
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            )
         wait_for(self._ready, timeout=timeout, message=f"operator from the image ready (log: {self.log_path})")
         return self
 
@@ -104,12 +135,21 @@ def pod(image_rootfs: Path, tmp_path: Path, kubeconfig: Path) -> Pod:
 def image_operator(pod: Pod, namespace: str, crd: None, tmp_path: Path) -> Iterator[ImageOperator]:
     port = free_port()
     env = {
-        "PATH": "/opt/workspace-operator/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
-        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "KUBECONFIG": "/mnt/kubeconfig",
-        "WORKSPACE_ROOT": "/workspaces", "WORKSPACE_NAMESPACES": namespace, "WORKSPACE_LEASE_NAMESPACE": namespace,
-        "WORKSPACE_ALLOWED_SCHEMES": "https,http", "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",
+        "PATH": "/opt/workspace-operator/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "KUBECONFIG": "/mnt/kubeconfig",
+        "WORKSPACE_ROOT": "/workspaces",
+        "WORKSPACE_NAMESPACES": namespace,
+        "WORKSPACE_LEASE_NAMESPACE": namespace,
+        "WORKSPACE_ALLOWED_SCHEMES": "https,http",
+        "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",
         "WORKSPACE_METRICS_PORT": str(port),
-        "WORKSPACE_GIT_TIMEOUT_SECONDS": "30s", "WORKSPACE_LEASE_SECONDS": "10s", "WORKSPACE_IDENTITY": "image",
+        "WORKSPACE_GIT_TIMEOUT_SECONDS": "30s",
+        "WORKSPACE_LEASE_SECONDS": "10s",
+        "WORKSPACE_IDENTITY": "image",
     }
     operator = ImageOperator(pod.volume, tmp_path / "image-operator.log", port, env)
     operator.pod = pod
@@ -119,8 +159,11 @@ def image_operator(pod: Pod, namespace: str, crd: None, tmp_path: Path) -> Itera
 
 
 def test_image_root_filesystem_is_read_only_and_unprivileged(pod: Pod) -> None:
-    probe = pod.run("/bin/sh", "-c", "id -u; id -g; touch /opt/probe 2>&1 || true; touch /tmp/probe && echo tmp-ok; "
-                    "grep CapEff /proc/self/status")
+    probe = pod.run(
+        "/bin/sh",
+        "-c",
+        "id -u; id -g; touch /opt/probe 2>&1 || true; touch /tmp/probe && echo tmp-ok; grep CapEff /proc/self/status",
+    )
     assert probe.returncode == 0, probe.stderr
     lines = probe.stdout.splitlines()
     assert lines[:2] == [str(UID), str(UID)]
@@ -130,7 +173,10 @@ def test_image_root_filesystem_is_read_only_and_unprivileged(pod: Pod) -> None:
 
 
 def test_operator_from_the_image_materializes_a_workspace(
-    image_operator: ImageOperator, workspaces: Workspaces, upstream_repo: StandardRepo, smart_http: SmartHTTP,
+    image_operator: ImageOperator,
+    workspaces: Workspaces,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
 ) -> None:
     workspaces.create("from-image", {"project": "img", "repository": smart_http.url("repo")})
     status = workspaces.wait_ready("from-image", timeout=120)

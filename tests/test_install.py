@@ -34,21 +34,50 @@ def operator_token(installed: None, api_client: ApiClient) -> str:
 
 def test_manifests_render_and_pass_server_dry_run(kubectl: Kubectl, installed: None) -> None:
     rendered = kubectl("kustomize", str(REPO / "manifests")).stdout
-    for kind in ("Namespace", "ServiceAccount", "ClusterRole", "Role", "Deployment", "PersistentVolumeClaim",
-                 "Service", "ConfigMap", "CustomResourceDefinition"):
+    for kind in (
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "Role",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "Service",
+        "ConfigMap",
+        "CustomResourceDefinition",
+    ):
         assert f"kind: {kind}\n" in rendered, kind
-    kubectl("apply", "-k", str(REPO / "manifests" / "overlays" / "scaled"), "--server-side", "--force-conflicts",
-            "--dry-run=server")
+    kubectl(
+        "apply",
+        "-k",
+        str(REPO / "manifests" / "overlays" / "scaled"),
+        "--server-side",
+        "--force-conflicts",
+        "--dry-run=server",
+    )
     overlay = kubectl("kustomize", str(REPO / "manifests" / "overlays" / "example-existing-claim")).stdout
     assert "kind: PersistentVolumeClaim" not in overlay and "claimName: ci-workspaces" in overlay
-    deployment = kubectl("get", "deployment", "workspace-operator", "-n", OPERATOR_NS, "-o",
-                         "jsonpath={.spec.template.spec.containers[0].securityContext}").stdout
+    deployment = kubectl(
+        "get",
+        "deployment",
+        "workspace-operator",
+        "-n",
+        OPERATOR_NS,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].securityContext}",
+    ).stdout
     assert '"readOnlyRootFilesystem":true' in deployment and '"allowPrivilegeEscalation":false' in deployment
 
 
 def test_operator_runs_with_its_own_service_account(
-    kubectl: Kubectl, kubeconfig: Path, operator_token: str, namespace: str, workspaces: Workspaces,
-    operator_factory: StartOperator, upstream_repo: StandardRepo, smart_http: SmartHTTP, tmp_path: Path,
+    kubectl: Kubectl,
+    kubeconfig: Path,
+    operator_token: str,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    tmp_path: Path,
 ) -> None:
     config = token_kubeconfig(kubeconfig, operator_token, tmp_path / "operator-kubeconfig")
     op = operator_factory(env={"KUBECONFIG": str(config), "WORKSPACE_LEASE_NAMESPACE": OPERATOR_NS})
@@ -63,24 +92,28 @@ def test_operator_runs_with_its_own_service_account(
     assert "Forbidden" not in op.log() and "403" not in op.log(), op.log()[-3000:]
 
 
-@pytest.mark.parametrize("verb_resource", [
-    ("list", "secrets", "--all-namespaces"),
-    ("list", "secrets", "-n", "default"),
-    ("watch", "secrets", "-n", "default"),
-    ("delete", "leases", "-n", "default"),
-    ("create", "leases", "-n", "default"),
-    ("watch", "leases", "-n", OPERATOR_NS),
-    ("get", "pods", "-n", "default"),
-    ("get", "configmaps", "-n", "default"),
-    ("create", "workspaces", "-n", "default"),
-    ("update", "clusterroles"),
-    ("get", "nodes"),
-    ("list", "namespaces"),
-    ("watch", "namespaces"),
-    ("delete", "namespaces/default"),
-])
-def test_operator_token_is_denied_what_it_does_not_need(kubectl: Kubectl, operator_token: str,
-                                                        verb_resource: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "verb_resource",
+    [
+        ("list", "secrets", "--all-namespaces"),
+        ("list", "secrets", "-n", "default"),
+        ("watch", "secrets", "-n", "default"),
+        ("delete", "leases", "-n", "default"),
+        ("create", "leases", "-n", "default"),
+        ("watch", "leases", "-n", OPERATOR_NS),
+        ("get", "pods", "-n", "default"),
+        ("get", "configmaps", "-n", "default"),
+        ("create", "workspaces", "-n", "default"),
+        ("update", "clusterroles"),
+        ("get", "nodes"),
+        ("list", "namespaces"),
+        ("watch", "namespaces"),
+        ("delete", "namespaces/default"),
+    ],
+)
+def test_operator_token_is_denied_what_it_does_not_need(
+    kubectl: Kubectl, operator_token: str, verb_resource: tuple[str, ...]
+) -> None:
     result = kubectl("auth", "can-i", *verb_resource, token=operator_token, check=False)
     assert result.stdout.strip() == "no", f"operator may {' '.join(verb_resource)}"
 

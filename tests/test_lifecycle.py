@@ -49,18 +49,39 @@ def event_reasons(api_client: ApiClient, namespace: str, name: str) -> list[str]
 
 
 def test_workspace_owned_by_a_job_lives_as_long_as_the_job(
-        api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-        smart_http: SmartHTTP) -> None:
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    smart_http: SmartHTTP,
+) -> None:
     op = operator_factory(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "1"})
     batch = BatchV1Api(api_client)
-    job: Any = {"metadata": {"name": "ci-build"}, "spec": {"template": {"spec": {
-        "restartPolicy": "Never", "containers": [{"name": "build", "image": "busybox", "command": ["true"]}]}}}}
+    job: Any = {
+        "metadata": {"name": "ci-build"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "build", "image": "busybox", "command": ["true"]}],
+                }
+            }
+        },
+    }
     uid = batch.create_namespaced_job(namespace, job).metadata.uid  # type: ignore[union-attr]
     owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "ci-build", "uid": uid}
-    workspaces.api.create_namespaced_custom_object("crafting.dev", "v1", namespace, "workspaces", {
-        "apiVersion": "crafting.dev/v1", "kind": "Workspace",
-        "metadata": {"name": "owned", "ownerReferences": [owner]},
-        "spec": {"project": "p", "repository": smart_http.url("repo")}})
+    workspaces.api.create_namespaced_custom_object(
+        "crafting.dev",
+        "v1",
+        namespace,
+        "workspaces",
+        {
+            "apiVersion": "crafting.dev/v1",
+            "kind": "Workspace",
+            "metadata": {"name": "owned", "ownerReferences": [owner]},
+            "spec": {"project": "p", "repository": smart_http.url("repo")},
+        },
+    )
     workspaces.create("unowned", {"project": "p", "repository": smart_http.url("repo")})
     status = workspaces.wait_ready("owned")
     assert "expiresAt" not in status
@@ -75,43 +96,64 @@ def test_workspace_owned_by_a_job_lives_as_long_as_the_job(
     assert not (op.root / namespace / "p" / ".ready" / "owned").exists()
 
 
-def test_ttl_extended_after_creation_is_honoured(kubectl: Kubectl, namespace: str, workspaces: Workspaces,
-                                                 operator_factory: StartOperator, smart_http: SmartHTTP) -> None:
+def test_ttl_extended_after_creation_is_honoured(
+    kubectl: Kubectl, namespace: str, workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP
+) -> None:
     op = operator_factory(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "6"})
     workspaces.create("keep", {"project": "p", "repository": smart_http.url("repo")})
     first = workspaces.wait_ready("keep")
     assert (parse(first["expiresAt"]) - parse(first["readyAt"])).total_seconds() == 6
-    kubectl("patch", "ws", "keep", "-n", namespace, "--type=merge", "-p",
-            json.dumps({"spec": {"ttlSecondsAfterReady": 3600}}))
-    retimed = wait_for(lambda: (s := workspaces.status("keep")).get("observedGeneration") == 2 and s,
-                       message="expiresAt recomputed for generation 2")
+    kubectl(
+        "patch",
+        "ws",
+        "keep",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"ttlSecondsAfterReady": 3600}}),
+    )
+    retimed = wait_for(
+        lambda: (s := workspaces.status("keep")).get("observedGeneration") == 2 and s,
+        message="expiresAt recomputed for generation 2",
+    )
     assert (parse(retimed["expiresAt"]) - parse(first["readyAt"])).total_seconds() == 3600
     assert retimed["readyAt"] == first["readyAt"] and retimed["phase"] == "Ready"
     assert all(c["observedGeneration"] == 2 for c in retimed["conditions"])
     # Well past the original 6 s, it is still there.
-    wait_for(lambda: datetime.now(parse(first["expiresAt"]).tzinfo) > parse(first["expiresAt"]), timeout=30,
-             message="the original expiry passes")
+    wait_for(
+        lambda: datetime.now(parse(first["expiresAt"]).tzinfo) > parse(first["expiresAt"]),
+        timeout=30,
+        message="the original expiry passes",
+    )
     wait_timer_runs(op, "check", 3)
     assert workspaces.get("keep") is not None
 
     # Shortened again, it goes: the TTL is the one in the spec now.
-    kubectl("patch", "ws", "keep", "-n", namespace, "--type=merge", "-p",
-            json.dumps({"spec": {"ttlSecondsAfterReady": 1}}))
+    kubectl(
+        "patch", "ws", "keep", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"ttlSecondsAfterReady": 1}})
+    )
     workspaces.wait_gone("keep", timeout=60)
     assert not (op.root / first["path"]).exists()
 
     # Everything else in the spec stays immutable.
     workspaces.create("fixed", {"project": "p", "repository": "https://example.com/r.git"})
-    for patch in ({"ref": {"branch": "other"}}, {"subPath": "x"}, {"activeDeadlineSeconds": 5},
-                  {"repository": "https://example.com/other.git"}, {"submodules": True}):
-        result = kubectl("patch", "ws", "fixed", "-n", namespace, "--type=merge", "-p",
-                         json.dumps({"spec": patch}), check=False)
+    for patch in (
+        {"ref": {"branch": "other"}},
+        {"subPath": "x"},
+        {"activeDeadlineSeconds": 5},
+        {"repository": "https://example.com/other.git"},
+        {"submodules": True},
+    ):
+        result = kubectl(
+            "patch", "ws", "fixed", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": patch}), check=False
+        )
         assert result.returncode != 0 and "spec is immutable" in result.stderr, (patch, result.stderr)
 
 
-def test_ttl_zero_is_capped_to_the_default_unless_allowed(namespace: str, workspaces: Workspaces,
-                                                          operator_factory: StartOperator,
-                                                          smart_http: SmartHTTP) -> None:
+def test_ttl_zero_is_capped_to_the_default_unless_allowed(
+    namespace: str, workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP
+) -> None:
     operator_factory(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "3600"})
     workspaces.create("forever", {"project": "p", "repository": smart_http.url("repo"), "ttlSecondsAfterReady": 0})
     status = workspaces.wait_ready("forever")
@@ -119,11 +161,12 @@ def test_ttl_zero_is_capped_to_the_default_unless_allowed(namespace: str, worksp
 
 
 def test_stalled_on_a_permanent_failure_and_kubectl_wait_returns(
-        kubectl: Kubectl, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-        smart_http: SmartHTTP) -> None:
+    kubectl: Kubectl, namespace: str, workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP
+) -> None:
     operator_factory(env={**TIMERS, "WORKSPACE_FAILED_TTL_SECONDS": "3600"})
-    workspaces.create("doomed", {"project": "p", "repository": smart_http.url("repo"),
-                                 "ref": {"branch": "does-not-exist"}})
+    workspaces.create(
+        "doomed", {"project": "p", "repository": smart_http.url("repo"), "ref": {"branch": "does-not-exist"}}
+    )
     kubectl("wait", "--for=condition=Stalled", "-n", namespace, "ws/doomed", "--timeout=60s", timeout=90)
     status = workspaces.status("doomed")
     found = conditions(status)
@@ -138,20 +181,27 @@ def test_stalled_on_a_permanent_failure_and_kubectl_wait_returns(
     assert table[1].split()[-5:-1] == ["Failed", "Worktree", "False", "RefNotFound"], table[1]  # COMMIT is empty
 
 
-def test_failed_workspace_expires(namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-                                  smart_http: SmartHTTP, kubectl: Kubectl) -> None:
+def test_failed_workspace_expires(
+    namespace: str, workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP, kubectl: Kubectl
+) -> None:
     operator_factory(env={**TIMERS, "WORKSPACE_FAILED_TTL_SECONDS": "2"})
     workspaces.create("bad", {"project": "p", "repository": smart_http.url("repo"), "ref": {"branch": "nope"}})
     failed = workspaces.wait_reason("bad", "RefNotFound")
     assert failed["status"] == "False"
     workspaces.wait_gone("bad", timeout=60)
-    expired = kubectl("get", "events", "-n", namespace, "--field-selector",
-                      "involvedObject.name=bad,reason=Expired", "-o", "name").stdout
+    expired = kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=bad,reason=Expired", "-o", "name"
+    ).stdout
     assert expired.strip(), "no Expired event"
 
 
-def test_deadline_exceeded_fails_and_stalls(namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-                                            smart_http: SmartHTTP, api_client: ApiClient) -> None:
+def test_deadline_exceeded_fails_and_stalls(
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    smart_http: SmartHTTP,
+    api_client: ApiClient,
+) -> None:
     operator_factory(env=TIMERS)
     smart_http.fault = "500"  # never Ready
     workspaces.create("late", {"project": "p", "repository": smart_http.url("repo"), "activeDeadlineSeconds": 4})
@@ -171,27 +221,39 @@ def test_deadline_exceeded_fails_and_stalls(namespace: str, workspaces: Workspac
         time.sleep(0.5)
 
 
-def test_one_event_per_reason_not_one_per_retry(api_client: ApiClient, namespace: str, workspaces: Workspaces,
-                                               operator_factory: StartOperator, upstream_repo: StandardRepo,
-                                               smart_http: SmartHTTP) -> None:
+def test_one_event_per_reason_not_one_per_retry(
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+) -> None:
     operator_factory(env=TIMERS)
     smart_http.fault = "500"
     workspaces.create("flaky", {"project": "p", "repository": smart_http.url("repo")})
     wait_for(lambda: (workspaces.status("flaky").get("attempts") or 0) >= 4, timeout=90, message="4 attempts")
     smart_http.fault = None
     assert workspaces.wait_ready("flaky", timeout=60)["commit"] == upstream_repo.main
+
     # kopf posts the handler's Event just after the handler returned.
     def materialized() -> list[str] | None:
         reasons = event_reasons(api_client, namespace, "flaky")
         return reasons if "Materialized" in reasons else None
+
     found = wait_for(materialized, message="the Materialized Event")
     assert found.count("UpstreamUnavailable") == 1, found
     assert found.count("Materialized") == 1, found
 
 
 def test_namespace_quota_keeps_the_excess_pending_then_admits_it(
-        namespace: str, workspaces: Workspaces, operator_factory: StartOperator, upstream_repo: StandardRepo,
-        smart_http: SmartHTTP, api_client: ApiClient) -> None:
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    api_client: ApiClient,
+) -> None:
     op = operator_factory(env={**TIMERS, "WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE": "2"})
     spec = {"project": "p", "repository": smart_http.url("repo"), "ref": {"commit": upstream_repo.main}}
     workspaces.create("q1", spec)

@@ -29,18 +29,30 @@ def meta(*, created: float = 10_000, generation: int = 1, **extra: Any) -> dict[
 
 def ready(ready_ago: float, ttl: int | None = 3600, generation: int = 1) -> dict[str, Any]:
     expires = timestamp(NOW - timedelta(seconds=ready_ago) + timedelta(seconds=ttl)) if ttl else None
-    return {"phase": "Ready", "commit": "a" * 40, "readyAt": ago(ready_ago), "expiresAt": expires,
-            "observedGeneration": generation}
+    return {
+        "phase": "Ready",
+        "commit": "a" * 40,
+        "readyAt": ago(ready_ago),
+        "expiresAt": expires,
+        "observedGeneration": generation,
+    }
 
 
 def failed(failed_ago: float, ttl: int | None = 600) -> dict[str, Any]:
     expires = timestamp(NOW - timedelta(seconds=failed_ago) + timedelta(seconds=ttl)) if ttl else None
-    return {"phase": "Failed", "observedGeneration": 1, "expiresAt": expires, "conditions": [
-        {"type": "Stalled", "status": "True", "reason": "RefNotFound", "lastTransitionTime": ago(failed_ago)}]}
+    return {
+        "phase": "Failed",
+        "observedGeneration": 1,
+        "expiresAt": expires,
+        "conditions": [
+            {"type": "Stalled", "status": "True", "reason": "RefNotFound", "lastTransitionTime": ago(failed_ago)}
+        ],
+    }
 
 
-def run(spec: dict[str, Any], current: dict[str, Any], metadata: dict[str, Any] | None = None,
-        limits: Limits = LIMITS) -> Decision:
+def run(
+    spec: dict[str, Any], current: dict[str, Any], metadata: dict[str, Any] | None = None, limits: Limits = LIMITS
+) -> Decision:
     return decide(spec, current, metadata or meta(), limits=limits, now=NOW)
 
 
@@ -61,8 +73,9 @@ def test_ttl_extended_after_creation_is_retimed_then_honoured() -> None:
     retimed = {**current, "expiresAt": decision.expires_at, "observedGeneration": 2}
     assert run({"ttlSecondsAfterReady": 7200}, retimed, meta(generation=2)).do is Do.CHECK
     # Past the old expiry, the new one holds.
-    later = decide({"ttlSecondsAfterReady": 7200}, retimed, meta(generation=2), limits=LIMITS,
-                   now=NOW + timedelta(seconds=1200))
+    later = decide(
+        {"ttlSecondsAfterReady": 7200}, retimed, meta(generation=2), limits=LIMITS, now=NOW + timedelta(seconds=1200)
+    )
     assert later.do is Do.CHECK
 
 

@@ -34,8 +34,9 @@ pytestmark = pytest.mark.cluster
 WORKER = Path(__file__).parent / "helpers" / "lock_worker.py"
 
 
-def worker(kubeconfig: Path, namespace: str, identity: str, rounds: int, journal: Path,
-           hold: bool = False) -> subprocess.Popen[str]:
+def worker(
+    kubeconfig: Path, namespace: str, identity: str, rounds: int, journal: Path, hold: bool = False
+) -> subprocess.Popen[str]:
     args = [sys.executable, str(WORKER), str(kubeconfig), namespace, identity, str(rounds), str(journal)]
     return subprocess.Popen(args + (["hold"] if hold else []), stdout=subprocess.PIPE, text=True)
 
@@ -59,8 +60,9 @@ def test_two_processes_never_overlap(kubeconfig: Path, namespace: str, tmp_path:
     assert {who for _, who, _ in events} == {"w0", "w1"}
 
 
-def test_killed_holder_is_taken_over_after_expiry(api_client: ApiClient, kubeconfig: Path, namespace: str,
-                                                  tmp_path: Path) -> None:
+def test_killed_holder_is_taken_over_after_expiry(
+    api_client: ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
     holder = worker(kubeconfig, namespace, "doomed", 1, tmp_path / "j", hold=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -126,18 +128,32 @@ def test_stolen_lease_cancels_guarded_git(api_client: ApiClient, namespace: str,
     assert stray.returncode == 1, "git survived the lost lease"
 
 
-def test_failing_renewals_stop_the_work(api_client: ApiClient, kubectl: object, namespace: str,
-                                       kubeconfig: Path, tmp_path: Path) -> None:
+def test_failing_renewals_stop_the_work(
+    api_client: ApiClient, kubectl: object, namespace: str, kubeconfig: Path, tmp_path: Path
+) -> None:
     """Renewals start failing (RBAC revoked): past the renew deadline the work is cancelled."""
     core = CoreV1Api(api_client)
     rbac = RbacAuthorizationV1Api(api_client)
     core.create_namespaced_service_account(namespace, V1ServiceAccount(metadata=V1ObjectMeta(name="holder")))
-    rbac.create_namespaced_role(namespace, V1Role(metadata=V1ObjectMeta(name="leases"), rules=[V1PolicyRule(
-        api_groups=["coordination.k8s.io"], resources=["leases"], verbs=["get", "create", "update", "patch"])]))
-    rbac.create_namespaced_role_binding(namespace, V1RoleBinding(
-        metadata=V1ObjectMeta(name="leases"),
-        role_ref=V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="leases"),
-        subjects=[RbacV1Subject(kind="ServiceAccount", name="holder", namespace=namespace)]))
+    rbac.create_namespaced_role(
+        namespace,
+        V1Role(
+            metadata=V1ObjectMeta(name="leases"),
+            rules=[
+                V1PolicyRule(
+                    api_groups=["coordination.k8s.io"], resources=["leases"], verbs=["get", "create", "update", "patch"]
+                )
+            ],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        V1RoleBinding(
+            metadata=V1ObjectMeta(name="leases"),
+            role_ref=V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="leases"),
+            subjects=[RbacV1Subject(kind="ServiceAccount", name="holder", namespace=namespace)],
+        ),
+    )
     token = service_account_token(core, "holder", namespace)
     config = token_kubeconfig(kubeconfig, token, tmp_path / "kubeconfig")
     client = new_api_client(config)
@@ -158,8 +174,11 @@ def test_failing_renewals_stop_the_work(api_client: ApiClient, kubectl: object, 
     assert locks_deadline(3) <= elapsed + 1.0 and elapsed < 3, elapsed
     with pytest.raises(ApiException):
         CoordinationV1Api(client).read_namespaced_lease(lease_name(namespace, "revoked"), namespace)
-    assert wait_for(lambda: subprocess.run(["pgrep", "-f", f"hash-object {fifo}"], capture_output=True,
-                                           timeout=10).returncode == 1, timeout=5, message="git killed")
+    assert wait_for(
+        lambda: subprocess.run(["pgrep", "-f", f"hash-object {fifo}"], capture_output=True, timeout=10).returncode == 1,
+        timeout=5,
+        message="git killed",
+    )
 
 
 def locks_deadline(duration: int) -> float:

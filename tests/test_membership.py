@@ -145,8 +145,8 @@ class LeaseHistory:
         try:
             while not self._stop.is_set():
                 stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-                    self.api.list_namespaced_lease, self.namespace, resource_version=self._version,
-                    timeout_seconds=2)
+                    self.api.list_namespaced_lease, self.namespace, resource_version=self._version, timeout_seconds=2
+                )
                 for event in stream:
                     self._record(event["object"])
                     self._version = event["object"].metadata.resource_version
@@ -172,9 +172,10 @@ class LeaseHistory:
             acquisitions = sorted(self.acquired[project])
             for call, end in zip(spans, ends):
                 before = [who for at, who in acquisitions if at <= call.start]
-                assert before and before[-1] == call.replica, \
-                    f"{call.replica} wrote on {project} without holding its Lease: {call} (acquisitions: " \
+                assert before and before[-1] == call.replica, (
+                    f"{call.replica} wrote on {project} without holding its Lease: {call} (acquisitions: "
                     f"{acquisitions})"
+                )
                 during = [(at, who) for at, who in acquisitions if call.start < at < end]
                 assert not during, f"{project} Lease acquired during {call}: {during}"
         return sum(len(spans) for spans in writes.values())
@@ -200,8 +201,11 @@ class Replica:
         return 0.0
 
     def metric(self, name: str) -> float:
-        return sum(float(line.split()[1]) for line in self.op.metrics().splitlines()
-                   if line.startswith((name + " ", name + "{")))
+        return sum(
+            float(line.split()[1])
+            for line in self.op.metrics().splitlines()
+            if line.startswith((name + " ", name + "{"))
+        )
 
     def kill(self) -> float:
         """SIGKILL as a lost pod dies: the operator and every git it started (own sessions)."""
@@ -230,8 +234,13 @@ class Replica:
 
 def start_replica(factory: StartOperator, journal: Journal, name: str) -> Replica:
     wrapper = journal.wrapper(name)
-    op = factory(env={"PATH": f"{wrapper}:{os.environ['PATH']}", "WORKSPACE_LEASE_SECONDS": str(LEASE),
-                      "WORKSPACE_IDENTITY": name})
+    op = factory(
+        env={
+            "PATH": f"{wrapper}:{os.environ['PATH']}",
+            "WORKSPACE_LEASE_SECONDS": str(LEASE),
+            "WORKSPACE_IDENTITY": name,
+        }
+    )
     return Replica(name, op, wrapper)
 
 
@@ -257,8 +266,11 @@ def projects_for(namespace: str, ids: dict[str, str], per_replica: int, prefix: 
 
 
 def wait_members(replicas: list[Replica], count: int, timeout: float = 60) -> None:
-    wait_for(lambda: all(r.members_seen() == count for r in replicas), timeout=timeout,
-             message=f"every replica sees {count} members")
+    wait_for(
+        lambda: all(r.members_seen() == count for r in replicas),
+        timeout=timeout,
+        message=f"every replica sees {count} members",
+    )
 
 
 def worktree_adds(calls: list[Call], *, excluding: str = "") -> dict[str, int]:
@@ -276,8 +288,14 @@ def spec(smart_http: SmartHTTP, project: str) -> dict[str, Any]:
 
 
 def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
-    api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-    upstream_repo: StandardRepo, smart_http: SmartHTTP, lease_history: LeaseHistory, tmp_path: Path,
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    lease_history: LeaseHistory,
+    tmp_path: Path,
 ) -> None:
     journal = Journal(tmp_path, tmp_path / "volume")
     replicas = [start_replica(operator_factory, journal, f"op{i}") for i in range(3)]
@@ -309,12 +327,17 @@ def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
     calls = journal.calls()
     served = {}
     for project in chosen["op1"]:
-        after = [c.start for c in calls if c.write and c.replica != "op1" and c.project == f"{namespace}/{project}"
-                 and c.start > killed_at]
+        after = [
+            c.start
+            for c in calls
+            if c.write and c.replica != "op1" and c.project == f"{namespace}/{project}" and c.start > killed_at
+        ]
         assert after, f"nobody served {project} after op1 died"
         served[project] = min(after) - killed_at
-    print(f"dead replica's projects first served {sorted(round(s, 1) for s in served.values())}s after death; "
-          f"all 60 Ready {all_ready - killed_at:.1f}s after death")
+    print(
+        f"dead replica's projects first served {sorted(round(s, 1) for s in served.values())}s after death; "
+        f"all 60 Ready {all_ready - killed_at:.1f}s after death"
+    )
     assert max(served.values()) <= 2 * LEASE, served
 
     judged = lease_history.check(calls, {"op1": killed_at})
@@ -329,8 +352,14 @@ def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
 
 
 def test_sigstopped_replica_is_taken_over_writes_nothing_on_waking_and_rejoins(
-    api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-    upstream_repo: StandardRepo, smart_http: SmartHTTP, lease_history: LeaseHistory, tmp_path: Path,
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    lease_history: LeaseHistory,
+    tmp_path: Path,
 ) -> None:
     journal = Journal(tmp_path, tmp_path / "volume")
     replicas = [start_replica(operator_factory, journal, f"op{i}") for i in range(3)]
@@ -363,8 +392,9 @@ def test_sigstopped_replica_is_taken_over_writes_nothing_on_waking_and_rejoins(
     calls = journal.calls()
     late = [c for c in calls if c.replica == "op2" and c.write and c.project in taken and c.start >= resumed_at]
     assert not late, f"woken replica wrote on projects taken over from it: {late}"
-    assert any(c.replica != "op2" and c.write and c.project in taken and paused_at < c.start < resumed_at
-               for c in calls), "nobody took the sleeper's projects over"
+    assert any(
+        c.replica != "op2" and c.write and c.project in taken and paused_at < c.start < resumed_at for c in calls
+    ), "nobody took the sleeper's projects over"
 
     # It serves again: new projects that its new identity owns are materialized by it.
     mine = projects_for(namespace, fresh, 2, "after")["op2"]
@@ -379,8 +409,14 @@ def test_sigstopped_replica_is_taken_over_writes_nothing_on_waking_and_rejoins(
 
 
 def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
-    api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-    upstream_repo: StandardRepo, smart_http: SmartHTTP, lease_history: LeaseHistory, tmp_path: Path,
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    lease_history: LeaseHistory,
+    tmp_path: Path,
 ) -> None:
     journal = Journal(tmp_path, tmp_path / "volume")
     replicas = [start_replica(operator_factory, journal, "op0")]
@@ -406,8 +442,7 @@ def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
         wait_for(lambda: len(created) >= 8, timeout=60, message="first arrivals")
         replicas += [start_replica(operator_factory, journal, f"op{i}") for i in (1, 2)]
         wait_members(replicas, 3)
-        wait_for(lambda: "materialized" in replicas[2].op.log(), timeout=60,
-                 message="the new replica serves its share")
+        wait_for(lambda: "materialized" in replicas[2].op.log(), timeout=60, message="the new replica serves its share")
         leaving = replicas.pop()
         leaving.op.stop()  # SIGTERM: scale-in, heartbeat deleted on the way out
         stopped_at = time.time()
@@ -434,8 +469,10 @@ def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
     assert all(count == 1 for count in stayers.values()), stayers
     assert all(adds[name] == 2 and stayers[name] == 1 for name in redone), redone
     lease_history.check(calls, {})
-    print(f"{len(created)} Workspaces, {len(redone)} rebuilt after the leaver's SIGTERM; peers saw the leaver gone {left_after:.1f}s after SIGTERM; "
-          f"creation-to-Ready median {sorted(ready_after)[len(ready_after) // 2]:.1f}s, max {max(ready_after):.1f}s")
+    print(
+        f"{len(created)} Workspaces, {len(redone)} rebuilt after the leaver's SIGTERM; peers saw the leaver gone {left_after:.1f}s after SIGTERM; "
+        f"creation-to-Ready median {sorted(ready_after)[len(ready_after) // 2]:.1f}s, max {max(ready_after):.1f}s"
+    )
     assert left_after <= LEASE
     # No stall longer than a lease duration on top of the usual latency (readyAt: whole seconds).
     typical = sorted(ready_after)[len(ready_after) // 2]
@@ -449,7 +486,9 @@ def _seconds(stamp: str) -> float:
 
 
 def test_a_lease_is_not_trusted_past_its_renew_deadline_and_a_dead_holder_is_taken_over_at_once(
-    api_client: ApiClient, namespace: str, tmp_path: Path,
+    api_client: ApiClient,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     api = CoordinationV1Api(api_client)
     offset = [0.0]
@@ -522,11 +561,19 @@ def test_lock_maps_hold_only_the_work_in_flight(api_client: ApiClient, namespace
 
 
 def test_gc_deletes_leases_of_projects_that_are_gone(
-    api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
     smart_http: SmartHTTP,
 ) -> None:
-    op = operator_factory(env={"WORKSPACE_GC_INTERVAL_SECONDS": "2", "WORKSPACE_CACHE_UNUSED_SECONDS": "1",
-                               "WORKSPACE_ORPHAN_GRACE_SECONDS": "1"})
+    op = operator_factory(
+        env={
+            "WORKSPACE_GC_INTERVAL_SECONDS": "2",
+            "WORKSPACE_CACHE_UNUSED_SECONDS": "1",
+            "WORKSPACE_ORPHAN_GRACE_SECONDS": "1",
+        }
+    )
     api = CoordinationV1Api(api_client)
     for project in ("gone", "kept"):
         workspaces.create(project, {**spec(smart_http, project), "ttlSecondsAfterReady": 0})

@@ -19,8 +19,9 @@ class FakeClock:
 
 
 def beat(holder: str, version: int, duration: float = 6.0) -> LeaseRecord:
-    return LeaseRecord(name=member_lease_name(holder), holder=holder, duration_seconds=duration,
-                       resource_version=str(version))
+    return LeaseRecord(
+        name=member_lease_name(holder), holder=holder, duration_seconds=duration, resource_version=str(version)
+    )
 
 
 def test_every_project_has_exactly_one_owner_and_shares_are_balanced() -> None:
@@ -56,8 +57,7 @@ def test_gained_lists_exactly_the_projects_that_moved_here() -> None:
     mine = set(gained(PROJECTS, "a_1", before, after))
     assert mine == {(ns, p) for ns, p in PROJECTS if owner(ns, p, before) == "b_2" and owner(ns, p, after) == "a_1"}
     # Joining (or rejoining under a new identity) gains the whole share.
-    assert set(gained(PROJECTS, "a_1", set(), after)) == {(ns, p) for ns, p in PROJECTS
-                                                          if owner(ns, p, after) == "a_1"}
+    assert set(gained(PROJECTS, "a_1", set(), after)) == {(ns, p) for ns, p in PROJECTS if owner(ns, p, after) == "a_1"}
     assert gained(PROJECTS, "a_1", after, after) == []
 
 

@@ -39,9 +39,14 @@ def value(text: str, series: str) -> float | None:
 def test_monitoring_component_passes_server_dry_run(kubectl: Kubectl, crd: None, tmp_path: Path) -> None:
     monitoring_crds.install(kubectl)
     kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [os.path.relpath(REPO / "manifests" / "base", tmp_path)],
-        "components": [os.path.relpath(REPO / "manifests" / "components" / "monitoring", tmp_path)]}))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(REPO / "manifests" / "base", tmp_path)],
+                "components": [os.path.relpath(REPO / "manifests" / "components" / "monitoring", tmp_path)],
+            }
+        )
+    )
     rendered = kubectl("kustomize", str(tmp_path)).stdout
     assert {"ServiceMonitor", "PrometheusRule"} <= {obj["kind"] for obj in objects(rendered)}
     kubectl("apply", "--dry-run=server", "--server-side", "--force-conflicts", "-f", "-", input=rendered)
@@ -52,9 +57,14 @@ def test_monitoring_component_passes_server_dry_run(kubectl: Kubectl, crd: None,
     assert result.returncode != 0 and "prot" in result.stderr, result.stderr
 
 
-def test_metrics_move_with_the_work(api_client: ApiClient, namespace: str, workspaces: Workspaces,
-                                    operator_factory: StartOperator, upstream_repo: StandardRepo,
-                                    smart_http: SmartHTTP) -> None:
+def test_metrics_move_with_the_work(
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+) -> None:
     op = operator_factory(env={"WORKSPACE_GC_INTERVAL_SECONDS": "1s"})
     before = op.metrics()
     assert re.search(r'^workspace_operator_build_info\{python="[\d.]+",version="0\.1\.0"\} 1\.0$', before, re.M)
@@ -65,16 +75,27 @@ def test_metrics_move_with_the_work(api_client: ApiClient, namespace: str, works
     leases = CoordinationV1Api(api_client)
     now = datetime.now(UTC)
     name = lease_name(namespace, "mon")
-    leases.create_namespaced_lease(namespace, V1Lease(metadata=V1ObjectMeta(name=name), spec=V1LeaseSpec(
-        holder_identity="someone-else", lease_duration_seconds=3600, acquire_time=now, renew_time=now)))
+    leases.create_namespaced_lease(
+        namespace,
+        V1Lease(
+            metadata=V1ObjectMeta(name=name),
+            spec=V1LeaseSpec(
+                holder_identity="someone-else", lease_duration_seconds=3600, acquire_time=now, renew_time=now
+            ),
+        ),
+    )
     workspaces.create("mon", {"project": "mon", "repository": smart_http.url("repo")})
-    wait_for(lambda: value(op.metrics(), "workspace_operator_materializations_queued") == 1, timeout=60,
-             message="one materialization queued")
+    wait_for(
+        lambda: value(op.metrics(), "workspace_operator_materializations_queued") == 1,
+        timeout=60,
+        message="one materialization queued",
+    )
     leases.patch_namespaced_lease(name, namespace, {"spec": {"holderIdentity": None}})
     assert workspaces.wait_ready("mon")["commit"] == upstream_repo.main
     fetched_at = time.time()
 
     labels = f'{{namespace="{namespace}",project="mon"}}'
+
     def published() -> str | None:
         text = op.metrics()
         return text if value(text, f"workspace_operator_cache_bytes{labels}") else None
@@ -88,8 +109,11 @@ def test_metrics_move_with_the_work(api_client: ApiClient, namespace: str, works
     assert (value(after, f"workspace_operator_cache_bytes{labels}") or 0) > 1000
     last_fetch = value(after, f"workspace_operator_cache_last_fetch_timestamp_seconds{labels}")
     assert last_fetch is not None and abs(last_fetch - fetched_at) < 60
-    wait_for(lambda: value(op.metrics(), 'workspace_operator_workspaces{phase="Ready"}') == 1, timeout=30,
-             message="Workspaces by phase")
+    wait_for(
+        lambda: value(op.metrics(), 'workspace_operator_workspaces{phase="Ready"}') == 1,
+        timeout=30,
+        message="Workspaces by phase",
+    )
 
 
 def test_metrics_negotiate_openmetrics(operator_factory: StartOperator) -> None:

@@ -52,26 +52,38 @@ def operator_ns(kubectl: Kubectl) -> Iterator[str]:
 
 
 def test_namespaced_rbac_serves_the_watched_namespace_and_denies_others(
-    kubectl: Kubectl, kubeconfig: Path, api_client: ApiClient, crd: None, namespace: str, operator_ns: str,
-    workspaces: Workspaces, operator_factory: StartOperator, upstream_repo: StandardRepo, smart_http: SmartHTTP,
+    kubectl: Kubectl,
+    kubeconfig: Path,
+    api_client: ApiClient,
+    crd: None,
+    namespace: str,
+    operator_ns: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
     tmp_path: Path,
 ) -> None:
     rendered = objects(kubectl("kustomize", str(namespaced_overlay(tmp_path / "overlay", [namespace]))).stdout)
     installed = _relocate(rendered, operator_ns)
     assert not {g for g in grants(installed, operator_namespace=operator_ns) if g[0] == "cluster"}
-    kubectl("apply", "--server-side", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                  "items": installed}))
+    kubectl(
+        "apply", "--server-side", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": installed})
+    )
     core = CoreV1Api(api_client)
     unwatched = f"t-unwatched-{uuid.uuid4().hex[:6]}"
     core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=unwatched)))
     try:
         for ns in (namespace, unwatched):
-            core.create_namespaced_secret(ns, V1Secret(metadata=V1ObjectMeta(name="creds"), string_data={"password": "s3cret-x"}))
+            core.create_namespaced_secret(
+                ns, V1Secret(metadata=V1ObjectMeta(name="creds"), string_data={"password": "s3cret-x"})
+            )
         token = service_account_token(core, "workspace-operator", operator_ns, 3600)
 
         # What the token may do, asked of the API server.
         def can(*args: str) -> str:
             return kubectl("auth", "can-i", *args, token=token, check=False).stdout.strip()
+
         assert can("get", "secrets", "-n", namespace) == "yes"
         assert can("patch", "workspaces.crafting.dev", "-n", namespace) == "yes"
         assert can("create", "events", "-n", namespace) == "yes"

@@ -38,12 +38,20 @@ def project_version() -> str:
 def test_every_kustomize_object_carries_the_standard_labels(tmp_path: Path) -> None:
     overlay = tmp_path / "all"
     overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [os.path.relpath(REPO / "manifests" / "base", overlay)],
-        "components": [os.path.relpath(COMPONENTS / name, overlay) for name in ("monitoring", "namespaced-rbac")]}))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(REPO / "manifests" / "base", overlay)],
+                "components": [
+                    os.path.relpath(COMPONENTS / name, overlay) for name in ("monitoring", "namespaced-rbac")
+                ],
+            }
+        )
+    )
     rendered = kustomize(overlay)
-    assert {"ServiceMonitor", "PrometheusRule", "Role", "NetworkPolicy", "CustomResourceDefinition"} <= \
-        {obj["kind"] for obj in rendered}
+    assert {"ServiceMonitor", "PrometheusRule", "Role", "NetworkPolicy", "CustomResourceDefinition"} <= {
+        obj["kind"] for obj in rendered
+    }
     for obj in rendered:
         labels = obj["metadata"].get("labels", {})
         missing = [key for key in STANDARD_LABELS if f"app.kubernetes.io/{key}" not in labels]
@@ -63,8 +71,9 @@ def test_versions_agree_across_package_image_chart_and_manifests() -> None:
 
 
 def test_chart_crd_is_the_repository_crd() -> None:
-    assert (CHART / "crds" / "workspace.yaml").read_bytes() == (REPO / "crds" / "workspace.yaml").read_bytes(), \
+    assert (CHART / "crds" / "workspace.yaml").read_bytes() == (REPO / "crds" / "workspace.yaml").read_bytes(), (
         "copy crds/workspace.yaml to charts/workspace-operator/crds/"
+    )
 
 
 def test_chart_and_component_alerts_are_the_same_rules() -> None:
@@ -103,8 +112,9 @@ def test_containerfile_and_make_image_install_the_same_things() -> None:
     containerfile = (REPO / "Containerfile").read_text()
     assert "image/debian-packages.txt" in containerfile and "image/install.sh" in containerfile
     assert {"python3", "git", "openssh-client", "ca-certificates"} <= set(image.packages())
-    assert not re.search(r"apt-get install[^\n]*\s(git|python3|openssh-client)(\s|$)", containerfile), \
+    assert not re.search(r"apt-get install[^\n]*\s(git|python3|openssh-client)(\s|$)", containerfile), (
         "packages belong in image/debian-packages.txt, not in the Containerfile"
+    )
 
 
 def test_chart_settings_default_to_the_base_configmap() -> None:

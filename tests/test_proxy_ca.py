@@ -36,14 +36,25 @@ def https_upstream(upstream_repo: StandardRepo, ca: PrivateCA) -> Iterator[Smart
 
 
 def _ca_secret(api_client: ApiClient, namespace: str, name: str, pem: str, allowed: str) -> None:
-    CoreV1Api(api_client).create_namespaced_secret(namespace, V1Secret(
-        metadata=V1ObjectMeta(name=name, annotations={"crafting.dev/repositories": allowed}), type="Opaque",
-        data={"ca.crt": base64.b64encode(pem.encode()).decode()}))
+    CoreV1Api(api_client).create_namespaced_secret(
+        namespace,
+        V1Secret(
+            metadata=V1ObjectMeta(name=name, annotations={"crafting.dev/repositories": allowed}),
+            type="Opaque",
+            data={"ca.crt": base64.b64encode(pem.encode()).decode()},
+        ),
+    )
 
 
 def test_private_ca_is_refused_without_trust_and_ready_with_the_secrets_ca(
-    api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-    upstream_repo: StandardRepo, https_upstream: SmartHTTP, ca: PrivateCA, tmp_path: Path,
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    https_upstream: SmartHTTP,
+    ca: PrivateCA,
+    tmp_path: Path,
 ) -> None:
     op = operator_factory()
     url = https_upstream.url("repo")
@@ -61,8 +72,11 @@ def test_private_ca_is_refused_without_trust_and_ready_with_the_secrets_ca(
 
 
 def test_ca_file_setting_trusts_the_private_ca_for_every_repository(
-    workspaces: Workspaces, operator_factory: StartOperator, upstream_repo: StandardRepo,
-    https_upstream: SmartHTTP, ca: PrivateCA,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    https_upstream: SmartHTTP,
+    ca: PrivateCA,
 ) -> None:
     operator_factory(env={"WORKSPACE_CA_FILE": str(ca.ca_file)})
     workspaces.create("mounted", {"project": "mounted", "repository": https_upstream.url("repo", host="localhost")})
@@ -71,8 +85,12 @@ def test_ca_file_setting_trusts_the_private_ca_for_every_repository(
 
 @pytest.mark.parametrize("case", ["upper", "lower"])
 def test_git_goes_through_the_proxy_and_no_proxy_exempts_hosts(
-    case: str, workspaces: Workspaces, operator_factory: StartOperator, upstream_repo: StandardRepo,
-    https_upstream: SmartHTTP, ca: PrivateCA,
+    case: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    https_upstream: SmartHTTP,
+    ca: PrivateCA,
 ) -> None:
     with ConnectProxy() as proxy:
         names = ("HTTPS_PROXY", "NO_PROXY") if case == "upper" else ("https_proxy", "no_proxy")

@@ -37,13 +37,13 @@ def reconciles(op: OperatorProcess, decision: str = "check") -> float:
 
 
 def head(path: Path) -> str:
-    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          timeout=30).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
 
 
 def events(api_client: ApiClient, namespace: str, name: str) -> list[Any]:
-    listing = CoreV1Api(api_client).list_namespaced_event(namespace,
-                                                          field_selector=f"involvedObject.name={name}")
+    listing = CoreV1Api(api_client).list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
     return list(listing.items)
 
 
@@ -53,12 +53,14 @@ def reasons(api_client: ApiClient, namespace: str, name: str) -> list[str]:
 
 def rebuilt(workspaces: Workspaces, op: OperatorProcess, name: str, first: dict[str, Any]) -> dict[str, Any]:
     """Ready again, the worktree intact at the first commit; returns the status."""
+
     def done() -> dict[str, Any] | None:
         current = workspaces.status(name)
         record = op.root / first["path"].rsplit("/", 1)[0] / ".ready" / name
         if current.get("phase") != "Ready" or "rebuilt" not in current.get("message", "") or not record.is_file():
             return None
         return current
+
     return wait_for(done, timeout=60, message=f"{name} rebuilt (status: {workspaces.status(name)})")
 
 
@@ -73,8 +75,14 @@ def damage(how: str, worktree: Path, record: Path) -> None:
 
 @pytest.mark.parametrize("how", ["directory removed", "record corrupted", "gitdir link broken"])
 def test_damaged_worktree_is_rebuilt_by_the_timer_at_the_same_commit(
-        how: str, api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-        upstream_repo: StandardRepo, smart_http: SmartHTTP) -> None:
+    how: str,
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+) -> None:
     op = operator_factory(env=TIMERS)
     workspaces.create("heal", {"project": "p", "repository": smart_http.url("repo"), "ref": {"branch": "main"}})
     first = workspaces.wait_ready("heal")
@@ -100,15 +108,20 @@ def test_damaged_worktree_is_rebuilt_by_the_timer_at_the_same_commit(
     assert len(lost) == 1 and lost[0].type == "Warning"
     # Noticed within two timer intervals of the damage (Event times have 1 s resolution).
     noticed = (lost[0].event_time or lost[0].first_timestamp or lost[0].last_timestamp).timestamp()
-    assert noticed - damaged_at <= 2 * INTERVAL + 1, (noticed - damaged_at)
+    assert noticed - damaged_at <= 2 * INTERVAL + 1, noticed - damaged_at
     assert reasons(api_client, namespace, "heal").count("Repaired") == 1
     assert "repaired" in op.metrics()
     assert smart_http.count() == 1, "a rebuild at a cached commit needs no fetch"
 
 
 def test_lost_worktree_is_rebuilt_on_restart_by_the_resume_check(
-        api_client: ApiClient, namespace: str, workspaces: Workspaces, operator_factory: StartOperator,
-        upstream_repo: StandardRepo, smart_http: SmartHTTP) -> None:
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+) -> None:
     # Timers far away: only the resume check can notice.
     slow = {"WORKSPACE_RECONCILE_INTERVAL_SECONDS": "3600", "WORKSPACE_RECONCILE_JITTER_SECONDS": "3600"}
     op = operator_factory(env=slow)
@@ -129,14 +142,20 @@ def test_lost_worktree_is_rebuilt_on_restart_by_the_resume_check(
     assert workspaces.get("kept")["metadata"]["resourceVersion"] == kept_version  # type: ignore[index]
 
 
-def test_intact_workspaces_cost_no_api_writes(api_client: ApiClient, namespace: str, workspaces: Workspaces,
-                                              operator_factory: StartOperator, upstream_repo: StandardRepo,
-                                              smart_http: SmartHTTP) -> None:
+def test_intact_workspaces_cost_no_api_writes(
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+) -> None:
     op = operator_factory(env={"WORKSPACE_RECONCILE_INTERVAL_SECONDS": "1", "WORKSPACE_RECONCILE_JITTER_SECONDS": "1"})
     names = [f"idle-{i}" for i in range(10)]
     for name in names:
-        workspaces.create(name, {"project": "p", "repository": smart_http.url("repo"),
-                                 "ref": {"commit": upstream_repo.main}})
+        workspaces.create(
+            name, {"project": "p", "repository": smart_http.url("repo"), "ref": {"commit": upstream_repo.main}}
+        )
     for name in names:
         workspaces.wait_ready(name, timeout=120)
     versions = {name: workspaces.get(name)["metadata"]["resourceVersion"] for name in names}  # type: ignore[index]
@@ -150,5 +169,3 @@ def test_intact_workspaces_cost_no_api_writes(api_client: ApiClient, namespace: 
     assert reconciles(op, "retime") == reconciles(op, "expire") == reconciles(op, "deadline") == 0
     assert smart_http.count() == 1
     assert "Timer 'reconcile'" not in op.log(), "a log line per Workspace per timer run"
-
-

@@ -55,7 +55,8 @@ def sink_on_second_address() -> Iterator[CredentialSink]:
 
 
 async def test_a_redirect_to_a_host_outside_the_policy_is_not_followed(
-        sink_on_second_address: CredentialSink, volume: Path, scratch: Path) -> None:
+    sink_on_second_address: CredentialSink, volume: Path, scratch: Path
+) -> None:
     handler = type("Redirect", (_Redirect,), {"target": f"http://127.0.0.2:{sink_on_second_address.port}"})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -74,13 +75,13 @@ async def test_a_redirect_to_a_host_outside_the_policy_is_not_followed(
 
 
 async def test_gitmodules_may_not_include_files_of_the_operators_pod(
-        engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path, tmp_path: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path, tmp_path: Path
+) -> None:
     # Another tenant's .gitmodules somewhere the operator can read (here: outside the volume).
     victim = tmp_path / "victim.gitmodules"
     victim.write_text('[submodule "secret"]\n\tpath = secret\n\turl = https://internal.example/secret.git\n')
     assert upstream_repo.served_dir is not None
-    served_repo(upstream_repo.served_dir, "super", {"top.txt": "top\n"}, {},
-                f"[include]\n\tpath = {victim}\n")
+    served_repo(upstream_repo.served_dir, "super", {"top.txt": "top\n"}, {}, f"[include]\n\tpath = {victim}\n")
 
     with pytest.raises(GitError) as caught:
         await checkout(engine, request(smart_http.url("super"), submodules=True))

@@ -19,8 +19,21 @@ from upstreams import SmartHTTP, StandardRepo
 pytestmark = pytest.mark.cluster
 
 StartOperator = Callable[..., OperatorProcess]
-WRITES = {"fetch", "init", "clone", "worktree", "gc", "sparse-checkout", "checkout", "submodule", "config",
-          "update-ref", "repack", "pack-refs", "commit-graph"}
+WRITES = {
+    "fetch",
+    "init",
+    "clone",
+    "worktree",
+    "gc",
+    "sparse-checkout",
+    "checkout",
+    "submodule",
+    "config",
+    "update-ref",
+    "repack",
+    "pack-refs",
+    "commit-graph",
+}
 
 
 def instrumented_git(directory: Path, journal: Path) -> Path:
@@ -72,8 +85,12 @@ def read_journal(journal: Path, root: Path) -> list[tuple[float, float, str, str
 
 
 def test_replicas_share_work_without_overlapping_writes(
-    namespace: str, workspaces: Workspaces, operator_factory: StartOperator, upstream_repo: StandardRepo,
-    smart_http: SmartHTTP, tmp_path: Path,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    tmp_path: Path,
 ) -> None:
     journal = tmp_path / "git-journal"
     journal.touch()

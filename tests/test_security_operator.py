@@ -36,25 +36,33 @@ TOKEN = "tok-" + secrets.token_hex(12)
 
 
 def make_secret(core: CoreV1Api, namespace: str, name: str, data: dict[str, bytes], allowed: str) -> None:
-    core.create_namespaced_secret(namespace, V1Secret(
-        metadata=V1ObjectMeta(name=name, annotations={"crafting.dev/repositories": allowed}), type="Opaque",
-        data={key: base64.b64encode(value).decode() for key, value in data.items()}))
+    core.create_namespaced_secret(
+        namespace,
+        V1Secret(
+            metadata=V1ObjectMeta(name=name, annotations={"crafting.dev/repositories": allowed}),
+            type="Opaque",
+            data={key: base64.b64encode(value).decode() for key, value in data.items()},
+        ),
+    )
 
 
-@pytest.mark.parametrize("trick", [
-    "{base}/repo.git/../../other/secret.git",
-    "{base}/repo.git/./x",
-    "{base}/repo.git/%2e%2e/%2E%2E/other/secret.git",
-    "{base}/org%2Fother.git",
-    "{base}/org%5c..%5cother.git",
-    "{base}/org\\..\\other.git",
-    "{base}//other/secret.git",
-    "{base}/repo.git?private_token=abc123",
-    "{base}/repo.git#x",
-    "http://evil@127.0.0.1/repo.git",
-    "git@127.0.0.1:../other.git",
-    "git@127.0.0.1:org//other.git",
-])
+@pytest.mark.parametrize(
+    "trick",
+    [
+        "{base}/repo.git/../../other/secret.git",
+        "{base}/repo.git/./x",
+        "{base}/repo.git/%2e%2e/%2E%2E/other/secret.git",
+        "{base}/org%2Fother.git",
+        "{base}/org%5c..%5cother.git",
+        "{base}/org\\..\\other.git",
+        "{base}//other/secret.git",
+        "{base}/repo.git?private_token=abc123",
+        "{base}/repo.git#x",
+        "http://evil@127.0.0.1/repo.git",
+        "git@127.0.0.1:../other.git",
+        "git@127.0.0.1:org//other.git",
+    ],
+)
 def test_api_server_refuses_url_tricks(workspaces: Workspaces, trick: str) -> None:
     url = trick.format(base="https://git.example.com")
     with pytest.raises(ApiException) as caught:
@@ -64,19 +72,37 @@ def test_api_server_refuses_url_tricks(workspaces: Workspaces, trick: str) -> No
 
 
 def test_api_server_accepts_ordinary_urls(workspaces: Workspaces) -> None:
-    for index, url in enumerate(("https://git.example.com/org/.github.git", "https://h.example/a/b.c/d-e_f~g.git",
-                                 "ssh://git@h.example:2222/~/org/x.git", "git@h.example:org/x.git",
-                                 "file:///srv/git/x.git", "https://h.example/org/caf%C3%A9.git")):
+    for index, url in enumerate(
+        (
+            "https://git.example.com/org/.github.git",
+            "https://h.example/a/b.c/d-e_f~g.git",
+            "ssh://git@h.example:2222/~/org/x.git",
+            "git@h.example:org/x.git",
+            "file:///srv/git/x.git",
+            "https://h.example/org/caf%C3%A9.git",
+        )
+    ):
         workspaces.create(f"ok-{index}", {"project": "p", "repository": url})
 
 
 def test_submodule_on_attacker_host_never_receives_the_secret(
-        api_client: ApiClient, kubectl: Kubectl, namespace: str, workspaces: Workspaces,
-        operator_factory: StartOperator, upstream_repo: StandardRepo, credential_sink: CredentialSink,
-        tmp_path: Path) -> None:
+    api_client: ApiClient,
+    kubectl: Kubectl,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    credential_sink: CredentialSink,
+    tmp_path: Path,
+) -> None:
     assert upstream_repo.served_dir is not None
-    served_repo(upstream_repo.served_dir, "super", {"top.txt": "top\n"}, {"lib": upstream_repo.main},
-                submodule("lib", "lib", credential_sink.url("org/lib.git")))
+    served_repo(
+        upstream_repo.served_dir,
+        "super",
+        {"top.txt": "top\n"},
+        {"lib": upstream_repo.main},
+        submodule("lib", "lib", credential_sink.url("org/lib.git")),
+    )
     server = SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN).start()
     try:
         op = operator_factory()
@@ -84,11 +110,12 @@ def test_submodule_on_attacker_host_never_receives_the_secret(
         url = server.url("super")
         make_secret(core, namespace, "git-creds", {"username": USER.encode(), "password": TOKEN.encode()}, url)
         make_secret(core, namespace, "latin1", {"username": USER.encode(), "password": b"caf\xe9-token"}, url)
-        workspaces.create("attack", {"project": "super", "repository": url, "submodules": True,
-                                     "credentials": {"secretName": "git-creds"}})
+        workspaces.create(
+            "attack",
+            {"project": "super", "repository": url, "submodules": True, "credentials": {"secretName": "git-creds"}},
+        )
         workspaces.create("plain", {"project": "plain", "repository": url, "credentials": {"secretName": "git-creds"}})
-        workspaces.create("latin1", {"project": "latin1", "repository": url,
-                                     "credentials": {"secretName": "latin1"}})
+        workspaces.create("latin1", {"project": "latin1", "repository": url, "credentials": {"secretName": "latin1"}})
 
         workspaces.wait_reason("attack", "AuthenticationFailed")
         assert workspaces.status("attack")["phase"] == "Failed"

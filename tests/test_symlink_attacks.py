@@ -60,13 +60,16 @@ async def victim(engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, vo
 @pytest.fixture
 def untouched(victim: Path, outside_dir: Path) -> Callable[[], Check]:
     """start() snapshots the victims; the returned check asserts both are byte-for-byte unchanged."""
+
     def start() -> Check:
         before = (snapshot(victim), snapshot(outside_dir))
 
         def check() -> None:
             assert snapshot(victim) == before[0], "another namespace's project changed"
             assert snapshot(outside_dir) == before[1], "a directory outside the volume changed"
+
         return check
+
     return start
 
 
@@ -80,8 +83,16 @@ def targets(victim: Path, outside_dir: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("level", ["namespace", "project"])
 @pytest.mark.parametrize("target", ["victim", "outside"])
 async def test_link_on_the_way_to_the_project_is_refused_everywhere(
-        level: str, target: str, engine: Engine, ro_daemon: GitDaemon, volume: Path, victim: Path,
-        outside_dir: Path, untouched: Callable[[], Check], caplog: pytest.LogCaptureFixture) -> None:
+    level: str,
+    target: str,
+    engine: Engine,
+    ro_daemon: GitDaemon,
+    volume: Path,
+    victim: Path,
+    outside_dir: Path,
+    untouched: Callable[[], Check],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     goal = targets(victim, outside_dir)[target]
     if level == "namespace":  # <root>/evil -> team-b's namespace dir (or outside); project "proj" below it
         (volume / "evil").symlink_to(goal.parent if target == "victim" else goal)
@@ -127,9 +138,15 @@ async def test_link_on_the_way_to_the_project_is_refused_everywhere(
 # -- entries inside the project: links are removed as links or quarantined, never followed ----------
 
 
-async def test_link_at_a_worktree_path(engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon,
-                                       volume: Path, victim: Path, outside_dir: Path,
-                                       untouched: Callable[[], Check]) -> None:
+async def test_link_at_a_worktree_path(
+    engine: Engine,
+    ro_repo: StandardRepo,
+    ro_daemon: GitDaemon,
+    volume: Path,
+    victim: Path,
+    outside_dir: Path,
+    untouched: Callable[[], Check],
+) -> None:
     url = ro_daemon.url("repo")
     await checkout(engine, request(url, namespace=ATTACKER))  # team-a has a cache and a worktree
     project = volume / ATTACKER / PROJECT
@@ -150,8 +167,14 @@ async def test_link_at_a_worktree_path(engine: Engine, ro_repo: StandardRepo, ro
 
 
 async def test_links_inside_a_worktree_are_removed_as_links(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path, victim: Path,
-        outside_dir: Path, untouched: Callable[[], Check]) -> None:
+    engine: Engine,
+    ro_repo: StandardRepo,
+    ro_daemon: GitDaemon,
+    volume: Path,
+    victim: Path,
+    outside_dir: Path,
+    untouched: Callable[[], Check],
+) -> None:
     await checkout(engine, request(ro_daemon.url("repo"), namespace=ATTACKER))
     worktree = layout(volume, namespace=ATTACKER).worktree_dir(NAME)
     (worktree / "to-victim").symlink_to(victim / "backend")
@@ -159,8 +182,7 @@ async def test_links_inside_a_worktree_are_removed_as_links(
     (worktree / ".git").unlink()
     (worktree / ".git").symlink_to(victim / "backend" / ".git")  # git's pointer swapped for a link
     check = untouched()
-    assert not engine.is_complete(engine.validate(request(ro_daemon.url("repo"), namespace=ATTACKER)),
-                                  ro_repo.main)
+    assert not engine.is_complete(engine.validate(request(ro_daemon.url("repo"), namespace=ATTACKER)), ro_repo.main)
     assert await engine.remove(ATTACKER, PROJECT, NAME) is True
     assert not os.path.lexists(worktree)
     check()
@@ -168,8 +190,15 @@ async def test_links_inside_a_worktree_are_removed_as_links(
 
 @pytest.mark.parametrize("entry", [".cache", ".ready", "record", "stamp", "cache-metadata"])
 async def test_links_at_the_operators_own_entries(
-        entry: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path, victim: Path,
-        outside_dir: Path, untouched: Callable[[], Check]) -> None:
+    entry: str,
+    engine: Engine,
+    ro_repo: StandardRepo,
+    ro_daemon: GitDaemon,
+    volume: Path,
+    victim: Path,
+    outside_dir: Path,
+    untouched: Callable[[], Check],
+) -> None:
     url = ro_daemon.url("repo")
     mine = layout(volume, namespace=ATTACKER)
     if entry == ".cache":  # team-a's cache is team-b's
@@ -203,8 +232,9 @@ async def test_links_at_the_operators_own_entries(
     check()
 
 
-async def test_gc_steps_never_follow_links(engine: Engine, ro_daemon: GitDaemon, volume: Path, victim: Path,
-                                           outside_dir: Path, untouched: Callable[[], Check]) -> None:
+async def test_gc_steps_never_follow_links(
+    engine: Engine, ro_daemon: GitDaemon, volume: Path, victim: Path, outside_dir: Path, untouched: Callable[[], Check]
+) -> None:
     await checkout(engine, request(ro_daemon.url("repo"), namespace=ATTACKER))
     mine = layout(volume, namespace=ATTACKER)
     (mine.project_dir / ".quarantine-1-evil").symlink_to(victim)

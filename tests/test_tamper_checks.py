@@ -53,7 +53,8 @@ def _commondir(mine: ProjectLayout, _repo: StandardRepo, other: Path) -> None:
 def _worktree_config(mine: ProjectLayout, _repo: StandardRepo, _other: Path) -> None:
     run_git("config", "extensions.worktreeConfig", "true", cwd=mine.cache_dir)  # a key git itself writes
     (mine.cache_dir / "worktrees" / "first" / "config.worktree").write_text(
-        "[core]\n\tsparseCheckout = true\n\tsshCommand = touch /tmp/pwned-by-config-worktree\n")
+        "[core]\n\tsparseCheckout = true\n\tsshCommand = touch /tmp/pwned-by-config-worktree\n"
+    )
 
 
 def _worktree_commondir(mine: ProjectLayout, _repo: StandardRepo, other: Path) -> None:
@@ -87,7 +88,8 @@ async def _setup(engine: Engine, repo: StandardRepo, daemon: GitDaemon, volume: 
 
 @pytest.mark.parametrize("plant", sorted(PLANTS))
 async def test_planted_redirection_is_quarantined_before_checkout(
-        plant: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    plant: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
     action, why = PLANTS[plant]
     action(mine, ro_repo, other)
@@ -103,7 +105,8 @@ async def test_planted_redirection_is_quarantined_before_checkout(
 
 @pytest.mark.parametrize("plant", sorted(PLANTS))
 async def test_planted_redirection_is_quarantined_before_gc_runs_git(
-        plant: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    plant: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
     PLANTS[plant][0](mine, ro_repo, other)
     stamp = mine.cache_dir / "workspace-operator.last-gc"
@@ -115,12 +118,14 @@ async def test_planted_redirection_is_quarantined_before_gc_runs_git(
 
 
 async def test_replace_refs_are_ignored_by_every_git_call(
-        engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
     """Even where the inspection does not run, git reads the real objects."""
     mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
     _replace_ref(mine, ro_repo, other)
-    real_tree = run_git("rev-parse", f"{ro_repo.old}^{{tree}}", cwd=mine.cache_dir,
-                        env={"GIT_NO_REPLACE_OBJECTS": "1"}).stdout.strip()
+    real_tree = run_git(
+        "rev-parse", f"{ro_repo.old}^{{tree}}", cwd=mine.cache_dir, env={"GIT_NO_REPLACE_OBJECTS": "1"}
+    ).stdout.strip()
     replaced = run_git("rev-parse", f"{ro_repo.old}^{{tree}}", cwd=mine.cache_dir).stdout.strip()
     assert replaced != real_tree  # the plant works on plain git
     result = await engine.runner_for(None).run("tree", ["rev-parse", f"{ro_repo.old}^{{tree}}"], cwd=mine.cache_dir)
@@ -129,9 +134,16 @@ async def test_replace_refs_are_ignored_by_every_git_call(
 
 def test_worktree_config_parser_accepts_only_what_git_writes() -> None:
     assert worktree_config_keys("[core]\n\tsparseCheckout = true\n\tsparseCheckoutCone = true\n") == [
-        "core.sparsecheckout", "core.sparsecheckoutcone"]
+        "core.sparsecheckout",
+        "core.sparsecheckoutcone",
+    ]
     assert worktree_config_keys("# c\n[index]\n\tsparse\n") == ["index.sparse"]
-    for hostile in ('[include]\n\tpath = /etc/x\n', '[remote "origin"]\n\turl = x\n', "[core]\n\tx = a\\\n b\n",
-                    "\tkey = before any section\n", "[core.x]\n\ty = 1\n"):
+    for hostile in (
+        "[include]\n\tpath = /etc/x\n",
+        '[remote "origin"]\n\turl = x\n',
+        "[core]\n\tx = a\\\n b\n",
+        "\tkey = before any section\n",
+        "[core.x]\n\ty = 1\n",
+    ):
         keys = worktree_config_keys(hostile)
         assert keys is None or not set(keys) <= {"core.sparsecheckout", "core.sparsecheckoutcone", "index.sparse"}

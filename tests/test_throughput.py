@@ -40,8 +40,9 @@ __all__ = ["engine", "no_leftover_processes", "scratch", "standard_repo_template
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
 
-async def burst(engine: Engine, url: str, revision: Revision, names: list[str],
-                queues: ProjectQueues | None = None) -> list[CheckoutResult]:
+async def burst(
+    engine: Engine, url: str, revision: Revision, names: list[str], queues: ProjectQueues | None = None
+) -> list[CheckoutResult]:
     """Materialize `names` as the operator does: exclusive phase queued, files in parallel."""
     queues = queues or ProjectQueues(FakeLocks())  # type: ignore[arg-type]
     checkouts = Checkouts(4)
@@ -49,6 +50,7 @@ async def burst(engine: Engine, url: str, revision: Revision, names: list[str],
     async def one(name: str) -> CheckoutResult:
         received = time.monotonic()
         valid = engine.validate(request(url, revision, name=name))
+
         async def exclusive() -> Prepared:
             return await engine.prepare(valid, not_before=received, hold=queues.hold_id(NS, PROJECT))
 
@@ -60,7 +62,8 @@ async def burst(engine: Engine, url: str, revision: Revision, names: list[str],
 
 
 async def test_cold_burst_of_one_branch_asks_upstream_at_most_twice(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     url = git_daemon.url("repo")
     names = [f"w{i}" for i in range(20)]
     locks = FakeLocks()
@@ -74,7 +77,8 @@ async def test_cold_burst_of_one_branch_asks_upstream_at_most_twice(
 
 
 async def test_warm_burst_after_a_push_costs_one_ls_remote_and_one_fetch(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     url = git_daemon.url("repo")
     await checkout(engine, request(url, Revision(branch="main"), name="first"))
     tip = commit(upstream_repo.src, {"NEW.md": "pushed\n"}, "push")
@@ -87,7 +91,8 @@ async def test_warm_burst_after_a_push_costs_one_ls_remote_and_one_fetch(
 
 
 async def test_an_answer_older_than_the_request_never_serves_it(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon
+) -> None:
     url = git_daemon.url("repo")
     await burst(engine, url, Revision(branch="main"), ["a", "b"])
     tip = commit(upstream_repo.src, {"LATER.md": "later\n"}, "later push")
@@ -99,8 +104,8 @@ async def test_an_answer_older_than_the_request_never_serves_it(
 
 
 async def test_parallel_populates_leave_every_worktree_complete(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     url = git_daemon.url("repo")
     await checkout(engine, request(url, Revision(tag="v1.0"), name="seed"))
     names = [f"p{i}" for i in range(8)]
@@ -111,14 +116,13 @@ async def test_parallel_populates_leave_every_worktree_complete(
     assert {r.commit for r in results} == {upstream_repo.v1_0}
     for name in names:
         assert_worktree_at(layout(volume), name, upstream_repo.v1_0)
-        assert engine.is_complete(engine.validate(request(url, Revision(tag="v1.0"), name=name)),
-                                  upstream_repo.v1_0)
+        assert engine.is_complete(engine.validate(request(url, Revision(tag="v1.0"), name=name)), upstream_repo.v1_0)
     assert_cache_consistent(layout(volume), url)
 
 
 async def test_restart_checks_in_depth_only_on_evidence(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     url = git_daemon.url("repo")
     await checkout(engine, request(url, Revision(branch="main"), name="before"))
     cache = layout(volume).cache_dir
@@ -138,7 +142,8 @@ async def test_restart_checks_in_depth_only_on_evidence(
 
 
 async def test_busy_cache_upkeep_rolls_up_packs_and_loose_objects(
-        engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path) -> None:
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
     url = git_daemon.url("repo")
     cache = layout(volume).cache_dir
     await checkout(engine, request(url, Revision(branch="main"), name="w0"))
@@ -146,8 +151,9 @@ async def test_busy_cache_upkeep_rolls_up_packs_and_loose_objects(
         commit(upstream_repo.src, {f"f{i}.txt": f"{i}\n" * 50}, f"push {i}")
         upstream_repo.republish()
         # unpackLimit=1: every fetch keeps its own pack, as big pushes do.
-        run_git("-c", "fetch.unpackLimit=1", "fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main",
-                cwd=cache)
+        run_git(
+            "-c", "fetch.unpackLimit=1", "fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main", cwd=cache
+        )
     housekeeping = Housekeeping(engine.runner_for(None), volume, cache)
     assert housekeeping.pack_count() > MAX_PACKS
     (cache / "workspace-operator.last-fetch").touch()

@@ -21,13 +21,18 @@ def create_together(workspaces: Workspaces, specs: dict[str, dict[str, object]])
 
 
 def test_burst_of_one_branch_asks_upstream_at_most_twice(
-        namespace: str, workspaces: Workspaces, operator_factory: StartOperator, upstream_repo: StandardRepo,
-        git_daemon: GitDaemon) -> None:
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    git_daemon: GitDaemon,
+) -> None:
     op = operator_factory(env={"WORKSPACE_CHECKOUT_CONCURRENCY": "4"})
     url = git_daemon.url("repo")
     names = [f"ci-{i}" for i in range(20)]
-    create_together(workspaces, {name: {"project": "matrix", "repository": url, "ref": {"branch": "main"}}
-                                 for name in names})
+    create_together(
+        workspaces, {name: {"project": "matrix", "repository": url, "ref": {"branch": "main"}} for name in names}
+    )
     for name in names:
         assert workspaces.wait_ready(name, timeout=120)["commit"] == upstream_repo.main
     assert git_daemon.count() <= 2, git_daemon.requests()
@@ -37,13 +42,18 @@ def test_burst_of_one_branch_asks_upstream_at_most_twice(
 
 
 def test_deleting_a_burst_removes_every_worktree(
-        namespace: str, workspaces: Workspaces, operator_factory: StartOperator, upstream_repo: StandardRepo,
-        git_daemon: GitDaemon) -> None:
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    git_daemon: GitDaemon,
+) -> None:
     op = operator_factory()
     url = git_daemon.url("repo")
     names = [f"job-{i}" for i in range(10)]
-    create_together(workspaces, {name: {"project": "jobs", "repository": url, "ref": {"tag": "v1.0"}}
-                                 for name in names})
+    create_together(
+        workspaces, {name: {"project": "jobs", "repository": url, "ref": {"tag": "v1.0"}} for name in names}
+    )
     for name in names:
         workspaces.wait_ready(name, timeout=120)
     with ThreadPoolExecutor(max_workers=10) as pool:

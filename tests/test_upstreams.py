@@ -30,8 +30,9 @@ pytestmark = pytest.mark.upstreams
 TIMEOUT = 30
 
 
-def run_git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-            timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run_git(
+    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     return gitenv.run_git(*args, cwd=cwd, env=env, timeout=timeout, check=False)
 
 
@@ -152,7 +153,10 @@ def test_smart_http_gzip_and_chunked_request_body(smart_http: SmartHTTP, upstrea
     conn = http.client.HTTPConnection("127.0.0.1", smart_http.port, timeout=TIMEOUT)
     try:
         conn.request(
-            "POST", "/repo.git/git-upload-pack", body=iter([gzip.compress(body)]), encode_chunked=True,
+            "POST",
+            "/repo.git/git-upload-pack",
+            body=iter([gzip.compress(body)]),
+            encode_chunked=True,
             headers={"Content-Type": "application/x-git-upload-pack-request", "Content-Encoding": "gzip"},
         )
         resp = conn.getresponse()
@@ -166,7 +170,9 @@ def test_smart_http_gzip_and_chunked_request_body(smart_http: SmartHTTP, upstrea
 
 def askpass_env(tmp_path: Path, user: str, password: str) -> dict[str, str]:
     script = tmp_path / "askpass.sh"
-    script.write_text('#!/bin/sh\ncase "$1" in Username*) echo "$UPSTREAM_USER";; *) echo "$UPSTREAM_PASSWORD";; esac\n')
+    script.write_text(
+        '#!/bin/sh\ncase "$1" in Username*) echo "$UPSTREAM_USER";; *) echo "$UPSTREAM_PASSWORD";; esac\n'
+    )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return {"GIT_ASKPASS": str(script), "UPSTREAM_USER": user, "UPSTREAM_PASSWORD": password}
 
@@ -195,8 +201,12 @@ def test_smart_http_faults(smart_http: SmartHTTP, upstream_repo: StandardRepo, t
     smart_http.fault = fault
     started = time.monotonic()
     failed = run_git(
-        "clone", "-q", url, str(tmp_path / "clone"),
-        env={"GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "2"}, timeout=20,
+        "clone",
+        "-q",
+        url,
+        str(tmp_path / "clone"),
+        env={"GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "2"},
+        timeout=20,
     )
     assert failed.returncode != 0
     assert time.monotonic() - started < 15
@@ -256,8 +266,11 @@ def test_servers_stop_their_processes(upstream_repo: StandardRepo, tmp_path: Pat
     port = web.port
     web.fault = "hang"
     hung = subprocess.Popen(
-        ["git", "ls-remote", web.url("repo")], env=git_env(), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ["git", "ls-remote", web.url("repo")],
+        env=git_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 10

@@ -93,10 +93,13 @@ def test_ambiguous_urls_are_refused(url: str) -> None:
 
 def test_scopes_idn_ports_users_and_malformed_entries() -> None:
     # A Unicode host in the Secret's list compares in its xn-- form; lookalikes stay different.
-    assert credentials_allowed({"crafting.dev/repositories": "https://b\u00fccher.example/"},
-                               "https://xn--bcher-kva.example/org/x.git")
-    assert not credentials_allowed({"crafting.dev/repositories": "https://\u0435xample.com/"},  # Cyrillic e
-                                   "https://example.com/org/x.git")
+    assert credentials_allowed(
+        {"crafting.dev/repositories": "https://b\u00fccher.example/"}, "https://xn--bcher-kva.example/org/x.git"
+    )
+    assert not credentials_allowed(
+        {"crafting.dev/repositories": "https://\u0435xample.com/"},  # Cyrillic e
+        "https://example.com/org/x.git",
+    )
     assert credentials_allowed({"crafting.dev/repositories": "https://h.example:8443/"}, "https://h.example:8443/x")
     # A whole host, and nothing but that host.
     assert credentials_allowed({"crafting.dev/repositories": "https://h.example"}, "https://h.example/any/x.git")
@@ -131,7 +134,8 @@ def _helper_answers(tmp_path: Path, grants: list[str], fields: dict[str, str]) -
     (directory / "password").write_text("t0ken-secret")
     parsed = [origins.parse(g) for g in grants]
     (directory / credential_helper.GRANTS).write_text(
-        "".join(f"{o.scheme}\t{o.host}\t{o.port}\t{'/'.join(o.segments)}\n" for o in parsed))
+        "".join(f"{o.scheme}\t{o.host}\t{o.port}\t{'/'.join(o.segments)}\n" for o in parsed)
+    )
     return credential_helper.answer(str(directory), fields)
 
 
@@ -146,23 +150,27 @@ def test_helper_answers_exactly_where_origins_cover(tmp_path: Path, url: str, co
     assert out in ("", "username=u5er\npassword=t0ken-secret\n")
 
 
-@pytest.mark.parametrize("fields", [
-    {"protocol": "https", "host": "attacker.example", "path": "org/repo.git"},
-    {"protocol": "https", "host": "h.example", "path": "org/repo.git/../../other"},
-    {"protocol": "https", "host": "h.example", "path": "other/secret.git"},
-    {"protocol": "https", "host": "h.example"},  # no path (useHttpPath off): never
-    {"protocol": "https", "host": "h.example:444", "path": "org/repo.git"},
-    {"protocol": "http", "host": "h.example", "path": "org/repo.git"},
-    {"protocol": "ssh", "host": "h.example", "path": "org/repo.git"},
-    {"protocol": "https", "host": "h.example:x", "path": "org/repo.git"},
-    {},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"protocol": "https", "host": "attacker.example", "path": "org/repo.git"},
+        {"protocol": "https", "host": "h.example", "path": "org/repo.git/../../other"},
+        {"protocol": "https", "host": "h.example", "path": "other/secret.git"},
+        {"protocol": "https", "host": "h.example"},  # no path (useHttpPath off): never
+        {"protocol": "https", "host": "h.example:444", "path": "org/repo.git"},
+        {"protocol": "http", "host": "h.example", "path": "org/repo.git"},
+        {"protocol": "ssh", "host": "h.example", "path": "org/repo.git"},
+        {"protocol": "https", "host": "h.example:x", "path": "org/repo.git"},
+        {},
+    ],
+)
 def test_helper_refuses_everything_else(tmp_path: Path, fields: dict[str, str]) -> None:
     assert _helper_answers(tmp_path, [GRANT], fields) == ""
 
 
-def test_helper_main_speaks_the_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_helper_main_speaks_the_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _helper_answers(tmp_path, ["http://127.0.0.1:8080/repo.git"], {})
     directory = str(tmp_path / "helper")
     monkeypatch.setattr("sys.stdin", io.StringIO("protocol=http\nhost=127.0.0.1:8080\npath=repo.git\n\n"))
@@ -176,16 +184,19 @@ def test_helper_main_speaks_the_protocol(tmp_path: Path, monkeypatch: pytest.Mon
 # -- submodule URLs --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("base", "url", "resolved"), [
-    ("https://h/org/super.git", "../lib.git", "https://h/org/lib.git"),
-    ("https://h/org/super.git/", "../lib.git", "https://h/org/lib.git"),
-    ("https://h/org/super.git", "./lib.git", "https://h/org/super.git/lib.git"),
-    ("https://h/org/super.git", "../../other/lib.git", "https://h/other/lib.git"),
-    ("git@h:org/super.git", "../lib.git", "git@h:org/lib.git"),
-    ("git@h:super.git", "../lib.git", "git@h:lib.git"),
-    ("https://h/org/super.git", "https://x/y.git", "https://x/y.git"),
-    ("https://h/super.git", "../../x.git", "https://x.git"),  # climbing into the host: git does that too
-])
+@pytest.mark.parametrize(
+    ("base", "url", "resolved"),
+    [
+        ("https://h/org/super.git", "../lib.git", "https://h/org/lib.git"),
+        ("https://h/org/super.git/", "../lib.git", "https://h/org/lib.git"),
+        ("https://h/org/super.git", "./lib.git", "https://h/org/super.git/lib.git"),
+        ("https://h/org/super.git", "../../other/lib.git", "https://h/other/lib.git"),
+        ("git@h:org/super.git", "../lib.git", "git@h:org/lib.git"),
+        ("git@h:super.git", "../lib.git", "git@h:lib.git"),
+        ("https://h/org/super.git", "https://x/y.git", "https://x/y.git"),
+        ("https://h/super.git", "../../x.git", "https://x.git"),  # climbing into the host: git does that too
+    ],
+)
 def test_relative_submodule_urls_resolve_like_git(base: str, url: str, resolved: str) -> None:
     assert resolve_relative(base, url) == resolved
 
@@ -198,12 +209,28 @@ def test_gitmodules_listing_is_parsed_by_name() -> None:
 # -- hosts, private networks, file roots -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("host", "public"), [
-    ("127.0.0.1", False), ("2130706433", False), ("0x7f.1", False), ("127.1", False), ("::1", False),
-    ("::ffff:127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
-    ("169.254.169.254", False), ("fe80::1", False), ("100.64.0.1", False), ("0.0.0.0", False),
-    ("224.0.0.1", False), ("fd00::1", False), ("8.8.8.8", True), ("2001:4860:4860::8888", True),
-])
+@pytest.mark.parametrize(
+    ("host", "public"),
+    [
+        ("127.0.0.1", False),
+        ("2130706433", False),
+        ("0x7f.1", False),
+        ("127.1", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("fe80::1", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("fd00::1", False),
+        ("8.8.8.8", True),
+        ("2001:4860:4860::8888", True),
+    ],
+)
 def test_literal_addresses(host: str, public: bool) -> None:
     address = origins.literal_address(host)
     assert address is not None
@@ -226,8 +253,13 @@ def _policy(tmp_path: Path, **settings: object) -> URLPolicy:
 
 def test_policy_hosts_and_private_addresses(tmp_path: Path) -> None:
     policy = _policy(tmp_path)
-    for url in ("http://127.0.0.1:8080/x.git", "https://2130706433/x.git", "git://[::1]/x", "ssh://g@10.0.0.1/x",
-                "https://169.254.169.254/latest/meta-data"):
+    for url in (
+        "http://127.0.0.1:8080/x.git",
+        "https://2130706433/x.git",
+        "git://[::1]/x",
+        "ssh://g@10.0.0.1/x",
+        "https://169.254.169.254/latest/meta-data",
+    ):
         with pytest.raises(GitError) as caught:
             policy.check(url)
         assert caught.value.reason is Reason.HOST_NOT_ALLOWED and not caught.value.retryable
@@ -261,10 +293,12 @@ def test_policy_file_roots(tmp_path: Path) -> None:
     assert caught.value.reason is Reason.HOST_NOT_ALLOWED and "WORKSPACE_FILE_ROOTS" in caught.value.message
     policy = _policy(tmp_path, file_roots=(mirrors, tmp_path / "volume"))
     policy.check(f"file://{mirrors}/repo.git")
-    for url, why in ((f"file://{volume}/ns/p/.cache", "volume"),  # even when listed as a root
-                     (f"file://{mirrors}/into-volume", "volume"),  # symlink into the volume
-                     (f"file://{mirrors}/out/repo.git", "not below"),  # symlink out of the roots
-                     (f"file://{elsewhere}/repo.git", "not below")):
+    for url, why in (
+        (f"file://{volume}/ns/p/.cache", "volume"),  # even when listed as a root
+        (f"file://{mirrors}/into-volume", "volume"),  # symlink into the volume
+        (f"file://{mirrors}/out/repo.git", "not below"),  # symlink out of the roots
+        (f"file://{elsewhere}/repo.git", "not below"),
+    ):
         with pytest.raises(GitError) as caught:
             policy.check(url)
         assert caught.value.reason is Reason.HOST_NOT_ALLOWED and why in caught.value.message, url
@@ -272,11 +306,22 @@ def test_policy_file_roots(tmp_path: Path) -> None:
 
 def test_settings_parse_and_default_safe(tmp_path: Path) -> None:
     defaults = config.parse([], {"WORKSPACE_ROOT": str(tmp_path)}).git
-    assert (defaults.allowed_hosts, defaults.allow_private_networks, defaults.file_roots, defaults.fsck_objects) \
-        == ((), False, (), False)
+    assert (defaults.allowed_hosts, defaults.allow_private_networks, defaults.file_roots, defaults.fsck_objects) == (
+        (),
+        False,
+        (),
+        False,
+    )
     assert GitSettings().allow_private_networks is False and GitSettings().file_roots == ()
-    parsed = config.parse([], {"WORKSPACE_ROOT": str(tmp_path), "WORKSPACE_ALLOWED_HOSTS": "Git.Example.com, *.corp",
-                               "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true", "WORKSPACE_FILE_ROOTS": f"{tmp_path},/srv"})
+    parsed = config.parse(
+        [],
+        {
+            "WORKSPACE_ROOT": str(tmp_path),
+            "WORKSPACE_ALLOWED_HOSTS": "Git.Example.com, *.corp",
+            "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",
+            "WORKSPACE_FILE_ROOTS": f"{tmp_path},/srv",
+        },
+    )
     assert parsed.allowed_hosts == ("git.example.com", "*.corp")
     assert parsed.allow_private_networks is True
     assert parsed.file_roots == (tmp_path.resolve(), Path("/srv"))
@@ -297,8 +342,10 @@ def test_short_secrets_are_masked_as_whole_tokens_only() -> None:
     for text in ("bobcat p4ssword", "https://h/srv/bob.git", "/home/bob/x", "bob-the-builder", "bob_1", "~bob"):
         assert redact(text) == text
     # Known positions are masked whatever the value, registered or not.
-    assert redact("password=zz username=q Authorization: Basic Ym9iOnA0c3M=") == \
-        "password=*** username=*** Authorization: Basic ***"
+    assert (
+        redact("password=zz username=q Authorization: Basic Ym9iOnA0c3M=")
+        == "password=*** username=*** Authorization: Basic ***"
+    )
     # Documented placeholder user names are not secrets and would garble every message.
     conventional = Redactor()
     Credentials(username="git", password="long-enough-token").register(conventional)
@@ -310,13 +357,20 @@ def test_short_secrets_are_masked_as_whole_tokens_only() -> None:
 
 
 def test_secret_values_must_be_utf8_single_lines() -> None:
-    creds = credentials_from_secret({"username": b"bot", "password": b"tok\n", "other": b"\xff"},
-                                    {"crafting.dev/repositories": "https://h/org/, https://h/lib.git"})
+    creds = credentials_from_secret(
+        {"username": b"bot", "password": b"tok\n", "other": b"\xff"},
+        {"crafting.dev/repositories": "https://h/org/, https://h/lib.git"},
+    )
     assert creds.password == "tok"  # `echo tok | base64` leaves a newline: dropped
     assert creds.scopes == ("https://h/org/", "https://h/lib.git")
     assert creds.allows("https://h/org/x.git") and not creds.allows("https://h/other.git")
-    for data in ({"password": b"\xff\xfe"}, {"username": b"caf\xe9"}, {"ssh-privatekey": b"\x80"},
-                 {"password": b"two\nlines"}, {"username": b"a\0b"}):
+    for data in (
+        {"password": b"\xff\xfe"},
+        {"username": b"caf\xe9"},
+        {"ssh-privatekey": b"\x80"},
+        {"password": b"two\nlines"},
+        {"username": b"a\0b"},
+    ):
         with pytest.raises(GitError) as caught:
             credentials_from_secret(data)
         assert caught.value.reason is Reason.INVALID_CREDENTIALS and not caught.value.retryable

@@ -57,8 +57,8 @@ def plant_link(path: Path, target: Path) -> None:
 
 
 def test_gc_and_teardown_never_follow_planted_links(
-        workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP,
-        tmp_path: Path) -> None:
+    workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside"
     (outside / "sub").mkdir(parents=True)
     (outside / "precious.txt").write_text("outside the volume\n")
@@ -82,8 +82,9 @@ def test_gc_and_teardown_never_follow_planted_links(
     plant_link(ns_dir / "p" / "mine" / "escape", worktree)  # inside a live worktree
     before = (snapshot(victim), snapshot(outside))
 
-    wait_for(lambda: not os.path.lexists(ns_dir / "p" / ".quarantine-1-evil"), timeout=60,
-             message="debris link removed")
+    wait_for(
+        lambda: not os.path.lexists(ns_dir / "p" / ".quarantine-1-evil"), timeout=60, message="debris link removed"
+    )
     wait_passes(op)
     # A Workspace whose project directory is a link fails, and its deletion leaves the target alone.
     workspaces.create("trap", {"project": "linked", "repository": url})
@@ -116,8 +117,15 @@ def lease_namespace(api_client: ApiClient) -> Iterator[str]:
 
 
 def test_recreated_namespace_does_not_inherit_caches(
-        workspaces: Workspaces, operator_factory: StartOperator, namespace: str, api_client: ApiClient,
-        lease_namespace: str, upstream_repo: StandardRepo, smart_http: SmartHTTP, tmp_path: Path) -> None:
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    namespace: str,
+    api_client: ApiClient,
+    lease_namespace: str,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    tmp_path: Path,
+) -> None:
     core = CoreV1Api(api_client)
     env = {"WORKSPACE_LEASE_NAMESPACE": lease_namespace}
     old_uid = _uid(core, namespace)
@@ -129,7 +137,8 @@ def test_recreated_namespace_does_not_inherit_caches(
     # The operator is down while the namespace goes: the old tenant's worktree stays on the volume.
     op.stop()
     CustomObjectsApi(api_client).patch_namespaced_custom_object(
-        "crafting.dev", "v1", namespace, "workspaces", "old", {"metadata": {"finalizers": None}})
+        "crafting.dev", "v1", namespace, "workspaces", "old", {"metadata": {"finalizers": None}}
+    )
     core.delete_namespace(namespace)
     wait_for(lambda: _gone(core, namespace), timeout=120, message=f"namespace {namespace} deleted")
     core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=namespace)))
@@ -195,12 +204,18 @@ MAX_GIT = 4
 
 
 def test_200_workspaces_bounded_git_processes_and_memory(
-        workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP, tmp_path: Path) -> None:
+    workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP, tmp_path: Path
+) -> None:
     journal = tmp_path / "git-journal"
     journal.touch()
     wrapper = instrumented_git(tmp_path / "bin", journal)
-    op = operator_factory(env={"PATH": f"{wrapper}:{os.environ['PATH']}",
-                               "WORKSPACE_MAX_GIT_PROCESSES": str(MAX_GIT), "WORKSPACE_LOCK_WAIT_SECONDS": "600"})
+    op = operator_factory(
+        env={
+            "PATH": f"{wrapper}:{os.environ['PATH']}",
+            "WORKSPACE_MAX_GIT_PROCESSES": str(MAX_GIT),
+            "WORKSPACE_LOCK_WAIT_SECONDS": "600",
+        }
+    )
     assert op.proc is not None
     idle_kb = _status_kb(op.proc.pid, "VmRSS")
     url = smart_http.url("repo")
@@ -214,8 +229,10 @@ def test_200_workspaces_bounded_git_processes_and_memory(
     peak_kb = _status_kb(op.proc.pid, "VmHWM")
     overlap = _peak_overlap(journal)
     calls = len(journal.read_text().splitlines())
-    print(f"{WORKSPACES} Workspaces Ready in {elapsed:.0f}s; {calls} git calls, at most {overlap} at once; "
-          f"operator RSS idle {idle_kb} kB, peak {peak_kb} kB")
+    print(
+        f"{WORKSPACES} Workspaces Ready in {elapsed:.0f}s; {calls} git calls, at most {overlap} at once; "
+        f"operator RSS idle {idle_kb} kB, peak {peak_kb} kB"
+    )
     assert overlap <= MAX_GIT
     assert len({s["commit"] for s in statuses.values()}) == 1
     # Peak RSS over idle: kopf keeps every Workspace object and per-handler state

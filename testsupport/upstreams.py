@@ -70,8 +70,7 @@ def commit(repo: Path, files: Mapping[str, str], message: str) -> str:
     # while commits still have distinct, increasing timestamps.
     depth = int(git(repo, "rev-list", "--count", "HEAD")) if _head(repo) else 0
     date = f"@{BASE_EPOCH + 60 * (depth + 1)} +0000"
-    git(repo, "commit", "-q", "--allow-empty", "-m", message,
-        env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date})
+    git(repo, "commit", "-q", "--allow-empty", "-m", message, env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date})
     return git(repo, "rev-parse", "HEAD")
 
 
@@ -114,8 +113,13 @@ def serve_config(repo: Path, extra: tuple[tuple[str, str], ...] = ()) -> None:
         git(repo, "config", key, value)
 
 
-def served_repo(served: Path, name: str, files: dict[str, str], gitlinks: dict[str, str] | None = None,
-                gitmodules: str | None = None) -> str:
+def served_repo(
+    served: Path,
+    name: str,
+    files: dict[str, str],
+    gitlinks: dict[str, str] | None = None,
+    gitmodules: str | None = None,
+) -> str:
     """Build and publish served/<name>.git with files (+ submodule gitlinks); return its commit."""
     src = served.parent / f"{name}-src"
     git(served.parent, "init", "-q", "-b", "main", str(src))
@@ -208,8 +212,15 @@ def make_standard_repo(path: Path, *, served_dir: Path | None = None, name: str 
     git(repo, "checkout", "-q", "main")
     git(repo, "branch", "-q", "-D", "tmp/pull", "tmp/dangling")
     sr = StandardRepo(
-        src=repo, main_commits=(c1, c2, c3), feature=feature, v1_0=c2, v1_1_tag=v1_1_tag,
-        v1_1=c3, pull_42=pull_42, dangling=dangling, name=name,
+        src=repo,
+        main_commits=(c1, c2, c3),
+        feature=feature,
+        v1_0=c2,
+        v1_1_tag=v1_1_tag,
+        v1_1=c3,
+        pull_42=pull_42,
+        dangling=dangling,
+        name=name,
     )
     if served_dir is not None:
         sr = dataclasses.replace(sr, served_dir=served_dir)
@@ -275,14 +286,19 @@ class _LoggedServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")  # noqa: SIM115 - open while the server runs; truncates the last attempt's log
             proc = subprocess.Popen(
-                self._command(port), stdin=subprocess.DEVNULL, stdout=self._log,
-                stderr=subprocess.STDOUT, env=self._env(),
+                self._command(port),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
             )
             self._proc = proc
             ready = self._ready_line(port)
             try:
-                wait_for(lambda: proc.poll() is not None or ready in self.log_text(), **_quick(
-                    f"{ready!r} in {self.log_path}"))
+                wait_for(
+                    lambda: proc.poll() is not None or ready in self.log_text(),
+                    **_quick(f"{ready!r} in {self.log_path}"),
+                )
                 if proc.poll() is None:
                     # Belt and braces; the probe leaves one aborted connection
                     # in the log ("hung up" / "Connection closed"), never a request.
@@ -336,9 +352,17 @@ class GitDaemon(_LoggedServer):
 
     def _command(self, port: int) -> list[str]:
         return [
-            "git", "daemon", "--reuseaddr", "--export-all", "--enable=upload-pack",
-            "--informative-errors", f"--base-path={self.base}", "--listen=127.0.0.1",
-            f"--port={port}", "--verbose", "--log-destination=stderr",
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--enable=upload-pack",
+            "--informative-errors",
+            f"--base-path={self.base}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            "--verbose",
+            "--log-destination=stderr",
         ]
 
     def _ready_line(self, port: int) -> str:
@@ -592,8 +616,12 @@ class _Handler(BaseHTTPRequestHandler):
 
         with tempfile.TemporaryFile() as errfile:
             proc = subprocess.Popen(
-                [str(owner.backend)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=errfile, env=env, cwd=owner.base,
+                [str(owner.backend)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errfile,
+                env=env,
+                cwd=owner.base,
             )
             assert proc.stdin is not None and proc.stdout is not None
             owner._track_proc(proc, True)
@@ -652,16 +680,18 @@ class SmartHTTP:
     ``count()`` are complete as soon as the client has its answer.
     """
 
-    def __init__(self, base: Path, *, username: str | None = None, password: str | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, base: Path, *, username: str | None = None, password: str | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.base = base.resolve()
         self.tls = tls  # serve https with this server context
         self.username = username
         self.password = password
         self.fault: str | None = None
         self.port = 0
-        exec_path = subprocess.run(["git", "--exec-path"], capture_output=True, text=True,
-                                   check=True, timeout=GIT_TIMEOUT).stdout.strip()
+        exec_path = subprocess.run(
+            ["git", "--exec-path"], capture_output=True, text=True, check=True, timeout=GIT_TIMEOUT
+        ).stdout.strip()
         self.backend = Path(exec_path) / "git-http-backend"
         self.errors: list[str] = []  # handler tracebacks (debugging aid)
         self.cgi_stderr: list[str] = []  # http-backend's stderr, one entry per request
@@ -694,8 +724,10 @@ class SmartHTTP:
         self._server = server
         self.port = int(server.server_address[1])
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"smart-http-{self.port}", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"smart-http-{self.port}",
+            daemon=True,
         )
         self._thread.start()
         try:
@@ -771,8 +803,7 @@ class SSHServer(_LoggedServer):
 
     def __init__(self, base: Path, workdir: Path) -> None:
         if not SSHD.exists() or shutil.which("ssh-keygen") is None:
-            raise SSHDMissingError(
-                f"{SSHD} (or ssh-keygen) is missing: run `apt-get install -y openssh-server`")
+            raise SSHDMissingError(f"{SSHD} (or ssh-keygen) is missing: run `apt-get install -y openssh-server`")
         self.base = base.resolve()
         self.workdir = workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -784,33 +815,39 @@ class SSHServer(_LoggedServer):
         self.authorized_keys = self.workdir / "authorized_keys"
         for key, comment in ((self.host_key, "upstream-host"), (self.client_key, "upstream-client")):
             if not key.exists():
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)],
-                               check=True, capture_output=True, timeout=GIT_TIMEOUT)
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)],
+                    check=True,
+                    capture_output=True,
+                    timeout=GIT_TIMEOUT,
+                )
         self.client_key_text = self.client_key.read_text()
         self.authorized_keys.write_text(self.client_key.with_suffix(".pub").read_text())
         self._host_pub = " ".join(self.host_key.with_suffix(".pub").read_text().split()[:2])
 
     def _command(self, port: int) -> list[str]:
         self.config_path.write_text(
-            "\n".join([
-                "ListenAddress 127.0.0.1",
-                f"Port {port}",
-                f"HostKey {self.host_key}",
-                f"PidFile {self.workdir / 'sshd.pid'}",
-                f"AuthorizedKeysFile {self.authorized_keys}",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PubkeyAuthentication yes",
-                "PermitRootLogin prohibit-password",  # tests run as root
-                "StrictModes no",  # pytest's tmp dirs need not satisfy sshd's ownership rules
-                "UsePAM no",
-                "AcceptEnv GIT_PROTOCOL",  # protocol v2 over ssh
-                "MaxStartups 100",  # concurrent clones must not be dropped
-                "UseDNS no",
-                "PrintMotd no",
-                "LogLevel INFO",
-                "",
-            ])
+            "\n".join(
+                [
+                    "ListenAddress 127.0.0.1",
+                    f"Port {port}",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.workdir / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.authorized_keys}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "PermitRootLogin prohibit-password",  # tests run as root
+                    "StrictModes no",  # pytest's tmp dirs need not satisfy sshd's ownership rules
+                    "UsePAM no",
+                    "AcceptEnv GIT_PROTOCOL",  # protocol v2 over ssh
+                    "MaxStartups 100",  # concurrent clones must not be dropped
+                    "UseDNS no",
+                    "PrintMotd no",
+                    "LogLevel INFO",
+                    "",
+                ]
+            )
         )
         # Absolute binary path: sshd re-executes itself for every connection.
         return [str(SSHD), "-D", "-e", "-f", str(self.config_path)]
@@ -835,8 +872,10 @@ class SSHServer(_LoggedServer):
     def ssh_command(self, known_hosts: Path) -> str:
         """A GIT_SSH_COMMAND using client_key and verifying the host key
         against ``known_hosts`` (a file holding known_hosts_text)."""
-        return (f"ssh -F /dev/null -i {self.client_key} -o IdentitiesOnly=yes -o BatchMode=yes "
-                f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={known_hosts}")
+        return (
+            f"ssh -F /dev/null -i {self.client_key} -o IdentitiesOnly=yes -o BatchMode=yes "
+            f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={known_hosts}"
+        )
 
     def connections(self) -> int:
         return self.log_text().count("Accepted publickey")

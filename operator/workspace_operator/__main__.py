@@ -74,13 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config.log_format, configuration.verbose_requested(args))
     log = logging.getLogger("workspace_operator")
-    log.info("starting: root=%s namespaces=%s lease-namespace=%s schemes=%s shares=%s",
-             config.root, ",".join(config.namespaces) or "(all)", config.lease_namespace,
-             ",".join(sorted(config.allowed_schemes)),
-             f"fixed {config.replica_index}/{config.replicas}" if config.replicas > 1 else "by membership")
+    log.info(
+        "starting: root=%s namespaces=%s lease-namespace=%s schemes=%s shares=%s",
+        config.root,
+        ",".join(config.namespaces) or "(all)",
+        config.lease_namespace,
+        ",".join(sorted(config.allowed_schemes)),
+        f"fixed {config.replica_index}/{config.replicas}" if config.replicas > 1 else "by membership",
+    )
     if config.replicas > 1:
-        log.warning("WORKSPACE_REPLICAS/WORKSPACE_REPLICA_INDEX are deprecated: fixed shards do not move "
-                    "when a replica dies; unset them to share work by live membership")
+        log.warning(
+            "WORKSPACE_REPLICAS/WORKSPACE_REPLICA_INDEX are deprecated: fixed shards do not move "
+            "when a replica dies; unset them to share work by live membership"
+        )
     try:
         asyncio.run(run(config))
     except KeyboardInterrupt:

@@ -41,8 +41,9 @@ class _Item(Generic[T]):
 
 
 class ProjectQueues:
-    def __init__(self, locks: LeaseLocks, *, idle: IdleStep | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, locks: LeaseLocks, *, idle: IdleStep | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.locks = locks
         self.idle = idle
         self.clock = clock
@@ -59,8 +60,9 @@ class ProjectQueues:
         """
         return self._current.get((namespace, project))
 
-    async def run(self, namespace: str, project: str, step: Callable[[], Coroutine[Any, Any, T]], *,
-                  wait_seconds: float) -> tuple[T, float]:
+    async def run(
+        self, namespace: str, project: str, step: Callable[[], Coroutine[Any, Any, T]], *, wait_seconds: float
+    ) -> tuple[T, float]:
         """Run `step` under the project's Lease; its result and the seconds it waited to start.
 
         Raises LockTimeout if the step could not start within `wait_seconds`.
@@ -73,8 +75,9 @@ class ProjectQueues:
         try:
             if not await _started(item, wait_seconds):
                 item.future.cancel()  # the drainer skips it
-                raise LockTimeout(f"waited {wait_seconds:.0f}s for lock "
-                                  f"{lease_name(namespace, project)} (queued in this process)")
+                raise LockTimeout(
+                    f"waited {wait_seconds:.0f}s for lock {lease_name(namespace, project)} (queued in this process)"
+                )
             return await asyncio.shield(item.future)
         except asyncio.CancelledError:
             if item.task is not None:

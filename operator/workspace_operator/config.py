@@ -77,8 +77,15 @@ class Config:
             raise ConfigError("WORKSPACE_MAX_GIT_PROCESSES must be 0 (automatic) or more")
         if self.reconcile_interval_seconds <= 0 or self.reconcile_jitter_seconds < 0:
             raise ConfigError("WORKSPACE_RECONCILE_INTERVAL_SECONDS must be > 0, the jitter >= 0")
-        if min(self.failed_ttl_seconds, self.active_deadline_seconds, self.max_workspaces_per_namespace,
-               self.max_cache_bytes_per_namespace) < 0:
+        if (
+            min(
+                self.failed_ttl_seconds,
+                self.active_deadline_seconds,
+                self.max_workspaces_per_namespace,
+                self.max_cache_bytes_per_namespace,
+            )
+            < 0
+        ):
             raise ConfigError("TTLs, deadlines and per-namespace limits must be >= 0 (0 = none)")
         if self.log_format not in ("text", "json"):
             raise ConfigError("WORKSPACE_LOG_FORMAT must be text or json")
@@ -129,8 +136,11 @@ def _duration(value: str) -> float:
     """Seconds from `300`, `300s`, `5m`, `1h`, `1d`, `1.5h` or a sum like `1h30m` (no sign, no spaces)."""
     text = value.strip().lower()
     parts = _DURATION.findall(text)
-    if not text or "".join(number + unit for number, unit in parts) != text \
-            or (len(parts) > 1 and any(unit == "" for _number, unit in parts)):
+    if (
+        not text
+        or "".join(number + unit for number, unit in parts) != text
+        or (len(parts) > 1 and any(unit == "" for _number, unit in parts))
+    ):
         raise ConfigError(f"not a duration (e.g. 300, 300s, 5m, 1h): {value!r}")
     return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
 
@@ -171,65 +181,200 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
     ("--namespaces", "WORKSPACE_NAMESPACES", "namespaces", _csv, "comma-separated namespaces to watch; empty = all"),
     ("--lease-namespace", "WORKSPACE_LEASE_NAMESPACE", "lease_namespace", str, "where Leases live"),
     ("--lease-seconds", "WORKSPACE_LEASE_SECONDS", "lease_seconds", _whole_seconds, "Lease duration"),
-    ("--lock-wait-seconds", "WORKSPACE_LOCK_WAIT_SECONDS", "lock_wait_seconds", _duration,
-     "how long to wait for a project lock before LockTimeout"),
-    ("--retry-base-seconds", "WORKSPACE_RETRY_BASE_SECONDS", "retry_base_seconds", _duration,
-     "first backoff after a transient failure; doubles per attempt"),
+    (
+        "--lock-wait-seconds",
+        "WORKSPACE_LOCK_WAIT_SECONDS",
+        "lock_wait_seconds",
+        _duration,
+        "how long to wait for a project lock before LockTimeout",
+    ),
+    (
+        "--retry-base-seconds",
+        "WORKSPACE_RETRY_BASE_SECONDS",
+        "retry_base_seconds",
+        _duration,
+        "first backoff after a transient failure; doubles per attempt",
+    ),
     ("--retry-max-seconds", "WORKSPACE_RETRY_MAX_SECONDS", "retry_max_seconds", _duration, "backoff cap"),
-    ("--allowed-schemes", "WORKSPACE_ALLOWED_SCHEMES", "allowed_schemes", _schemes,
-     "comma-separated of https, ssh, http, git, file"),
+    (
+        "--allowed-schemes",
+        "WORKSPACE_ALLOWED_SCHEMES",
+        "allowed_schemes",
+        _schemes,
+        "comma-separated of https, ssh, http, git, file",
+    ),
     ("--git-timeout-seconds", "WORKSPACE_GIT_TIMEOUT_SECONDS", "git_timeout_seconds", _duration, "per git call"),
-    ("--default-ttl-seconds", "WORKSPACE_DEFAULT_TTL_SECONDS", "default_ttl_seconds", _whole_seconds,
-     "TTL after Ready when the spec has none; 0 = none"),
+    (
+        "--default-ttl-seconds",
+        "WORKSPACE_DEFAULT_TTL_SECONDS",
+        "default_ttl_seconds",
+        _whole_seconds,
+        "TTL after Ready when the spec has none; 0 = none",
+    ),
     ("--metrics-port", "WORKSPACE_METRICS_PORT", "metrics_port", int, "metrics and health port; 0 = off"),
-    ("--gc-interval-seconds", "WORKSPACE_GC_INTERVAL_SECONDS", "gc_interval_seconds", _duration,
-     "volume sweep interval (orphans, caches, eviction)"),
-    ("--reconcile-interval-seconds", "WORKSPACE_RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", _duration,
-     "per-Workspace timer: TTL, deadline and worktree health check interval"),
-    ("--reconcile-jitter-seconds", "WORKSPACE_RECONCILE_JITTER_SECONDS", "reconcile_jitter_seconds", _duration,
-     "random delay (0..jitter) before a Workspace's first timer run, spreading the checks"),
-    ("--failed-ttl-seconds", "WORKSPACE_FAILED_TTL_SECONDS", "failed_ttl_seconds", _whole_seconds,
-     "how long a Failed Workspace is kept before it is deleted; 0 = kept"),
-    ("--active-deadline-seconds", "WORKSPACE_ACTIVE_DEADLINE_SECONDS", "active_deadline_seconds", _whole_seconds,
-     "default deadline to become Ready (spec.activeDeadlineSeconds overrides); 0 = none"),
-    ("--allow-no-ttl", "WORKSPACE_ALLOW_NO_TTL", "allow_no_ttl", _bool,
-     "honour ttlSecondsAfterReady: 0 (never expire); otherwise the default TTL applies"),
-    ("--max-workspaces-per-namespace", "WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE", "max_workspaces_per_namespace", int,
-     "worktrees materialized at once per namespace; more wait as QuotaExceeded; 0 = unlimited"),
-    ("--max-cache-bytes-per-namespace", "WORKSPACE_MAX_CACHE_BYTES_PER_NAMESPACE", "max_cache_bytes_per_namespace",
-     int, "cache bytes per namespace above which its idle caches are evicted (LRU); 0 = unlimited"),
-    ("--orphan-grace-seconds", "WORKSPACE_ORPHAN_GRACE_SECONDS", "orphan_grace_seconds", _duration,
-     "age before a worktree with no Workspace is removed"),
-    ("--cache-quiet-seconds", "WORKSPACE_CACHE_QUIET_SECONDS", "cache_quiet_seconds", _duration,
-     "quiet time before git gc of a cache"),
-    ("--cache-unused-seconds", "WORKSPACE_CACHE_UNUSED_SECONDS", "cache_unused_seconds", _duration,
-     "unused time before a cache is deleted"),
-    ("--disk-high-watermark", "WORKSPACE_DISK_HIGH_WATERMARK", "disk_high_watermark", float,
-     "volume usage fraction that starts eviction"),
-    ("--disk-low-watermark", "WORKSPACE_DISK_LOW_WATERMARK", "disk_low_watermark", float,
-     "volume usage fraction eviction brings usage down to"),
-    ("--replicas", "WORKSPACE_REPLICAS", "replicas", int,
-     "deprecated: >1 pins a fixed share by index instead of live membership"),
-    ("--replica-index", "WORKSPACE_REPLICA_INDEX", "replica_index", int,
-     "deprecated: this replica's fixed share, with WORKSPACE_REPLICAS > 1"),
-    ("--checkout-workers", "WORKSPACE_CHECKOUT_WORKERS", "checkout_workers", int,
-     "git checkout.workers (parallel checkout); 0 = git default"),
+    (
+        "--gc-interval-seconds",
+        "WORKSPACE_GC_INTERVAL_SECONDS",
+        "gc_interval_seconds",
+        _duration,
+        "volume sweep interval (orphans, caches, eviction)",
+    ),
+    (
+        "--reconcile-interval-seconds",
+        "WORKSPACE_RECONCILE_INTERVAL_SECONDS",
+        "reconcile_interval_seconds",
+        _duration,
+        "per-Workspace timer: TTL, deadline and worktree health check interval",
+    ),
+    (
+        "--reconcile-jitter-seconds",
+        "WORKSPACE_RECONCILE_JITTER_SECONDS",
+        "reconcile_jitter_seconds",
+        _duration,
+        "random delay (0..jitter) before a Workspace's first timer run, spreading the checks",
+    ),
+    (
+        "--failed-ttl-seconds",
+        "WORKSPACE_FAILED_TTL_SECONDS",
+        "failed_ttl_seconds",
+        _whole_seconds,
+        "how long a Failed Workspace is kept before it is deleted; 0 = kept",
+    ),
+    (
+        "--active-deadline-seconds",
+        "WORKSPACE_ACTIVE_DEADLINE_SECONDS",
+        "active_deadline_seconds",
+        _whole_seconds,
+        "default deadline to become Ready (spec.activeDeadlineSeconds overrides); 0 = none",
+    ),
+    (
+        "--allow-no-ttl",
+        "WORKSPACE_ALLOW_NO_TTL",
+        "allow_no_ttl",
+        _bool,
+        "honour ttlSecondsAfterReady: 0 (never expire); otherwise the default TTL applies",
+    ),
+    (
+        "--max-workspaces-per-namespace",
+        "WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE",
+        "max_workspaces_per_namespace",
+        int,
+        "worktrees materialized at once per namespace; more wait as QuotaExceeded; 0 = unlimited",
+    ),
+    (
+        "--max-cache-bytes-per-namespace",
+        "WORKSPACE_MAX_CACHE_BYTES_PER_NAMESPACE",
+        "max_cache_bytes_per_namespace",
+        int,
+        "cache bytes per namespace above which its idle caches are evicted (LRU); 0 = unlimited",
+    ),
+    (
+        "--orphan-grace-seconds",
+        "WORKSPACE_ORPHAN_GRACE_SECONDS",
+        "orphan_grace_seconds",
+        _duration,
+        "age before a worktree with no Workspace is removed",
+    ),
+    (
+        "--cache-quiet-seconds",
+        "WORKSPACE_CACHE_QUIET_SECONDS",
+        "cache_quiet_seconds",
+        _duration,
+        "quiet time before git gc of a cache",
+    ),
+    (
+        "--cache-unused-seconds",
+        "WORKSPACE_CACHE_UNUSED_SECONDS",
+        "cache_unused_seconds",
+        _duration,
+        "unused time before a cache is deleted",
+    ),
+    (
+        "--disk-high-watermark",
+        "WORKSPACE_DISK_HIGH_WATERMARK",
+        "disk_high_watermark",
+        float,
+        "volume usage fraction that starts eviction",
+    ),
+    (
+        "--disk-low-watermark",
+        "WORKSPACE_DISK_LOW_WATERMARK",
+        "disk_low_watermark",
+        float,
+        "volume usage fraction eviction brings usage down to",
+    ),
+    (
+        "--replicas",
+        "WORKSPACE_REPLICAS",
+        "replicas",
+        int,
+        "deprecated: >1 pins a fixed share by index instead of live membership",
+    ),
+    (
+        "--replica-index",
+        "WORKSPACE_REPLICA_INDEX",
+        "replica_index",
+        int,
+        "deprecated: this replica's fixed share, with WORKSPACE_REPLICAS > 1",
+    ),
+    (
+        "--checkout-workers",
+        "WORKSPACE_CHECKOUT_WORKERS",
+        "checkout_workers",
+        int,
+        "git checkout.workers (parallel checkout); 0 = git default",
+    ),
     ("--partial-clone", "WORKSPACE_PARTIAL_CLONE", "partial_clone", _bool, "create caches with --filter=blob:none"),
-    ("--checkout-concurrency", "WORKSPACE_CHECKOUT_CONCURRENCY", "checkout_concurrency", int,
-     "worktrees written in parallel, outside the project lock; 0 = one per CPU of the pod (at least 2)"),
-    ("--maintenance-budget-seconds", "WORKSPACE_MAINTENANCE_BUDGET_SECONDS", "maintenance_budget_seconds", _duration,
-     "time box of one cache maintenance step between queued work; 0 = no such maintenance"),
-    ("--max-git-processes", "WORKSPACE_MAX_GIT_PROCESSES", "max_git_processes", int,
-     "git processes running at once in this operator; 0 = 2 per CPU (cgroup quota), at least 4"),
+    (
+        "--checkout-concurrency",
+        "WORKSPACE_CHECKOUT_CONCURRENCY",
+        "checkout_concurrency",
+        int,
+        "worktrees written in parallel, outside the project lock; 0 = one per CPU of the pod (at least 2)",
+    ),
+    (
+        "--maintenance-budget-seconds",
+        "WORKSPACE_MAINTENANCE_BUDGET_SECONDS",
+        "maintenance_budget_seconds",
+        _duration,
+        "time box of one cache maintenance step between queued work; 0 = no such maintenance",
+    ),
+    (
+        "--max-git-processes",
+        "WORKSPACE_MAX_GIT_PROCESSES",
+        "max_git_processes",
+        int,
+        "git processes running at once in this operator; 0 = 2 per CPU (cgroup quota), at least 4",
+    ),
     ("--log-format", "WORKSPACE_LOG_FORMAT", "log_format", str, "text or json"),
-    ("--ca-file", "WORKSPACE_CA_FILE", "ca_file", Path,
-     "PEM bundle git trusts for https instead of the system roots (a Secret's ca.crt wins per repository)"),
-    ("--allowed-hosts", "WORKSPACE_ALLOWED_HOSTS", "allowed_hosts", _hosts,
-     "comma-separated host patterns (host, *.domain) repositories may use; empty = any public host"),
-    ("--allow-private-networks", "WORKSPACE_ALLOW_PRIVATE_NETWORKS", "allow_private_networks", _bool,
-     "accept hosts on loopback, link-local and private addresses"),
-    ("--file-roots", "WORKSPACE_FILE_ROOTS", "file_roots", _paths,
-     "comma-separated directories file:// repositories must lie below; empty = no file:// at all"),
+    (
+        "--ca-file",
+        "WORKSPACE_CA_FILE",
+        "ca_file",
+        Path,
+        "PEM bundle git trusts for https instead of the system roots (a Secret's ca.crt wins per repository)",
+    ),
+    (
+        "--allowed-hosts",
+        "WORKSPACE_ALLOWED_HOSTS",
+        "allowed_hosts",
+        _hosts,
+        "comma-separated host patterns (host, *.domain) repositories may use; empty = any public host",
+    ),
+    (
+        "--allow-private-networks",
+        "WORKSPACE_ALLOW_PRIVATE_NETWORKS",
+        "allow_private_networks",
+        _bool,
+        "accept hosts on loopback, link-local and private addresses",
+    ),
+    (
+        "--file-roots",
+        "WORKSPACE_FILE_ROOTS",
+        "file_roots",
+        _paths,
+        "comma-separated directories file:// repositories must lie below; empty = no file:// at all",
+    ),
     ("--fsck-objects", "WORKSPACE_FSCK_OBJECTS", "fsck_objects", _bool, "check every fetched object"),
     ("--identity", "WORKSPACE_IDENTITY", "identity", str, "Lease holder identity prefix (default: hostname)"),
 )
@@ -238,8 +383,9 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
 def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Flags over environment over defaults; raises ConfigError with the offending name."""
     env = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="python -m workspace_operator",
-                                     description="Run the workspace operator against the current cluster.")
+    parser = argparse.ArgumentParser(
+        prog="python -m workspace_operator", description="Run the workspace operator against the current cluster."
+    )
     for flag, var, _name, _kind, text in _SETTINGS:
         parser.add_argument(flag, metavar=var, help=f"{text} [env {var}]")
     parser.add_argument("--verbose", action="store_true", help="debug logging")

@@ -48,14 +48,21 @@ log = logging.getLogger("workspace_operator.gc")
 
 def policy_of(rt: Runtime) -> Policy:
     c = rt.config
-    return Policy(c.orphan_grace_seconds, c.cache_quiet_seconds, c.cache_unused_seconds,
-                  c.disk_high_watermark, c.disk_low_watermark, c.max_cache_bytes_per_namespace)
+    return Policy(
+        c.orphan_grace_seconds,
+        c.cache_quiet_seconds,
+        c.cache_unused_seconds,
+        c.disk_high_watermark,
+        c.disk_low_watermark,
+        c.max_cache_bytes_per_namespace,
+    )
 
 
 def snapshot(root: Path, owns: Callable[[str, str], bool]) -> list[ProjectSnapshot]:
     """What is on the volume, for the projects this replica owns (links are never followed)."""
-    return [snapshot_project(root, ns, project) for ns, project in list_projects(root, _report_link)
-            if owns(ns, project)]
+    return [
+        snapshot_project(root, ns, project) for ns, project in list_projects(root, _report_link) if owns(ns, project)
+    ]
 
 
 def _report_link(path: Path) -> None:
@@ -68,13 +75,21 @@ def snapshot_project(root: Path, namespace: str, project: str) -> ProjectSnapsho
     real directory) reads as empty."""
     state = project_state(root, namespace, project, _report_link)
     return ProjectSnapshot(
-        namespace=namespace, project=project, has_cache=state.has_cache, last_used=state.last_used,
-        last_fetch=state.last_fetch, last_gc=state.last_gc, worktrees=state.worktrees, debris=state.debris,
-        pins=state.pins)
+        namespace=namespace,
+        project=project,
+        has_cache=state.has_cache,
+        last_used=state.last_used,
+        last_fetch=state.last_fetch,
+        last_gc=state.last_gc,
+        worktrees=state.worktrees,
+        debris=state.debris,
+        pins=state.pins,
+    )
 
 
-def with_sizes(snaps: list[ProjectSnapshot], root: Path,
-               live_projects: Collection[tuple[str, str]] = ()) -> list[ProjectSnapshot]:
+def with_sizes(
+    snaps: list[ProjectSnapshot], root: Path, live_projects: Collection[tuple[str, str]] = ()
+) -> list[ProjectSnapshot]:
     """Measure cache sizes (costly: only under disk pressure, only where eviction is possible)."""
     sized = []
     for snap in snaps:
@@ -138,8 +153,13 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
                 confirmed = confirm(planned, fresh, still_live, now=time.time(), policy=policy)
                 for action in planned:
                     if action not in confirmed:
-                        log.info("gc: no longer %s %s/%s%s: changed since the snapshot", action.kind.value,
-                                 namespace, project, f"/{action.target}" if action.target else "")
+                        log.info(
+                            "gc: no longer %s %s/%s%s: changed since the snapshot",
+                            action.kind.value,
+                            namespace,
+                            project,
+                            f"/{action.target}" if action.target else "",
+                        )
                 for action in confirmed:
                     await _execute(rt, action)
                     done.append(action)
@@ -156,8 +176,9 @@ async def sweep(rt: Runtime, *, usage_probe: Callable[[Path], Usage] = volume_us
 PROJECT_LEASES = f"{LABEL_PROJECT},{','.join(f'{k}={v}' for k, v in MANAGED_BY.items())}"
 
 
-async def forget_project_leases(rt: Runtime, live_projects: Collection[tuple[str, str]],
-                                owns: Callable[[str, str], bool]) -> int:
+async def forget_project_leases(
+    rt: Runtime, live_projects: Collection[tuple[str, str]], owns: Callable[[str, str], bool]
+) -> int:
     """Delete the Leases of this replica's projects that are gone: no Workspace, nothing on the volume.
 
     Only a Lease nobody holds (released, or its holder known dead) is deleted, and
@@ -172,8 +193,11 @@ async def forget_project_leases(rt: Runtime, live_projects: Collection[tuple[str
         return 0
     for lease in leases:
         namespace, project = lease.labels.get(LABEL_NAMESPACE, ""), lease.labels.get(LABEL_PROJECT, "")
-        if not (DNS1123_LABEL.match(namespace) and DNS1123_LABEL.match(project)) \
-                or (namespace, project) in live_projects or not owns(namespace, project):
+        if (
+            not (DNS1123_LABEL.match(namespace) and DNS1123_LABEL.match(project))
+            or (namespace, project) in live_projects
+            or not owns(namespace, project)
+        ):
             continue
         if lease.holder and not rt.locks.holder_gone(lease.holder):
             continue
@@ -244,9 +268,15 @@ async def _execute(rt: Runtime, action: Action) -> None:
     elif action.kind in (Kind.DELETE_UNUSED_CACHE, Kind.EVICT_CACHE):
         await asyncio.to_thread(maintenance.delete_cache, ns, project)
     metrics.GC_ACTIONS.labels(action.kind.value).inc()
-    log.info("gc: %s %s/%s%s (%s)", action.kind.value, ns, project,
-             f"/{action.target}" if action.target else "", action.why,
-             extra=fields(ns, project=project, reason=action.kind.value))
+    log.info(
+        "gc: %s %s/%s%s (%s)",
+        action.kind.value,
+        ns,
+        project,
+        f"/{action.target}" if action.target else "",
+        action.why,
+        extra=fields(ns, project=project, reason=action.kind.value),
+    )
 
 
 async def sweep_forever(rt: Runtime) -> None:

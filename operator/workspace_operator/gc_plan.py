@@ -82,8 +82,9 @@ def plan(
     idle: list[ProjectSnapshot] = []
     freed = 0  # bytes of caches deleted as unused in this pass: they count toward the eviction target
     for snap in projects:
-        decided, cache_idle = _project(snap, live_names.get((snap.namespace, snap.project), set()),
-                                       now=now, policy=policy)
+        decided, cache_idle = _project(
+            snap, live_names.get((snap.namespace, snap.project), set()), now=now, policy=policy
+        )
         actions += decided
         if any(action.kind is Kind.DELETE_UNUSED_CACHE for action in decided):
             freed += snap.cache_bytes or 0
@@ -99,8 +100,11 @@ def plan(
     if evictions:
         evicted = _keys(evictions)
         # Packing a cache that is deleted a moment later is wasted work.
-        actions = [action for action in actions
-                   if not (action.kind is Kind.GC_CACHE and (action.namespace, action.project) in evicted)]
+        actions = [
+            action
+            for action in actions
+            if not (action.kind is Kind.GC_CACHE and (action.namespace, action.project) in evicted)
+        ]
         actions += evictions
     return actions
 
@@ -121,18 +125,21 @@ def confirm(
     """
     decided, cache_idle = _project(fresh, live_names, now=now, policy=policy)
     still = {(action.kind, action.target) for action in decided}
-    return [action for action in planned
-            if (action.kind, action.target) in still or (action.kind is Kind.EVICT_CACHE and cache_idle)]
+    return [
+        action
+        for action in planned
+        if (action.kind, action.target) in still or (action.kind is Kind.EVICT_CACHE and cache_idle)
+    ]
 
 
-def _project(snap: ProjectSnapshot, live_names: set[str], *, now: float,
-             policy: Policy) -> tuple[list[Action], bool]:
+def _project(snap: ProjectSnapshot, live_names: set[str], *, now: float, policy: Policy) -> tuple[list[Action], bool]:
     """One project's actions, and whether its cache is idle (an eviction candidate) afterwards."""
     key = (snap.namespace, snap.project)
     actions: list[Action] = []
     # A directory whose Workspace exists is never touched, whatever its age.
     orphans = [
-        name for name, mtime in sorted(snap.worktrees.items())
+        name
+        for name, mtime in sorted(snap.worktrees.items())
         if name not in live_names and _older(now, mtime, policy.orphan_grace_seconds)
     ]
     for name in orphans:
@@ -175,8 +182,9 @@ def _keys(actions: Iterable[Action]) -> set[tuple[str, str]]:
     return {(action.namespace, action.project) for action in actions}
 
 
-def _evict_namespaces(projects: Iterable[ProjectSnapshot], planned: list[Action], idle: list[ProjectSnapshot],
-                      limit: int) -> list[Action]:
+def _evict_namespaces(
+    projects: Iterable[ProjectSnapshot], planned: list[Action], idle: list[ProjectSnapshot], limit: int
+) -> list[Action]:
     """Per namespace: its least recently used idle caches, until its caches fit in `limit` bytes.
 
     Every cache of the namespace counts (those in use too), minus those this pass
@@ -189,12 +197,19 @@ def _evict_namespaces(projects: Iterable[ProjectSnapshot], planned: list[Action]
         if snap.has_cache and _key(snap) not in deleted:
             used[snap.namespace] = used.get(snap.namespace, 0) + (snap.cache_bytes or 0)
     actions: list[Action] = []
-    for snap in sorted((s for s in idle if s.cache_bytes is not None),
-                       key=lambda s: (s.last_used or 0.0, s.namespace, s.project)):
+    for snap in sorted(
+        (s for s in idle if s.cache_bytes is not None), key=lambda s: (s.last_used or 0.0, s.namespace, s.project)
+    ):
         if used.get(snap.namespace, 0) <= limit:
             continue
-        actions.append(Action(Kind.EVICT_CACHE, snap.namespace, snap.project,
-                              why=f"namespace caches at {used[snap.namespace]} bytes > {limit}"))
+        actions.append(
+            Action(
+                Kind.EVICT_CACHE,
+                snap.namespace,
+                snap.project,
+                why=f"namespace caches at {used[snap.namespace]} bytes > {limit}",
+            )
+        )
         used[snap.namespace] -= snap.cache_bytes or 0
     return actions
 
@@ -212,7 +227,13 @@ def _evict(candidates: list[ProjectSnapshot], usage: Usage, policy: Policy, free
     for snap in sorted(measured, key=lambda s: (s.last_used or 0.0, s.namespace, s.project)):
         if used <= target:
             break
-        actions.append(Action(Kind.EVICT_CACHE, snap.namespace, snap.project,
-                              why=f"volume at {usage.ratio:.0%} > {policy.high_watermark:.0%}"))
+        actions.append(
+            Action(
+                Kind.EVICT_CACHE,
+                snap.namespace,
+                snap.project,
+                why=f"volume at {usage.ratio:.0%} > {policy.high_watermark:.0%}",
+            )
+        )
         used -= snap.cache_bytes or 0
     return actions

@@ -45,12 +45,20 @@ def _owned_deleting(spec: kopf.Spec, namespace: str | None, meta: kopf.Meta, mem
     return bool(meta.get("deletionTimestamp")) and _owned(spec, namespace, memo)
 
 
-def _owned_unsettled(spec: kopf.Spec, namespace: str | None, name: str | None, status: kopf.Status,
-                     meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
+def _owned_unsettled(
+    spec: kopf.Spec,
+    namespace: str | None,
+    name: str | None,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    **_: Any,
+) -> bool:
     """On resume (kopf asks only then): what is not settled, and Ready ones whose worktree
     is not intact on disk — file reads, no API call."""
-    return _owned(spec, namespace, memo) and reconcile.needs_resume(_rt(memo), namespace or "", name or "", spec, status,
-                                  int(meta.get("generation") or 0))
+    return _owned(spec, namespace, memo) and reconcile.needs_resume(
+        _rt(memo), namespace or "", name or "", spec, status, int(meta.get("generation") or 0)
+    )
 
 
 def _not_a_timer_success(record: logging.LogRecord) -> bool:
@@ -65,7 +73,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = KOPF_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="crafting.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="crafting.dev", key="last-handled-configuration")
+        prefix="crafting.dev", key="last-handled-configuration"
+    )
     # Explicit watch timeouts: without them a silently dead watch connection can
     # freeze the operator (a known kopf/aiohttp failure mode).
     settings.watching.server_timeout = 270
@@ -101,16 +110,38 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await rt.members.stop()
 
 
-async def on_create(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
-                    meta: kopf.Meta, retry: int, memo: kopf.Memo, **_: Any) -> None:
+async def on_create(
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    retry: int,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
     rt = _rt(memo)
     if not await rt.kube.add_finalizer(namespace, name, FINALIZER, meta):
         return  # deleted meanwhile: nothing to materialize
     try:
         done = await takeover.exclusive(
-            rt, namespace, name, str(meta.get("uid") or ""), status, lambda current: materialize.materialize(
-                rt, namespace=namespace, name=name, generation=int(meta.get("generation") or 0),
-                spec=spec, current=current, attempt=retry, meta=meta))
+            rt,
+            namespace,
+            name,
+            str(meta.get("uid") or ""),
+            status,
+            lambda current: materialize.materialize(
+                rt,
+                namespace=namespace,
+                name=name,
+                generation=int(meta.get("generation") or 0),
+                spec=spec,
+                current=current,
+                attempt=retry,
+                meta=meta,
+            ),
+        )
     except materialize.Retry as error:
         if error.announce:
             kopf.warn(body, reason=error.reason, message=error.message)
@@ -129,8 +160,9 @@ async def on_event(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) 
     teardown.finalize_soon(_rt(memo), body)
 
 
-async def on_timer(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
-                   memo: kopf.Memo, **_: Any) -> None:
+async def on_timer(
+    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+) -> None:
     await reconcile.tick(_rt(memo), namespace=namespace, name=name, spec=spec, current=status, meta=meta)
 
 
@@ -154,11 +186,23 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         # Deletions: the operator's own finalizer keeps the object until teardown is done.
         (kopf.on.event(*RESOURCE, registry=registry, when=_owned_deleting, id="cleanup"), on_event),
         # The TTL may change after creation: take the new expiresAt now, not at the next timer run.
-        (kopf.on.update(*RESOURCE, registry=registry, when=_owned, id="retime", field="spec.ttlSecondsAfterReady"),
-         on_timer),
+        (
+            kopf.on.update(*RESOURCE, registry=registry, when=_owned, id="retime", field="spec.ttlSecondsAfterReady"),
+            on_timer,
+        ),
         # Not sharp: an interval after each run ends, so the jittered first runs stay spread.
-        (kopf.timer(*RESOURCE, registry=registry, when=_owned, id="reconcile", sharp=False,
-                    interval=config.reconcile_interval_seconds, initial_delay=first_delay), on_timer),
+        (
+            kopf.timer(
+                *RESOURCE,
+                registry=registry,
+                when=_owned,
+                id="reconcile",
+                sharp=False,
+                interval=config.reconcile_interval_seconds,
+                initial_delay=first_delay,
+            ),
+            on_timer,
+        ),
     ):
         decorator(handler)
     # kopf puts its finalizer on every object with a timer and strips it wherever a

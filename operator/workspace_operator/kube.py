@@ -79,19 +79,31 @@ class Kube:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        request = self.client.param_serialize(method=method, resource_path=path, path_params=dict(path_params),
-                                              header_params=headers, body=body, auth_settings=["BearerToken"])
+        request = self.client.param_serialize(
+            method=method,
+            resource_path=path,
+            path_params=dict(path_params),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         response = self.client.call_api(*request)
         response.read()  # type: ignore[no-untyped-call]
         return self.client.response_deserialize(response, {"2XX": "object"}).data
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *,
-                           missing_ok: bool = False) -> None:
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, missing_ok: bool = False
+    ) -> None:
         """Merge-patch the status subresource; with missing_ok, a Workspace already gone is no error."""
         try:
             await asyncio.to_thread(
                 self.custom.patch_namespaced_custom_object_status,
-                GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)},
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": dict(status)},
             )
         except ApiException as error:
             if not (missing_ok and error.status == 404):
@@ -102,8 +114,12 @@ class Kube:
 
         Values stay bytes: whether they must be text is the reader's decision."""
         try:
-            secret = await asyncio.to_thread(self._core, "GET", "/api/v1/namespaces/{namespace}/secrets/{name}",
-                                             {"namespace": namespace, "name": name})
+            secret = await asyncio.to_thread(
+                self._core,
+                "GET",
+                "/api/v1/namespaces/{namespace}/secrets/{name}",
+                {"namespace": namespace, "name": name},
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -124,8 +140,12 @@ class Kube:
         except ApiException as error:
             if error.status not in (403, 404):
                 raise
-            log.warning("cannot read namespace %s (%s): caches there are not checked against the namespace "
-                        "UID; grant get on namespaces", namespace, error.status)
+            log.warning(
+                "cannot read namespace %s (%s): caches there are not checked against the namespace "
+                "UID; grant get on namespaces",
+                namespace,
+                error.status,
+            )
             uid = None
         if len(self._namespace_uids) > 4096:
             self._namespace_uids.clear()  # bounded: entries are cheap to look up again
@@ -140,7 +160,11 @@ class Kube:
         try:
             await asyncio.to_thread(
                 self.custom.delete_namespaced_custom_object,
-                GROUP, VERSION, namespace, PLURAL, name,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
                 body=V1DeleteOptions(preconditions=V1Preconditions(uid=uid)),
             )
         except ApiException as error:
@@ -151,16 +175,18 @@ class Kube:
 
     async def get_workspace(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found: Any = await asyncio.to_thread(self.custom.get_namespaced_custom_object,
-                                                 GROUP, VERSION, namespace, PLURAL, name)
+            found: Any = await asyncio.to_thread(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
         return dict(found)
 
-    async def add_finalizer(self, namespace: str, name: str, finalizer: str,
-                            meta: Mapping[str, Any] | None = None) -> bool:
+    async def add_finalizer(
+        self, namespace: str, name: str, finalizer: str, meta: Mapping[str, Any] | None = None
+    ) -> bool:
         """Make sure the Workspace carries `finalizer`; False if it is gone or being deleted.
 
         A merge patch of the whole list, guarded by resourceVersion (`meta`, when
@@ -190,17 +216,20 @@ class Kube:
             if found is None or finalizer not in current:
                 return
             kept = [f for f in current if f != finalizer]
-            if await self._patch_finalizers(namespace, name, kept, str(found["metadata"]["resourceVersion"])) is not None:
+            if (
+                await self._patch_finalizers(namespace, name, kept, str(found["metadata"]["resourceVersion"]))
+                is not None
+            ):
                 return
         raise RuntimeError(f"workspace {namespace}/{name}: finalizers kept changing")
 
-    async def _patch_finalizers(self, namespace: str, name: str, finalizers: list[str], version: str
-                                ) -> bool | None:
+    async def _patch_finalizers(self, namespace: str, name: str, finalizers: list[str], version: str) -> bool | None:
         """True if written, False if the object is gone, None on a conflict (changed since `version`)."""
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
         try:
-            await asyncio.to_thread(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                                    name, body)
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body
+            )
         except ApiException as error:
             if error.status == 409:
                 return None
@@ -216,41 +245,64 @@ class Kube:
         items: list[dict[str, Any]] = []
         for namespace in namespaces:
             listing = await asyncio.to_thread(
-                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
+            )
             items += listing.get("items", [])
         return items
 
-    async def post_event(self, obj: Mapping[str, Any], *, reason: str, message: str,
-                         event_type: str = "Normal") -> None:
+    async def post_event(
+        self, obj: Mapping[str, Any], *, reason: str, message: str, event_type: str = "Normal"
+    ) -> None:
         """A core/v1 Event about a Workspace, for actions taken outside kopf's handlers."""
         meta = obj["metadata"]
         now = timestamp(datetime.now(UTC))
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": "workspace-operator-", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "reason": reason, "message": message[:1024], "type": event_type,
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": event_type,
             "source": {"component": "workspace-operator"},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
-        await asyncio.to_thread(self._core, "POST", "/api/v1/namespaces/{namespace}/events",
-                                {"namespace": meta["namespace"]}, body)
+        await asyncio.to_thread(
+            self._core, "POST", "/api/v1/namespaces/{namespace}/events", {"namespace": meta["namespace"]}, body
+        )
 
     # -- Leases other than the project locks (lock.py): heartbeats, and their GC --
 
     async def list_leases(self, namespace: str, selector: str) -> list[LeaseRecord]:
-        listing = await asyncio.to_thread(self.coordination.list_namespaced_lease, namespace,
-                                          label_selector=selector)
+        listing = await asyncio.to_thread(self.coordination.list_namespaced_lease, namespace, label_selector=selector)
         return [_record(lease) for lease in listing.items]
 
-    async def write_heartbeat(self, namespace: str, name: str, *, holder: str, duration_seconds: int,
-                              labels: Mapping[str, str], resource_version: str | None) -> LeaseRecord:
+    async def write_heartbeat(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        holder: str,
+        duration_seconds: int,
+        labels: Mapping[str, str],
+        resource_version: str | None,
+    ) -> LeaseRecord:
         """Create the Lease (no resource_version) or renew it, guarded by resource_version."""
         now = datetime.now(UTC)
-        body = V1Lease(metadata=V1ObjectMeta(name=name, labels=dict(labels), resource_version=resource_version),
-                       spec=V1LeaseSpec(holder_identity=holder, lease_duration_seconds=duration_seconds,
-                                        acquire_time=now, renew_time=now))
+        body = V1Lease(
+            metadata=V1ObjectMeta(name=name, labels=dict(labels), resource_version=resource_version),
+            spec=V1LeaseSpec(
+                holder_identity=holder, lease_duration_seconds=duration_seconds, acquire_time=now, renew_time=now
+            ),
+        )
         try:
             if resource_version is None:
                 written = await asyncio.to_thread(self.coordination.create_namespaced_lease, namespace, body)
@@ -266,8 +318,11 @@ class Kube:
         """Delete only the version we judged (a renewal in between wins); False if it changed or is gone."""
         try:
             await asyncio.to_thread(
-                self.coordination.delete_namespaced_lease, name, namespace,
-                body=V1DeleteOptions(preconditions=V1Preconditions(resource_version=resource_version)))
+                self.coordination.delete_namespaced_lease,
+                name,
+                namespace,
+                body=V1DeleteOptions(preconditions=V1Preconditions(resource_version=resource_version)),
+            )
         except ApiException as error:
             if error.status in (404, 409):
                 return False
@@ -278,6 +333,10 @@ class Kube:
 def _record(lease: V1Lease) -> LeaseRecord:
     meta, spec = lease.metadata, lease.spec
     assert meta is not None
-    return LeaseRecord(name=str(meta.name), holder=str((spec.holder_identity if spec else None) or ""),
-                       duration_seconds=float((spec.lease_duration_seconds if spec else None) or 0),
-                       resource_version=str(meta.resource_version), labels=dict(meta.labels or {}))
+    return LeaseRecord(
+        name=str(meta.name),
+        holder=str((spec.holder_identity if spec else None) or ""),
+        duration_seconds=float((spec.lease_duration_seconds if spec else None) or 0),
+        resource_version=str(meta.resource_version),
+        labels=dict(meta.labels or {}),
+    )

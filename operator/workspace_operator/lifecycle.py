@@ -65,8 +65,9 @@ def has_owner(meta: Mapping[str, Any]) -> bool:
     return bool(meta.get("ownerReferences"))
 
 
-def expires_after(spec: Mapping[str, Any], meta: Mapping[str, Any], limits: Limits, *,
-                  failed: bool = False) -> int | None:
+def expires_after(
+    spec: Mapping[str, Any], meta: Mapping[str, Any], limits: Limits, *, failed: bool = False
+) -> int | None:
     """Seconds from Ready (or from the failure) to deletion; None: not deleted by the operator."""
     if has_owner(meta):
         return None
@@ -74,8 +75,9 @@ def expires_after(spec: Mapping[str, Any], meta: Mapping[str, Any], limits: Limi
     return seconds or None
 
 
-def expected_expiry(spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any],
-                    limits: Limits) -> str | None:
+def expected_expiry(
+    spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any], limits: Limits
+) -> str | None:
     if status.get("phase") == Phase.READY.value:
         return expiry(status.get("readyAt"), expires_after(spec, meta, limits))
     stalled = condition_of(status, STALLED)
@@ -83,8 +85,9 @@ def expected_expiry(spec: Mapping[str, Any], status: Mapping[str, Any], meta: Ma
     return expiry(since, expires_after(spec, meta, limits, failed=True))
 
 
-def decide(spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any], *, limits: Limits,
-           now: datetime) -> Decision:
+def decide(
+    spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any], *, limits: Limits, now: datetime
+) -> Decision:
     """What one timer run should do with this Workspace."""
     if meta.get("deletionTimestamp"):
         return Decision(Do.NOTHING, why="being deleted")

@@ -167,8 +167,11 @@ class LeaseLocks:
             # before its renewer has had a chance to notice.
             if renewal.lost or not renewal.trusted():
                 renewal.lost = True
-                why = ("this replica's membership heartbeat lapsed" if not records.alive() else
-                       f"not confirmed for {self.clock() - renewal.confirmed_at:.1f}s")
+                why = (
+                    "this replica's membership heartbeat lapsed"
+                    if not records.alive()
+                    else f"not confirmed for {self.clock() - renewal.confirmed_at:.1f}s"
+                )
                 raise LeaseLost(f"lock {name}: {why}; not starting git")
 
         token = write_guard.set(guard)
@@ -193,8 +196,9 @@ class LeaseLocks:
 class LeaseRecords:
     """The Lease objects in the API: acquire (create, free, expired or dead-holder takeover) and release."""
 
-    def __init__(self, api: CoordinationV1Api, namespace: str, identity: str, duration_seconds: int,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, api: CoordinationV1Api, namespace: str, identity: str, duration_seconds: int, clock: Callable[[], float]
+    ) -> None:
         self.api = api
         self.namespace = namespace
         self.identity = identity
@@ -234,8 +238,13 @@ class LeaseRecords:
             now = datetime.now(UTC)
             body = V1Lease(
                 metadata=V1ObjectMeta(name=name, labels=labels),
-                spec=V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
-                                 acquire_time=now, renew_time=now, lease_transitions=0),
+                spec=V1LeaseSpec(
+                    holder_identity=self.identity,
+                    lease_duration_seconds=self.duration,
+                    acquire_time=now,
+                    renew_time=now,
+                    lease_transitions=0,
+                ),
             )
             sent = self.clock()
             try:
@@ -259,15 +268,21 @@ class LeaseRecords:
         # A holder whose membership heartbeat is dead by our clock has fenced
         # itself (its guard trusts neither Lease past the renew deadline).
         expired = self.clock() >= observed.seen_at + duration or (
-            bool(holder) and holder != self.identity and self.holder_gone(holder))
+            bool(holder) and holder != self.identity and self.holder_gone(holder)
+        )
         if holder and holder != self.identity and not expired:
             return None
         takeover = bool(holder) and holder != self.identity
         transitions = (spec.lease_transitions or 0) + (1 if takeover or not holder else 0)
         body = V1Lease(
             metadata=V1ObjectMeta(name=name, labels=labels, resource_version=_version(lease)),
-            spec=V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
-                             acquire_time=now, renew_time=now, lease_transitions=transitions),
+            spec=V1LeaseSpec(
+                holder_identity=self.identity,
+                lease_duration_seconds=self.duration,
+                acquire_time=now,
+                renew_time=now,
+                lease_transitions=transitions,
+            ),
         )
         sent = self.clock()
         try:
@@ -320,8 +335,9 @@ class Renewal:
     guarded task is cancelled (which kills its git) and `lost` is set.
     """
 
-    def __init__(self, records: LeaseRecords, name: str, lease: V1Lease, confirmed_at: float,
-                 guarded: asyncio.Task[Any]) -> None:
+    def __init__(
+        self, records: LeaseRecords, name: str, lease: V1Lease, confirmed_at: float, guarded: asyncio.Task[Any]
+    ) -> None:
         self.records = records
         self.name = name
         self.lease = lease  # as we last wrote it
@@ -338,8 +354,11 @@ class Renewal:
     def trusted(self) -> bool:
         """May work under this Lease start now: alive, same identity, confirmed within the deadline."""
         records = self.records
-        return (records.alive() and self.identity == records.identity
-                and records.clock() - self.confirmed_at <= records.renew_deadline)
+        return (
+            records.alive()
+            and self.identity == records.identity
+            and records.clock() - self.confirmed_at <= records.renew_deadline
+        )
 
     async def stop(self) -> None:
         self._task.cancel()
@@ -356,8 +375,9 @@ class Renewal:
                 sent = records.clock()
                 _spec(self.lease).renew_time = datetime.now(UTC)
                 try:
-                    updated = await asyncio.to_thread(records.api.replace_namespaced_lease, name,
-                                                      records.namespace, self.lease)
+                    updated = await asyncio.to_thread(
+                        records.api.replace_namespaced_lease, name, records.namespace, self.lease
+                    )
                 except ApiException as error:
                     if error.status in (404, 409):
                         raise LeaseLost(f"lock {name} changed or deleted by someone else ({error.reason})") from None

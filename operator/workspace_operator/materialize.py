@@ -71,8 +71,10 @@ class Done:
         r = self.result
         if self.repaired:
             return "Repaired", f"rebuilt at {r.commit[:12]} ({r.path or r.cache_path})"
-        return "Materialized", (f"{r.commit[:12]} at {r.path or r.cache_path} (cache {'hit' if r.cache_hit else 'miss'}, "
-                                f"{r.total_seconds:.2f}s)")
+        return "Materialized", (
+            f"{r.commit[:12]} at {r.path or r.cache_path} (cache {'hit' if r.cache_hit else 'miss'}, "
+            f"{r.total_seconds:.2f}s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -129,28 +131,57 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
     if repair:
         valid = replace(valid, request=replace(request, revision=Revision(commit=reported)))
     elif lifecycle.deadline_passed(target.spec, target.meta, limits=rt.limits, now=now):
-        raise await _fail(rt, target, Failure(status.DEADLINE_EXCEEDED, "not Ready within "
-                                              f"{lifecycle.active_deadline(target.spec, rt.limits)}s of its "
-                                              "creation", False, attempt))
+        raise await _fail(
+            rt,
+            target,
+            Failure(
+                status.DEADLINE_EXCEEDED,
+                f"not Ready within {lifecycle.active_deadline(target.spec, rt.limits)}s of its creation",
+                False,
+                attempt,
+            ),
+        )
 
     if not rt.quota.admit(target.namespace, target.name):
-        raise await _fail(rt, target, Failure(
-            status.QUOTA_EXCEEDED, f"namespace {target.namespace!r} already has "
-            f"{rt.quota.limit} materialized Workspaces (WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE)", True, attempt))
+        raise await _fail(
+            rt,
+            target,
+            Failure(
+                status.QUOTA_EXCEEDED,
+                f"namespace {target.namespace!r} already has "
+                f"{rt.quota.limit} materialized Workspaces (WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE)",
+                True,
+                attempt,
+            ),
+        )
 
     if repair and current.get("phase") == status.Phase.READY.value:  # just found damaged
-        message = (f"{current.get('path') or 'the pin'} is missing or damaged: "
-                   f"rebuilding it at {reported[:12]}")
+        message = f"{current.get('path') or 'the pin'} is missing or damaged: rebuilding it at {reported[:12]}"
         log.warning("%s/%s: %s", target.namespace, target.name, message)
-        await rt.kube.patch_status(target.namespace, target.name, status.worktree_lost(
-            current, message=message, generation=target.generation, now=now))
-        await rt.kube.post_event({"metadata": {"namespace": target.namespace, "name": target.name,
-                                               "uid": target.meta.get("uid")}},
-                                 reason=status.WORKTREE_LOST, message=message, event_type="Warning")
+        await rt.kube.patch_status(
+            target.namespace,
+            target.name,
+            status.worktree_lost(current, message=message, generation=target.generation, now=now),
+        )
+        await rt.kube.post_event(
+            {"metadata": {"namespace": target.namespace, "name": target.name, "uid": target.meta.get("uid")}},
+            reason=status.WORKTREE_LOST,
+            message=message,
+            event_type="Warning",
+        )
     elif not repair and (attempt == 0 or current.get("phase") != status.Phase.MATERIALIZING.value):
-        await rt.kube.patch_status(target.namespace, target.name, status.progressing(
-            current, phase=status.Phase.MATERIALIZING, reason="Materializing",
-            message="waiting for the project lock", generation=target.generation, now=now))
+        await rt.kube.patch_status(
+            target.namespace,
+            target.name,
+            status.progressing(
+                current,
+                phase=status.Phase.MATERIALIZING,
+                reason="Materializing",
+                message="waiting for the project lock",
+                generation=target.generation,
+                now=now,
+            ),
+        )
 
     try:
         credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
@@ -161,8 +192,9 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
     except GitError as error:
         # Unknown failures are retried, but not forever: after a while they are
         # as permanent as they look (e.g. a .gitmodules git refuses to honour).
-        retryable = error.retryable and not (error.reason is Reason.GIT_FAILED
-                                             and attempt + 1 >= UNKNOWN_FAILURE_ATTEMPTS)
+        retryable = error.retryable and not (
+            error.reason is Reason.GIT_FAILED and attempt + 1 >= UNKNOWN_FAILURE_ATTEMPTS
+        )
         raise await _fail(rt, target, Failure(error.reason.value, str(error), retryable, attempt)) from None
     except (LockTimeout, LeaseLost) as error:
         reason = "LockTimeout" if isinstance(error, LockTimeout) else "LeaseLost"
@@ -170,24 +202,50 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
             # Paused, fenced or moved: whoever holds the Lease now may already have
             # made the Workspace Ready, and our stale view must not turn it back.
             metrics.MATERIALIZATIONS.labels("retrying").inc()
-            log.warning("workspace %s/%s: %s; retrying without touching its status", target.namespace,
-                        target.name, error)
+            log.warning(
+                "workspace %s/%s: %s; retrying without touching its status", target.namespace, target.name, error
+            )
             raise Retry(reason, str(error), rt.backoff(attempt + 1)) from None
         raise await _fail(rt, target, Failure(reason, str(error), True, attempt)) from None
 
     # Counted before Ready is written: whoever sees Ready also sees it in the metrics.
     _observe(result, waited, repair)
-    await rt.kube.patch_status(target.namespace, target.name, status.ready(
-        current, result, lock_wait_seconds=waited, volume_claim=rt.config.volume_claim,
-        expires_after=lifecycle.expires_after(target.spec, target.meta, rt.limits),
-        generation=target.generation, now=datetime.now(UTC), repaired=repair))
+    await rt.kube.patch_status(
+        target.namespace,
+        target.name,
+        status.ready(
+            current,
+            result,
+            lock_wait_seconds=waited,
+            volume_claim=rt.config.volume_claim,
+            expires_after=lifecycle.expires_after(target.spec, target.meta, rt.limits),
+            generation=target.generation,
+            now=datetime.now(UTC),
+            repaired=repair,
+        ),
+    )
     log.info(
         "%s %s/%s project=%s commit=%s cache_hit=%s fetched=%s reused=%s "
-        "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs", "repaired" if repair else "materialized",
-        target.namespace, target.name, request.project, result.commit[:12], result.cache_hit, result.fetched,
-        result.reused, waited, result.fetch_seconds, result.checkout_seconds, result.total_seconds + waited,
-        extra=fields(target.namespace, target.name, project=request.project,
-                     reason="Repaired" if repair else "Materialized", commit=result.commit),
+        "lock_wait=%.3fs fetch=%.3fs checkout=%.3fs total=%.3fs",
+        "repaired" if repair else "materialized",
+        target.namespace,
+        target.name,
+        request.project,
+        result.commit[:12],
+        result.cache_hit,
+        result.fetched,
+        result.reused,
+        waited,
+        result.fetch_seconds,
+        result.checkout_seconds,
+        result.total_seconds + waited,
+        extra=fields(
+            target.namespace,
+            target.name,
+            project=request.project,
+            reason="Repaired" if repair else "Materialized",
+            commit=result.commit,
+        ),
     )
     return Done(result, repair)
 
@@ -211,8 +269,9 @@ async def _checkout(rt: Runtime, valid: ValidRequest, received: float) -> tuple[
         return await rt.engine.populate(prepared) if prepared.needs_lock else prepared
 
     try:
-        outcome, waited = await rt.queues.run(valid.request.namespace, valid.request.project, exclusive,
-                                              wait_seconds=rt.config.lock_wait_seconds)
+        outcome, waited = await rt.queues.run(
+            valid.request.namespace, valid.request.project, exclusive, wait_seconds=rt.config.lock_wait_seconds
+        )
         if isinstance(outcome, CheckoutResult):
             return outcome, waited
         async with rt.checkouts.slot():
@@ -221,8 +280,7 @@ async def _checkout(rt: Runtime, valid: ValidRequest, received: float) -> tuple[
         (metrics.IN_FLIGHT if started else metrics.QUEUED).dec()
 
 
-async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], repository: str
-                       ) -> Credentials | None:
+async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], repository: str) -> Credentials | None:
     """The Secret named by the spec, if it lends itself to this repository."""
     secret = secret_name(spec)
     if secret is None:
@@ -232,8 +290,11 @@ async def _credentials(rt: Runtime, namespace: str, spec: Mapping[str, Any], rep
         raise GitError(Reason.AUTH_FAILED, f"credentials Secret {secret!r} not found", step="credentials")
     data, annotations = found
     if not credentials_allowed(annotations, repository):
-        raise GitError(Reason.CREDENTIALS_NOT_ALLOWED, f"Secret {secret!r} does not list this repository in its "
-                       f"{ALLOWED_REPOSITORIES} annotation", step="credentials")
+        raise GitError(
+            Reason.CREDENTIALS_NOT_ALLOWED,
+            f"Secret {secret!r} does not list this repository in its {ALLOWED_REPOSITORIES} annotation",
+            step="credentials",
+        )
     return credentials_from_secret(data, annotations)
 
 
@@ -253,16 +314,32 @@ async def _fail(rt: Runtime, target: Target, failure: Failure) -> Retry | Fatal:
     """Write the failure into status; returns the exception for the handler to raise."""
     metrics.GIT_FAILURES.labels(failure.reason).inc()
     metrics.MATERIALIZATIONS.labels("retrying" if failure.retryable else "failed").inc()
-    log.warning("workspace %s/%s failed (%s, %s): %s", target.namespace, target.name, failure.reason,
-                "retryable" if failure.retryable else "permanent", failure.message,
-                extra=fields(target.namespace, target.name, reason=failure.reason))
+    log.warning(
+        "workspace %s/%s failed (%s, %s): %s",
+        target.namespace,
+        target.name,
+        failure.reason,
+        "retryable" if failure.retryable else "permanent",
+        failure.message,
+        extra=fields(target.namespace, target.name, reason=failure.reason),
+    )
     delay = rt.backoff(failure.attempt + 1)
     announce = status.reason_of(target.current) != failure.reason
-    await rt.kube.patch_status(target.namespace, target.name, status.failed(
-        target.current, reason=failure.reason, message=failure.message, retryable=failure.retryable,
-        retry_in=delay if failure.retryable else None, attempts=failure.attempt + 1,
-        generation=target.generation, now=datetime.now(UTC),
-        expires_after=lifecycle.expires_after(target.spec, target.meta, rt.limits, failed=True)))
+    await rt.kube.patch_status(
+        target.namespace,
+        target.name,
+        status.failed(
+            target.current,
+            reason=failure.reason,
+            message=failure.message,
+            retryable=failure.retryable,
+            retry_in=delay if failure.retryable else None,
+            attempts=failure.attempt + 1,
+            generation=target.generation,
+            now=datetime.now(UTC),
+            expires_after=lifecycle.expires_after(target.spec, target.meta, rt.limits, failed=True),
+        ),
+    )
     if failure.retryable:
         return Retry(failure.reason, failure.message, delay, announce)
     return Fatal(failure.reason, failure.message, announce)

@@ -33,8 +33,16 @@ SELECTOR = f"{MEMBER_LABEL}=true"
 
 
 class Members:
-    def __init__(self, kube: Kube, locks: LeaseLocks, *, namespace: str, prefix: str, duration_seconds: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        locks: LeaseLocks,
+        *,
+        namespace: str,
+        prefix: str,
+        duration_seconds: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kube, self.locks, self.namespace, self.prefix = kube, locks, namespace, prefix
         self.duration = duration_seconds
         self.interval = max(0.5, duration_seconds / 6)
@@ -56,8 +64,9 @@ class Members:
 
     def alive(self) -> bool:
         """Heartbeat confirmed within the renew deadline: allowed to own and to write."""
-        return (not self._stopped and self._confirmed_at is not None
-                and self.clock() - self._confirmed_at <= self.deadline)
+        return (
+            not self._stopped and self._confirmed_at is not None and self.clock() - self._confirmed_at <= self.deadline
+        )
 
     def owns(self, namespace: str, project: str) -> bool:
         return self.alive() and owner(namespace, project, self.members) == self.identity
@@ -79,9 +88,13 @@ class Members:
         sent = self.clock()
         try:
             record = await self.kube.write_heartbeat(
-                self.namespace, member_lease_name(self.identity), holder=self.identity,
-                duration_seconds=self.duration, labels={MEMBER_LABEL: "true", **MANAGED_BY},
-                resource_version=self._version)
+                self.namespace,
+                member_lease_name(self.identity),
+                holder=self.identity,
+                duration_seconds=self.duration,
+                labels={MEMBER_LABEL: "true", **MANAGED_BY},
+                resource_version=self._version,
+            )
             self._version, self._confirmed_at = record.resource_version, sent
         except LeaseConflict as error:
             await self._rejoin(f"heartbeat changed or deleted by a peer ({error})")
@@ -114,8 +127,12 @@ class Members:
         members = frozenset(peers | ({self.identity} if self.alive() else set()))
         if members != self.members:
             joined, left = sorted(members - self.members), sorted(self.members - members)
-            log.info("membership: %d live member(s)%s%s", len(members),
-                     f", joined {', '.join(joined)}" if joined else "", f", left {', '.join(left)}" if left else "")
+            log.info(
+                "membership: %d live member(s)%s%s",
+                len(members),
+                f", joined {', '.join(joined)}" if joined else "",
+                f", left {', '.join(left)}" if left else "",
+            )
             self.members = members
             self.changed.set()
         metrics.MEMBERS.set(len(members))

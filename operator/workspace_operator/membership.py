@@ -52,11 +52,11 @@ def owner(namespace: str, project: str, members: Collection[str]) -> str | None:
     return max(members, key=lambda member: (weight(member, namespace, project), member))
 
 
-def gained(projects: Iterable[tuple[str, str]], me: str, before: Collection[str],
-           after: Collection[str]) -> list[tuple[str, str]]:
+def gained(
+    projects: Iterable[tuple[str, str]], me: str, before: Collection[str], after: Collection[str]
+) -> list[tuple[str, str]]:
     """The projects that are mine with `after` members and were not with `before`."""
-    return [(ns, p) for ns, p in projects
-            if owner(ns, p, after) == me and owner(ns, p, before) != me]
+    return [(ns, p) for ns, p in projects if owner(ns, p, after) == me and owner(ns, p, before) != me]
 
 
 @dataclass
@@ -111,5 +111,8 @@ class MemberView:
 
     def stale(self, grace_seconds: float) -> list[LeaseRecord]:
         """LeaseRecords expired for longer than `grace_seconds`: safe to delete (by resourceVersion)."""
-        return [s.record for h, s in self._seen.items()
-                if (late := self._expired_for(h)) is not None and late >= grace_seconds]
+        return [
+            s.record
+            for h, s in self._seen.items()
+            if (late := self._expired_for(h)) is not None and late >= grace_seconds
+        ]

@@ -48,5 +48,10 @@ class BurstTrimmer:
             before = _rss_mb()
             gc.collect()
             trimmed = _malloc_trim()
-            log.info("burst of %d materializations drained; freed memory returned to the system (%s): "
-                     "RSS %.0f -> %.0f MB", peak, "trimmed" if trimmed else "nothing to trim", before, _rss_mb())
+            log.info(
+                "burst of %d materializations drained; freed memory returned to the system (%s): RSS %.0f -> %.0f MB",
+                peak,
+                "trimmed" if trimmed else "nothing to trim",
+                before,
+                _rss_mb(),
+            )

@@ -22,8 +22,9 @@ IN_FLIGHT = Gauge("workspace_operator_materializations_in_flight", "Materializat
 QUEUED = Gauge("workspace_operator_materializations_queued", "Materializations waiting for their project lock")
 DELETIONS = Counter("workspace_operator_deletions_total", "Worktree removals by the finalizer", ["result"])
 LOCK_WAIT = Histogram("workspace_operator_lock_wait_seconds", "Time waiting for a project Lease", buckets=_SECONDS)
-FETCH = Histogram("workspace_operator_fetch_seconds", "git fetch time per materialization that fetched",
-                  buckets=_SECONDS)
+FETCH = Histogram(
+    "workspace_operator_fetch_seconds", "git fetch time per materialization that fetched", buckets=_SECONDS
+)
 CHECKOUT = Histogram("workspace_operator_checkout_seconds", "worktree add + sparse + submodules time", buckets=_SECONDS)
 TOTAL = Histogram("workspace_operator_materialize_seconds", "Lock wait + fetch + checkout", buckets=_SECONDS)
 CACHE_LOOKUPS = Counter("workspace_operator_cache_lookups_total", "Was the wanted commit already cached", ["result"])
@@ -34,20 +35,29 @@ GC_ACTIONS = Counter("workspace_operator_gc_actions_total", "Garbage collection 
 LEASE_TAKEOVERS = Counter("workspace_operator_lease_takeovers_total", "Expired project Leases taken over")
 GC_DURATION = Histogram("workspace_operator_gc_pass_seconds", "Duration of one GC pass", buckets=_SECONDS)
 MEMBERS = Gauge("workspace_operator_members", "Live operator replicas seen (heartbeat Leases), this one included")
-PROJECTS_OWNED = Gauge("workspace_operator_projects_owned", "Projects with Workspaces this replica owns (at the last change)")
+PROJECTS_OWNED = Gauge(
+    "workspace_operator_projects_owned", "Projects with Workspaces this replica owns (at the last change)"
+)
 TAKEOVERS = Counter("workspace_operator_takeovers_total", "Unsettled Workspaces picked up after a change of membership")
-PROJECT_LEASES_DELETED = Counter("workspace_operator_project_leases_deleted_total",
-                                 "Leases of projects with no cache and no Workspaces, deleted by GC")
-UNSAFE_PATHS = Counter("workspace_operator_unsafe_paths_total",
-                       "Symlinks found where the operator expects its own directories (never followed)",
-                       ["operation"])
+PROJECT_LEASES_DELETED = Counter(
+    "workspace_operator_project_leases_deleted_total",
+    "Leases of projects with no cache and no Workspaces, deleted by GC",
+)
+UNSAFE_PATHS = Counter(
+    "workspace_operator_unsafe_paths_total",
+    "Symlinks found where the operator expects its own directories (never followed)",
+    ["operation"],
+)
 RECONCILES = Counter("workspace_operator_reconcile_total", "Per-Workspace timer runs by decision", ["decision"])
 VOLUME_USAGE = Gauge("workspace_operator_volume_usage_ratio", "Used fraction of the workspace volume")
 # Measured by the GC pass (every WORKSPACE_GC_INTERVAL_SECONDS), never per scrape.
 WORKSPACES = Gauge("workspace_operator_workspaces", "Workspaces by phase at the last GC pass", ["phase"])
 CACHE_BYTES = Gauge("workspace_operator_cache_bytes", "Disk used by a project's bare cache", ["namespace", "project"])
-CACHE_LAST_FETCH = Gauge("workspace_operator_cache_last_fetch_timestamp_seconds", "When a project's cache last fetched",
-                         ["namespace", "project"])
+CACHE_LAST_FETCH = Gauge(
+    "workspace_operator_cache_last_fetch_timestamp_seconds",
+    "When a project's cache last fetched",
+    ["namespace", "project"],
+)
 
 
 def publish_build_info() -> None:

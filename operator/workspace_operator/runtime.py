@@ -43,11 +43,16 @@ class Runtime:
     @classmethod
     def create(cls, config: Config, kube: Kube | None = None) -> Runtime:
         kube = kube or Kube()
-        locks = LeaseLocks(kube.coordination, config.lease_namespace, new_identity(config.identity),
-                           duration_seconds=config.lease_seconds)
+        locks = LeaseLocks(
+            kube.coordination,
+            config.lease_namespace,
+            new_identity(config.identity),
+            duration_seconds=config.lease_seconds,
+        )
         quota = NamespaceQuota(config.root, config.max_workspaces_per_namespace)
-        members = Members(kube, locks, namespace=config.lease_namespace, prefix=config.identity,
-                          duration_seconds=config.lease_seconds)
+        members = Members(
+            kube, locks, namespace=config.lease_namespace, prefix=config.identity, duration_seconds=config.lease_seconds
+        )
         engine = Engine(config.root, replace(config.git, observer=_count_upstream))
         queues = ProjectQueues(locks, idle=_maintenance(engine, config.maintenance_budget_seconds))
         checkouts = Checkouts(config.checkout_concurrency or default_limit())
@@ -83,6 +88,7 @@ def _maintenance(engine: Engine, budget: float) -> IdleStep | None:
         await engine.maintain(namespace, project, budget_seconds=budget)
 
     return step
+
 
 def _count_upstream(step: str, _seconds: float, succeeded: bool) -> None:
     if step in UPSTREAM_STEPS:

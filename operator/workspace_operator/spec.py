@@ -95,12 +95,16 @@ def credentials_allowed(annotations: Mapping[str, str], repository: str) -> bool
     return allowed_by(repository_scopes(annotations), repository)
 
 
-_SECRET_KEYS = {"username": "username", "password": "password", "ssh-privatekey": "ssh_private_key",
-                "known_hosts": "known_hosts", "ca.crt": "ca_bundle"}
+_SECRET_KEYS = {
+    "username": "username",
+    "password": "password",
+    "ssh-privatekey": "ssh_private_key",
+    "known_hosts": "known_hosts",
+    "ca.crt": "ca_bundle",
+}
 
 
-def credentials_from_secret(data: Mapping[str, bytes], annotations: Mapping[str, str] | None = None
-                            ) -> Credentials:
+def credentials_from_secret(data: Mapping[str, bytes], annotations: Mapping[str, str] | None = None) -> Credentials:
     """Secret data (base64-decoded bytes) → Credentials; unknown keys are ignored.
 
     A value that is not UTF-8 is a permanent InvalidCredentials failure: the

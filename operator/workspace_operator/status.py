@@ -68,44 +68,68 @@ def reason_of(status: Mapping[str, Any]) -> str | None:
     return str(ready["reason"]) if ready and ready.get("reason") else None
 
 
-def conditions(previous: Sequence[Mapping[str, Any]] | None, updates: Mapping[str, Condition], *,
-               generation: int, now: datetime) -> list[dict[str, Any]]:
+def conditions(
+    previous: Sequence[Mapping[str, Any]] | None, updates: Mapping[str, Condition], *, generation: int, now: datetime
+) -> list[dict[str, Any]]:
     """The conditions list with `updates` applied; other types are kept as they were."""
     old = {c.get("type"): c for c in previous or ()}
     result: list[dict[str, Any]] = []
     for kind, new in updates.items():
         before = old.get(kind)
         transitioned = before is None or before.get("status") != new.status
-        result.append({
-            "type": kind,
-            "status": new.status,
-            "reason": new.reason,
-            "message": new.message[:1024],
-            "observedGeneration": generation,
-            "lastTransitionTime": timestamp(now) if transitioned or before is None
-            else before.get("lastTransitionTime"),
-        })
+        result.append(
+            {
+                "type": kind,
+                "status": new.status,
+                "reason": new.reason,
+                "message": new.message[:1024],
+                "observedGeneration": generation,
+                "lastTransitionTime": timestamp(now)
+                if transitioned or before is None
+                else before.get("lastTransitionTime"),
+            }
+        )
     return result + [dict(c) for kind, c in old.items() if kind not in updates]
 
 
-def _patch(previous: Mapping[str, Any], phase: Phase, message: str, *, generation: int, now: datetime,
-           ready: Condition, reconciling: Condition, stalled: Condition) -> Patch:
+def _patch(
+    previous: Mapping[str, Any],
+    phase: Phase,
+    message: str,
+    *,
+    generation: int,
+    now: datetime,
+    ready: Condition,
+    reconciling: Condition,
+    stalled: Condition,
+) -> Patch:
     return {
         "phase": phase.value,
         "message": message,
         "observedGeneration": generation,
-        "conditions": conditions(previous.get("conditions"),
-                                 {READY: ready, RECONCILING: reconciling, STALLED: stalled},
-                                 generation=generation, now=now),
+        "conditions": conditions(
+            previous.get("conditions"),
+            {READY: ready, RECONCILING: reconciling, STALLED: stalled},
+            generation=generation,
+            now=now,
+        ),
     }
 
 
-def progressing(previous: Mapping[str, Any], *, phase: Phase, reason: str, message: str, generation: int,
-                now: datetime) -> Patch:
+def progressing(
+    previous: Mapping[str, Any], *, phase: Phase, reason: str, message: str, generation: int, now: datetime
+) -> Patch:
     """Not Ready yet, being worked on (or waiting to be)."""
-    return _patch(previous, phase, message, generation=generation, now=now,
-                  ready=Condition("False", reason, message), reconciling=Condition("True", reason, message),
-                  stalled=Condition("False", reason, message))
+    return _patch(
+        previous,
+        phase,
+        message,
+        generation=generation,
+        now=now,
+        ready=Condition("False", reason, message),
+        reconciling=Condition("True", reason, message),
+        stalled=Condition("False", reason, message),
+    )
 
 
 def ready(
@@ -122,14 +146,23 @@ def ready(
     """Ready=True. A repair keeps readyAt, so the TTL still counts from the first Ready."""
     keep = (result.reused or repaired) and previous.get("readyAt")
     ready_at = str(previous["readyAt"]) if keep else timestamp(now)
-    how = "rebuilt" if repaired else ("reused" if result.reused else ("from cache" if result.cache_hit
-                                                                      else "after fetch"))
+    how = (
+        "rebuilt"
+        if repaired
+        else ("reused" if result.reused else ("from cache" if result.cache_hit else "after fetch"))
+    )
     where = f"worktree at {result.path}" if result.path is not None else f"pinned in the cache at {result.cache_path}"
     message = f"{where} ({result.commit[:12]}, {how})"
-    patch = _patch(previous, Phase.READY, message, generation=generation, now=now,
-                   ready=Condition("True", "Materialized", message),
-                   reconciling=Condition("False", "Materialized", message),
-                   stalled=Condition("False", "Materialized", message))
+    patch = _patch(
+        previous,
+        Phase.READY,
+        message,
+        generation=generation,
+        now=now,
+        ready=Condition("True", "Materialized", message),
+        reconciling=Condition("False", "Materialized", message),
+        stalled=Condition("False", "Materialized", message),
+    )
     return {
         **patch,
         "commit": result.commit,
@@ -167,12 +200,18 @@ def failed(
     Failed and Stalled, deleted `expires_after` seconds from now (None: kept)."""
     if retryable:
         shown = f"{message} (attempt {attempts}, retrying in {retry_in:.0f}s)" if retry_in else message
-        patch = progressing(previous, phase=Phase.PENDING, reason=reason, message=shown, generation=generation,
-                            now=now)
+        patch = progressing(previous, phase=Phase.PENDING, reason=reason, message=shown, generation=generation, now=now)
     else:
-        patch = _patch(previous, Phase.FAILED, message, generation=generation, now=now,
-                       ready=Condition("False", reason, message), reconciling=Condition("False", reason, message),
-                       stalled=Condition("True", reason, message))
+        patch = _patch(
+            previous,
+            Phase.FAILED,
+            message,
+            generation=generation,
+            now=now,
+            ready=Condition("False", reason, message),
+            reconciling=Condition("False", reason, message),
+            stalled=Condition("True", reason, message),
+        )
         patch["expiresAt"] = expiry(timestamp(now), expires_after)
     patch["attempts"] = attempts
     return patch
@@ -180,16 +219,23 @@ def failed(
 
 def worktree_lost(previous: Mapping[str, Any], *, message: str, generation: int, now: datetime) -> Patch:
     """A Ready Workspace's worktree is damaged or gone: Ready=False while it is rebuilt."""
-    return progressing(previous, phase=Phase.MATERIALIZING, reason=WORKTREE_LOST, message=message,
-                       generation=generation, now=now)
+    return progressing(
+        previous, phase=Phase.MATERIALIZING, reason=WORKTREE_LOST, message=message, generation=generation, now=now
+    )
 
 
 def terminating(previous: Mapping[str, Any], *, generation: int, now: datetime) -> Patch:
     message = "deletion requested: removing the worktree"
-    return _patch(previous, Phase.TERMINATING, message, generation=generation, now=now,
-                  ready=Condition("False", "Terminating", message),
-                  reconciling=Condition("True", "Terminating", message),
-                  stalled=Condition("False", "Terminating", message))
+    return _patch(
+        previous,
+        Phase.TERMINATING,
+        message,
+        generation=generation,
+        now=now,
+        ready=Condition("False", "Terminating", message),
+        reconciling=Condition("True", "Terminating", message),
+        stalled=Condition("False", "Terminating", message),
+    )
 
 
 def retimed(previous: Mapping[str, Any], *, expires_at: str | None, generation: int) -> Patch:
@@ -210,8 +256,10 @@ def expiry(since: str | None, seconds: int | None) -> str | None:
 
 def is_settled(status: Mapping[str, Any], generation: int) -> bool:
     """Ready or permanently Failed for this generation: a restart need not redo anything."""
-    return status.get("phase") in (Phase.READY.value, Phase.FAILED.value) and \
-        status.get("observedGeneration") == generation
+    return (
+        status.get("phase") in (Phase.READY.value, Phase.FAILED.value)
+        and status.get("observedGeneration") == generation
+    )
 
 
 def retry_delay(attempt: int, *, base: float = 2.0, cap: float = 300.0) -> float:

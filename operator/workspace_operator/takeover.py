@@ -29,8 +29,14 @@ log = logging.getLogger("workspace_operator.takeover")
 T = TypeVar("T")
 
 
-async def exclusive(rt: Runtime, namespace: str, name: str, uid: str, status: Mapping[str, Any],
-                    run: Callable[[Mapping[str, Any]], Awaitable[T]]) -> T:
+async def exclusive(
+    rt: Runtime,
+    namespace: str,
+    name: str,
+    uid: str,
+    status: Mapping[str, Any],
+    run: Callable[[Mapping[str, Any]], Awaitable[T]],
+) -> T:
     """Run one materialization of a Workspace at a time in this process.
 
     Waits for a run already in flight, then goes on with the status as it is now
@@ -78,8 +84,11 @@ async def pick_up(rt: Runtime, before: frozenset[str], after: frozenset[str]) ->
     assert rt.members is not None
     me = rt.members.identity
     watched = set(rt.config.namespaces)
-    items = [ws for ws in await rt.kube.list_workspaces(rt.config.namespaces)
-             if not watched or ws["metadata"]["namespace"] in watched]
+    items = [
+        ws
+        for ws in await rt.kube.list_workspaces(rt.config.namespaces)
+        if not watched or ws["metadata"]["namespace"] in watched
+    ]
     projects = {(ws["metadata"]["namespace"], _project(ws)) for ws in items}
     metrics.PROJECTS_OWNED.set(sum(1 for ns, p in projects if owner(ns, p, after) == me))
     moved = set(gained(projects, me, before, after))
@@ -100,8 +109,7 @@ async def pick_up(rt: Runtime, before: frozenset[str], after: frozenset[str]) ->
         started += 1
     if moved:
         metrics.TAKEOVERS.inc(started)
-        log.info("takeover: %d project(s) moved here, %d unsettled Workspace(s) picked up",
-                 len(moved), started)
+        log.info("takeover: %d project(s) moved here, %d unsettled Workspace(s) picked up", len(moved), started)
     return started
 
 
@@ -113,8 +121,7 @@ async def _run(rt: Runtime, ws: Mapping[str, Any]) -> None:
     meta = ws["metadata"]
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
     try:
-        await exclusive(rt, namespace, name, uid, ws.get("status") or {},
-                        lambda status: _until_settled(rt, ws, status))
+        await exclusive(rt, namespace, name, uid, ws.get("status") or {}, lambda status: _until_settled(rt, ws, status))
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -135,8 +142,16 @@ async def _until_settled(rt: Runtime, ws: Mapping[str, Any], status: Mapping[str
             log.info("takeover of %s/%s stopped: the project moved on", namespace, name)
             return
         try:
-            await materialize.materialize(rt, namespace=namespace, name=name, generation=generation,
-                                          spec=spec, current=status, attempt=attempt, meta=meta)
+            await materialize.materialize(
+                rt,
+                namespace=namespace,
+                name=name,
+                generation=generation,
+                spec=spec,
+                current=status,
+                attempt=attempt,
+                meta=meta,
+            )
             return
         except materialize.Fatal:
             return

@@ -32,20 +32,33 @@ class RetryDeletion(Exception):
         self.delay = delay
 
 
-async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str, Any], attempt: int,
-                   current: Mapping[str, Any] | None = None, generation: int = 0) -> str:
+async def teardown(
+    rt: Runtime,
+    *,
+    namespace: str,
+    name: str,
+    spec: Mapping[str, Any],
+    attempt: int,
+    current: Mapping[str, Any] | None = None,
+    generation: int = 0,
+) -> str:
     """Returns what happened, for the Event; raises RetryDeletion to be called again."""
     if attempt == 0 and current is not None and current.get("phase") != status.Phase.TERMINATING.value:
-        await rt.kube.patch_status(namespace, name, status.terminating(current, generation=generation,
-                                                                       now=datetime.now(UTC)), missing_ok=True)
+        await rt.kube.patch_status(
+            namespace, name, status.terminating(current, generation=generation, now=datetime.now(UTC)), missing_ok=True
+        )
     project = str(spec.get("project", ""))
     if not DNS1123_LABEL.match(project) or not DNS1123_LABEL.match(name):
         metrics.DELETIONS.labels("nothing").inc()
         return "nothing to remove (invalid spec was never materialized)"
     rt.kube.forget_namespace(namespace)  # it may be on its way out: look its UID up afresh
     try:
-        existed, _waited = await rt.queues.run(namespace, project, lambda: rt.engine.remove(namespace, project, name),
-                                               wait_seconds=rt.config.lock_wait_seconds)
+        existed, _waited = await rt.queues.run(
+            namespace,
+            project,
+            lambda: rt.engine.remove(namespace, project, name),
+            wait_seconds=rt.config.lock_wait_seconds,
+        )
     except (GitError, LockTimeout, LeaseLost, OSError) as error:
         if isinstance(error, GitError) and error.reason is Reason.UNSAFE_PATH:
             # A link planted where the project directory belongs: what it points at is
@@ -56,14 +69,26 @@ async def teardown(rt: Runtime, *, namespace: str, name: str, spec: Mapping[str,
             return f"worktree left alone: {error}"
         if attempt + 1 >= GIVE_UP_AFTER_ATTEMPTS:
             metrics.DELETIONS.labels("abandoned").inc()
-            log.error("giving up removing worktree %s/%s/%s after %d attempts (GC will collect it): %s",
-                      namespace, project, name, attempt + 1, error,
-                      extra=fields(namespace, name, project=project, reason="Abandoned"))
+            log.error(
+                "giving up removing worktree %s/%s/%s after %d attempts (GC will collect it): %s",
+                namespace,
+                project,
+                name,
+                attempt + 1,
+                error,
+                extra=fields(namespace, name, project=project, reason="Abandoned"),
+            )
             return f"worktree left for garbage collection: {error}"
         raise RetryDeletion(str(error), rt.backoff(attempt + 1)) from None
     metrics.DELETIONS.labels("removed" if existed else "absent").inc()
-    log.info("removed worktree %s/%s/%s (existed=%s)", namespace, project, name, existed,
-             extra=fields(namespace, name, project=project, reason="Removed" if existed else "Absent"))
+    log.info(
+        "removed worktree %s/%s/%s (existed=%s)",
+        namespace,
+        project,
+        name,
+        existed,
+        extra=fields(namespace, name, project=project, reason="Removed" if existed else "Absent"),
+    )
     return "worktree or pin removed" if existed else "no worktree or pin on the volume"
 
 
@@ -92,9 +117,15 @@ async def _finalize(rt: Runtime, obj: Mapping[str, Any], key: str) -> None:
     try:
         for attempt in range(GIVE_UP_AFTER_ATTEMPTS + 1):
             try:
-                outcome = await teardown(rt, namespace=namespace, name=name, spec=obj.get("spec") or {},
-                                         attempt=attempt, current=obj.get("status") or {},
-                                         generation=int(meta.get("generation") or 0))
+                outcome = await teardown(
+                    rt,
+                    namespace=namespace,
+                    name=name,
+                    spec=obj.get("spec") or {},
+                    attempt=attempt,
+                    current=obj.get("status") or {},
+                    generation=int(meta.get("generation") or 0),
+                )
                 break
             except RetryDeletion as error:
                 log.info("removing worktree of %s/%s: %s; retrying", namespace, name, error)

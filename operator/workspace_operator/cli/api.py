@@ -41,8 +41,11 @@ def connect(kubeconfig: str | None, namespace: str | None) -> tuple[ApiClient, s
             _, active = kubernetes.config.list_kube_config_contexts(config_file=config_file)  # type: ignore[no-untyped-call]
             default_ns = str((active or {}).get("context", {}).get("namespace") or "default")
     except (kubernetes.config.ConfigException, OSError) as error:
-        raise CliError(Exit.FORBIDDEN, f"no Kubernetes credentials: {error} (in a pod, mount the "
-                       "ServiceAccount token; elsewhere, pass --kubeconfig or set KUBECONFIG)") from None
+        raise CliError(
+            Exit.FORBIDDEN,
+            f"no Kubernetes credentials: {error} (in a pod, mount the "
+            "ServiceAccount token; elsewhere, pass --kubeconfig or set KUBECONFIG)",
+        ) from None
     return client, namespace or default_ns
 
 
@@ -70,8 +73,9 @@ def judge(obj: Mapping[str, Any]) -> Verdict:
     current = status.get("observedGeneration") in (None, generation)
     if current and (stalled.get("status") == "True" or status.get("phase") == "Failed"):
         cause = stalled if stalled.get("status") == "True" else ready
-        return Verdict(False, True, str(cause.get("reason") or "Failed"),
-                       str(cause.get("message") or status.get("message") or ""))
+        return Verdict(
+            False, True, str(cause.get("reason") or "Failed"), str(cause.get("message") or status.get("message") or "")
+        )
     if current and status.get("phase") == "Ready" and status.get("commit") and ready.get("status") != "False":
         return Verdict(True, False, str(ready.get("reason") or "Ready"), str(ready.get("message") or ""))
     return Verdict(False, False, str(ready.get("reason") or "Pending"), str(status.get("message") or ""))
@@ -86,8 +90,7 @@ class WorkspaceApi:
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         with _api_errors("create", self.namespace):
             try:
-                created: Any = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
-                                                                            body)
+                created: Any = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
                 return dict(created)
             except ApiException as error:
                 name = body.get("metadata", {}).get("name")
@@ -123,12 +126,17 @@ class WorkspaceApi:
             if verdict.ready:
                 return obj
             if verdict.failed:
-                raise CliError(Exit.PERMANENT_FAILURE, f"Workspace {self.namespace}/{name} failed: "
-                               f"{verdict.reason}: {verdict.message}")
+                raise CliError(
+                    Exit.PERMANENT_FAILURE,
+                    f"Workspace {self.namespace}/{name} failed: {verdict.reason}: {verdict.message}",
+                )
             remaining = deadline - clock()
             if remaining <= 0:
-                raise CliError(Exit.DEADLINE, f"Workspace {self.namespace}/{name} not Ready after {timeout:.0f}s "
-                               f"({verdict.reason}: {verdict.message})")
+                raise CliError(
+                    Exit.DEADLINE,
+                    f"Workspace {self.namespace}/{name} not Ready after {timeout:.0f}s "
+                    f"({verdict.reason}: {verdict.message})",
+                )
             obj = self._next(name, obj, remaining)
 
     def _next(self, name: str, obj: Mapping[str, Any], remaining: float) -> dict[str, Any]:
@@ -138,9 +146,16 @@ class WorkspaceApi:
         with _api_errors("watch", self.namespace, name):
             try:
                 for event in watch.stream(  # type: ignore[no-untyped-call]
-                        self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                        field_selector=f"metadata.name={name}", resource_version=version,
-                        timeout_seconds=max(1, int(remaining)), _request_timeout=remaining + 10):
+                    self.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=version,
+                    timeout_seconds=max(1, int(remaining)),
+                    _request_timeout=remaining + 10,
+                ):
                     if event["type"] == "DELETED":
                         raise CliError(Exit.NOT_FOUND, f"Workspace {self.namespace}/{name} was deleted while waiting")
                     if event["type"] in ("ADDED", "MODIFIED"):
@@ -169,9 +184,12 @@ def _api_errors(verb: str, namespace: str, name: str | None = None) -> Iterator[
                 raise CliError(Exit.NOT_FOUND, "the Workspace API (crafting.dev/v1) is not installed") from None
             raise CliError(Exit.NOT_FOUND, f"{what} not found") from None
         if error.status in (401, 403):
-            raise CliError(Exit.FORBIDDEN, f"not allowed to {verb} {what} ({error.status} {error.reason}); "
-                           "the job's ServiceAccount needs get, watch, create and delete on workspaces "
-                           "(examples/job-rbac.yaml)") from None
+            raise CliError(
+                Exit.FORBIDDEN,
+                f"not allowed to {verb} {what} ({error.status} {error.reason}); "
+                "the job's ServiceAccount needs get, watch, create and delete on workspaces "
+                "(examples/job-rbac.yaml)",
+            ) from None
         raise CliError(Exit.API_UNAVAILABLE, f"{verb} {what}: {error.status} {error.reason}") from None
     except (urllib3.exceptions.HTTPError, OSError) as error:
         raise CliError(Exit.API_UNAVAILABLE, f"{verb} {what}: API server unreachable: {error}") from None

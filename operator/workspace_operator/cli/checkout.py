@@ -40,18 +40,24 @@ def source_of(obj: Mapping[str, Any], cache_root: Path) -> Source:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     commit, cache_path = str(status.get("commit") or ""), str(status.get("cachePath") or "")
     if not SHA.match(commit) or not cache_path:
-        raise CliError(Exit.FAILED, "the Workspace's status has no commit or cachePath (an operator older "
-                       "than the cache-only mode?)")
+        raise CliError(
+            Exit.FAILED,
+            "the Workspace's status has no commit or cachePath (an operator older than the cache-only mode?)",
+        )
     try:
         relative = check_relpath("status.cachePath", cache_path)
         ref = spec.get("ref") or {}
         return Source(
-            repository=str(spec.get("repository", "")), commit=commit, cache=cache_root / relative,
+            repository=str(spec.get("repository", "")),
+            commit=commit,
+            cache=cache_root / relative,
             sub_path=check_relpath("subPath", spec["subPath"]) if spec.get("subPath") else None,
             sparse=tuple(check_relpath("sparse entry", entry) for entry in spec.get("sparse") or ()),
-            submodules=bool(spec.get("submodules")), all_tags=bool(spec.get("tags")),
+            submodules=bool(spec.get("submodules")),
+            all_tags=bool(spec.get("tags")),
             tag=check_ref_name("tag", ref["tag"]) if ref.get("tag") else None,
-            branch=check_ref_name("branch", ref["branch"]) if ref.get("branch") else None)
+            branch=check_ref_name("branch", ref["branch"]) if ref.get("branch") else None,
+        )
     except GitError as error:
         raise CliError(Exit.FAILED, f"unusable Workspace: {error.message}") from None
 
@@ -67,15 +73,21 @@ async def checkout(source: Source, into: Path, *, clean: bool, settings: GitSett
         info.mkdir(parents=True, exist_ok=True)
         (info / "alternates").write_text(f"{source.cache.resolve() / 'objects'}\n")
         if not await runner.ok("has-commit", ["cat-file", "-e", f"{source.commit}^{{commit}}"], cwd=into):
-            raise CliError(Exit.COMMIT_MISSING, f"commit {source.commit} is not in the cache at {source.cache} "
-                           "(was the Workspace deleted, or is another volume mounted there?)")
-        for key, value in (("remote.origin.url", source.repository),
-                           ("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*")):
+            raise CliError(
+                Exit.COMMIT_MISSING,
+                f"commit {source.commit} is not in the cache at {source.cache} "
+                "(was the Workspace deleted, or is another volume mounted there?)",
+            )
+        for key, value in (
+            ("remote.origin.url", source.repository),
+            ("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*"),
+        ):
             await runner.run("configure", ["config", key, value], cwd=into)
         await _write_refs(runner, source, into)
         if source.sparse:
-            await runner.run("sparse-checkout", ["sparse-checkout", "set", "--cone", "--",
-                                                 *map(str, source.sparse)], cwd=into)
+            await runner.run(
+                "sparse-checkout", ["sparse-checkout", "set", "--cone", "--", *map(str, source.sparse)], cwd=into
+            )
         await runner.run("checkout", ["checkout", "--quiet", "--detach", source.commit, "--"], cwd=into)
         if source.submodules:
             # From their own upstreams, without credentials: the cache holds only the superproject.
@@ -90,8 +102,11 @@ async def checkout(source: Source, into: Path, *, clean: bool, settings: GitSett
 
 def _check_cache(cache: Path) -> None:
     if not (cache / "objects").is_dir() or not (cache / "HEAD").is_file():
-        raise CliError(Exit.CACHE_NOT_MOUNTED, f"no git cache at {cache}: mount the workspace volume (read-only) "
-                       "at --cache-root (WORKSPACE_CACHE_ROOT), or its status.cachePath at the same path below it")
+        raise CliError(
+            Exit.CACHE_NOT_MOUNTED,
+            f"no git cache at {cache}: mount the workspace volume (read-only) "
+            "at --cache-root (WORKSPACE_CACHE_ROOT), or its status.cachePath at the same path below it",
+        )
 
 
 def _prepare(into: Path, clean: bool) -> None:
@@ -111,8 +126,9 @@ async def _write_refs(runner: GitRunner, source: Source, into: Path) -> None:
     refs: dict[str, str] = {}
     if source.all_tags or source.tag:
         wanted = "refs/tags/" if source.all_tags else f"refs/tags/{source.tag}"
-        listing = await runner.run("list-tags", ["for-each-ref", "--format=%(objectname) %(refname)", "--", wanted],
-                                   cwd=source.cache)
+        listing = await runner.run(
+            "list-tags", ["for-each-ref", "--format=%(objectname) %(refname)", "--", wanted], cwd=source.cache
+        )
         for line in listing.stdout.splitlines():
             sha, _, ref = line.partition(" ")
             if SHA.match(sha) and ref.startswith("refs/tags/"):

@@ -42,9 +42,12 @@ def parser() -> argparse.ArgumentParser:
     refs.add_argument("--tag")
     refs.add_argument("--ref", help="a full ref name, e.g. refs/pull/42/head")
     create.add_argument("--commit", help="full SHA; alone or with --branch/--tag/--ref")
-    create.add_argument("--mode", choices=MODES, default=CACHE_ONLY,
-                        help="CacheOnly (default here): pin in the cache, for `checkout --into`; Worktree: a "
-                             "worktree on the volume")
+    create.add_argument(
+        "--mode",
+        choices=MODES,
+        default=CACHE_ONLY,
+        help="CacheOnly (default here): pin in the cache, for `checkout --into`; Worktree: a worktree on the volume",
+    )
     create.add_argument("--sparse", action="append", default=[], metavar="DIR", help="repeatable")
     create.add_argument("--sub-path")
     create.add_argument("--submodules", action="store_true")
@@ -52,12 +55,15 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--credentials", metavar="SECRET", help="Secret with the repository's credentials")
     create.add_argument("--ttl", type=int, metavar="SECONDS", help="ttlSecondsAfterReady")
     create.add_argument("--owner", metavar="KIND/NAME/UID", help="ownerReference: deleted with its owner")
-    create.add_argument("--owner-api-version", help="default by kind: Pod v1, Job batch/v1, PipelineRun and "
-                        "TaskRun tekton.dev/v1")
+    create.add_argument(
+        "--owner-api-version", help="default by kind: Pod v1, Job batch/v1, PipelineRun and TaskRun tekton.dev/v1"
+    )
 
-    for name, text in (("wait", "exit 0 once Ready; non-zero at once on a permanent failure"),
-                       ("checkout", "wait, then make a writable checkout in --into"),
-                       ("path", "wait, then print the worktree's directory (Worktree mode)")):
+    for name, text in (
+        ("wait", "exit 0 once Ready; non-zero at once on a permanent failure"),
+        ("checkout", "wait, then make a writable checkout in --into"),
+        ("path", "wait, then print the worktree's directory (Worktree mode)"),
+    ):
         command = commands.add_parser(name, help=text)
         command.add_argument("name")
         command.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS")
@@ -65,22 +71,33 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument("--into", required=True, type=Path, metavar="DIR")
             command.add_argument("--clean", action="store_true", help="empty DIR first")
         if name in ("checkout", "path"):
-            command.add_argument("--cache-root", type=Path,
-                                 default=Path(os.environ.get("WORKSPACE_CACHE_ROOT", DEFAULT_CACHE_ROOT)),
-                                 help="where the workspace volume is mounted (env WORKSPACE_CACHE_ROOT; "
-                                      f"default {DEFAULT_CACHE_ROOT})")
+            command.add_argument(
+                "--cache-root",
+                type=Path,
+                default=Path(os.environ.get("WORKSPACE_CACHE_ROOT", DEFAULT_CACHE_ROOT)),
+                help=f"where the workspace volume is mounted (env WORKSPACE_CACHE_ROOT; default {DEFAULT_CACHE_ROOT})",
+            )
     delete = commands.add_parser("delete", help="delete a Workspace (absent is fine)")
     delete.add_argument("name")
     return top
 
 
 def workspace_body(args: argparse.Namespace, namespace: str) -> dict[str, Any]:
-    ref = {key: value for key, value in (("branch", args.branch), ("tag", args.tag), ("name", args.ref),
-                                         ("commit", args.commit)) if value}
+    ref = {
+        key: value
+        for key, value in (("branch", args.branch), ("tag", args.tag), ("name", args.ref), ("commit", args.commit))
+        if value
+    }
     spec: dict[str, Any] = {"project": args.project, "repository": args.repository, "mode": args.mode}
-    optional = {"ref": ref or None, "sparse": args.sparse or None, "subPath": args.sub_path,
-                "submodules": args.submodules or None, "tags": args.tags or None, "ttlSecondsAfterReady": args.ttl,
-                "credentials": {"secretName": args.credentials} if args.credentials else None}
+    optional = {
+        "ref": ref or None,
+        "sparse": args.sparse or None,
+        "subPath": args.sub_path,
+        "submodules": args.submodules or None,
+        "tags": args.tags or None,
+        "ttlSecondsAfterReady": args.ttl,
+        "credentials": {"secretName": args.credentials} if args.credentials else None,
+    }
     spec.update({key: value for key, value in optional.items() if value is not None})
     metadata: dict[str, Any] = {"namespace": namespace}
     if args.name:
@@ -115,14 +132,17 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "path":
         status = api.wait(args.name, args.timeout).get("status") or {}
         if not status.get("workdir"):
-            raise CliError(Exit.WRONG_MODE, f"Workspace {args.name} is CacheOnly: it has no worktree; "
-                           "use `checkout NAME --into DIR`")
+            raise CliError(
+                Exit.WRONG_MODE,
+                f"Workspace {args.name} is CacheOnly: it has no worktree; use `checkout NAME --into DIR`",
+            )
         print(args.cache_root / status["workdir"])
     elif args.command == "checkout":
         source = source_of(api.wait(args.name, args.timeout), args.cache_root)
         schemes = os.environ.get("WORKSPACE_ALLOWED_SCHEMES", "https,ssh")
-        settings = GitSettings(allowed_schemes=frozenset(s.strip() for s in schemes.split(",") if s.strip())
-                               & ALL_SCHEMES)
+        settings = GitSettings(
+            allowed_schemes=frozenset(s.strip() for s in schemes.split(",") if s.strip()) & ALL_SCHEMES
+        )
         print(asyncio.run(checkout(source, args.into.absolute(), clean=args.clean, settings=settings)))
     return Exit.OK
 

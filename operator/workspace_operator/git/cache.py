@@ -28,12 +28,23 @@ from workspace_operator.git.source import Revision, local_ref_for
 log = logging.getLogger("workspace_operator.cache")
 
 # Every key the engine (or git itself, for a bare repo and sparse worktrees) writes.
-_EXPECTED_CONFIG = frozenset({
-    "core.repositoryformatversion", "core.filemode", "core.bare", "core.logallrefupdates",
-    "core.ignorecase", "core.precomposeunicode", "core.symlinks",
-    "remote.origin.url", "remote.origin.promisor", "remote.origin.partialclonefilter",
-    "extensions.partialclone", "extensions.worktreeconfig", "extensions.objectformat",
-})
+_EXPECTED_CONFIG = frozenset(
+    {
+        "core.repositoryformatversion",
+        "core.filemode",
+        "core.bare",
+        "core.logallrefupdates",
+        "core.ignorecase",
+        "core.precomposeunicode",
+        "core.symlinks",
+        "remote.origin.url",
+        "remote.origin.promisor",
+        "remote.origin.partialclonefilter",
+        "extensions.partialclone",
+        "extensions.worktreeconfig",
+        "extensions.objectformat",
+    }
+)
 # Output cap of the config listing (a few lines): anything more is an attack.
 CONFIG_LIMIT = 64 * 1024
 
@@ -75,9 +86,17 @@ class Cache:
         self.path = layout.cache_dir
         self.answers = answers or Answers()
 
-    async def open(self, url: str, env: dict[str, str], revision: Revision, *, verified: bool,
-                   owner: str | None = None, not_before: float | None = None,
-                   checked: frozenset[str] | None = None) -> Resolution:
+    async def open(
+        self,
+        url: str,
+        env: dict[str, str],
+        revision: Revision,
+        *,
+        verified: bool,
+        owner: str | None = None,
+        not_before: float | None = None,
+        checked: frozenset[str] | None = None,
+    ) -> Resolution:
         """Make sure a trustworthy cache exists and holds the revision; return its commit.
 
         `verified` says this process already opened this cache since it started;
@@ -107,8 +126,9 @@ class Cache:
             resolution = await self._create(url, env, revision, owner)
             return Resolution(resolution.commit, False, True, resolution.fetch_seconds, True, repaired)
         resolution = await self._resolver(self.path).resolve(env, revision, not_before=not_before)
-        return Resolution(resolution.commit, resolution.cache_hit, resolution.fetched,
-                          resolution.fetch_seconds, False, repaired)
+        return Resolution(
+            resolution.commit, resolution.cache_hit, resolution.fetched, resolution.fetch_seconds, False, repaired
+        )
 
     def _resolver(self, repo: Path) -> Resolver:
         return Resolver(self.runner, self.layout.root, repo, self.answers, key=self.path)
@@ -149,8 +169,9 @@ class Cache:
             return f"unexpected settings in the cache's config ({', '.join(sorted(tampered)[:5])})"
         why = await self._reason_for_fsck(first_use)
         if why is not None:
-            if not await self.runner.ok("fsck", ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"],
-                                        cwd=self.path):
+            if not await self.runner.ok(
+                "fsck", ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"], cwd=self.path
+            ):
                 return f"fsck failed after {why}"
             log.info("cache %s verified (%s)", self.layout.relative_dir, why)
             self._drop_temporary_packs()
@@ -173,8 +194,9 @@ class Cache:
             return "unclean stop of the previous holder"
         if removed:
             return "stale lock files"
-        if first_use and not await self.runner.ok("check-tips", ["rev-list", "--no-walk", "--all", "--quiet"],
-                                                  cwd=self.path):
+        if first_use and not await self.runner.ok(
+            "check-tips", ["rev-list", "--no-walk", "--all", "--quiet"], cwd=self.path
+        ):
             return "unreadable ref tips"
         return None
 
@@ -223,8 +245,12 @@ class Cache:
                 if "commondir" not in files or "gitdir" not in files:
                     continue  # a crash's leftover: prune drops it
                 gitdir = Path(files["gitdir"].strip())
-                if files["commondir"].strip() != "../.." or gitdir.parent.parent != self.layout.project_dir \
-                        or gitdir.name != ".git" or not is_worktree_name(gitdir.parent.name):
+                if (
+                    files["commondir"].strip() != "../.."
+                    or gitdir.parent.parent != self.layout.project_dir
+                    or gitdir.name != ".git"
+                    or not is_worktree_name(gitdir.parent.name)
+                ):
                     return f"worktree metadata {name} points elsewhere"
                 if "config.worktree" in files:
                     keys = worktree_config_keys(files["config.worktree"])
@@ -237,8 +263,9 @@ class Cache:
         """The cache's own config (common and, once sparse worktrees enabled
         extensions.worktreeConfig, its config.worktree, where git then keeps
         core.bare) in one git call; keys lowercased, as git reports them."""
-        result = await self.runner.run("read-config", ["config", "--list", "--null", "--show-scope"], cwd=self.path,
-                                      max_stdout=CONFIG_LIMIT)
+        result = await self.runner.run(
+            "read-config", ["config", "--list", "--null", "--show-scope"], cwd=self.path, max_stdout=CONFIG_LIMIT
+        )
         tokens = result.stdout.split("\0")
         config: dict[str, str] = {}
         for scope, entry in zip(tokens[0::2], tokens[1::2]):
@@ -288,12 +315,14 @@ class Cache:
         """Remove every worktree and completion record of the project (another tenant's)."""
         for entry in entries(self.layout.project_dir):
             if is_worktree_name(entry.name) or entry.name == READY_DIR:
-                log.warning("removing %s/%s: made for a deleted namespace of the same name",
-                            self.layout.relative_dir, entry.name)
+                log.warning(
+                    "removing %s/%s: made for a deleted namespace of the same name",
+                    self.layout.relative_dir,
+                    entry.name,
+                )
                 safepath.remove(self.layout.root, Path(entry.path))
 
-    async def _create(self, url: str, env: dict[str, str], revision: Revision, owner: str | None = None
-                      ) -> Resolution:
+    async def _create(self, url: str, env: dict[str, str], revision: Revision, owner: str | None = None) -> Resolution:
         """Build the cache in a staging directory, then rename: it exists whole or not at all."""
         staging = self.layout.project_dir / f"{STAGING_PREFIX}cache-{uuid.uuid4().hex[:8]}"
         try:
@@ -307,8 +336,9 @@ class Cache:
         finally:
             safepath.remove(self.layout.root, staging)
 
-    async def _clone(self, url: str, env: dict[str, str], revision: Revision, staging: Path,
-                     owner: str | None) -> Resolution:
+    async def _clone(
+        self, url: str, env: dict[str, str], revision: Revision, staging: Path, owner: str | None
+    ) -> Resolution:
         """One branch or tag (or the default branch) by `git clone`.
 
         Faster than init + fetch for the same objects: clone trusts a pack that
@@ -324,12 +354,14 @@ class Cache:
         # Every received object is checked (malformed trees, paths like .git or ../), as in fetch.
         fsck = ["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else []
         try:
-            await self.runner.run("clone", ["clone", *options, "--", url, str(staging)], cwd=self.layout.project_dir,
-                                  env=env, config=fsck)
+            await self.runner.run(
+                "clone", ["clone", *options, "--", url, str(staging)], cwd=self.layout.project_dir, env=env, config=fsck
+            )
         except GitError as error:
             if error.reason is Reason.REF_NOT_FOUND and revision.remote_ref:  # say it as ls-remote would
-                raise GitError(Reason.REF_NOT_FOUND, f"{revision.remote_ref} not found upstream",
-                               step="clone") from None
+                raise GitError(
+                    Reason.REF_NOT_FOUND, f"{revision.remote_ref} not found upstream", step="clone"
+                ) from None
             raise
         # Leave the config as init + fetch would (inspect trusts no other key).
         await self.runner.run("configure", ["config", "--unset-all", "remote.origin.tagOpt"], cwd=staging)
@@ -339,14 +371,16 @@ class Cache:
         if revision.remote_ref:
             remote_ref = revision.remote_ref
         else:
-            head = await self.runner.run("default-branch", ["symbolic-ref", "--quiet", "HEAD"], cwd=staging,
-                                         max_stdout=1024)
+            head = await self.runner.run(
+                "default-branch", ["symbolic-ref", "--quiet", "HEAD"], cwd=staging, max_stdout=1024
+            )
             remote_ref = head.stdout.strip()
         try:
             tip = await resolver.peel(remote_ref)
         except GitError:
-            raise GitError(Reason.REF_NOT_FOUND, f"{remote_ref} not found upstream (empty repository?)",
-                           step="clone") from None
+            raise GitError(
+                Reason.REF_NOT_FOUND, f"{remote_ref} not found upstream (empty repository?)", step="clone"
+            ) from None
         local_ref = local_ref_for(remote_ref)
         if local_ref != remote_ref:  # a branch: kept where a worktree can never check it out
             await self.runner.run("move-ref", ["update-ref", "--no-deref", local_ref, tip], cwd=staging)
@@ -359,11 +393,11 @@ class Cache:
         seconds = self.answers.clock() - asked
         return Resolution(revision.commit or tip, False, True, seconds, True, None)
 
-    async def _init_and_fetch(self, url: str, env: dict[str, str], revision: Revision, staging: Path,
-                              owner: str | None) -> Resolution:
+    async def _init_and_fetch(
+        self, url: str, env: dict[str, str], revision: Revision, staging: Path, owner: str | None
+    ) -> Resolution:
         """A bare commit or another ref (refs/pull/...): fetch exactly that."""
-        await self.runner.run("init", ["init", "--bare", "--quiet", "--", str(staging)],
-                              cwd=self.layout.project_dir)
+        await self.runner.run("init", ["init", "--bare", "--quiet", "--", str(staging)], cwd=self.layout.project_dir)
         settings = [("remote.origin.url", url), ("core.logAllRefUpdates", "false")]
         if self.runner.settings.partial_clone:
             settings += [
@@ -405,5 +439,5 @@ def _packed_replace_refs(packed: Path) -> bool:
         while chunk := handle.read(1 << 16):
             if needle in tail + chunk:
                 return True
-            tail = chunk[-len(needle):]
+            tail = chunk[-len(needle) :]
     return False

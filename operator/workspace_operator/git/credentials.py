@@ -35,10 +35,19 @@ from workspace_operator.git.runner import config_env
 
 # Documented placeholder user names of hosting services: not secrets, and as
 # words ("git") they occur in every message. Masked only where credentials sit.
-CONVENTIONAL_USERNAMES = frozenset({
-    "git", "oauth2", "token", "x-access-token", "x-token-auth", "x-oauth-basic", "gitlab-ci-token",
-    "private-token", "pat",
-})
+CONVENTIONAL_USERNAMES = frozenset(
+    {
+        "git",
+        "oauth2",
+        "token",
+        "x-access-token",
+        "x-token-auth",
+        "x-oauth-basic",
+        "gitlab-ci-token",
+        "private-token",
+        "pat",
+    }
+)
 
 
 def invalid_credentials(message: str) -> GitError:
@@ -136,19 +145,23 @@ class CredentialSession:
 
 
 def _ssh_command(directory: Path, identity: bool) -> str:
-    return " ".join([
-        "ssh -F /dev/null",
-        *(["-i", shlex.quote(str(directory / "id"))] if identity else []),
-        "-o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes",
-        "-o StrictHostKeyChecking=yes",
-        "-o", shlex.quote(f"UserKnownHostsFile={directory / 'known_hosts'}"),
-        "-o GlobalKnownHostsFile=/dev/null",
-    ])
+    return " ".join(
+        [
+            "ssh -F /dev/null",
+            *(["-i", shlex.quote(str(directory / "id"))] if identity else []),
+            "-o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes",
+            "-o StrictHostKeyChecking=yes",
+            "-o",
+            shlex.quote(f"UserKnownHostsFile={directory / 'known_hosts'}"),
+            "-o GlobalKnownHostsFile=/dev/null",
+        ]
+    )
 
 
 @contextlib.contextmanager
-def credential_env(creds: Credentials | None, scratch_dir: Path | None = None,
-                   repository: str | None = None) -> Iterator[CredentialSession]:
+def credential_env(
+    creds: Credentials | None, scratch_dir: Path | None = None, repository: str | None = None
+) -> Iterator[CredentialSession]:
     """A session whose `env` authenticates git for `repository` during the block."""
     if creds is None or creds.empty:
         yield CredentialSession(None, None)
@@ -161,10 +174,10 @@ def credential_env(creds: Credentials | None, scratch_dir: Path | None = None,
             _write_private(directory / "username", creds.username or "git")
             _write_private(directory / "password", creds.password or "")
             _write_private(directory / credential_helper.GRANTS, "")
-            helper = " ".join(shlex.quote(part) for part in
-                              (sys.executable, "-I", "-S", credential_helper.__file__, str(directory)))
-            session.env.update(config_env(("credential.helper", f"!{helper}"),
-                                          ("credential.useHttpPath", "true")))
+            helper = " ".join(
+                shlex.quote(part) for part in (sys.executable, "-I", "-S", credential_helper.__file__, str(directory))
+            )
+            session.env.update(config_env(("credential.helper", f"!{helper}"), ("credential.useHttpPath", "true")))
             if repository is not None:
                 session.grant(repository)
         if creds.ssh_private_key or creds.known_hosts:

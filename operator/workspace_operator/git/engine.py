@@ -154,8 +154,9 @@ class Engine:
         """Both phases in one go; the caller holds the project lock throughout."""
         return await self.populate(await self.prepare(valid))
 
-    async def prepare(self, valid: ValidRequest, *, not_before: float | None = None,
-                      hold: object | None = None) -> Prepared:
+    async def prepare(
+        self, valid: ValidRequest, *, not_before: float | None = None, hold: object | None = None
+    ) -> Prepared:
         """The exclusive phase: cache → fetch (only if needed) → worktree registered.
 
         The caller holds the project lock. While this runs, the cache carries a
@@ -173,8 +174,10 @@ class Engine:
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
         checked = previous[1] if previous is not None and hold is not None and previous[0] == hold else None
         ca_bundle = request.credentials.ca_bundle if request.credentials else None
-        with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session, \
-                ca_env(ca_bundle, self.settings.scratch_dir) as tls_env:
+        with (
+            credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session,
+            ca_env(ca_bundle, self.settings.scratch_dir) as tls_env,
+        ):
             # The Secret's CA is for its repository (and submodules it covers), not for others.
             session.env.update(tls_env)
             env = session.env
@@ -233,18 +236,37 @@ class Engine:
                 await pins.pin(runner, layout.cache_dir, request.name, resolution.commit)
             stamp(layout.root, layout.cache_dir, LAST_USED)
         return CheckoutResult(
-            commit=resolution.commit, path=None, workdir=None, cache_hit=resolution.cache_hit,
-            fetched=resolution.fetched, reused=reused, cache_repaired=resolution.repaired,
-            fetch_seconds=resolution.fetch_seconds, checkout_seconds=time.monotonic() - pin_started,
-            total_seconds=time.monotonic() - started, cache_path=_relative(self.root, layout.cache_dir),
+            commit=resolution.commit,
+            path=None,
+            workdir=None,
+            cache_hit=resolution.cache_hit,
+            fetched=resolution.fetched,
+            reused=reused,
+            cache_repaired=resolution.repaired,
+            fetch_seconds=resolution.fetch_seconds,
+            checkout_seconds=time.monotonic() - pin_started,
+            total_seconds=time.monotonic() - started,
+            cache_path=_relative(self.root, layout.cache_dir),
         )
 
-    async def _resolve(self, cache: Cache, valid: ValidRequest, env: dict[str, str],
-                       not_before: float | None, checked: frozenset[str] | None = None) -> Resolution:
+    async def _resolve(
+        self,
+        cache: Cache,
+        valid: ValidRequest,
+        env: dict[str, str],
+        not_before: float | None,
+        checked: frozenset[str] | None = None,
+    ) -> Resolution:
         layout, request = valid.layout, valid.request
-        resolution = await cache.open(request.repository, env, request.revision,
-                                      verified=layout.relative_dir in self._verified, owner=request.namespace_uid,
-                                      not_before=not_before, checked=checked)
+        resolution = await cache.open(
+            request.repository,
+            env,
+            request.revision,
+            verified=layout.relative_dir in self._verified,
+            owner=request.namespace_uid,
+            not_before=not_before,
+            checked=checked,
+        )
         self._verified.add(layout.relative_dir)
         if request.tags:
             # Every tag, so that `git describe` gives the same answer in every checkout.

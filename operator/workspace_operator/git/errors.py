@@ -77,23 +77,40 @@ _STDERR_RULES: tuple[tuple[re.Pattern[str], Reason], ...] = tuple(
     for pattern, reason in (
         (r"no space left on device|disk quota exceeded", Reason.DISK_FULL),
         (r"host key verification failed|remote host identification has changed", Reason.HOST_KEY_MISMATCH),
-        (r"ssl certificate problem|server certificate verification failed|certificate verify failed"
-         r"|problem with the ssl ca cert|error setting certificate",
-         Reason.TLS_VERIFY_FAILED),
-        (r"authentication failed|could not read (username|password)|terminal prompts disabled"
-         r"|permission denied \(publickey|returned error: 40[13]|invalid username or password"
-         r"|access denied|HTTP Basic: Access denied", Reason.AUTH_FAILED),
+        (
+            r"ssl certificate problem|server certificate verification failed|certificate verify failed"
+            r"|problem with the ssl ca cert|error setting certificate",
+            Reason.TLS_VERIFY_FAILED,
+        ),
+        (
+            r"authentication failed|could not read (username|password)|terminal prompts disabled"
+            r"|permission denied \(publickey|returned error: 40[13]|invalid username or password"
+            r"|access denied|HTTP Basic: Access denied",
+            Reason.AUTH_FAILED,
+        ),
         # "no such repository": git daemon's answer (with --informative-errors).
-        (r"repository .* not found|does not appear to be a git repository|returned error: 404|no such repository"
-         r"|no such file or directory.*\.git|not a git repository", Reason.REPOSITORY_NOT_FOUND),
-        (r"couldn't find remote ref|remote branch .* not found|invalid refspec"
-         r"|unknown revision|bad revision|invalid reference|fatal: invalid object name", Reason.REF_NOT_FOUND),
+        (
+            r"repository .* not found|does not appear to be a git repository|returned error: 404|no such repository"
+            r"|no such file or directory.*\.git|not a git repository",
+            Reason.REPOSITORY_NOT_FOUND,
+        ),
+        (
+            r"couldn't find remote ref|remote branch .* not found|invalid refspec"
+            r"|unknown revision|bad revision|invalid reference|fatal: invalid object name",
+            Reason.REF_NOT_FOUND,
+        ),
         (r"not our ref|no such remote ref|upload-pack: not our ref|unadvertised object", Reason.COMMIT_NOT_FOUND),
-        (r"transport '[^']*' not allowed|unsupported url scheme|unable to find remote helper", Reason.SCHEME_NOT_ALLOWED),
-        (r"could not resolve host|connection refused|connection timed out|connection reset"
-         r"|unable to access|returned error: 5\d\d|early eof|remote end hung up|rpc failed"
-         r"|operation too slow|network is unreachable|unable to connect|failed to connect"
-         r"|could not read from remote repository|ssh: connect to host", Reason.UNREACHABLE),
+        (
+            r"transport '[^']*' not allowed|unsupported url scheme|unable to find remote helper",
+            Reason.SCHEME_NOT_ALLOWED,
+        ),
+        (
+            r"could not resolve host|connection refused|connection timed out|connection reset"
+            r"|unable to access|returned error: 5\d\d|early eof|remote end hung up|rpc failed"
+            r"|operation too slow|network is unreachable|unable to connect|failed to connect"
+            r"|could not read from remote repository|ssh: connect to host",
+            Reason.UNREACHABLE,
+        ),
     )
 )
 

@@ -64,8 +64,7 @@ class Housekeeping:
             # Loose objects are rolled in; only packs out of geometric progression are merged.
             "repack": ["repack", "-d", "-q", "--geometric=2", "--no-write-bitmap-index"],
             "pack-refs": ["pack-refs", "--all", "--prune"],
-            "commit-graph": ["commit-graph", "write", "--reachable", "--split", "--size-multiple=2",
-                             "--no-progress"],
+            "commit-graph": ["commit-graph", "write", "--reachable", "--split", "--size-multiple=2", "--no-progress"],
         }[task]
         try:
             await self.runner.run(f"maintenance-{task}", args, cwd=self.repo, timeout=budget_seconds)

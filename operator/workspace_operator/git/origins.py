@@ -88,11 +88,15 @@ def parse(url: str, *, scope: bool = False) -> Origin:
     if "\\" in url:
         raise URLRefused("the URL must not contain a backslash")
     if "?" in url or "#" in url:
-        raise URLRefused("the URL must not contain a query ('?') or fragment ('#'); "
-                         "put tokens in the credentials Secret, never in the URL")
+        raise URLRefused(
+            "the URL must not contain a query ('?') or fragment ('#'); "
+            "put tokens in the credentials Secret, never in the URL"
+        )
     if _BAD_ESCAPE.search(url):
-        raise URLRefused("the URL must not percent-encode '.', '/', '\\' or control characters, "
-                         "nor contain a '%' that starts no escape")
+        raise URLRefused(
+            "the URL must not percent-encode '.', '/', '\\' or control characters, "
+            "nor contain a '%' that starts no escape"
+        )
     match = _SCHEME.match(url)
     if match is None:
         scp = _SCP_LIKE.match(url)
@@ -104,7 +108,7 @@ def parse(url: str, *, scope: bool = False) -> Origin:
             segments = ("~", *segments)  # scp-like paths are relative to the login's home
         return Origin("ssh", _host(host, scope=scope), DEFAULT_PORTS["ssh"], segments, user)
     scheme = match.group(1).lower()
-    rest = url[match.end():]
+    rest = url[match.end() :]
     authority, slash, path = rest.partition("/")
     if scheme == "file":
         if authority:
@@ -113,8 +117,9 @@ def parse(url: str, *, scope: bool = False) -> Origin:
     user, at, hostport = authority.rpartition("@")
     if at:
         if scheme != "ssh":
-            raise URLRefused("http(s) and git URLs must not contain user information ('user@'); "
-                             "use the credentials Secret")
+            raise URLRefused(
+                "http(s) and git URLs must not contain user information ('user@'); use the credentials Secret"
+            )
         if not _USER.match(user):
             raise URLRefused("the ssh user name may only contain letters, digits and '._~-' (no password)")
     host, port = _split_port(hostport, scheme)

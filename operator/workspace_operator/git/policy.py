@@ -43,8 +43,9 @@ class URLPolicy:
         """Every rule that needs no network; returns the parsed origin."""
         if isinstance(url, str) and "::" in url.split("/", 1)[0]:
             # Name the remote-helper syntax (ext::sh -c ...) even when other faults follow.
-            raise GitError(Reason.SCHEME_NOT_ALLOWED, f"{what}: transport '<name>::' syntax is not allowed",
-                           step="validate")
+            raise GitError(
+                Reason.SCHEME_NOT_ALLOWED, f"{what}: transport '<name>::' syntax is not allowed", step="validate"
+            )
         check_url(url, self.settings.allowed_schemes, what)
         origin = origins.parse(url)
         if origin.scheme == "file":
@@ -54,10 +55,16 @@ class URLPolicy:
         if self.settings.allowed_hosts and not listed:
             raise not_allowed(f"{what}: host {origin.host!r} is not in WORKSPACE_ALLOWED_HOSTS")
         address = origins.literal_address(origin.host)
-        if address is not None and not listed and not self.settings.allow_private_networks \
-                and not origins.is_public(address):
-            raise not_allowed(f"{what}: {address} is a loopback, link-local or private address; "
-                              "see WORKSPACE_ALLOW_PRIVATE_NETWORKS and WORKSPACE_ALLOWED_HOSTS")
+        if (
+            address is not None
+            and not listed
+            and not self.settings.allow_private_networks
+            and not origins.is_public(address)
+        ):
+            raise not_allowed(
+                f"{what}: {address} is a loopback, link-local or private address; "
+                "see WORKSPACE_ALLOW_PRIVATE_NETWORKS and WORKSPACE_ALLOWED_HOSTS"
+            )
         return origin
 
     async def check_addresses(self, origin: origins.Origin, what: str = "repository") -> None:
@@ -65,16 +72,17 @@ class URLPolicy:
         if origin.scheme == "file" or self.settings.allow_private_networks or self._listed(origin):
             return
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(origin.host, origin.port,
-                                                                 type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
             return  # unresolvable now: git reports it (UpstreamUnavailable), or needs no network
         for info in infos:
             address = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
             if not origins.is_public(address):
-                raise not_allowed(f"{what}: host {origin.host!r} resolves to {address}, a loopback, "
-                                  "link-local or private address; see WORKSPACE_ALLOW_PRIVATE_NETWORKS "
-                                  "and WORKSPACE_ALLOWED_HOSTS")
+                raise not_allowed(
+                    f"{what}: host {origin.host!r} resolves to {address}, a loopback, "
+                    "link-local or private address; see WORKSPACE_ALLOW_PRIVATE_NETWORKS "
+                    "and WORKSPACE_ALLOWED_HOSTS"
+                )
 
     def _listed(self, origin: origins.Origin) -> bool:
         return origins.host_matches(origin.host, self.settings.allowed_hosts)

@@ -69,16 +69,23 @@ REV_PARSE_LIMIT = 4 * 1024
 
 
 class Resolver:
-    def __init__(self, runner: GitRunner, root: Path, repo: Path, answers: Answers | None = None,
-                 key: Path | None = None) -> None:
+    def __init__(
+        self, runner: GitRunner, root: Path, repo: Path, answers: Answers | None = None, key: Path | None = None
+    ) -> None:
         self.runner = runner
         self.root = root  # the volume root: marker files are written without following links below it
         self.repo = repo
         self.answers = answers or Answers()
         self.key = key or repo  # the cache's path, also while it is built in a staging dir
 
-    async def resolve(self, env: dict[str, str], revision: Revision, *, not_before: float | None = None,
-                      present: frozenset[str] = frozenset()) -> Resolution:
+    async def resolve(
+        self,
+        env: dict[str, str],
+        revision: Revision,
+        *,
+        not_before: float | None = None,
+        present: frozenset[str] = frozenset(),
+    ) -> Resolution:
         """`present`: commits known to be in the cache already (no need to ask git)."""
         if revision.commit:
             if revision.commit in present or await self.has_commit(revision.commit):
@@ -87,8 +94,9 @@ class Resolver:
             if revision.remote_ref:
                 seconds += await self.fetch(env, revision.remote_ref, revision.local_ref)
             if not await self.has_commit(revision.commit):
-                seconds += await self.fetch(env, revision.commit, f"refs/cache/commits/{revision.commit}",
-                                            missing=Reason.COMMIT_NOT_FOUND)
+                seconds += await self.fetch(
+                    env, revision.commit, f"refs/cache/commits/{revision.commit}", missing=Reason.COMMIT_NOT_FOUND
+                )
             if not await self.has_commit(revision.commit):
                 raise GitError(Reason.COMMIT_NOT_FOUND, f"commit {revision.commit} not found upstream", step="fetch")
             return Resolution(revision.commit, False, True, seconds, False, None)
@@ -115,23 +123,37 @@ class Resolver:
         return await self.runner.ok("has-commit", ["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.repo)
 
     async def peel(self, ref: str) -> str:
-        result = await self.runner.run("resolve", ["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"],
-                                       cwd=self.repo, max_stdout=REV_PARSE_LIMIT)
+        result = await self.runner.run(
+            "resolve",
+            ["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"],
+            cwd=self.repo,
+            max_stdout=REV_PARSE_LIMIT,
+        )
         return result.stdout.strip()
 
     async def remote_tip(self, env: dict[str, str], revision: Revision) -> tuple[str, str]:
         """(full remote ref, commit it points at) via one ls-remote round trip."""
         wanted = revision.remote_ref
         if wanted is None:
-            result = await self.runner.run("ls-remote", ["ls-remote", "--symref", "--", "origin", "HEAD"],
-                                           cwd=self.repo, env=env, max_stdout=LS_REMOTE_LIMIT)
+            result = await self.runner.run(
+                "ls-remote",
+                ["ls-remote", "--symref", "--", "origin", "HEAD"],
+                cwd=self.repo,
+                env=env,
+                max_stdout=LS_REMOTE_LIMIT,
+            )
             for line in result.stdout.splitlines():
                 if line.startswith("ref: ") and line.endswith("\tHEAD"):
                     wanted = line.removeprefix("ref: ").split("\t")[0]
             if wanted is None:
                 raise GitError(Reason.REF_NOT_FOUND, "upstream has no default branch (HEAD)", step="ls-remote")
-        result = await self.runner.run("ls-remote", ["ls-remote", "--", "origin", wanted, f"{wanted}^{{}}"],
-                                       cwd=self.repo, env=env, max_stdout=LS_REMOTE_LIMIT)
+        result = await self.runner.run(
+            "ls-remote",
+            ["ls-remote", "--", "origin", wanted, f"{wanted}^{{}}"],
+            cwd=self.repo,
+            env=env,
+            max_stdout=LS_REMOTE_LIMIT,
+        )
         found: dict[str, str] = {}
         for line in result.stdout.splitlines():
             sha, _, ref = line.partition("\t")
@@ -141,8 +163,9 @@ class Resolver:
             raise GitError(Reason.REF_NOT_FOUND, f"{wanted} not found upstream", step="ls-remote")
         return wanted, tip
 
-    async def fetch(self, env: dict[str, str], source: str, destination: str | None,
-                    missing: Reason = Reason.REF_NOT_FOUND) -> float:
+    async def fetch(
+        self, env: dict[str, str], source: str, destination: str | None, missing: Reason = Reason.REF_NOT_FOUND
+    ) -> float:
         """Fetch exactly one ref or commit; auto-gc off; marked so a crash is detected."""
         refspec = f"+{source}:{destination}" if destination else source
         marker = self.repo / OPERATION_MARKER
@@ -150,8 +173,17 @@ class Resolver:
         try:
             result = await self.runner.run(
                 "fetch",
-                ["fetch", "--no-tags", "--no-auto-gc", "--no-recurse-submodules", "--no-write-fetch-head",
-                 "--quiet", "--", "origin", refspec],
+                [
+                    "fetch",
+                    "--no-tags",
+                    "--no-auto-gc",
+                    "--no-recurse-submodules",
+                    "--no-write-fetch-head",
+                    "--quiet",
+                    "--",
+                    "origin",
+                    refspec,
+                ],
                 cwd=self.repo,
                 env=env,
                 # Every received object is checked (malformed trees, paths like .git or ../).

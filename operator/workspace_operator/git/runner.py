@@ -91,21 +91,33 @@ class GitResult:
 # Options prepended to every git call. hooksPath=/dev/null disables all hooks,
 # including ones shipped inside a cloned repository's config.
 _HARDENING = (
-    "-c", "core.hooksPath=/dev/null",
-    "-c", "core.fsmonitor=false",
-    "-c", "core.askPass=",
-    "-c", "protocol.version=2",
-    "-c", "safe.directory=*",
-    "-c", "gc.auto=0",
-    "-c", "maintenance.auto=false",
-    "-c", "fetch.writeCommitGraph=false",
-    "-c", "submodule.recurse=false",
-    "-c", "advice.detachedHead=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.askPass=",
+    "-c",
+    "protocol.version=2",
+    "-c",
+    "safe.directory=*",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "maintenance.auto=false",
+    "-c",
+    "fetch.writeCommitGraph=false",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "advice.detachedHead=false",
     # refs/replace/* would make a pinned commit check out other content.
-    "-c", "core.useReplaceRefs=false",
+    "-c",
+    "core.useReplaceRefs=false",
     # A redirect would take the request to a host the URL policy never checked
     # (a cloud metadata address, a cluster-internal service).
-    "-c", "http.followRedirects=false",
+    "-c",
+    "http.followRedirects=false",
 )
 
 
@@ -132,8 +144,7 @@ def default_max_processes() -> int:
 
 # One semaphore per event loop and limit: the bound is per operator process,
 # whatever number of GitRunner objects the engine creates.
-_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = (
-    weakref.WeakKeyDictionary())
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
 
 
 def process_slots(limit: int) -> asyncio.Semaphore:
@@ -141,6 +152,8 @@ def process_slots(limit: int) -> asyncio.Semaphore:
     if limit not in per_loop:
         per_loop[limit] = asyncio.Semaphore(limit)
     return per_loop[limit]
+
+
 def config_env(*pairs: tuple[str, str]) -> dict[str, str]:
     """git config passed through the environment (GIT_CONFIG_COUNT), not argv.
 
@@ -180,7 +193,7 @@ class GitRunner:
             "GIT_HTTP_LOW_SPEED_TIME": str(int(min(60.0, max(5.0, self.settings.timeout_seconds / 4)))),
             # Without explicit credentials, ssh must still never prompt or trust new hosts.
             "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes "
-                               "-o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null",
+            "-o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null",
             **config_env(),  # no credential helper unless credentials.py configures ours
         }
         for passthrough in ("TMPDIR", "GIT_TRACE_PACKET_DISABLED"):
@@ -247,8 +260,11 @@ class GitRunner:
             except _TooLarge:
                 await _kill_tree(proc)
                 log.warning("git step %s killed: more than %d bytes of output: %s", step, max_stdout, shown)
-                raise GitError(Reason.OUTPUT_TOO_LARGE, f"git produced more than {max_stdout} bytes of output "
-                               "(a hostile or broken upstream?)", step=step) from None
+                raise GitError(
+                    Reason.OUTPUT_TOO_LARGE,
+                    f"git produced more than {max_stdout} bytes of output (a hostile or broken upstream?)",
+                    step=step,
+                ) from None
             except BaseException:
                 # Cancellation (lease lost, shutdown): never leave git running unguarded.
                 await _kill_tree(proc)
@@ -265,7 +281,15 @@ class GitRunner:
                 # git often reports ENOSPC only as "unable to write file": ask the filesystem.
                 reason = Reason.DISK_FULL
                 detail = f"no space left on the volume: {detail}"
-            log.log(logging.DEBUG if query else logging.INFO, "git step %s failed in %.2fs (exit %s): %s: %s", step, seconds, proc.returncode, shown, detail)
+            log.log(
+                logging.DEBUG if query else logging.INFO,
+                "git step %s failed in %.2fs (exit %s): %s: %s",
+                step,
+                seconds,
+                proc.returncode,
+                shown,
+                detail,
+            )
             raise GitError(reason, detail, step=step)
         log.debug("git step %s ok in %.2fs: %s", step, seconds, shown)
         return GitResult(stdout=stdout, stderr=stderr, seconds=seconds)

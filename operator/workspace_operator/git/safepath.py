@@ -104,8 +104,9 @@ def open_dir(root: Path, path: Path, *, create: bool = False) -> Iterator[int]:
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as error:
                 if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise unsafe(root, current, "is a symlink" if _is_link_at(fd, part) else
-                                 "is not a directory") from None
+                    raise unsafe(
+                        root, current, "is a symlink" if _is_link_at(fd, part) else "is not a directory"
+                    ) from None
                 raise
             os.close(fd)
             fd = child
@@ -207,8 +208,7 @@ def write_atomic(root: Path, path: Path, data: str) -> None:
     with open_dir(root, path.parent) as parent:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial, dir_fd=parent)  # a crash mid-write
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                     dir_fd=parent)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent)
         with os.fdopen(fd, "w") as handle:
             handle.write(data)
             handle.flush()

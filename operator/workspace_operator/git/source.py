@@ -36,7 +36,9 @@ def check_url(url: str, allowed_schemes: frozenset[str], what: str = "repository
     if url.startswith("-"):
         raise invalid(f"{what} URL must not start with '-'")
     if "::" in url.split("/", 1)[0] or url.lower().startswith("ext::"):
-        raise GitError(Reason.SCHEME_NOT_ALLOWED, f"{what}: transport '<name>::' syntax is not allowed", step="validate")
+        raise GitError(
+            Reason.SCHEME_NOT_ALLOWED, f"{what}: transport '<name>::' syntax is not allowed", step="validate"
+        )
     if _SCP_LIKE.match(url):
         scheme = "ssh"
         user, _, rest = url.partition("@")
@@ -78,8 +80,7 @@ def check_ref_name(kind: str, value: str) -> str:
         raise invalid(f"ref.{kind} must be 1..{MAX_REF} characters")
     if value.startswith("-"):
         raise invalid(f"ref.{kind} {value!r} must not start with '-'")
-    if (_REF_FORBIDDEN.search(value) or value.startswith(("/", ".")) or value.endswith(("/", "."))
-            or value == "@"):
+    if _REF_FORBIDDEN.search(value) or value.startswith(("/", ".")) or value.endswith(("/", ".")) or value == "@":
         raise invalid(f"ref.{kind} {value!r} is not a valid git ref name")
     if kind == "name" and not value.startswith("refs/"):
         raise invalid(f"ref.name {value!r} must be a full ref name starting with 'refs/'")

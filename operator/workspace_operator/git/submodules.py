@@ -102,10 +102,18 @@ class Submodules:
                 continue
             config = ["fetch.fsckObjects=true"] if self.runner.settings.fsck_objects else []
             for sub in group:
-                config += [f"submodule.{sub.name}.url={sub.url}", f"submodule.{sub.name}.active=true",
-                           f"submodule.{sub.name}.update=checkout"]
-            await self.runner.run("submodules", ["submodule", "update", "--quiet", "--", *(s.path for s in group)],
-                                  cwd=worktree, env=env, config=config)
+                config += [
+                    f"submodule.{sub.name}.url={sub.url}",
+                    f"submodule.{sub.name}.active=true",
+                    f"submodule.{sub.name}.update=checkout",
+                ]
+            await self.runner.run(
+                "submodules",
+                ["submodule", "update", "--quiet", "--", *(s.path for s in group)],
+                cwd=worktree,
+                env=env,
+                config=config,
+            )
         for sub in plan:
             await self._update(worktree / sub.path, sub.url, depth + 1)
 
@@ -115,10 +123,16 @@ class Submodules:
             return []
         # --no-includes: an `[include] path=` in a pushed .gitmodules would otherwise read
         # files of the operator's pod (another tenant's worktree on the volume, say).
-        listing = await self.runner.run("read-gitmodules", ["config", "--no-includes", "--blob", "HEAD:.gitmodules",
-                                                            "--list", "--null"], cwd=worktree)
-        included = [entry.partition("\n")[0] for entry in listing.stdout.split("\0")
-                    if entry.lower().startswith(("include.", "includeif."))]
+        listing = await self.runner.run(
+            "read-gitmodules",
+            ["config", "--no-includes", "--blob", "HEAD:.gitmodules", "--list", "--null"],
+            cwd=worktree,
+        )
+        included = [
+            entry.partition("\n")[0]
+            for entry in listing.stdout.split("\0")
+            if entry.lower().startswith(("include.", "includeif."))
+        ]
         if included:
             raise invalid(f".gitmodules may not include other files ({included[0]})")
         declared = parse_gitmodules(listing.stdout)
@@ -134,8 +148,10 @@ class Submodules:
         for name, fields in sorted(declared.items()):
             path = paths[name].rstrip("/")
             if fields.get("update", "checkout") not in ("checkout", "rebase", "merge", "none"):
-                raise invalid(f"submodule {name!r} has an update mode other than checkout, rebase, merge "
-                              "or none (commands are never run)")
+                raise invalid(
+                    f"submodule {name!r} has an update mode other than checkout, rebase, merge "
+                    "or none (commands are never run)"
+                )
             if path not in gitlinks or fields.get("update") == "none":
                 continue  # not in this commit, or not to be checked out: git skips it too
             if not fields.get("url"):
@@ -157,4 +173,3 @@ class Submodules:
             if meta.startswith("160000 "):
                 found.add(path)
         return found
-

@@ -27,8 +27,9 @@ def ca_env(bundle: str | None, scratch_dir: Path | None = None) -> Iterator[dict
         yield {}
         return
     if _PEM_CERTIFICATE not in bundle:
-        raise GitError(Reason.TLS_VERIFY_FAILED, "ca.crt in the credentials Secret holds no PEM certificate",
-                       step="credentials")
+        raise GitError(
+            Reason.TLS_VERIFY_FAILED, "ca.crt in the credentials Secret holds no PEM certificate", step="credentials"
+        )
     directory = Path(tempfile.mkdtemp(prefix="wo-ca-", dir=scratch_dir))
     try:
         path = directory / "ca.crt"

@@ -48,7 +48,11 @@ class CompletionRecord:
     def matches(self, spec: WorktreeSpec) -> bool:
         other = CompletionRecord.of(spec)
         return (self.commit, self.sub_path, self.sparse, self.submodules) == (
-            other.commit, other.sub_path, other.sparse, other.submodules)
+            other.commit,
+            other.sub_path,
+            other.sparse,
+            other.submodules,
+        )
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,9 @@ class Worktrees:
             return False
         return back == path / ".git"
 
-    async def add(self, spec: WorktreeSpec, env: dict[str, str], submodules: Submodules | None = None
-                  ) -> WorktreeResult:
+    async def add(
+        self, spec: WorktreeSpec, env: dict[str, str], submodules: Submodules | None = None
+    ) -> WorktreeResult:
         """Register and populate in one go (the caller holds the project lock throughout)."""
         registered = await self.register(spec, env)
         if isinstance(registered, WorktreeResult):
@@ -143,13 +148,14 @@ class Worktrees:
         if spec.sparse:
             # Here rather than in populate: the first sparse worktree of a cache turns on
             # extensions.worktreeConfig in the cache's shared config.
-            await self.runner.run("sparse-checkout",
-                                  ["sparse-checkout", "set", "--cone", "--", *map(str, spec.sparse)],
-                                  cwd=path, env=env)
+            await self.runner.run(
+                "sparse-checkout", ["sparse-checkout", "set", "--cone", "--", *map(str, spec.sparse)], cwd=path, env=env
+            )
         return Registered(spec, path, started)
 
-    async def populate(self, registered: Registered, env: dict[str, str],
-                       submodules: Submodules | None = None) -> WorktreeResult:
+    async def populate(
+        self, registered: Registered, env: dict[str, str], submodules: Submodules | None = None
+    ) -> WorktreeResult:
         """Write a registered worktree's files, then its completion record (last).
 
         `submodules` is required when the spec asks for them;
@@ -161,8 +167,9 @@ class Worktrees:
         config = [f"checkout.workers={workers}"] if workers else []
         # Every checkout step gets the credentials: in a partial clone (blob:none)
         # git fetches the blobs it writes from the promisor remote right here.
-        await self.runner.run("checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"],
-                              cwd=path, env=env, config=config)
+        await self.runner.run(
+            "checkout", ["checkout", "--quiet", "--detach", spec.commit, "--"], cwd=path, env=env, config=config
+        )
         if spec.submodules:
             if submodules is None:
                 raise ValueError("a worktree with submodules needs a Submodules updater")
@@ -175,8 +182,10 @@ class Worktrees:
         """Anything of a previous attempt at this name: directory, record or git metadata."""
         path = self.layout.worktree_dir(name)
         record = self.layout.ready_record(name)
-        return any(safepath.kind(p) is not None for p in (
-            path, record, record.with_name(f".{name}.partial"), self.cache / "worktrees" / name))
+        return any(
+            safepath.kind(p) is not None
+            for p in (path, record, record.with_name(f".{name}.partial"), self.cache / "worktrees" / name)
+        )
 
     def _workdir(self, path: Path, spec: WorktreeSpec) -> Path:
         """path/subPath, every component a real directory: a committed symlink is never followed."""
@@ -189,8 +198,11 @@ class Worktrees:
             if found == "link":
                 raise invalid(f"subPath {str(spec.sub_path)!r} goes through a symlink at commit {spec.commit[:12]}")
             if found != "dir":
-                raise GitError(Reason.SUBPATH_NOT_FOUND, f"subPath {str(spec.sub_path)!r} is not a directory "
-                               f"at commit {spec.commit[:12]}", step="check-subpath")
+                raise GitError(
+                    Reason.SUBPATH_NOT_FOUND,
+                    f"subPath {str(spec.sub_path)!r} is not a directory at commit {spec.commit[:12]}",
+                    step="check-subpath",
+                )
         return workdir
 
     def _write_record(self, spec: WorktreeSpec) -> None:
@@ -223,8 +235,9 @@ class Worktrees:
             unlock_crashed_worktrees(root, self.cache)  # else git refuses to remove or prune them
         if found == "dir" and cache_ok:
             try:
-                await self.runner.run("worktree-remove", ["worktree", "remove", "--force", "--force", "--", str(path)],
-                                      cwd=self.cache)
+                await self.runner.run(
+                    "worktree-remove", ["worktree", "remove", "--force", "--force", "--", str(path)], cwd=self.cache
+                )
             except GitError as error:
                 log.info("worktree remove %s fell back to rmtree: %s", name, error)
         elif found == "link":
