@@ -147,3 +147,34 @@ def test_worktree_config_parser_accepts_only_what_git_writes() -> None:
     ):
         keys = worktree_config_keys(hostile)
         assert keys is None or not set(keys) <= {"core.sparsecheckout", "core.sparsecheckoutcone", "index.sparse"}
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTS))
+async def test_planted_redirection_is_quarantined_before_teardown_runs_git(
+    plant: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
+    mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
+    PLANTS[plant][0](mine, ro_repo, other)
+    before = tree_files(other.parent / "backend")
+
+    assert await engine.remove("team-a", "proj", "first")
+    assert not mine.worktree_dir("first").exists() and not mine.cache_dir.exists()
+    assert len(list(mine.project_dir.glob(".quarantine-*"))) == 1
+    assert tree_files(other.parent / "backend") == before  # the other namespace's worktree is intact
+
+
+async def test_a_planted_commondir_cannot_make_teardown_delete_another_namespaces_pin(
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+) -> None:
+    """The attack: team-a's cache points its commondir at team-b's, and a loose pin file
+    makes teardown of team-a's `victim` run `update-ref -d` — on team-b's refs."""
+    mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
+    run_git("update-ref", "refs/workspaces/victim", ro_repo.main, cwd=other)  # team-b's live pin
+    _commondir(mine, ro_repo, other)
+    (mine.cache_dir / "refs" / "workspaces").mkdir(parents=True, exist_ok=True)
+    (mine.cache_dir / "refs" / "workspaces" / "victim").write_text(f"{ro_repo.main}\n")
+
+    await engine.remove("team-a", "proj", "victim")
+    pinned = run_git("rev-parse", "--verify", "refs/workspaces/victim", cwd=other).stdout.strip()
+    assert pinned == ro_repo.main
+    assert not mine.cache_dir.exists() and len(list(mine.project_dir.glob(".quarantine-*"))) == 1

@@ -296,9 +296,27 @@ class Engine:
         """Remove a Workspace's worktree and pin; False if neither existed. The caller holds the project lock."""
         layout = ProjectLayout(self.root, namespace, project)
         runner = self.runner_for(None)
+        # Inspected first, like before a checkout or GC: a tampered cache (a planted
+        # commondir, say) is quarantined, and the removal below runs no git in it.
+        cache = await self.checked_cache(layout)
         existed = await Worktrees(runner, layout).remove(name)  # refuses a project reached through a link
-        unpinned = safepath.kind(layout.cache_dir) == "dir" and await pins.unpin(runner, layout.cache_dir, name)
+        unpinned = cache is not None and await pins.unpin(runner, layout.cache_dir, name)
         return existed or unpinned
+
+    async def checked_cache(self, layout: ProjectLayout) -> Cache | None:
+        """The project's cache if git may run in it: present, and passing the same
+        inspection as before a checkout (else it is quarantined now)."""
+        try:
+            safepath.check_real_dirs(layout.root, layout.project_dir)  # UnsafeVolumePath through a link
+        except FileNotFoundError:
+            return None
+        if safepath.kind(layout.cache_dir) is None:
+            return None
+        cache = Cache(self.runner_for(None), layout)
+        if await cache.check_for_maintenance():
+            return cache
+        self.forget(layout)
+        return None
 
 
 def _relative(root: Path, path: Path) -> PurePosixPath:
@@ -315,20 +333,7 @@ class Maintenance:
         return ProjectLayout(self.engine.root, namespace, project)
 
     async def _checked_cache(self, namespace: str, project: str) -> Cache | None:
-        """The project's cache if git may run in it: present, and passing the same
-        inspection as before a checkout (else it is quarantined now)."""
-        layout = self._layout(namespace, project)
-        try:
-            safepath.check_real_dirs(layout.root, layout.project_dir)  # UnsafeVolumePath through a link
-        except FileNotFoundError:
-            return None
-        if safepath.kind(layout.cache_dir) is None:
-            return None
-        cache = Cache(self.engine.runner_for(None), layout)
-        if await cache.check_for_maintenance():
-            return cache
-        self.engine.forget(layout)
-        return None
+        return await self.engine.checked_cache(self._layout(namespace, project))
 
     async def prune(self, namespace: str, project: str) -> None:
         if cache := await self._checked_cache(namespace, project):
