@@ -41,15 +41,25 @@ class FakeClock:
 
 @dataclass
 class FakeKube:
-    """Records status patches; serves Secrets from a dict (name -> (data, annotations))."""
+    """Records status patches; serves Secrets from a dict (name -> (data, annotations)) and
+    Workspaces from another ((namespace, name) -> object; status patches land there)."""
 
     secrets: dict[str, tuple[dict[str, bytes], dict[str, str]]] = field(default_factory=dict)
     patches: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     secret_reads: list[str] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
+    workspaces: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # as the API server has them
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.patches.append((namespace, name, dict(status)))
+        if (namespace, name) in self.workspaces:
+            self.workspaces[namespace, name]["status"] = dict(status)
+
+    async def get_workspace(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.workspaces.get((namespace, name))
+
+    async def add_finalizer(self, namespace: str, name: str, finalizer: str, meta: Any = None) -> bool:
+        return (namespace, name) in self.workspaces
 
     async def read_secret(self, namespace: str, name: str) -> tuple[dict[str, bytes], dict[str, str]] | None:
         self.secret_reads.append(name)
@@ -114,12 +124,14 @@ class LockCheckingEngine(Engine):
     def __init__(self, root: Path, settings: GitSettings, locks: FakeLocks) -> None:
         super().__init__(root, settings)
         self.locks = locks
+        self.prepares = 0  # exclusive steps run: each asks the upstream (or the coalesced answer)
         self.checkouts = 0
 
     async def prepare(
         self, valid: ValidRequest, *, not_before: float | None = None, hold: object | None = None
     ) -> Prepared:
         assert (valid.request.namespace, valid.request.project) in self.locks.held, "prepare without the Lease"
+        self.prepares += 1
         return await super().prepare(valid, not_before=not_before, hold=hold)
 
     async def populate(self, prepared: Prepared) -> CheckoutResult:

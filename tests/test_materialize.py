@@ -156,6 +156,25 @@ async def test_missing_ref_is_permanent(fake_runtime: FakeRuntime, local_upstrea
     assert not (fake_runtime.root / NS / PROJECT / NAME).exists()
 
 
+async def test_a_second_run_after_a_permanent_failure_asks_nobody(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream
+) -> None:
+    # Two runs of one Workspace one after the other (the create handler waited for a
+    # takeover's run): the second sees the first's Failed status and does nothing.
+    with pytest.raises(op.Fatal):
+        await run(fake_runtime, spec(local_upstream, ref={"branch": "no-such-branch"}))
+    failed = fake_runtime.kube.last_status()
+    fake_runtime.kube.patches.clear()
+    prepares = fake_runtime.engine.prepares
+
+    assert await run(fake_runtime, spec(local_upstream, ref={"branch": "no-such-branch"}), current=failed) is None
+    assert fake_runtime.kube.patches == [] and fake_runtime.engine.prepares == prepares
+    # A new generation (the spec was changed) is tried again.
+    with pytest.raises(op.Fatal):
+        await run(fake_runtime, spec(local_upstream, ref={"branch": "no-such-branch"}), current=failed, generation=2)
+    assert fake_runtime.engine.prepares == prepares + 1
+
+
 async def test_missing_upstream_reports_why(fake_runtime: FakeRuntime, tmp_path: Path) -> None:
     gone = {"project": PROJECT, "repository": f"file://{tmp_path}/no-such-repo"}
     with pytest.raises(op.Fatal) as caught:

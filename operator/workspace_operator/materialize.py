@@ -3,8 +3,8 @@
 Called by the thin kopf handlers on create and on resume, and by the timer when a
 Ready Workspace's worktree was found damaged (a repair: rebuilt at the commit
 status already reports, readyAt kept). Returns normally when the Workspace is
-Ready; raises `Retry` (transient) or `Fatal` (permanent) after writing a status
-that says why. Both say whether the reason changed (`announce`): Events are
+Ready (None: it already was, or it already failed for good at this generation);
+raises `Retry` (transient) or `Fatal` (permanent) after writing a status that says why. Both say whether the reason changed (`announce`): Events are
 posted on a change of reason, not once per retry.
 """
 
@@ -115,6 +115,14 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
     now = datetime.now(UTC)
     received = time.monotonic()  # after the Workspace's creation: upstream answers from later serve it
     current = target.current
+    if current.get("phase") == status.Phase.FAILED.value and status.is_settled(current, target.generation):
+        # Failed for good at this generation: a second run (the create handler after a
+        # takeover's run, or the reverse) must not ask the upstream again. A new spec
+        # (a new generation) or a new Workspace is the way to try again.
+        log.debug(
+            "%s/%s failed permanently at generation %d: nothing to do", target.namespace, target.name, target.generation
+        )
+        return None
     try:
         request = checkout_request(target.namespace, target.name, target.spec)
         valid = rt.engine.validate(request)

@@ -121,14 +121,14 @@ async def _run(rt: Runtime, ws: Mapping[str, Any]) -> None:
     meta = ws["metadata"]
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
     try:
-        await exclusive(rt, namespace, name, uid, ws.get("status") or {}, lambda status: _until_settled(rt, ws, status))
+        await exclusive(rt, namespace, name, uid, ws.get("status") or {}, lambda _: _until_settled(rt, ws))
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("takeover of %s/%s failed", namespace, name)
 
 
-async def _until_settled(rt: Runtime, ws: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+async def _until_settled(rt: Runtime, ws: Mapping[str, Any]) -> None:
     """Materialize with backoff while the project stays here and the Workspace is unsettled."""
     meta = ws["metadata"]
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
@@ -137,7 +137,15 @@ async def _until_settled(rt: Runtime, ws: Mapping[str, Any], status: Mapping[str
     attempt = 0
     if not await rt.kube.add_finalizer(namespace, name, FINALIZER):
         return
-    while not is_settled(status, generation):
+    while True:
+        # The status as it is now: the listing (or the run waited for) may be older than
+        # a run of the create handler that settled it meanwhile.
+        fresh = await rt.kube.get_workspace(namespace, name)
+        if fresh is None or fresh["metadata"].get("uid") != uid or "deletionTimestamp" in fresh["metadata"]:
+            return
+        status = fresh.get("status") or {}
+        if is_settled(status, generation):
+            return
         if not rt.owns(namespace, _project(ws)):
             log.info("takeover of %s/%s stopped: the project moved on", namespace, name)
             return
@@ -158,7 +166,3 @@ async def _until_settled(rt: Runtime, ws: Mapping[str, Any], status: Mapping[str
         except materialize.Retry as retry:
             await asyncio.sleep(retry.delay)
         attempt += 1
-        fresh = await rt.kube.get_workspace(namespace, name)
-        if fresh is None or fresh["metadata"].get("uid") != uid or "deletionTimestamp" in fresh["metadata"]:
-            return
-        status = fresh.get("status") or {}
