@@ -67,7 +67,7 @@ class Driver:
             lambda: self.engine.prepare(valid, not_before=received, hold=self.queues.hold_id("ci", "repo")),
             wait_seconds=600,
         )
-        async with self.checkouts.slot():
+        async with self.checkouts.slot("ci"):
             await self.engine.populate(prepared)
         self.seconds.append(time.monotonic() - received)
         if index:

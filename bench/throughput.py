@@ -45,7 +45,7 @@ async def materialize(
         lambda: engine.prepare(valid, not_before=received, hold=hold("bench", "repo")),
         wait_seconds=1800,
     )
-    async with checkouts.slot():
+    async with checkouts.slot("bench"):
         await engine.populate(prepared)
 
 

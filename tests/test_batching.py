@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from workspace_operator.batching import ProjectQueues
-from workspace_operator.checkouts import Checkouts, default_limit
+from workspace_operator.checkouts import Checkouts, FairQueue, default_limit
 from workspace_operator.lock import LeaseLost, LockTimeout
 
 
@@ -195,7 +195,7 @@ async def test_checkout_slots_bound_parallelism_and_track_names_in_flight() -> N
     async def populate(name: str) -> None:
         nonlocal running, peak
         with checkouts.in_flight("ns", "p", name):
-            async with checkouts.slot():
+            async with checkouts.slot("ns"):
                 running += 1
                 peak = max(peak, running)
                 assert name in checkouts.busy("ns", "p")
@@ -205,6 +205,57 @@ async def test_checkout_slots_bound_parallelism_and_track_names_in_flight() -> N
     await asyncio.gather(*(populate(f"w{i}") for i in range(6)))
     assert peak == 2
     assert checkouts.busy("ns", "p") == set()
+
+
+def test_one_namespace_burst_does_not_hold_up_another_namespace() -> None:
+    """1 slot; 20 waiters of A queued before 1 of B: B gets the slot within the first 2 grants."""
+    queue: FairQueue[str] = FairQueue(1)
+    assert queue.acquire("a", "a-running")
+    for index in range(20):
+        assert not queue.acquire("a", f"a{index}")
+    assert not queue.acquire("b", "b0")
+    grants = [queue.release() for _ in range(22)]
+    assert "b0" in grants[:2], grants
+    # FIFO within a namespace, nobody lost, and the slot is free once all are done.
+    assert [g for g in grants if g and g.startswith("a")] == [f"a{index}" for index in range(20)]
+    assert grants[-1] is None and queue.free == 1 and queue.waiting() == 0
+
+
+def test_round_robin_over_the_namespaces_waiting() -> None:
+    queue: FairQueue[str] = FairQueue(2)
+    assert queue.acquire("a", "a-running") and queue.acquire("a", "a-running-too")
+    for waiter in ("a1", "a2", "a3", "b1", "b2", "c1"):
+        assert not queue.acquire(waiter[0], waiter)
+    queue.withdraw("a", "a2")  # gave up while waiting
+    assert [queue.release() for _ in range(5)] == ["a1", "b1", "c1", "a3", "b2"]
+    assert queue.release() is None and queue.free == 1
+
+
+async def test_checkout_slots_are_fair_between_namespaces_and_survive_cancellation() -> None:
+    checkouts = Checkouts(1)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def populate(namespace: str, name: str) -> None:
+        async with checkouts.slot(namespace):
+            order.append(name)
+            await gate.wait()
+
+    first = asyncio.create_task(populate("a", "a-first"))
+    await asyncio.sleep(0)  # first holds the slot
+    tasks = [asyncio.create_task(populate("a", f"a{index}")) for index in range(20)]
+    quitter = asyncio.create_task(populate("b", "b-quitter"))
+    late = asyncio.create_task(populate("b", "b0"))
+    await asyncio.sleep(0)  # everyone is queued
+    quitter.cancel()
+    await asyncio.gather(quitter, return_exceptions=True)
+    gate.set()
+    await asyncio.gather(first, late, *tasks)
+    assert order[0] == "a-first" and "b0" in order[1:3], order
+    assert "b-quitter" not in order and len(order) == 22
+    # The slot is free again: a newcomer gets it at once.
+    async with checkouts.slot("c"):
+        pass
 
 
 def test_default_limit_follows_the_cgroup_quota(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ async def burst(
             return await engine.prepare(valid, not_before=received, hold=queues.hold_id(NS, PROJECT))
 
         prepared, _waited = await queues.run(NS, PROJECT, exclusive, wait_seconds=60)
-        async with checkouts.slot():
+        async with checkouts.slot(NS):
             return await engine.populate(prepared)
 
     return list(await asyncio.gather(*(one(name) for name in names)))

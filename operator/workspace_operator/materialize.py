@@ -282,7 +282,7 @@ async def _checkout(rt: Runtime, valid: ValidRequest, received: float) -> tuple[
         )
         if isinstance(outcome, CheckoutResult):
             return outcome, waited
-        async with rt.checkouts.slot():
+        async with rt.checkouts.slot(valid.request.namespace):
             return await rt.engine.populate(outcome), waited
     finally:
         (metrics.IN_FLIGHT if started else metrics.QUEUED).dec()
