@@ -3,6 +3,10 @@
 `CredentialSink` is an HTTP server that answers every request with 401 and a
 Basic challenge -- exactly what makes git hand over credentials if it has any
 for that origin -- and logs each request's path and Authorization header.
+Given `status`, `body` (made from the request's path) and `content_type`, it
+answers that instead -- a text/plain error git shows as `remote:` lines, or a
+ref advertisement with an `ERR` line git shows as `fatal: remote error: ...`:
+the way a server fishes for secrets by echoing guesses into error messages.
 Started and stopped by its owner (a `with` block), like the upstreams.
 """
 
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -52,18 +56,25 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        self.send_response(401)
-        self.send_header("WWW-Authenticate", 'Basic realm="attacker"')
-        self.send_header("Content-Type", "text/plain")
+        self.send_response(sink.status)
+        if sink.status == 401:
+            self.send_header("WWW-Authenticate", 'Basic realm="attacker"')
+        self.send_header("Content-Type", sink.content_type)
         self.end_headers()
-        self.wfile.write(b"authentication required\n")
+        self.wfile.write(sink.body(self.path))
 
     do_GET = _answer
     do_POST = _answer
 
 
 class CredentialSink:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        status: int = 401,
+        body: Callable[[str], bytes] = lambda _path: b"authentication required\n",
+        content_type: str = "text/plain",
+    ) -> None:
+        self.status, self.body, self.content_type = status, body, content_type
         self._log: list[Received] = []
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -102,6 +113,15 @@ class CredentialSink:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+def pkt_line(data: bytes) -> bytes:
+    return b"%04x" % (len(data) + 4) + data
+
+
+def error_advertisement(text: str) -> bytes:
+    """A smart-HTTP ref advertisement that is only an `ERR` line: git prints `fatal: remote error: <text>`."""
+    return pkt_line(b"# service=git-upload-pack\n") + b"0000" + pkt_line(f"ERR {text}\n".encode())
 
 
 @pytest.fixture

@@ -66,3 +66,10 @@ def test_ca_file_must_exist(tmp_path: Path) -> None:
     assert parse(WORKSPACE_CA_FILE=str(bundle)).git.ca_file == bundle
     with pytest.raises(config.ConfigError, match="WORKSPACE_CA_FILE: no such file"):
         parse(WORKSPACE_CA_FILE=str(tmp_path / "missing.pem"))
+
+
+def test_submodule_budget_reaches_the_git_engine() -> None:
+    assert parse().git.max_submodules == 64
+    assert parse(WORKSPACE_MAX_SUBMODULES="8").git.max_submodules == 8
+    with pytest.raises(config.ConfigError, match="WORKSPACE_MAX_SUBMODULES must be 0"):
+        parse(WORKSPACE_MAX_SUBMODULES="-1")

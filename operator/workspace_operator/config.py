@@ -60,6 +60,7 @@ class Config:
     file_roots: tuple[Path, ...] = ()
     fsck_objects: bool = False
     ca_file: Path | None = None
+    max_submodules: int = 64
     identity: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "workspace-operator"))
 
     def __post_init__(self) -> None:
@@ -75,6 +76,8 @@ class Config:
             raise ConfigError("WORKSPACE_MAINTENANCE_BUDGET_SECONDS must be 0 (off) or more")
         if self.max_git_processes < 0:
             raise ConfigError("WORKSPACE_MAX_GIT_PROCESSES must be 0 (automatic) or more")
+        if self.max_submodules < 0:
+            raise ConfigError("WORKSPACE_MAX_SUBMODULES must be 0 (no submodules) or more")
         if self.reconcile_interval_seconds <= 0 or self.reconcile_jitter_seconds < 0:
             raise ConfigError("WORKSPACE_RECONCILE_INTERVAL_SECONDS must be > 0, the jitter >= 0")
         if (
@@ -105,6 +108,7 @@ class Config:
             file_roots=self.file_roots,
             fsck_objects=self.fsck_objects,
             ca_file=self.ca_file,
+            max_submodules=self.max_submodules,
         )
 
 
@@ -376,6 +380,13 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
         "comma-separated directories file:// repositories must lie below; empty = no file:// at all",
     ),
     ("--fsck-objects", "WORKSPACE_FSCK_OBJECTS", "fsck_objects", _bool, "check every fetched object"),
+    (
+        "--max-submodules",
+        "WORKSPACE_MAX_SUBMODULES",
+        "max_submodules",
+        int,
+        "submodules one Workspace may check out, all nesting levels counted; more fail it (TooManySubmodules)",
+    ),
     ("--identity", "WORKSPACE_IDENTITY", "identity", str, "Lease holder identity prefix (default: hostname)"),
 )
 

@@ -31,6 +31,7 @@ class Reason(StrEnum):
     GIT_FAILED = "GitFailed"
     OUTPUT_TOO_LARGE = "GitOutputTooLarge"
     UNSAFE_PATH = "UnsafeVolumePath"
+    TOO_MANY_SUBMODULES = "TooManySubmodules"
 
 
 PERMANENT = frozenset(
@@ -50,6 +51,7 @@ PERMANENT = frozenset(
         Reason.UNSAFE_PATH,
         Reason.INVALID_CREDENTIALS,
         Reason.HOST_NOT_ALLOWED,
+        Reason.TOO_MANY_SUBMODULES,
     }
 )
 

@@ -53,6 +53,14 @@ class Origin:
     def path(self) -> str:
         return "/" + "/".join(self.segments)
 
+    @property
+    def authority(self) -> str:
+        """Host, and port unless the scheme's default, as messages name a server."""
+        if self.scheme == "file":
+            return "a local path"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == DEFAULT_PORTS.get(self.scheme) else f"{host}:{self.port}"
+
     def covers(self, other: Origin) -> bool:
         """`other` is this origin or below it: same scheme, host, port (and ssh user
         if this names one), and this path is a segment-wise prefix of other's."""

@@ -10,7 +10,12 @@ below hold everywhere by construction:
   also covers submodules and redirects);
 * user-supplied arguments are placed after `--` by callers, and anything that
   looks like an option where a ref belongs is refused before git runs;
-* the logged command line and any error text pass through the Redactor;
+* the logged command line and any error text pass through the Redactor --
+  except the stderr of a call that talks to a server outside the credentials'
+  grant (`conceal`): the caller's fixed text replaces it, in the error and the
+  log, so what such a server says never reaches a message at all (redacting it
+  would tell that server which of its guesses is a secret: they come back as
+  `***`);
 * bounded: at most `max_processes` git processes run at once per operator
   process, stdout is kept only up to a per-call cap (beyond it the call fails
   with `GitOutputTooLarge`) and only a tail of stderr is kept, so a hostile
@@ -66,6 +71,8 @@ class GitSettings:
     # Loopback, link-local and private addresses are refused unless this is set
     # (or the host is listed in allowed_hosts).
     allow_private_networks: bool = False
+    # Submodules of one worktree, every level counted, beyond which it fails (TooManySubmodules).
+    max_submodules: int = 64
     # file:// repositories must lie below one of these (never below the volume root).
     file_roots: tuple[Path, ...] = ()
     # Check every object a fetch receives (transfer.fsckObjects); costly on cold clones.
@@ -218,12 +225,15 @@ class GitRunner:
         config: Sequence[str] = (),
         query: bool = False,
         max_stdout: int = DEFAULT_STDOUT_LIMIT,
+        conceal: str | None = None,
     ) -> GitResult:
         """Run `git <args>` in cwd; raise GitError (classified, redacted) on failure.
 
         More than `max_stdout` bytes of output fail the call (`GitOutputTooLarge`):
         the process group is killed as soon as the cap is passed, so memory stays
-        bounded whatever the other side sends.
+        bounded whatever the other side sends. With `conceal`, a failure's message
+        (and log line) is that text instead of git's stderr, which then only
+        chooses the reason.
         """
         limit = timeout if timeout is not None else self.settings.timeout_seconds
         full_env = self.base_env()
@@ -275,7 +285,7 @@ class GitRunner:
         stdout = stdout_b.decode("utf-8", "replace")
         stderr = stderr_b.decode("utf-8", "replace")
         if proc.returncode != 0:
-            detail = self.redact(_last_lines(stderr) or f"exit status {proc.returncode}")
+            detail = conceal or self.redact(_last_lines(stderr) or f"exit status {proc.returncode}")
             reason = classify(stderr)
             if reason is Reason.GIT_FAILED and _WRITE_FAILURE.search(stderr) and _nearly_full(cwd):
                 # git often reports ENOSPC only as "unable to write file": ask the filesystem.

@@ -12,18 +12,31 @@ commit's `.gitmodules` names. Instead, one level at a time:
    config; the submodules' own repositories live in the worktree's metadata
    (`.cache/worktrees/<name>/modules`) and go with it;
 4. credentials only for submodules the Secret's list of repositories covers;
-   the others run without them (no helper answer, no ssh key);
+   the others run without them (no helper answer, no ssh key), one git call
+   each, and when the Workspace has a Secret their failures are reported as a
+   fixed message (reason, path, host): nothing such a server says reaches a
+   message, and nothing read from it passes a redactor that knows the secrets
+   (a server echoing guesses would otherwise see from the status which of them
+   came back as `***`);
 5. recurse into each submodule, up to MAX_DEPTH levels.
+
+Bounded as a whole: at most `max_submodules` submodules per worktree, every
+level counted, checked before anything of a level is fetched (so a fan-out of
+submodules listing submodules costs at most that many clones), and the whole
+phase within one git timeout.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from workspace_operator.git.credentials import CredentialSession
+from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.layout import check_relpath, invalid
+from workspace_operator.git.origins import Origin
 from workspace_operator.git.policy import URLPolicy
 from workspace_operator.git.runner import GitRunner
 
@@ -36,8 +49,10 @@ _PATHSPEC_MAGIC = re.compile(r"[*?\[\]\\:]")
 @dataclass(frozen=True)
 class Submodule:
     name: str
-    path: str
+    path: str  # relative to its superproject's worktree
     url: str
+    origin: Origin
+    shown: str  # its path relative to the Workspace's worktree, for messages
 
 
 def resolve_relative(base: str, url: str) -> str:
@@ -80,15 +95,39 @@ class Submodules:
 
     def __init__(self, runner: GitRunner, policy: URLPolicy, session: CredentialSession, repository: str) -> None:
         self.runner = runner
+        # For what servers outside the grant send (their .gitmodules, say): it knows no secrets.
+        self.outsider = GitRunner(runner.settings)
         self.policy = policy
         self.session = session
         self.repository = repository
+        self._top = Path()
+        self._count = 0
+        self._deadline = 0.0
 
     async def update(self, worktree: Path) -> None:
-        await self._update(worktree, self.repository, 0)
+        timeout = self.runner.settings.timeout_seconds
+        self._top, self._count, self._deadline = worktree, 0, time.monotonic() + timeout
+        try:
+            await self._update(worktree, self.repository, 0, self.runner)
+        except GitError as error:
+            if error.reason is not Reason.TIMEOUT:
+                raise
+            raise GitError(
+                Reason.TIMEOUT,
+                f"submodules not done within {timeout:.0f}s (one git timeout covers all of them)",
+                step=error.step,
+            ) from None
 
-    async def _update(self, worktree: Path, super_url: str, depth: int) -> None:
-        plan = await self._plan(worktree, super_url)
+    def _left(self) -> float:
+        """Seconds left for the submodule phase; a GitTimeout when none are."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise GitError(Reason.TIMEOUT, "no time left", step="submodules")
+        return left
+
+    async def _update(self, worktree: Path, super_url: str, depth: int, runner: GitRunner) -> None:
+        """The submodules of worktree; `runner` is the one for what its server sent."""
+        plan = await self._plan(runner, worktree, super_url)
         if not plan:
             return
         if depth >= MAX_DEPTH:
@@ -96,37 +135,66 @@ class Submodules:
         granted = [sub for sub in plan if self.session.allows(sub.url)]
         for sub in granted:
             self.session.grant(sub.url)
-        public = [sub for sub in plan if sub not in granted]
-        for group, env in ((granted, self.session.env), (public, self.session.anonymous)):
-            if not group:
-                continue
-            config = ["fetch.fsckObjects=true"] if self.runner.settings.fsck_objects else []
-            for sub in group:
-                config += [
-                    f"submodule.{sub.name}.url={sub.url}",
-                    f"submodule.{sub.name}.active=true",
-                    f"submodule.{sub.name}.update=checkout",
-                ]
-            await self.runner.run(
-                "submodules",
-                ["submodule", "update", "--quiet", "--", *(s.path for s in group)],
-                cwd=worktree,
-                env=env,
-                config=config,
-            )
+        if granted:
+            await self._checkout(worktree, granted, self.runner, self.session.env)
         for sub in plan:
-            await self._update(worktree / sub.path, sub.url, depth + 1)
+            if sub not in granted:
+                await self._checkout_outside_grant(worktree, sub)
+        for sub in plan:
+            await self._update(
+                worktree / sub.path, sub.url, depth + 1, self.runner if sub in granted else self.outsider
+            )
 
-    async def _plan(self, worktree: Path, super_url: str) -> list[Submodule]:
-        """The submodules of the commit checked out in worktree, every URL checked."""
-        if not await self.runner.ok("has-gitmodules", ["cat-file", "-e", "HEAD:.gitmodules"], cwd=worktree):
+    async def _checkout(
+        self, worktree: Path, group: list[Submodule], runner: GitRunner, env: dict[str, str], conceal: str | None = None
+    ) -> None:
+        config = ["fetch.fsckObjects=true"] if runner.settings.fsck_objects else []
+        for sub in group:
+            config += [
+                f"submodule.{sub.name}.url={sub.url}",
+                f"submodule.{sub.name}.active=true",
+                f"submodule.{sub.name}.update=checkout",
+            ]
+        await runner.run(
+            "submodules",
+            ["submodule", "update", "--quiet", "--", *(s.path for s in group)],
+            cwd=worktree,
+            env=env,
+            config=config,
+            timeout=self._left(),
+            conceal=conceal,
+        )
+
+    async def _checkout_outside_grant(self, worktree: Path, sub: Submodule) -> None:
+        """One submodule the credentials do not cover, run without them; its server's
+        words reach no message when there is a secret it could be fishing for."""
+        where = f"submodule {sub.shown!r} at {sub.origin.authority}"
+        if self.session.creds is None:
+            try:
+                await self._checkout(worktree, [sub], self.outsider, self.session.anonymous)
+            except GitError as error:
+                raise GitError(error.reason, f"{where}: {error.message}", step=error.step) from None
+            return
+        conceal = (
+            f"{where} failed; its server is outside the credentials Secret's repositories, "
+            "so what it answered is not shown"
+        )
+        await self._checkout(worktree, [sub], self.outsider, self.session.anonymous, conceal)
+
+    async def _plan(self, runner: GitRunner, worktree: Path, super_url: str) -> list[Submodule]:
+        """The submodules of the commit checked out in worktree, counted against the
+        budget and every URL checked, before any of them is fetched."""
+        if not await runner.ok(
+            "has-gitmodules", ["cat-file", "-e", "HEAD:.gitmodules"], cwd=worktree, timeout=self._left()
+        ):
             return []
         # --no-includes: an `[include] path=` in a pushed .gitmodules would otherwise read
         # files of the operator's pod (another tenant's worktree on the volume, say).
-        listing = await self.runner.run(
+        listing = await runner.run(
             "read-gitmodules",
             ["config", "--no-includes", "--blob", "HEAD:.gitmodules", "--list", "--null"],
             cwd=worktree,
+            timeout=self._left(),
         )
         included = [
             entry.partition("\n")[0]
@@ -139,12 +207,12 @@ class Submodules:
         paths = {name: fields.get("path", "") for name, fields in declared.items()}
         for name, path in paths.items():
             if not _NAME.match(name) or ".." in name.split("/") or "\n" in name:
-                raise invalid(f"submodule name {name!r} is not allowed")
+                raise invalid(f"submodule {name!r} is not allowed")
             check_relpath(f"submodule {name!r} path", path)
             if _PATHSPEC_MAGIC.search(path):
                 raise invalid(f"submodule {name!r} path {path!r} contains pathspec characters")
-        gitlinks = await self._gitlinks(worktree, sorted(set(paths.values())))
-        plan: list[Submodule] = []
+        gitlinks = await self._gitlinks(runner, worktree, sorted(set(paths.values())))
+        wanted: list[tuple[str, str, str]] = []
         for name, fields in sorted(declared.items()):
             path = paths[name].rstrip("/")
             if fields.get("update", "checkout") not in ("checkout", "rebase", "merge", "none"):
@@ -156,17 +224,30 @@ class Submodules:
                 continue  # not in this commit, or not to be checked out: git skips it too
             if not fields.get("url"):
                 raise invalid(f"submodule {name!r} has no url")
+            wanted.append((name, path, fields["url"]))
+        self._count += len(wanted)
+        budget = self.runner.settings.max_submodules
+        if self._count > budget:
+            raise GitError(
+                Reason.TOO_MANY_SUBMODULES,
+                f"more than {budget} submodules, all levels counted (WORKSPACE_MAX_SUBMODULES={budget})",
+                step="submodules",
+            )
+        plan: list[Submodule] = []
+        for name, path, declared_url in wanted:
             what = f"submodule {name!r}"
-            url = resolve_relative(super_url, fields["url"])
+            url = resolve_relative(super_url, declared_url)
             origin = self.policy.check(url, what)
             await self.policy.check_addresses(origin, what)
-            plan.append(Submodule(name, path, url))
+            plan.append(Submodule(name, path, url, origin, str((worktree / path).relative_to(self._top))))
         return plan
 
-    async def _gitlinks(self, worktree: Path, paths: list[str]) -> set[str]:
+    async def _gitlinks(self, runner: GitRunner, worktree: Path, paths: list[str]) -> set[str]:
         if not paths:
             return set()
-        listing = await self.runner.run("list-gitlinks", ["ls-tree", "-z", "HEAD", "--", *paths], cwd=worktree)
+        listing = await runner.run(
+            "list-gitlinks", ["ls-tree", "-z", "HEAD", "--", *paths], cwd=worktree, timeout=self._left()
+        )
         found: set[str] = set()
         for entry in listing.stdout.split("\0"):
             meta, _, path = entry.partition("\t")
