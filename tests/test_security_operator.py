@@ -4,7 +4,9 @@ A tenant who may only create Workspaces in a namespace holding an opted-in
 Secret tries to get its user name and token sent elsewhere: dot segments and
 other URL tricks (refused by the API server), a submodule on an attacker's
 host, a non-UTF-8 Secret. Whatever happens, the attacker's server never sees a
-credential and no secret appears in logs, status, events or files.
+credential and no secret appears in logs, status, events or files; nor can that
+server confirm a guessed secret by echoing it into its errors. A fan-out of
+nested submodules stops at the Workspace's submodule budget.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import pytest
 from kubernetes.client import ApiClient, CoreV1Api, V1ObjectMeta, V1Secret
 from kubernetes.client.exceptions import ApiException
 
-from attackers import CredentialSink
+from attackers import CredentialSink, error_advertisement
 from cluster import OperatorProcess, Workspaces, wait_for
 from test_credentials_origin import submodule
-from upstreams import SmartHTTP, StandardRepo, served_repo
+from test_submodule_attacks import fan_out
+from upstreams import GitDaemon, SmartHTTP, StandardRepo, served_repo
 
 pytestmark = pytest.mark.cluster
 
@@ -141,3 +144,75 @@ def test_submodule_on_attacker_host_never_receives_the_secret(
         wait_for(lambda: "AuthenticationFailed" in op.metrics(), timeout=10, message="failure metric")
     finally:
         server.stop()
+
+
+def test_submodule_server_cannot_confirm_a_guessed_secret(
+    api_client: ApiClient,
+    kubectl: Kubectl,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    tmp_path: Path,
+) -> None:
+    """The attacker's server echoes the real user name and token into one Workspace's
+    submodule error and wrong guesses into the other's: what either reports is the same."""
+    names = ("right", "wrong")
+    guesses = {"/right/": f"{USER} {TOKEN}", "/wrong/": f"u8z3w tok-{secrets.token_hex(12)}"}
+
+    def echo(path: str) -> bytes:
+        said = next(text for prefix, text in guesses.items() if path.startswith(prefix))
+        return error_advertisement(f"access denied for {said}")
+
+    def events(name: str) -> list[str]:
+        listed = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+        return [e["message"] for e in listed if e["involvedObject"]["name"] == name]
+
+    assert upstream_repo.served_dir is not None
+    with (
+        CredentialSink(200, echo, "application/x-git-upload-pack-advertisement") as attacker,
+        SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN) as server,
+    ):
+        for name in names:
+            served_repo(
+                upstream_repo.served_dir,
+                f"super-{name}",
+                {"top.txt": "top\n"},
+                {"lib": upstream_repo.main},
+                submodule("lib", "lib", attacker.url(f"{name}/lib.git")),
+            )
+        op = operator_factory()
+        allowed = ",".join(server.url(f"super-{name}") for name in names)
+        secret = {"username": USER.encode(), "password": TOKEN.encode()}
+        make_secret(CoreV1Api(api_client), namespace, "git-creds", secret, allowed)
+        for name in names:
+            spec = {"project": name, "repository": server.url(f"super-{name}"), "submodules": True}
+            workspaces.create(name, {**spec, "credentials": {"secretName": "git-creds"}})
+        right, wrong = (workspaces.wait_reason(name, "AuthenticationFailed")["message"] for name in names)
+        assert {r.path.split("/")[1] for r in attacker.received()} == set(names), "the attack did not run"
+        assert right == wrong  # byte for byte
+        assert f"submodule 'lib' at 127.0.0.1:{attacker.port} failed" in right
+        wait_for(lambda: all(events(name) for name in names), timeout=20, message="failure events")
+        assert events("right") == events("wrong")
+    texts = [op.log(), kubectl("get", "events", "-n", namespace, "-o", "json").stdout]
+    texts += [json.dumps(workspaces.get(name)) for name in names]
+    for text in texts:
+        for said in (USER, TOKEN, *guesses["/wrong/"].split(), "***", "remote error"):
+            assert said not in text, f"{said[:3]}... reported"
+
+
+def test_submodule_fan_out_fails_at_the_budget(
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    git_daemon: GitDaemon,
+) -> None:
+    fan_out(git_daemon.base, 4)  # 4 + 16 submodules
+    op = operator_factory(env={"WORKSPACE_MAX_SUBMODULES": "6"})
+    workspaces.create("fan", {"project": "fan", "repository": git_daemon.url("super"), "submodules": True})
+    condition = workspaces.wait_reason("fan", "TooManySubmodules")
+    assert condition["status"] == "False" and workspaces.status("fan")["phase"] == "Failed"
+    assert "more than 6 submodules" in condition["message"] and "WORKSPACE_MAX_SUBMODULES" in condition["message"]
+    assert not (op.root / workspaces.namespace / "fan" / ".ready" / "fan").exists()
+    # The first level (4) was cloned; the second was counted (4 + 4 > 6) before any fetch.
+    assert git_daemon.count("mid") <= 6 and git_daemon.count("leaf") == 0, git_daemon.requests()
