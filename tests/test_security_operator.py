@@ -192,8 +192,8 @@ def test_submodule_server_cannot_confirm_a_guessed_secret(
         assert {r.path.split("/")[1] for r in attacker.received()} == set(names), "the attack did not run"
         assert right == wrong  # byte for byte
         assert f"submodule 'lib' at 127.0.0.1:{attacker.port} failed" in right
-        wait_for(lambda: all(events(name) for name in names), timeout=20, message="failure events")
-        assert events("right") == events("wrong")
+        # Events too (posted when the create handler, not a takeover, ran the attempt).
+        assert {message for name in names for message in events(name)} <= {right}
     texts = [op.log(), kubectl("get", "events", "-n", namespace, "-o", "json").stdout]
     texts += [json.dumps(workspaces.get(name)) for name in names]
     for text in texts:
