@@ -8,7 +8,7 @@ that logs every tunnel (tests/proxy.py).
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,18 +21,6 @@ from upstreams import SmartHTTP, StandardRepo
 
 pytestmark = pytest.mark.cluster
 StartOperator = Callable[..., OperatorProcess]
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> PrivateCA:
-    return PrivateCA(tmp_path / "pki")
-
-
-@pytest.fixture
-def https_upstream(upstream_repo: StandardRepo, ca: PrivateCA) -> Iterator[SmartHTTP]:
-    assert upstream_repo.served_dir is not None
-    with SmartHTTP(upstream_repo.served_dir, tls=ca.server_context()) as server:
-        yield server
 
 
 def _ca_secret(api_client: ApiClient, namespace: str, name: str, pem: str, allowed: str) -> None:
