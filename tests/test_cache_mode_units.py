@@ -16,7 +16,7 @@ from upstreams import StandardRepo, git, make_standard_repo
 from workspace_operator.cli.api import judge
 from workspace_operator.cli.checkout import Source, checkout
 from workspace_operator.cli.errors import CliError, Exit
-from workspace_operator.cli.main import owner_reference, parser, workspace_body
+from workspace_operator.cli.main import git_settings, owner_reference, parser, workspace_body
 from workspace_operator.gc_plan import Kind, Policy, ProjectSnapshot, plan
 from workspace_operator.git import GitSettings, pins
 from workspace_operator.spec import checkout_request
@@ -188,6 +188,36 @@ def test_create_builds_the_workspace_asked_for() -> None:
         parser().parse_args(
             ["create", "--project", "p", "--repository", "r", "--name", "a", "--branch", "b", "--tag", "t"]
         )
+
+
+def test_the_jobs_url_policy_comes_from_the_operators_variables(tmp_path: Path) -> None:
+    settings = git_settings(
+        {
+            "WORKSPACE_ALLOWED_SCHEMES": "https, git,ext",
+            "WORKSPACE_ALLOWED_HOSTS": "Git.Example.com.,*.corp.example",
+            "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",
+            "WORKSPACE_FILE_ROOTS": str(tmp_path),
+        }
+    )
+    assert settings.allowed_schemes == {"https", "git"}  # never a transport the engine does not know
+    assert settings.allowed_hosts == ("git.example.com", "*.corp.example")
+    assert settings.allow_private_networks and settings.file_roots == (tmp_path.resolve(),)
+    assert settings.safe_directories == ("*",)  # until a checked cache narrows it to itself
+    strict = git_settings({})
+    assert (strict.allowed_schemes, strict.allowed_hosts, strict.allow_private_networks, strict.file_roots) == (
+        {"https", "ssh"},
+        (),
+        False,
+        (),
+    )
+    for bad in (
+        {"WORKSPACE_ALLOW_PRIVATE_NETWORKS": "maybe"},
+        {"WORKSPACE_FILE_ROOTS": "relative/dir"},
+        {"WORKSPACE_ALLOWED_HOSTS": "no spaces.example"},
+    ):
+        with pytest.raises(CliError) as caught:
+            git_settings(bad)
+        assert caught.value.code is Exit.USAGE
 
 
 def test_kubectl_finds_the_plugin() -> None:

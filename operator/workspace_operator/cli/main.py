@@ -126,21 +126,22 @@ def git_settings(environ: Mapping[str, str]) -> GitSettings:
     def csv(name: str, default: str = "") -> list[str]:
         return [item.strip() for item in environ.get(name, default).split(",") if item.strip()]
 
+    private = environ.get("WORKSPACE_ALLOW_PRIVATE_NETWORKS", "").strip().lower()
+    if private not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise CliError(Exit.USAGE, f"WORKSPACE_ALLOW_PRIVATE_NETWORKS: not a boolean: {private!r}")
+    roots = [Path(item) for item in csv("WORKSPACE_FILE_ROOTS")]
+    if not all(root.is_absolute() for root in roots):
+        raise CliError(Exit.USAGE, "WORKSPACE_FILE_ROOTS: paths must be absolute")
     try:
-        private = environ.get("WORKSPACE_ALLOW_PRIVATE_NETWORKS", "").strip().lower()
-        if private not in ("", "true", "false"):
-            raise ValueError(f"WORKSPACE_ALLOW_PRIVATE_NETWORKS must be true or false, not {private!r}")
-        roots = [Path(item) for item in csv("WORKSPACE_FILE_ROOTS")]
-        if not all(root.is_absolute() for root in roots):
-            raise ValueError("WORKSPACE_FILE_ROOTS: paths must be absolute")
-        return GitSettings(
-            allowed_schemes=frozenset(csv("WORKSPACE_ALLOWED_SCHEMES", "https,ssh")) & ALL_SCHEMES,
-            allowed_hosts=tuple(normalize_host_pattern(item) for item in csv("WORKSPACE_ALLOWED_HOSTS")),
-            allow_private_networks=private == "true",
-            file_roots=tuple(root.resolve() for root in roots),
-        )
+        hosts = tuple(normalize_host_pattern(item) for item in csv("WORKSPACE_ALLOWED_HOSTS"))
     except (URLRefused, ValueError) as error:
-        raise CliError(Exit.USAGE, str(error)) from None
+        raise CliError(Exit.USAGE, f"WORKSPACE_ALLOWED_HOSTS: not a host pattern: {error}") from None
+    return GitSettings(
+        allowed_schemes=frozenset(s.lower() for s in csv("WORKSPACE_ALLOWED_SCHEMES", "https,ssh")) & ALL_SCHEMES,
+        allowed_hosts=hosts,
+        allow_private_networks=private in ("1", "true", "yes", "on"),
+        file_roots=tuple(root.resolve() for root in roots),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
