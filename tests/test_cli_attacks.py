@@ -75,7 +75,7 @@ async def refused(source: Source, into: Path, settings: GitSettings) -> CliError
     return caught.value
 
 
-# -- 1a. submodules: the engine's URL policy and depth bound --------------------------------------
+# -- submodules: the engine's URL policy and depth bound --------------------------------------
 
 
 Hostile = Callable[[GitDaemon, Path], tuple[str, str]]
@@ -202,7 +202,7 @@ async def test_a_submodule_host_gets_no_credentials_from_the_jobs_environment(
     assert not (job_home / "asked").exists()
 
 
-# -- 1c/1d. the cache is inspected, reached without links, before git runs -----------------------
+# -- the cache is inspected, reached without links, before git runs -----------------------
 
 
 @pytest.mark.parametrize("plant", sorted(PLANTS))
@@ -261,7 +261,7 @@ async def test_a_link_to_another_namespaces_cache_is_never_followed(
     assert snapshot(volume / VICTIM) == before
 
 
-# -- 1b. as the job runs it: another uid, the cache mounted read-only -----------------------------
+# -- as the job runs it: another uid, the cache mounted read-only -----------------------------
 
 
 async def test_git_trusts_the_mounted_cache_and_no_other_repository_of_another_owner(
