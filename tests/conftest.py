@@ -15,7 +15,7 @@ pytest_plugins = ["upstreams", "cluster", "runtime_fakes", "engine_fixtures", "a
 
 NEEDS = {
     "cluster": {"control_plane"},
-    "upstreams": {"git_daemon", "smart_http", "smart_http_auth", "ssh_server", "ro_daemon"},
+    "upstreams": {"git_daemon", "smart_http", "smart_http_auth", "https_upstream", "ssh_server", "ro_daemon"},
 }
 
 

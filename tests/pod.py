@@ -44,6 +44,10 @@ def _interpreter() -> str:
     return str(own if _world_reachable(own) or not system.exists() else system)
 
 
+_SITE_PACKAGES = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+_SITE = f"import site, sys\nsite.addsitedir({_SITE_PACKAGES!r})\n"
+
+
 @dataclass
 class EmulatedPod:
     base: Path  # 0755, under /tmp: reachable for the job's uid (pytest's tmp_path is not)
@@ -74,13 +78,18 @@ class EmulatedPod:
             os.chown(directory, self.uid, self.uid)
         # The command as the image installs it: on PATH, run by a Python the uid can execute.
         command = self.bin / "kubectl-workspace"
-        site_packages = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
         command.write_text(
-            f"#!{_interpreter()}\nimport site, sys\nsite.addsitedir({site_packages!r})\n"
-            "from workspace_operator.cli.main import main\nsys.exit(main())\n"
+            f"#!{_interpreter()}\n{_SITE}from workspace_operator.cli.main import main\nsys.exit(main())\n"
         )
         command.chmod(0o755)
         return self
+
+    def python(self, code: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run Python code as the job, the package importable as in the image."""
+        script = self.base / "job.py"
+        script.write_text(_SITE + code)
+        script.chmod(0o644)
+        return self.run(_interpreter(), str(script), **kwargs)
 
     def mount_cache(self, volume_root: Path, cache_path: str) -> Path:
         """Mount `<volume>/<cache_path>` read-only at `<cache root>/<cache_path>` in every later run."""

@@ -16,7 +16,7 @@ from upstreams import StandardRepo, git, make_standard_repo
 from workspace_operator.cli.api import judge
 from workspace_operator.cli.checkout import Source, checkout
 from workspace_operator.cli.errors import CliError, Exit
-from workspace_operator.cli.main import owner_reference, parser, workspace_body
+from workspace_operator.cli.main import git_settings, owner_reference, parser, workspace_body
 from workspace_operator.gc_plan import Kind, Policy, ProjectSnapshot, plan
 from workspace_operator.git import GitSettings, pins
 from workspace_operator.spec import checkout_request
@@ -31,14 +31,23 @@ POLICY = Policy(
 )
 
 
+CACHE_PATH = PurePosixPath("team-a/proj/.cache")
+
+
+def bare_cache(volume: Path, source: Path, url: str) -> Path:
+    """A cache at volume/CACHE_PATH as the operator leaves one: bare, origin set, source's branches and tags."""
+    bare = volume / CACHE_PATH
+    git(volume.parent, "init", "-q", "--bare", str(bare))
+    git(bare, "config", "remote.origin.url", url)
+    git(bare, "fetch", "-q", str(source), "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+    return bare
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> tuple[Path, StandardRepo]:
     """A bare cache holding the standard repository's main, feature branch and tags."""
     repo = make_standard_repo(tmp_path / "upstream")
-    bare = tmp_path / "cache"
-    git(tmp_path, "init", "-q", "--bare", str(bare))
-    git(bare, "fetch", "-q", str(repo.src), "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
-    return bare, repo
+    return bare_cache(tmp_path / "volume", repo.src, "https://git.example.com/r.git"), repo
 
 
 # -- pins ------------------------------------------------------------------------------------
@@ -181,6 +190,32 @@ def test_create_builds_the_workspace_asked_for() -> None:
         )
 
 
+def test_the_jobs_url_policy_comes_from_the_operators_variables(tmp_path: Path) -> None:
+    settings = git_settings(
+        {
+            "WORKSPACE_ALLOWED_SCHEMES": "https, git,ext",
+            "WORKSPACE_ALLOWED_HOSTS": "Git.Example.com.,*.corp.example",
+            "WORKSPACE_ALLOW_PRIVATE_NETWORKS": "true",
+            "WORKSPACE_FILE_ROOTS": str(tmp_path),
+        }
+    )
+    assert settings.allowed_schemes == {"https", "git"}  # never a transport the engine does not know
+    assert settings.allowed_hosts == ("git.example.com", "*.corp.example")
+    assert settings.allow_private_networks and settings.file_roots == (tmp_path.resolve(),)
+    assert settings.safe_directories == ("*",)  # until a checked cache narrows it to itself
+    strict = git_settings({})
+    assert strict.allowed_schemes == {"https", "ssh"} and not strict.allow_private_networks
+    assert strict.allowed_hosts == () and strict.file_roots == ()
+    for bad in (
+        {"WORKSPACE_ALLOW_PRIVATE_NETWORKS": "maybe"},
+        {"WORKSPACE_FILE_ROOTS": "relative/dir"},
+        {"WORKSPACE_ALLOWED_HOSTS": "no spaces.example"},
+    ):
+        with pytest.raises(CliError) as caught:
+            git_settings(bad)
+        assert caught.value.code is Exit.USAGE
+
+
 def test_kubectl_finds_the_plugin() -> None:
     kubectl = Path(sys.executable).parent / "kubectl"
     result = subprocess.run(
@@ -200,11 +235,12 @@ def test_kubectl_finds_the_plugin() -> None:
 def test_sparse_checkout_borrows_objects_and_copies_the_asked_tag(
     cache: tuple[Path, StandardRepo], tmp_path: Path
 ) -> None:
-    bare, repo = cache
+    _bare, repo = cache
     source = Source(
         repository="https://git.example.com/r.git",
         commit=repo.v1_0,
-        cache=bare,
+        cache_root=tmp_path / "volume",
+        cache_path=CACHE_PATH,
         sub_path=PurePosixPath("services/api"),
         sparse=(PurePosixPath("services"),),
         tag="v1.0",
@@ -235,14 +271,20 @@ def test_submodules_are_checked_out_from_their_own_upstream(tmp_path: Path) -> N
     )
     git(superproject.src, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "vendor")
     head = git(superproject.src, "rev-parse", "HEAD")
-    bare = tmp_path / "cache"
-    git(tmp_path, "init", "-q", "--bare", str(bare))
-    git(bare, "fetch", "-q", str(superproject.src), "+refs/heads/*:refs/remotes/origin/*")
-    source = Source(repository="https://git.example.com/super.git", commit=head, cache=bare, submodules=True)
+    url = "https://git.example.com/super.git"
+    bare_cache(tmp_path / "volume", superproject.src, url)
+    source = Source(url, head, tmp_path / "volume", CACHE_PATH, submodules=True)
+    # file:// submodules need a file root, as in the operator (and never lie on the volume).
+    files = GitSettings(allowed_schemes=frozenset({"file"}), file_roots=(tmp_path,))
     into = tmp_path / "job"
-    asyncio.run(checkout(source, into, clean=False, settings=GitSettings(allowed_schemes=frozenset({"file"}))))
+    asyncio.run(checkout(source, into, clean=False, settings=files))
     assert (into / "vendor" / "library" / "README.md").is_file()
     assert git(into / "vendor" / "library", "rev-parse", "HEAD") == library.main
-    with pytest.raises(CliError) as refused:  # transports outside the allow-list stay closed
-        asyncio.run(checkout(source, tmp_path / "job2", clean=False, settings=GitSettings()))
-    assert refused.value.code is Exit.FAILED and "submodules" in refused.value.message
+    for settings, reason in (
+        (GitSettings(), "TransportNotAllowed"),  # transports outside the allow-list stay closed
+        (GitSettings(allowed_schemes=frozenset({"file"})), "HostNotAllowed"),  # no file roots
+    ):
+        with pytest.raises(CliError) as refused:
+            asyncio.run(checkout(source, tmp_path / "job2", clean=True, settings=settings))
+        assert refused.value.code is Exit.FAILED and f"submodules refused ({reason})" in refused.value.message
+        assert not (tmp_path / "job2" / "vendor" / "library" / "README.md").exists()

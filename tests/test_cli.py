@@ -255,10 +255,17 @@ def test_clear_errors_with_documented_exit_codes(
 
     unmounted = cli("checkout", "cached", "--into", str(tmp_path / "a"), "--cache-root", str(tmp_path / "empty"))
     assert unmounted.returncode == 7 and "no git cache at" in unmounted.stderr
-    other = tmp_path / "other-volume"
+    other = tmp_path / "other-volume"  # a cache of the same repository without the commit
     subprocess.run(["git", "init", "-q", "--bare", str(other / status["cachePath"])], check=True)
+    subprocess.run(["git", "-C", str(other / status["cachePath"]), "config", "remote.origin.url", url], check=True)
     missing = cli("checkout", "cached", "--into", str(tmp_path / "b"), "--cache-root", str(other))
     assert missing.returncode == 8 and status["commit"] in missing.stderr
+    linked = tmp_path / "linked-volume"  # <cachePath> a link to the real cache: never followed
+    (linked / status["cachePath"]).parent.mkdir(parents=True)
+    (linked / status["cachePath"]).symlink_to(op.root / status["cachePath"])
+    unsafe = cli("checkout", "cached", "--into", str(tmp_path / "b2"), "--cache-root", str(linked))
+    assert unsafe.returncode == 13 and "the cache is a symlink" in unsafe.stderr, unsafe.stderr
+    assert not (tmp_path / "b2").exists()
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "old.txt").write_text("x")
     busy = cli("checkout", "cached", "--into", str(tmp_path / "c"), "--cache-root", str(op.root))

@@ -8,7 +8,7 @@ that logs every tunnel (tests/proxy.py).
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,22 +17,10 @@ from kubernetes.client import ApiClient, CoreV1Api, V1ObjectMeta, V1Secret
 from cluster import OperatorProcess, Workspaces
 from pki import PrivateCA
 from proxy import ConnectProxy
-from upstreams import SmartHTTP, StandardRepo
+from upstreams import SmartHTTP, StandardRepo, served_repo
 
 pytestmark = pytest.mark.cluster
 StartOperator = Callable[..., OperatorProcess]
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> PrivateCA:
-    return PrivateCA(tmp_path / "pki")
-
-
-@pytest.fixture
-def https_upstream(upstream_repo: StandardRepo, ca: PrivateCA) -> Iterator[SmartHTTP]:
-    assert upstream_repo.served_dir is not None
-    with SmartHTTP(upstream_repo.served_dir, tls=ca.server_context()) as server:
-        yield server
 
 
 def _ca_secret(api_client: ApiClient, namespace: str, name: str, pem: str, allowed: str) -> None:
@@ -69,6 +57,35 @@ def test_private_ca_is_refused_without_trust_and_ready_with_the_secrets_ca(
     pem_line = ca.ca_pem.splitlines()[1]
     assert not [p for p in op.root.rglob("*") if p.is_file() and pem_line.encode() in p.read_bytes()]
     assert not list(tmp_path.glob("wo-ca-*")), "CA scratch directory left behind"
+
+
+def test_the_secrets_ca_reaches_the_submodules_it_covers(
+    api_client: ApiClient,
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    https_upstream: SmartHTTP,
+    ca: PrivateCA,
+) -> None:
+    operator_factory()
+    lib = https_upstream.url("lib")
+    served_repo(
+        https_upstream.base,
+        "super",
+        {"top.txt": "top\n"},
+        {"vendor/lib": served_repo(https_upstream.base, "lib", {"lib.txt": "library\n"})},
+        f'[submodule "lib"]\n\tpath = vendor/lib\n\turl = {lib}\n',
+    )
+    url = https_upstream.url("super")
+    _ca_secret(api_client, namespace, "both", ca.ca_pem, f"{url}\n{lib}")
+    _ca_secret(api_client, namespace, "super-only", ca.ca_pem, url)
+    for name, secret in (("covered", "both"), ("uncovered", "super-only")):
+        workspaces.create(
+            name, {"project": name, "repository": url, "submodules": True, "credentials": {"secretName": secret}}
+        )
+    assert workspaces.wait_ready("covered")["phase"] == "Ready"
+    condition = workspaces.wait_reason("uncovered", "TLSVerificationFailed")
+    assert "vendor/lib" in condition["message"] or "lib.git" in condition["message"], condition
 
 
 def test_ca_file_setting_trusts_the_private_ca_for_every_repository(

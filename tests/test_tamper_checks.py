@@ -65,7 +65,40 @@ def _worktree_gitdir(mine: ProjectLayout, _repo: StandardRepo, other: Path) -> N
     (mine.cache_dir / "worktrees" / "first" / "gitdir").write_text(f"{other.parent / 'backend' / '.git'}\n")
 
 
+def _dot_git(mine: ProjectLayout, _repo: StandardRepo, other: Path) -> None:
+    # git run in the cache takes `.cache/.git` for the repository: team-b's cache here.
+    (mine.cache_dir / ".git").symlink_to(other)
+
+
+def pwned(mine: ProjectLayout) -> Path:
+    """What a planted command would create: next to the volume, never on it."""
+    return mine.root.parent / "pwned"
+
+
+def _command_config(key: str) -> Plant:
+    def plant(mine: ProjectLayout, _repo: StandardRepo, _other: Path) -> None:
+        script = mine.root.parent / "pwn.sh"
+        script.write_text(f"#!/bin/sh\ntouch {pwned(mine)}\n")
+        script.chmod(0o755)
+        hooks = mine.root.parent / "hooks"
+        hooks.mkdir(exist_ok=True)
+        for hook in ("post-checkout", "reference-transaction", "post-index-change"):
+            (hooks / hook).symlink_to(script)
+        run_git("config", key, str(hooks if key == "core.hooksPath" else script), cwd=mine.cache_dir)
+
+    return plant
+
+
+def _include(mine: ProjectLayout, _repo: StandardRepo, other: Path) -> None:
+    run_git("config", "include.path", str(other / "config"), cwd=mine.cache_dir)
+
+
 PLANTS: dict[str, tuple[Plant, str]] = {
+    "dot-git": (_dot_git, ".git"),
+    "fsmonitor": (_command_config("core.fsmonitor"), "core.fsmonitor"),
+    "hooks-path": (_command_config("core.hooksPath"), "core.hookspath"),
+    "ssh-command": (_command_config("core.sshCommand"), "core.sshcommand"),
+    "include": (_include, "include.path"),
     "replace-ref": (_replace_ref, "replace refs"),
     "packed-replace-ref": (_packed_replace_ref, "replace refs"),
     "alternates": (_alternates, "objects/info/alternates"),
@@ -77,7 +110,9 @@ PLANTS: dict[str, tuple[Plant, str]] = {
 }
 
 
-async def _setup(engine: Engine, repo: StandardRepo, daemon: GitDaemon, volume: Path) -> tuple[ProjectLayout, Path]:
+async def two_namespaces(
+    engine: Engine, repo: StandardRepo, daemon: GitDaemon, volume: Path
+) -> tuple[ProjectLayout, Path]:
     url = daemon.url("repo")
     other = await checkout(engine, request(url, namespace="team-b", name="backend"))
     assert other.commit == repo.main
@@ -90,7 +125,7 @@ async def _setup(engine: Engine, repo: StandardRepo, daemon: GitDaemon, volume: 
 async def test_planted_redirection_is_quarantined_before_checkout(
     plant: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
 ) -> None:
-    mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
+    mine, other = await two_namespaces(engine, ro_repo, ro_daemon, volume)
     action, why = PLANTS[plant]
     action(mine, ro_repo, other)
 
@@ -100,14 +135,14 @@ async def test_planted_redirection_is_quarantined_before_checkout(
     assert tree_files(mine.worktree_dir("ws")) == expected_files(ro_repo, ro_repo.old)
     assert_worktree_at(mine, "ws", ro_repo.old)
     assert len(list(mine.project_dir.glob(".quarantine-*"))) == 1
-    assert not Path("/tmp/pwned-by-config-worktree").exists()
+    assert not Path("/tmp/pwned-by-config-worktree").exists() and not pwned(mine).exists()
 
 
 @pytest.mark.parametrize("plant", sorted(PLANTS))
 async def test_planted_redirection_is_quarantined_before_gc_runs_git(
     plant: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
 ) -> None:
-    mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
+    mine, other = await two_namespaces(engine, ro_repo, ro_daemon, volume)
     PLANTS[plant][0](mine, ro_repo, other)
     stamp = mine.cache_dir / "workspace-operator.last-gc"
     maintenance = Maintenance(engine)
@@ -121,7 +156,7 @@ async def test_replace_refs_are_ignored_by_every_git_call(
     engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
 ) -> None:
     """Even where the inspection does not run, git reads the real objects."""
-    mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
+    mine, other = await two_namespaces(engine, ro_repo, ro_daemon, volume)
     _replace_ref(mine, ro_repo, other)
     real_tree = run_git(
         "rev-parse", f"{ro_repo.old}^{{tree}}", cwd=mine.cache_dir, env={"GIT_NO_REPLACE_OBJECTS": "1"}
@@ -153,7 +188,7 @@ def test_worktree_config_parser_accepts_only_what_git_writes() -> None:
 async def test_planted_redirection_is_quarantined_before_teardown_runs_git(
     plant: str, engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
 ) -> None:
-    mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
+    mine, other = await two_namespaces(engine, ro_repo, ro_daemon, volume)
     PLANTS[plant][0](mine, ro_repo, other)
     before = tree_files(other.parent / "backend")
 
@@ -168,7 +203,7 @@ async def test_a_planted_commondir_cannot_make_teardown_delete_another_namespace
 ) -> None:
     """The attack: team-a's cache points its commondir at team-b's, and a loose pin file
     makes teardown of team-a's `victim` run `update-ref -d` — on team-b's refs."""
-    mine, other = await _setup(engine, ro_repo, ro_daemon, volume)
+    mine, other = await two_namespaces(engine, ro_repo, ro_daemon, volume)
     run_git("update-ref", "refs/workspaces/victim", ro_repo.main, cwd=other)  # team-b's live pin
     _commondir(mine, ro_repo, other)
     (mine.cache_dir / "refs" / "workspaces").mkdir(parents=True, exist_ok=True)

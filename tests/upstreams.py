@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pki import PrivateCA
 from testsupport.gitenv import git, git_env, run_git
 from testsupport.upstreams import (
     GitDaemon,
@@ -74,6 +75,19 @@ def smart_http(upstream_repo: StandardRepo) -> Iterator[SmartHTTP]:
 @pytest.fixture
 def smart_http_auth(upstream_repo: StandardRepo) -> Iterator[SmartHTTP]:
     with SmartHTTP(_served(upstream_repo), username="ci-bot", password=secrets.token_urlsafe(24)) as server:
+        yield server
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> PrivateCA:
+    """A private certificate authority made for this test (tests/pki.py)."""
+    return PrivateCA(tmp_path / "pki")
+
+
+@pytest.fixture
+def https_upstream(upstream_repo: StandardRepo, ca: PrivateCA) -> Iterator[SmartHTTP]:
+    """The smart HTTP upstream over TLS, with a certificate of the private CA."""
+    with SmartHTTP(_served(upstream_repo), tls=ca.server_context()) as server:
         yield server
 
 

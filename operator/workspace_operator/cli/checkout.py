@@ -1,11 +1,15 @@
 """A writable checkout owned by the job, borrowing the objects of the read-only cache.
 
-`git init` in the target directory, the cache's object directory as its only
-alternate (objects/info/alternates: nothing is copied), origin set to the
-Workspace's repository without credentials, refs written as a packed-refs file,
-then the commit checked out (sparse if asked, submodules if asked). Every git
-call goes through the engine's hardened runner: no hooks, no credential
-helpers, no user or system config, a timeout. The cache is only ever read.
+Before anything else the mounted cache is checked as the operator checks it
+(git/mounted.py): reached without following a link, no planted files or config;
+else nothing runs. Then `git init` in the target directory, the checked cache's
+object directory as its only alternate (objects/info/alternates: nothing is
+copied), origin set to the Workspace's repository without credentials, refs
+written as a packed-refs file, then the commit checked out (sparse if asked;
+submodules if asked, checked like the operator's). Every git call goes through
+the engine's hardened runner: no hooks, no credential helpers, no user or system
+config, `safe.directory` only for that one cache, a timeout. The cache is only
+ever read.
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from workspace_operator.cli.errors import CliError, Exit
-from workspace_operator.git import SHA, GitError, GitRunner, GitSettings, check_ref_name, check_relpath
+from workspace_operator.git import (
+    SHA,
+    GitError,
+    GitRunner,
+    GitSettings,
+    MountedCache,
+    Reason,
+    check_ref_name,
+    check_relpath,
+    open_mounted_cache,
+)
 
 
 @dataclass(frozen=True)
@@ -27,13 +41,18 @@ class Source:
 
     repository: str
     commit: str
-    cache: Path  # where the job sees the project's cache
+    cache_root: Path  # where the job mounts the workspace volume (or the project's cache below it)
+    cache_path: PurePosixPath  # status.cachePath: <namespace>/<project>/.cache below cache_root
     sub_path: PurePosixPath | None = None
     sparse: tuple[PurePosixPath, ...] = ()
     submodules: bool = False
     all_tags: bool = False  # spec.tags: the cache holds every upstream tag
     tag: str | None = None
     branch: str | None = None
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_root / self.cache_path
 
 
 def source_of(obj: Mapping[str, Any], cache_root: Path) -> Source:
@@ -50,7 +69,8 @@ def source_of(obj: Mapping[str, Any], cache_root: Path) -> Source:
         return Source(
             repository=str(spec.get("repository", "")),
             commit=commit,
-            cache=cache_root / relative,
+            cache_root=cache_root,
+            cache_path=relative,
             sub_path=check_relpath("subPath", spec["subPath"]) if spec.get("subPath") else None,
             sparse=tuple(check_relpath("sparse entry", entry) for entry in spec.get("sparse") or ()),
             submodules=bool(spec.get("submodules")),
@@ -64,14 +84,14 @@ def source_of(obj: Mapping[str, Any], cache_root: Path) -> Source:
 
 async def checkout(source: Source, into: Path, *, clean: bool, settings: GitSettings) -> Path:
     """Make the checkout; returns the directory to work in (into, or into/subPath)."""
-    _check_cache(source.cache)
+    cache = await _open_cache(source, settings)
     _prepare(into, clean)
-    runner = GitRunner(settings)
+    runner = cache.runner()
     try:
         await runner.run("init", ["init", "--quiet", "--template=", "--", str(into)], cwd=into)
         info = into / ".git" / "objects" / "info"
         info.mkdir(parents=True, exist_ok=True)
-        (info / "alternates").write_text(f"{source.cache.resolve() / 'objects'}\n")
+        (info / "alternates").write_text(f"{cache.path / 'objects'}\n")
         if not await runner.ok("has-commit", ["cat-file", "-e", f"{source.commit}^{{commit}}"], cwd=into):
             raise CliError(
                 Exit.COMMIT_MISSING,
@@ -83,7 +103,7 @@ async def checkout(source: Source, into: Path, *, clean: bool, settings: GitSett
             ("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*"),
         ):
             await runner.run("configure", ["config", key, value], cwd=into)
-        await _write_refs(runner, source, into)
+        await _write_refs(runner, source, cache, into)
         if source.sparse:
             await runner.run(
                 "sparse-checkout", ["sparse-checkout", "set", "--cone", "--", *map(str, source.sparse)], cwd=into
@@ -91,8 +111,10 @@ async def checkout(source: Source, into: Path, *, clean: bool, settings: GitSett
         await runner.run("checkout", ["checkout", "--quiet", "--detach", source.commit, "--"], cwd=into)
         if source.submodules:
             # From their own upstreams, without credentials: the cache holds only the superproject.
-            await runner.run("submodules", ["submodule", "update", "--init", "--recursive", "--quiet"], cwd=into)
+            await cache.update_submodules(into, source.repository)
     except GitError as error:
+        if error.step == "validate":  # a submodule URL the policy refuses: nothing was fetched for it
+            raise CliError(Exit.FAILED, f"submodules refused ({error.reason}): {error.message}") from None
         raise CliError(Exit.FAILED, f"git {error.step} failed in {into}: {error.message}") from None
     workdir = into / source.sub_path if source.sub_path else into
     if not workdir.is_dir():
@@ -100,13 +122,19 @@ async def checkout(source: Source, into: Path, *, clean: bool, settings: GitSett
     return workdir
 
 
-def _check_cache(cache: Path) -> None:
-    if not (cache / "objects").is_dir() or not (cache / "HEAD").is_file():
+async def _open_cache(source: Source, settings: GitSettings) -> MountedCache:
+    try:
+        return await open_mounted_cache(settings, source.cache_root, source.cache_path)
+    except FileNotFoundError:
         raise CliError(
             Exit.CACHE_NOT_MOUNTED,
-            f"no git cache at {cache}: mount the workspace volume (read-only) "
+            f"no git cache at {source.cache}: mount the workspace volume (read-only) "
             "at --cache-root (WORKSPACE_CACHE_ROOT), or its status.cachePath at the same path below it",
-        )
+        ) from None
+    except GitError as error:
+        if error.reason is Reason.UNSAFE_PATH:
+            raise CliError(Exit.UNSAFE_CACHE, f"unsafe cache under {source.cache_root}: {error.message}") from None
+        raise CliError(Exit.FAILED, f"unusable cache at {source.cache}: {error.message}") from None
 
 
 def _prepare(into: Path, clean: bool) -> None:
@@ -121,13 +149,13 @@ def _prepare(into: Path, clean: bool) -> None:
             entry.unlink()
 
 
-async def _write_refs(runner: GitRunner, source: Source, into: Path) -> None:
+async def _write_refs(runner: GitRunner, source: Source, cache: MountedCache, into: Path) -> None:
     """Tags (all of the cache's with spec.tags, else the one asked for) and origin's branch, as packed refs."""
     refs: dict[str, str] = {}
     if source.all_tags or source.tag:
         wanted = "refs/tags/" if source.all_tags else f"refs/tags/{source.tag}"
         listing = await runner.run(
-            "list-tags", ["for-each-ref", "--format=%(objectname) %(refname)", "--", wanted], cwd=source.cache
+            "list-tags", ["for-each-ref", "--format=%(objectname) %(refname)", "--", wanted], cwd=cache.path
         )
         for line in listing.stdout.splitlines():
             sha, _, ref = line.partition(" ")

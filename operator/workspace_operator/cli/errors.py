@@ -22,6 +22,7 @@ class Exit(IntEnum):
     API_UNAVAILABLE = 10  # the API server could not be reached or answered an error
     CONFLICT = 11  # create: a Workspace of that name exists with another spec
     WRONG_MODE = 12  # path: a CacheOnly Workspace has no worktree
+    UNSAFE_CACHE = 13  # the mounted cache failed inspection (a symlink, planted files or config): no git ran
 
 
 class CliError(Exception):

@@ -11,14 +11,14 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from workspace_operator.cli.api import WorkspaceApi, connect
 from workspace_operator.cli.checkout import checkout, source_of
 from workspace_operator.cli.errors import CliError, Exit
-from workspace_operator.git import ALL_SCHEMES, GitSettings
+from workspace_operator.git import ALL_SCHEMES, GitSettings, URLRefused, normalize_host_pattern
 from workspace_operator.spec import CACHE_ONLY, GROUP, KIND, MODES, VERSION
 
 DEFAULT_CACHE_ROOT = "/workspaces"
@@ -120,6 +120,30 @@ def owner_reference(value: str, api_version: str | None) -> dict[str, str]:
     return {"apiVersion": version, "kind": kind, "name": name, "uid": uid}
 
 
+def git_settings(environ: Mapping[str, str]) -> GitSettings:
+    """Where submodules may come from: the operator's URL policy, from the same variables (docs/cli.md)."""
+
+    def csv(name: str, default: str = "") -> list[str]:
+        return [item.strip() for item in environ.get(name, default).split(",") if item.strip()]
+
+    private = environ.get("WORKSPACE_ALLOW_PRIVATE_NETWORKS", "").strip().lower()
+    if private not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise CliError(Exit.USAGE, f"WORKSPACE_ALLOW_PRIVATE_NETWORKS: not a boolean: {private!r}")
+    roots = [Path(item) for item in csv("WORKSPACE_FILE_ROOTS")]
+    if not all(root.is_absolute() for root in roots):
+        raise CliError(Exit.USAGE, "WORKSPACE_FILE_ROOTS: paths must be absolute")
+    try:
+        hosts = tuple(normalize_host_pattern(item) for item in csv("WORKSPACE_ALLOWED_HOSTS"))
+    except (URLRefused, ValueError) as error:
+        raise CliError(Exit.USAGE, f"WORKSPACE_ALLOWED_HOSTS: not a host pattern: {error}") from None
+    return GitSettings(
+        allowed_schemes=frozenset(s.lower() for s in csv("WORKSPACE_ALLOWED_SCHEMES", "https,ssh")) & ALL_SCHEMES,
+        allowed_hosts=hosts,
+        allow_private_networks=private in ("1", "true", "yes", "on"),
+        file_roots=tuple(root.resolve() for root in roots),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     client, namespace = connect(args.kubeconfig, args.namespace)
     api = WorkspaceApi(client, namespace)
@@ -138,11 +162,8 @@ def run(args: argparse.Namespace) -> int:
             )
         print(args.cache_root / status["workdir"])
     elif args.command == "checkout":
+        settings = git_settings(os.environ)
         source = source_of(api.wait(args.name, args.timeout), args.cache_root)
-        schemes = os.environ.get("WORKSPACE_ALLOWED_SCHEMES", "https,ssh")
-        settings = GitSettings(
-            allowed_schemes=frozenset(s.strip() for s in schemes.split(",") if s.strip()) & ALL_SCHEMES
-        )
         print(asyncio.run(checkout(source, args.into.absolute(), clean=args.clean, settings=settings)))
     return Exit.OK
 

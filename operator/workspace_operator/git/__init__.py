@@ -16,6 +16,7 @@ from workspace_operator.git.inventory import (
     project_state,
 )
 from workspace_operator.git.layout import DNS1123_LABEL, check_relpath, invalid
+from workspace_operator.git.mounted import MountedCache, open_mounted_cache
 from workspace_operator.git.origins import URLRefused, normalize_host_pattern
 from workspace_operator.git.runner import ALL_SCHEMES, UPSTREAM_STEPS, GitRunner, GitSettings, write_guard
 from workspace_operator.git.source import SHA, Revision, check_ref_name
@@ -33,6 +34,7 @@ __all__ = [
     "GitRunner",
     "GitSettings",
     "Maintenance",
+    "MountedCache",
     "Prepared",
     "ProjectState",
     "Reason",
@@ -49,6 +51,7 @@ __all__ = [
     "invalid_credentials",
     "list_projects",
     "normalize_host_pattern",
+    "open_mounted_cache",
     "project_present",
     "project_state",
     "write_guard",

@@ -54,8 +54,9 @@ CONFIG_LIMIT = 64 * 1024
 OWNER = "workspace-operator.owner"
 # Keys git writes to a worktree's own config.worktree (sparse-checkout); any other is planted.
 _WORKTREE_CONFIG = frozenset({"core.sparsecheckout", "core.sparsecheckoutcone", "index.sparse"})
-# Files that would make git read objects or history from elsewhere, or redirect the repository.
-_REDIRECTS = ("objects/info/alternates", "objects/info/http-alternates", "info/grafts", "commondir")
+# Files that would make git read objects or history from elsewhere, or redirect the repository:
+# git run in the cache looks for `.git` there first and, found, uses it as the repository instead.
+_REDIRECTS = ("objects/info/alternates", "objects/info/http-alternates", "info/grafts", "commondir", ".git")
 _GIT_ENTRIES = ("HEAD", "config", "objects", "refs", "packed-refs", "info", "worktrees", "shallow", "index")
 
 
@@ -142,9 +143,33 @@ class Cache:
         first opening by this process, which also looks deeper (links in objects/,
         ref tips that parse).
         """
-        problem = self._inspect_files(owner, deep=first_use)
+        problem = self._inspect_files(owner, deep=first_use) or await self._inspect_config(url)
         if problem is not None:
             return problem
+        why = await self._reason_for_fsck(first_use)
+        if why is not None:
+            if not await self.runner.ok(
+                "fsck", ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"], cwd=self.path
+            ):
+                return f"fsck failed after {why}"
+            log.info("cache %s verified (%s)", self.layout.relative_dir, why)
+            self._drop_temporary_packs()
+            safepath.remove(self.layout.root, self.path / OPERATION_MARKER)
+            safepath.remove(self.layout.root, self.path / HOLD_MARKER)
+        return None
+
+    async def inspect_mounted(self) -> str | None:
+        """The same inspection for a reader that may not write the cache: a job's checkout
+        from a read-only mount, perhaps at another path than the operator's, as another uid.
+
+        Every check that only reads, in depth (links below objects/ too); nothing is
+        repaired, removed or quarantined, and no origin is compared. Worktree metadata names
+        the operator's paths, so there only its place relative to the project is compared.
+        None if git may read the cache, else what is wrong with it.
+        """
+        return self._inspect_files(None, deep=True, anchored=False) or await self._inspect_config(None)
+
+    async def _inspect_config(self, url: str | None) -> str | None:
         try:
             config = await self._read_config()
         except GitError as error:
@@ -167,16 +192,6 @@ class Cache:
         tampered = [key for key in config if key not in _EXPECTED_CONFIG]
         if tampered:
             return f"unexpected settings in the cache's config ({', '.join(sorted(tampered)[:5])})"
-        why = await self._reason_for_fsck(first_use)
-        if why is not None:
-            if not await self.runner.ok(
-                "fsck", ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"], cwd=self.path
-            ):
-                return f"fsck failed after {why}"
-            log.info("cache %s verified (%s)", self.layout.relative_dir, why)
-            self._drop_temporary_packs()
-            safepath.remove(self.layout.root, self.path / OPERATION_MARKER)
-            safepath.remove(self.layout.root, self.path / HOLD_MARKER)
         return None
 
     async def _reason_for_fsck(self, first_use: bool) -> str | None:
@@ -200,8 +215,10 @@ class Cache:
             return "unreadable ref tips"
         return None
 
-    def _inspect_files(self, owner: str | None, *, deep: bool) -> str | None:
-        """Checks by looking at files only (no git): links, redirections, replace refs, owner."""
+    def _inspect_files(self, owner: str | None, *, deep: bool, anchored: bool = True) -> str | None:
+        """Checks by looking at files only (no git): links, redirections, replace refs, owner.
+
+        `anchored`: the volume is mounted where the operator's git wrote its paths."""
         root, path = self.layout.root, self.path
         found = safepath.kind(path)
         if found != "dir":
@@ -210,7 +227,10 @@ class Cache:
         links = [name for name in _GIT_ENTRIES if safepath.kind(path / name) == "link"]
         if links:
             return f"symlinks in the cache ({', '.join(links)})"
-        if safepath.kind(path / "HEAD") != "file" or safepath.kind(path / "objects") != "dir":
+        # Without refs/ git would not take it for a repository and look above it instead.
+        if any(
+            safepath.kind(path / name) != kind for name, kind in (("HEAD", "file"), ("objects", "dir"), ("refs", "dir"))
+        ):
             return "not a git repository"
         recorded = safepath.read_text(root, path / OWNER).strip() if safepath.mtime(root, path / OWNER) else None
         if owner and recorded and recorded != owner:
@@ -224,12 +244,13 @@ class Cache:
         for tree in ("refs", *(("objects",) if deep else ())):
             if safepath.is_real_dir(path / tree) and (links := safepath.find_links(root, path / tree)):
                 return f"symlinks in the cache ({tree}/{links[0]})"
-        return self._inspect_worktree_metadata()
+        return self._inspect_worktree_metadata(anchored)
 
-    def _inspect_worktree_metadata(self) -> str | None:
+    def _inspect_worktree_metadata(self, anchored: bool = True) -> str | None:
         """Each worktrees/<id>: points back into this project, shares this cache, plain config.
 
-        Read through one directory descriptor: a few system calls per worktree.
+        Read through one directory descriptor: a few system calls per worktree. Not
+        `anchored` (mounted elsewhere), a worktree's path is compared from the namespace on.
         """
         metadata = self.path / "worktrees"
         if not safepath.is_real_dir(metadata):
@@ -245,9 +266,14 @@ class Cache:
                 if "commondir" not in files or "gitdir" not in files:
                     continue  # a crash's leftover: prune drops it
                 gitdir = Path(files["gitdir"].strip())
+                project = gitdir.parent.parent
                 if (
                     files["commondir"].strip() != "../.."
-                    or gitdir.parent.parent != self.layout.project_dir
+                    or (
+                        project != self.layout.project_dir
+                        if anchored
+                        else project.parts[-2:] != self.layout.relative_dir.parts
+                    )
                     or gitdir.name != ".git"
                     or not is_worktree_name(gitdir.parent.name)
                 ):

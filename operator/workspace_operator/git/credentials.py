@@ -164,7 +164,9 @@ def credential_env(
 ) -> Iterator[CredentialSession]:
     """A session whose `env` authenticates git for `repository` during the block."""
     if creds is None or creds.empty:
-        yield CredentialSession(None, None)
+        # Nothing to hand out, but the Secret's list still says which submodules it covers
+        # (they get its CA: see Engine._session).
+        yield CredentialSession(None, creds)
         return
     directory = Path(tempfile.mkdtemp(prefix="wo-cred-", dir=scratch_dir))
     try:

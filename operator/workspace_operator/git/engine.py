@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from workspace_operator.git import pins, safepath
 from workspace_operator.git.cache import Cache
-from workspace_operator.git.credentials import Credentials, credential_env
+from workspace_operator.git.credentials import Credentials, CredentialSession, credential_env
 from workspace_operator.git.errors import GitError, Redactor
 from workspace_operator.git.housekeeping import Housekeeping
 from workspace_operator.git.layout import (
@@ -143,6 +144,19 @@ class Engine:
             credentials.register(redact)
         return GitRunner(self.settings, redact)
 
+    @contextlib.contextmanager
+    def _session(self, request: CheckoutRequest) -> Iterator[CredentialSession]:
+        """The Secret's credentials and its CA (`ca.crt`), both for the granted origins only:
+        `session.env` (the repository, the submodules the Secret covers), never
+        `session.anonymous` (every other submodule)."""
+        creds = request.credentials
+        with (
+            credential_env(creds, self.settings.scratch_dir, request.repository) as session,
+            ca_env(creds.ca_bundle if creds else None, self.settings.scratch_dir) as tls_env,
+        ):
+            session.env.update(tls_env)
+            yield session
+
     def is_complete(self, valid: ValidRequest, commit: str) -> bool:
         """An intact, completed worktree (or, cache-only, the pin) at this commit exists (no git call)."""
         if valid.request.cache_only:
@@ -173,13 +187,7 @@ class Engine:
         await self.policy.check_addresses(self.policy.check(request.repository))
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
         checked = previous[1] if previous is not None and hold is not None and previous[0] == hold else None
-        ca_bundle = request.credentials.ca_bundle if request.credentials else None
-        with (
-            credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session,
-            ca_env(ca_bundle, self.settings.scratch_dir) as tls_env,
-        ):
-            # The Secret's CA is for its repository (and submodules it covers), not for others.
-            session.env.update(tls_env)
+        with self._session(request) as session:
             env = session.env
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, env, not_before, checked)
             held = layout.cache_dir / HOLD_MARKER
@@ -204,7 +212,7 @@ class Engine:
         worktree = prepared.worktree
         if isinstance(worktree, Registered):
             runner = self.runner_for(request.credentials)
-            with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
+            with self._session(request) as session:
                 submodules = Submodules(runner, self.policy, session, request.repository)
                 worktree = await Worktrees(runner, layout).populate(worktree, session.env, submodules)
         resolution = prepared.resolution
@@ -228,7 +236,7 @@ class Engine:
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials)
         await self.policy.check_addresses(self.policy.check(request.repository))
-        with credential_env(request.credentials, self.settings.scratch_dir, request.repository) as session:
+        with self._session(request) as session:
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)
             pin_started = time.monotonic()
             reused = pins.read(layout.cache_dir, request.name) == resolution.commit

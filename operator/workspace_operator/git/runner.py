@@ -79,6 +79,11 @@ class GitSettings:
     fsck_objects: bool = False
     # A PEM bundle trusted for https instead of the system roots (http.sslCAInfo).
     ca_file: Path | None = None
+    # Repositories git may use although another uid owns them (safe.directory): every
+    # one in the operator, which owns the volume; one exact cache in a job (git/mounted.py).
+    safe_directories: tuple[str, ...] = ("*",)
+    # HOME for git (curl's ~/.netrc, ~/.config); None = this process's.
+    home: str | None = None
     # Called after every git call with (step, seconds, succeeded): the operator's metrics.
     observer: Callable[[str, float, bool], None] | None = field(default=None, compare=False)
 
@@ -106,8 +111,6 @@ _HARDENING = (
     "core.askPass=",
     "-c",
     "protocol.version=2",
-    "-c",
-    "safe.directory=*",
     "-c",
     "gc.auto=0",
     "-c",
@@ -185,7 +188,7 @@ class GitRunner:
         """A minimal environment: nothing from the operator's own env leaks into git."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/nonexistent"),
+            "HOME": self.settings.home or os.environ.get("HOME", "/nonexistent"),
             "LANG": "C",
             "LC_ALL": "C",
             "GIT_CONFIG_NOSYSTEM": "1",
@@ -240,7 +243,7 @@ class GitRunner:
         if env:
             full_env.update(env)
         extra_config: list[str] = []
-        for item in config:
+        for item in (*(f"safe.directory={path}" for path in self.settings.safe_directories), *config):
             extra_config += ["-c", item]
         argv = [self.settings.git_binary, *_HARDENING, *extra_config, *args]
         shown = self.redact(" ".join(["git", *args]))
