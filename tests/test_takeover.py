@@ -42,6 +42,19 @@ async def test_an_unsettled_workspace_is_materialized(fake_runtime: FakeRuntime,
 
     assert fake_runtime.engine.prepares == 1
     assert fake_runtime.kube.workspaces[NS, NAME]["status"]["phase"] == Phase.READY
+    # The Event kopf would have posted for the create handler, posted by the takeover.
+    assert [reason for reason, _ in fake_runtime.kube.events] == ["Materialized"]
+
+
+async def test_a_permanent_failure_is_announced_once(fake_runtime: FakeRuntime, local_upstream: LocalUpstream) -> None:
+    listed = workspace(local_upstream, {}, ref={"branch": "no-such-branch"})
+    fake_runtime.kube.workspaces[NS, NAME] = workspace(local_upstream, {}, ref={"branch": "no-such-branch"})
+
+    await takeover._run(fake_runtime.rt, listed)
+    await takeover._run(fake_runtime.rt, listed)  # settled now: nothing more
+
+    assert fake_runtime.kube.events == [("RefNotFound", fake_runtime.kube.last_status()["message"])]
+    assert fake_runtime.engine.prepares == 1
 
 
 async def test_a_workspace_deleted_since_the_listing_is_left_alone(

@@ -111,6 +111,42 @@ async def materialize(
         rt.trimmer.observe(len(rt.in_flight))
 
 
+async def reported(
+    rt: Runtime,
+    *,
+    namespace: str,
+    name: str,
+    generation: int,
+    spec: Mapping[str, Any],
+    current: Mapping[str, Any],
+    attempt: int,
+    meta: Mapping[str, Any],
+) -> Done | None:
+    """`materialize` for callers outside a kopf handler (the timer's repair, a takeover):
+    the same Events kopf posts for the handler — what was done, or a Warning on a change
+    of reason — then the outcome (Retry and Fatal raised as usual)."""
+    ref = {"metadata": {"namespace": namespace, "name": name, "uid": meta.get("uid")}}
+    try:
+        done = await materialize(
+            rt,
+            namespace=namespace,
+            name=name,
+            generation=generation,
+            spec=spec,
+            current=current,
+            attempt=attempt,
+            meta=meta,
+        )
+    except (Retry, Fatal) as error:
+        if error.announce:
+            await rt.kube.post_event(ref, reason=error.reason, message=error.message, event_type="Warning")
+        raise
+    if done is not None:
+        reason, message = done.event
+        await rt.kube.post_event(ref, reason=reason, message=message)
+    return done
+
+
 async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None:
     now = datetime.now(UTC)
     received = time.monotonic()  # after the Workspace's creation: upstream answers from later serve it

@@ -16,6 +16,7 @@ Ready Workspaces cost file reads, not writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -93,8 +94,8 @@ async def repair(
     rt: Runtime, namespace: str, name: str, spec: Mapping[str, Any], current: Mapping[str, Any], meta: Mapping[str, Any]
 ) -> None:
     """Rebuild a damaged worktree; failures are in status and retried on the next run."""
-    try:
-        done = await materialize.materialize(
+    with contextlib.suppress(materialize.Retry, materialize.Fatal):
+        await materialize.reported(
             rt,
             namespace=namespace,
             name=name,
@@ -104,15 +105,6 @@ async def repair(
             attempt=0,
             meta=meta,
         )
-    except (materialize.Retry, materialize.Fatal) as error:
-        if error.announce:
-            await rt.kube.post_event(
-                _ref(namespace, name, meta), reason=error.reason, message=error.message, event_type="Warning"
-            )
-        return
-    if done is not None:
-        reason, message = done.event
-        await rt.kube.post_event(_ref(namespace, name, meta), reason=reason, message=message)
 
 
 async def _deadline(

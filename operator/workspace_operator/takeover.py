@@ -150,7 +150,7 @@ async def _until_settled(rt: Runtime, ws: Mapping[str, Any]) -> None:
             log.info("takeover of %s/%s stopped: the project moved on", namespace, name)
             return
         try:
-            await materialize.materialize(
+            await materialize.reported(
                 rt,
                 namespace=namespace,
                 name=name,
