@@ -8,6 +8,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UNIT := not cluster and not upstreams
+# `make test` runs test files in parallel processes, each with its own control plane
+# (most of a cluster test's time is waiting on the operator, git and the API server).
+TEST_WORKERS ?= 3
 PYTHON_SOURCES := operator tests bench hack testsupport
 
 .PHONY: test lint fmt unit deps deps-py tools controlplane helm image cluster-up cluster-down dev bench bench-quick clean
@@ -57,7 +60,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -m "$(UNIT)" $(PYTEST_ARGS)
 
 test: deps lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 cluster-up: deps
 	$(PY) hack/devcluster.py up
