@@ -37,12 +37,15 @@ from kubernetes.client.exceptions import ApiException
 import devcluster  # hack/, on pytest's pythonpath
 from testsupport.net import free_port
 from testsupport.operator import OperatorProcess, operator_env
+from testsupport.upstreams import SmartHTTP, StandardRepo
 from testsupport.wait import wait_for
 
 __all__ = [
     "KUBECTL",
     "REPO",
     "OperatorProcess",
+    "Scene",
+    "StartOperator",
     "Workspaces",
     "dump",
     "free_port",
@@ -263,6 +266,40 @@ def operator_factory(
     yield start
     for process in started:
         process.stop()
+
+
+StartOperator = Callable[..., OperatorProcess]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What most operator tests start from: their namespace and its Workspaces, a way to
+    start operators watching it, and the standard repository served over smart HTTP."""
+
+    namespace: str
+    workspaces: Workspaces
+    start: StartOperator
+    repo: StandardRepo
+    http: SmartHTTP
+
+    @property
+    def url(self) -> str:
+        return self.http.url(self.repo.name)
+
+    def spec(self, project: str = "p", **fields: Any) -> dict[str, Any]:
+        """A Workspace spec for the standard repository; `fields` are added as they are."""
+        return {"project": project, "repository": self.url, **fields}
+
+
+@pytest.fixture
+def scene(
+    namespace: str,
+    workspaces: Workspaces,
+    operator_factory: StartOperator,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+) -> Scene:
+    return Scene(namespace, workspaces, operator_factory, upstream_repo, smart_http)
 
 
 def load_yaml(path: Path) -> list[dict[str, Any]]:

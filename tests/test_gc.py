@@ -15,20 +15,19 @@ import subprocess
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster import OperatorProcess, Workspaces, wait_for
+from cluster import OperatorProcess, Scene, wait_for
 from testsupport.volumes import resize, tmpfs
-from upstreams import SmartHTTP, StandardRepo, commit, init_upstream, publish
+from upstreams import StandardRepo, commit, init_upstream, publish
 
 pytestmark = pytest.mark.cluster
 
-StartOperator = Callable[..., OperatorProcess]
 
 # Short clock; each test overrides what it exercises. Large values switch a rule off.
 FAST = {
@@ -96,30 +95,35 @@ def parse_time(stamp: str) -> datetime:
 # -- expiry ---------------------------------------------------------------------------------
 
 
-def test_expired_workspace_is_deleted_unexpired_kept(
-    workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP, kubectl: Any
-) -> None:
-    op = operator_factory(env={**FAST, "WORKSPACE_DEFAULT_TTL_SECONDS": "2", "WORKSPACE_ALLOW_NO_TTL": "true"})
-    url = smart_http.url("repo")
-    workspaces.create("short", {"project": "p", "repository": url})  # the default TTL: 2 s
-    workspaces.create("never", {"project": "p", "repository": url, "ttlSecondsAfterReady": 0})
-    workspaces.create("long", {"project": "p", "repository": url, "ttlSecondsAfterReady": 3600})
-    short = workspaces.wait_ready("short")
-    never, long = workspaces.wait_ready("never"), workspaces.wait_ready("long")
+def test_expired_workspace_is_deleted_unexpired_kept(scene: Scene, kubectl: Any) -> None:
+    op = scene.start(env={**FAST, "WORKSPACE_DEFAULT_TTL_SECONDS": "2", "WORKSPACE_ALLOW_NO_TTL": "true"})
+    url = scene.http.url("repo")
+    scene.workspaces.create("short", {"project": "p", "repository": url})  # the default TTL: 2 s
+    scene.workspaces.create("never", {"project": "p", "repository": url, "ttlSecondsAfterReady": 0})
+    scene.workspaces.create("long", {"project": "p", "repository": url, "ttlSecondsAfterReady": 3600})
+    short = scene.workspaces.wait_ready("short")
+    never, long = scene.workspaces.wait_ready("never"), scene.workspaces.wait_ready("long")
     assert (parse_time(short["expiresAt"]) - parse_time(short["readyAt"])).total_seconds() == 2
     assert (parse_time(long["expiresAt"]) - parse_time(long["readyAt"])).total_seconds() == 3600
     assert never.get("expiresAt") is None
 
-    workspaces.wait_gone("short", timeout=30)
+    scene.workspaces.wait_gone("short", timeout=30)
     wait_for(lambda: not (op.root / short["path"]).exists(), timeout=30, message="expired worktree removed")
-    assert_visible(op, "expire-workspace", target=f"{namespace}/short")
+    assert_visible(op, "expire-workspace", target=f"{scene.namespace}/short")
     wait_passes(op)
     for name, status in (("never", never), ("long", long)):
-        assert workspaces.status(name) == status
+        assert scene.workspaces.status(name) == status
         assert (op.root / status["path"] / "README.md").is_file()
     assert gc_actions(op, "expire-workspace") == 1
     events = kubectl(
-        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=short,reason=Expired", "-o", "name"
+        "get",
+        "events",
+        "-n",
+        scene.namespace,
+        "--field-selector",
+        "involvedObject.name=short,reason=Expired",
+        "-o",
+        "name",
     ).stdout
     assert events.strip(), "no Expired event on the expired Workspace"
 
@@ -127,13 +131,11 @@ def test_expired_workspace_is_deleted_unexpired_kept(
 # -- orphans and debris ---------------------------------------------------------------------
 
 
-def test_orphans_older_than_grace_removed_young_and_live_kept(
-    workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP
-) -> None:
-    op = operator_factory(env={**FAST, "WORKSPACE_ORPHAN_GRACE_SECONDS": "60"})
-    workspaces.create("alive", {"project": "p", "repository": smart_http.url("repo")})
-    alive = workspaces.wait_ready("alive")
-    project = op.root / namespace / "p"
+def test_orphans_older_than_grace_removed_young_and_live_kept(scene: Scene) -> None:
+    op = scene.start(env={**FAST, "WORKSPACE_ORPHAN_GRACE_SECONDS": "60"})
+    scene.workspaces.create("alive", scene.spec())
+    alive = scene.workspaces.wait_ready("alive")
+    project = op.root / scene.namespace / "p"
     live_tree = op.root / alive["path"]
     set_mtime(live_tree, ANCIENT)  # its Workspace exists: age must not matter
 
@@ -141,7 +143,7 @@ def test_orphans_older_than_grace_removed_young_and_live_kept(
     young = make_dir(project / "young-orphan")  # younger than the 60 s grace
     debris = make_dir(project / ".staging-cache-dead", mtime=ANCIENT)
     young_debris = make_dir(project / ".quarantine-recent")
-    stray = make_dir(op.root / namespace / "nocache" / "stray", mtime=ANCIENT)  # no cache at all
+    stray = make_dir(op.root / scene.namespace / "nocache" / "stray", mtime=ANCIENT)  # no cache at all
     # A namespace this operator does not watch: its Workspaces are invisible to it.
     foreign = make_dir(op.root / "elsewhere" / "p" / "theirs", mtime=ANCIENT)
 
@@ -150,18 +152,18 @@ def test_orphans_older_than_grace_removed_young_and_live_kept(
     wait_passes(op)
     for path in (young, young_debris, foreign, live_tree / "README.md"):
         assert path.exists(), f"{path} was removed"
-    assert workspaces.status("alive") == alive
+    assert scene.workspaces.status("alive") == alive
     # The live worktree is still a working git checkout (prune kept its metadata).
     head = subprocess.run(
         ["git", "-C", str(live_tree), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30
     )
     assert head.stdout.strip() == alive["commit"], head.stderr
 
-    assert_visible(op, "remove-orphan-worktree", 2, f"{namespace}/p/old-orphan")
-    assert_visible(op, "remove-orphan-worktree", 2, f"{namespace}/nocache/stray")
-    assert_visible(op, "remove-debris", 1, f"{namespace}/p/.staging-cache-dead")
-    assert_visible(op, "worktree-prune", 1, f"{namespace}/p")
-    assert f"{namespace}/nocache (after" not in op.log()  # no prune without a cache
+    assert_visible(op, "remove-orphan-worktree", 2, f"{scene.namespace}/p/old-orphan")
+    assert_visible(op, "remove-orphan-worktree", 2, f"{scene.namespace}/nocache/stray")
+    assert_visible(op, "remove-debris", 1, f"{scene.namespace}/p/.staging-cache-dead")
+    assert_visible(op, "worktree-prune", 1, f"{scene.namespace}/p")
+    assert f"{scene.namespace}/nocache (after" not in op.log()  # no prune without a cache
     assert gc_actions(op, "remove-orphan-worktree") == 2
 
 
@@ -175,19 +177,17 @@ def loose_objects(cache: Path) -> dict[str, int]:
     return {key: int(value) for key, value in (line.split(": ") for line in out.splitlines()) if value.isdigit()}
 
 
-def test_quiet_cache_gcd_once_unused_cache_deleted_live_cache_kept(
-    workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP
-) -> None:
-    op = operator_factory(env={**FAST, "WORKSPACE_CACHE_QUIET_SECONDS": "1", "WORKSPACE_CACHE_UNUSED_SECONDS": "2"})
-    url = smart_http.url("repo")
-    workspaces.create("keep", {"project": "live", "repository": url})
-    workspaces.create("gone", {"project": "idle", "repository": url})
-    keep = workspaces.wait_ready("keep")
-    workspaces.wait_ready("gone")
-    live_cache = op.root / namespace / "live" / ".cache"
-    idle_project = op.root / namespace / "idle"
-    workspaces.delete("gone")
-    workspaces.wait_gone("gone")
+def test_quiet_cache_gcd_once_unused_cache_deleted_live_cache_kept(scene: Scene) -> None:
+    op = scene.start(env={**FAST, "WORKSPACE_CACHE_QUIET_SECONDS": "1", "WORKSPACE_CACHE_UNUSED_SECONDS": "2"})
+    url = scene.http.url("repo")
+    scene.workspaces.create("keep", {"project": "live", "repository": url})
+    scene.workspaces.create("gone", {"project": "idle", "repository": url})
+    keep = scene.workspaces.wait_ready("keep")
+    scene.workspaces.wait_ready("gone")
+    live_cache = op.root / scene.namespace / "live" / ".cache"
+    idle_project = op.root / scene.namespace / "idle"
+    scene.workspaces.delete("gone")
+    scene.workspaces.wait_gone("gone")
     # A live Workspace protects its cache however long ago it was last used.
     set_mtime(live_cache / "workspace-operator.last-used", ANCIENT)
 
@@ -196,8 +196,8 @@ def test_quiet_cache_gcd_once_unused_cache_deleted_live_cache_kept(
     # Small fetches are unpacked into loose objects; after gc everything is in a pack.
     counts = loose_objects(live_cache)
     assert counts["count"] == 0 and counts["in-pack"] > 0, counts
-    assert_visible(op, "delete-unused-cache", 1, f"{namespace}/idle (unused)")
-    assert_visible(op, "gc-cache", 1, f"{namespace}/live (quiet)")
+    assert_visible(op, "delete-unused-cache", 1, f"{scene.namespace}/idle (unused)")
+    assert_visible(op, "gc-cache", 1, f"{scene.namespace}/live (quiet)")
 
     # Packed once; with no fetch since, later passes leave it alone.
     gcs = gc_actions(op, "gc-cache")
@@ -205,7 +205,7 @@ def test_quiet_cache_gcd_once_unused_cache_deleted_live_cache_kept(
     wait_passes(op)
     assert gc_actions(op, "gc-cache") == gcs
     assert (live_cache / "workspace-operator.last-gc").stat().st_mtime == packed_at
-    assert live_cache.is_dir() and workspaces.status("keep") == keep
+    assert live_cache.is_dir() and scene.workspaces.status("keep") == keep
     assert (op.root / keep["path"] / "README.md").is_file()
     assert gc_actions(op, "delete-unused-cache") == 1
 
@@ -225,36 +225,30 @@ def du(path: Path) -> int:
 
 
 def test_watermark_evicts_lru_idle_caches_down_to_low_watermark(
-    small_volume: Path,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    namespace: str,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    tmp_path: Path,
+    scene: Scene, small_volume: Path, tmp_path: Path
 ) -> None:
-    assert upstream_repo.served_dir is not None
+    assert scene.repo.served_dir is not None
     projects = ("a", "b", "c", "live")
     for name in projects:  # one upstream per project, each with ~1.5 MB of poorly compressible content
         src = init_upstream(tmp_path / f"src-{name}")
         commit(src, {"blob.txt": secrets.token_hex(750_000)}, f"{name} content")
-        publish(src, upstream_repo.served_dir / f"{name}.git")
+        publish(src, scene.repo.served_dir / f"{name}.git")
     high, low = 0.5, 0.4
-    op = operator_factory(
+    op = scene.start(
         root_dir=small_volume,
         env={**FAST, "WORKSPACE_DISK_HIGH_WATERMARK": str(high), "WORKSPACE_DISK_LOW_WATERMARK": str(low)},
     )
     for name in projects:
-        workspaces.create(name, {"project": name, "repository": smart_http.url(name)})
+        scene.workspaces.create(name, {"project": name, "repository": scene.http.url(name)})
     for name in projects:
-        workspaces.wait_ready(name)
+        scene.workspaces.wait_ready(name)
     for name in projects[:3]:
-        workspaces.delete(name)
+        scene.workspaces.delete(name)
     for name in projects[:3]:
-        workspaces.wait_gone(name)
+        scene.workspaces.wait_gone(name)
 
     # LRU order b < a < c (not the creation order); "live" is the least recently used of all.
-    root = small_volume / namespace
+    root = small_volume / scene.namespace
     now = time.time()
     for name, age in (("b", 300), ("a", 200), ("c", 100), ("live", 50_000)):
         set_mtime(root / name / ".cache" / "workspace-operator.last-used", now - age)
@@ -272,9 +266,9 @@ def test_watermark_evicts_lru_idle_caches_down_to_low_watermark(
     wait_passes(op)
     assert (root / "c" / ".cache").is_dir(), "evicted past the low watermark"
     assert (root / "live" / ".cache").is_dir(), "evicted a cache with a live Workspace"
-    assert (small_volume / workspaces.status("live")["path"] / "blob.txt").is_file()
+    assert (small_volume / scene.workspaces.status("live")["path"] / "blob.txt").is_file()
     log = op.log()
-    assert log.index(f"gc: evict-cache {namespace}/b ") < log.index(f"gc: evict-cache {namespace}/a ")
+    assert log.index(f"gc: evict-cache {scene.namespace}/b ") < log.index(f"gc: evict-cache {scene.namespace}/a ")
     assert gc_actions(op, "evict-cache") == 2
     assert shutil.disk_usage(small_volume).used <= low * total
     ratio = re.search(r"^workspace_operator_volume_usage_ratio (\S+)$", op.metrics(), re.M)
@@ -338,14 +332,7 @@ def _record(
         spans[(parts[0], parts[1])].append((begin, end, git_subcommand(args)))
 
 
-def test_gc_and_materialization_never_overlap_on_a_project(
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    namespace: str,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    tmp_path: Path,
-) -> None:
+def test_gc_and_materialization_never_overlap_on_a_project(scene: Scene, tmp_path: Path) -> None:
     journal = tmp_path / "git-journal.tsv"
     journal.touch()
     bindir = tmp_path / "gitwrap"
@@ -354,7 +341,7 @@ def test_gc_and_materialization_never_overlap_on_a_project(
     wrapper.write_text(WRAPPER.format(journal=journal, git=shutil.which("git")))
     wrapper.chmod(0o755)
     # Everything as eager as it gets: orphans at once, gc after every fetch, idle caches deleted at once.
-    op = operator_factory(
+    op = scene.start(
         env={
             **FAST,
             "PATH": f"{bindir}:{os.environ['PATH']}",
@@ -363,41 +350,41 @@ def test_gc_and_materialization_never_overlap_on_a_project(
             "WORKSPACE_CACHE_UNUSED_SECONDS": "0",
         }
     )
-    url = smart_http.url("repo")
+    url = scene.http.url("repo")
     refs = [
-        {"commit": upstream_repo.main},
-        {"commit": upstream_repo.old},
+        {"commit": scene.repo.main},
+        {"commit": scene.repo.old},
         {"branch": "main"},
         {"branch": StandardRepo.FEATURE_BRANCH},
         {"name": StandardRepo.PULL_REF},
     ]
-    project = op.root / namespace / "race"
+    project = op.root / scene.namespace / "race"
     previous: list[str] = []
     everyone: list[str] = []
     for wave in range(3):
         for name in previous:  # their teardown races the next wave's materializations and GC
-            workspaces.delete(name)
+            scene.workspaces.delete(name)
         if wave == 2:  # once, let the idle cache be collected so it is re-created under GC's eye
             for name in previous:
-                workspaces.wait_gone(name, timeout=60)
+                scene.workspaces.wait_gone(name, timeout=60)
             wait_for(lambda: not project.exists(), timeout=30, message="the idle project collected")
         names = [f"w{wave}-{i}" for i in range(len(refs))]
         for name, ref in zip(names, refs):
-            workspaces.create(name, {"project": "race", "repository": url, "ref": ref})
+            scene.workspaces.create(name, {"project": "race", "repository": url, "ref": ref})
         for i in range(2):  # orphans for GC to remove while materializations run
             make_dir(project / f"stray-{wave}-{i}")
         for name in names:
-            workspaces.wait_ready(name, timeout=60)
+            scene.workspaces.wait_ready(name, timeout=60)
         previous = names
         everyone += names
     for name in previous:
-        workspaces.delete(name)
+        scene.workspaces.delete(name)
     for name in everyone:
-        workspaces.wait_gone(name, timeout=60)
+        scene.workspaces.wait_gone(name, timeout=60)
     wait_for(lambda: not project.exists(), timeout=30, message="the idle project collected")
 
     spans = journal_intervals(journal, op.root)
-    runs = sorted(spans[(namespace, "race")])
+    runs = sorted(spans[(scene.namespace, "race")])
     commands = {command for _, _, command in runs}
     assert {"init", "fetch", "worktree add", "worktree remove", "worktree prune", "gc"} <= commands, commands
     for (begin, end, command), (next_begin, _, next_command) in zip(runs, runs[1:]):

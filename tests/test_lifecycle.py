@@ -15,12 +15,10 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, V1DeleteOptions
 
-from cluster import OperatorProcess, Workspaces, wait_for
-from upstreams import SmartHTTP, StandardRepo
+from cluster import OperatorProcess, Scene, wait_for
 
 pytestmark = pytest.mark.cluster
 
-StartOperator = Callable[..., OperatorProcess]
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 TIMERS = {"WORKSPACE_RECONCILE_INTERVAL_SECONDS": "1", "WORKSPACE_RECONCILE_JITTER_SECONDS": "0"}
 
@@ -48,14 +46,19 @@ def event_reasons(api_client: ApiClient, namespace: str, name: str) -> list[str]
     return [str(e.reason) for e in items]
 
 
-def test_workspace_owned_by_a_job_lives_as_long_as_the_job(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    smart_http: SmartHTTP,
-) -> None:
-    op = operator_factory(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "1"})
+def patch_spec(
+    kubectl: Kubectl, namespace: str, name: str, fields: dict[str, Any], *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl patch` of a Workspace's spec, as a user would change its TTL."""
+    patch = json.dumps({"spec": fields})
+    result: subprocess.CompletedProcess[str] = kubectl(
+        "patch", "ws", name, "-n", namespace, "--type=merge", "-p", patch, check=check
+    )
+    return result
+
+
+def test_workspace_owned_by_a_job_lives_as_long_as_the_job(scene: Scene, api_client: ApiClient) -> None:
+    op = scene.start(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "1"})
     batch = BatchV1Api(api_client)
     job: Any = {
         "metadata": {"name": "ci-build"},
@@ -68,53 +71,42 @@ def test_workspace_owned_by_a_job_lives_as_long_as_the_job(
             }
         },
     }
-    uid = batch.create_namespaced_job(namespace, job).metadata.uid  # type: ignore[union-attr]
+    uid = batch.create_namespaced_job(scene.namespace, job).metadata.uid  # type: ignore[union-attr]
     owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "ci-build", "uid": uid}
-    workspaces.api.create_namespaced_custom_object(
+    scene.workspaces.api.create_namespaced_custom_object(
         "crafting.dev",
         "v1",
-        namespace,
+        scene.namespace,
         "workspaces",
         {
             "apiVersion": "crafting.dev/v1",
             "kind": "Workspace",
             "metadata": {"name": "owned", "ownerReferences": [owner]},
-            "spec": {"project": "p", "repository": smart_http.url("repo")},
+            "spec": scene.spec(),
         },
     )
-    workspaces.create("unowned", {"project": "p", "repository": smart_http.url("repo")})
-    status = workspaces.wait_ready("owned")
+    scene.workspaces.create("unowned", scene.spec())
+    status = scene.workspaces.wait_ready("owned")
     assert "expiresAt" not in status
     worktree = op.root / status["path"]
-    workspaces.wait_gone("unowned", timeout=60)  # the 1 s default TTL applies to the other one
+    scene.workspaces.wait_gone("unowned", timeout=60)  # the 1 s default TTL applies to the other one
     wait_timer_runs(op, "check", 5)
-    assert workspaces.status("owned")["phase"] == "Ready" and worktree.is_dir()
+    assert scene.workspaces.status("owned")["phase"] == "Ready" and worktree.is_dir()
 
-    batch.delete_namespaced_job("ci-build", namespace, body=V1DeleteOptions(propagation_policy="Background"))
-    workspaces.wait_gone("owned", timeout=90)  # Kubernetes' garbage collector, then our finalizer
+    batch.delete_namespaced_job("ci-build", scene.namespace, body=V1DeleteOptions(propagation_policy="Background"))
+    scene.workspaces.wait_gone("owned", timeout=90)  # Kubernetes' garbage collector, then our finalizer
     assert not worktree.exists()
-    assert not (op.root / namespace / "p" / ".ready" / "owned").exists()
+    assert not (op.root / scene.namespace / "p" / ".ready" / "owned").exists()
 
 
-def test_ttl_extended_after_creation_is_honoured(
-    kubectl: Kubectl, namespace: str, workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP
-) -> None:
-    op = operator_factory(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "6"})
-    workspaces.create("keep", {"project": "p", "repository": smart_http.url("repo")})
-    first = workspaces.wait_ready("keep")
+def test_ttl_extended_after_creation_is_honoured(scene: Scene, kubectl: Kubectl) -> None:
+    op = scene.start(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "6"})
+    scene.workspaces.create("keep", scene.spec())
+    first = scene.workspaces.wait_ready("keep")
     assert (parse(first["expiresAt"]) - parse(first["readyAt"])).total_seconds() == 6
-    kubectl(
-        "patch",
-        "ws",
-        "keep",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"ttlSecondsAfterReady": 3600}}),
-    )
+    patch_spec(kubectl, scene.namespace, "keep", {"ttlSecondsAfterReady": 3600})
     retimed = wait_for(
-        lambda: (s := workspaces.status("keep")).get("observedGeneration") == 2 and s,
+        lambda: (s := scene.workspaces.status("keep")).get("observedGeneration") == 2 and s,
         message="expiresAt recomputed for generation 2",
     )
     assert (parse(retimed["expiresAt"]) - parse(first["readyAt"])).total_seconds() == 3600
@@ -127,17 +119,15 @@ def test_ttl_extended_after_creation_is_honoured(
         message="the original expiry passes",
     )
     wait_timer_runs(op, "check", 3)
-    assert workspaces.get("keep") is not None
+    assert scene.workspaces.get("keep") is not None
 
     # Shortened again, it goes: the TTL is the one in the spec now.
-    kubectl(
-        "patch", "ws", "keep", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"ttlSecondsAfterReady": 1}})
-    )
-    workspaces.wait_gone("keep", timeout=60)
+    patch_spec(kubectl, scene.namespace, "keep", {"ttlSecondsAfterReady": 1})
+    scene.workspaces.wait_gone("keep", timeout=60)
     assert not (op.root / first["path"]).exists()
 
     # Everything else in the spec stays immutable.
-    workspaces.create("fixed", {"project": "p", "repository": "https://example.com/r.git"})
+    scene.workspaces.create("fixed", {"project": "p", "repository": "https://example.com/r.git"})
     for patch in (
         {"ref": {"branch": "other"}},
         {"subPath": "x"},
@@ -145,30 +135,22 @@ def test_ttl_extended_after_creation_is_honoured(
         {"repository": "https://example.com/other.git"},
         {"submodules": True},
     ):
-        result = kubectl(
-            "patch", "ws", "fixed", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": patch}), check=False
-        )
+        result = patch_spec(kubectl, scene.namespace, "fixed", patch, check=False)
         assert result.returncode != 0 and "spec is immutable" in result.stderr, (patch, result.stderr)
 
 
-def test_ttl_zero_is_capped_to_the_default_unless_allowed(
-    namespace: str, workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP
-) -> None:
-    operator_factory(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "3600"})
-    workspaces.create("forever", {"project": "p", "repository": smart_http.url("repo"), "ttlSecondsAfterReady": 0})
-    status = workspaces.wait_ready("forever")
+def test_ttl_zero_is_capped_to_the_default_unless_allowed(scene: Scene) -> None:
+    scene.start(env={**TIMERS, "WORKSPACE_DEFAULT_TTL_SECONDS": "3600"})
+    scene.workspaces.create("forever", {**scene.spec(), "ttlSecondsAfterReady": 0})
+    status = scene.workspaces.wait_ready("forever")
     assert (parse(status["expiresAt"]) - parse(status["readyAt"])).total_seconds() == 3600
 
 
-def test_stalled_on_a_permanent_failure_and_kubectl_wait_returns(
-    kubectl: Kubectl, namespace: str, workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP
-) -> None:
-    operator_factory(env={**TIMERS, "WORKSPACE_FAILED_TTL_SECONDS": "3600"})
-    workspaces.create(
-        "doomed", {"project": "p", "repository": smart_http.url("repo"), "ref": {"branch": "does-not-exist"}}
-    )
-    kubectl("wait", "--for=condition=Stalled", "-n", namespace, "ws/doomed", "--timeout=60s", timeout=90)
-    status = workspaces.status("doomed")
+def test_stalled_on_a_permanent_failure_and_kubectl_wait_returns(scene: Scene, kubectl: Kubectl) -> None:
+    scene.start(env={**TIMERS, "WORKSPACE_FAILED_TTL_SECONDS": "3600"})
+    scene.workspaces.create("doomed", {**scene.spec(), "ref": {"branch": "does-not-exist"}})
+    kubectl("wait", "--for=condition=Stalled", "-n", scene.namespace, "ws/doomed", "--timeout=60s", timeout=90)
+    status = scene.workspaces.status("doomed")
     found = conditions(status)
     assert (found["Stalled"]["status"], found["Stalled"]["reason"]) == ("True", "RefNotFound")
     assert (found["Ready"]["status"], found["Ready"]["reason"]) == ("False", "RefNotFound")
@@ -176,69 +158,61 @@ def test_stalled_on_a_permanent_failure_and_kubectl_wait_returns(
     assert all(c["observedGeneration"] == 1 for c in found.values())
     assert status["phase"] == "Failed" and status["attempts"] == 1
     assert (parse(status["expiresAt"]) - parse(found["Stalled"]["lastTransitionTime"])).total_seconds() == 3600
-    table = kubectl("get", "ws", "-n", namespace).stdout.splitlines()
+    table = kubectl("get", "ws", "-n", scene.namespace).stdout.splitlines()
     assert table[0].split()[5:9] == ["MODE", "READY", "REASON", "AGE"], table[0]
     assert table[1].split()[-5:-1] == ["Failed", "Worktree", "False", "RefNotFound"], table[1]  # COMMIT is empty
 
 
-def test_failed_workspace_expires(
-    namespace: str, workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP, kubectl: Kubectl
-) -> None:
-    operator_factory(env={**TIMERS, "WORKSPACE_FAILED_TTL_SECONDS": "2"})
-    workspaces.create("bad", {"project": "p", "repository": smart_http.url("repo"), "ref": {"branch": "nope"}})
-    failed = workspaces.wait_reason("bad", "RefNotFound")
+def test_failed_workspace_expires(scene: Scene, kubectl: Kubectl) -> None:
+    scene.start(env={**TIMERS, "WORKSPACE_FAILED_TTL_SECONDS": "2"})
+    scene.workspaces.create("bad", {**scene.spec(), "ref": {"branch": "nope"}})
+    failed = scene.workspaces.wait_reason("bad", "RefNotFound")
     assert failed["status"] == "False"
-    workspaces.wait_gone("bad", timeout=60)
+    scene.workspaces.wait_gone("bad", timeout=60)
     expired = kubectl(
-        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=bad,reason=Expired", "-o", "name"
+        "get",
+        "events",
+        "-n",
+        scene.namespace,
+        "--field-selector",
+        "involvedObject.name=bad,reason=Expired",
+        "-o",
+        "name",
     ).stdout
     assert expired.strip(), "no Expired event"
 
 
-def test_deadline_exceeded_fails_and_stalls(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    smart_http: SmartHTTP,
-    api_client: ApiClient,
-) -> None:
-    operator_factory(env=TIMERS)
-    smart_http.fault = "500"  # never Ready
-    workspaces.create("late", {"project": "p", "repository": smart_http.url("repo"), "activeDeadlineSeconds": 4})
-    workspaces.wait_reason("late", "UpstreamUnavailable")
-    condition = workspaces.wait_reason("late", "DeadlineExceeded", timeout=60)
-    status = workspaces.status("late")
+def test_deadline_exceeded_fails_and_stalls(scene: Scene, api_client: ApiClient) -> None:
+    scene.start(env=TIMERS)
+    scene.http.fault = "500"  # never Ready
+    scene.workspaces.create("late", {**scene.spec(), "activeDeadlineSeconds": 4})
+    scene.workspaces.wait_reason("late", "UpstreamUnavailable")
+    condition = scene.workspaces.wait_reason("late", "DeadlineExceeded", timeout=60)
+    status = scene.workspaces.status("late")
     assert status["phase"] == "Failed" and conditions(status)["Stalled"]["status"] == "True"
     assert "4s" in condition["message"]
-    assert "DeadlineExceeded" in event_reasons(api_client, namespace, "late")
+    assert "DeadlineExceeded" in event_reasons(api_client, scene.namespace, "late")
     # Given up: over a few seconds (past the 4 s retry cap) no attempt reaches the upstream.
-    smart_http.fault = None
-    seen = smart_http.count()
+    scene.http.fault = None
+    seen = scene.http.count()
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline:
-        assert smart_http.count() == seen
-        assert workspaces.status("late")["phase"] == "Failed"
+        assert scene.http.count() == seen
+        assert scene.workspaces.status("late")["phase"] == "Failed"
         time.sleep(0.5)
 
 
-def test_one_event_per_reason_not_one_per_retry(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    operator_factory(env=TIMERS)
-    smart_http.fault = "500"
-    workspaces.create("flaky", {"project": "p", "repository": smart_http.url("repo")})
-    wait_for(lambda: (workspaces.status("flaky").get("attempts") or 0) >= 4, timeout=90, message="4 attempts")
-    smart_http.fault = None
-    assert workspaces.wait_ready("flaky", timeout=60)["commit"] == upstream_repo.main
+def test_one_event_per_reason_not_one_per_retry(scene: Scene, api_client: ApiClient) -> None:
+    scene.start(env=TIMERS)
+    scene.http.fault = "500"
+    scene.workspaces.create("flaky", scene.spec())
+    wait_for(lambda: (scene.workspaces.status("flaky").get("attempts") or 0) >= 4, timeout=90, message="4 attempts")
+    scene.http.fault = None
+    assert scene.workspaces.wait_ready("flaky", timeout=60)["commit"] == scene.repo.main
 
     # kopf posts the handler's Event just after the handler returned.
     def materialized() -> list[str] | None:
-        reasons = event_reasons(api_client, namespace, "flaky")
+        reasons = event_reasons(api_client, scene.namespace, "flaky")
         return reasons if "Materialized" in reasons else None
 
     found = wait_for(materialized, message="the Materialized Event")
@@ -246,31 +220,24 @@ def test_one_event_per_reason_not_one_per_retry(
     assert found.count("Materialized") == 1, found
 
 
-def test_namespace_quota_keeps_the_excess_pending_then_admits_it(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    api_client: ApiClient,
-) -> None:
-    op = operator_factory(env={**TIMERS, "WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE": "2"})
-    spec = {"project": "p", "repository": smart_http.url("repo"), "ref": {"commit": upstream_repo.main}}
-    workspaces.create("q1", spec)
-    workspaces.create("q2", {**spec, "project": "other"})  # the limit is per namespace, across projects
-    workspaces.wait_ready("q1")
-    workspaces.wait_ready("q2")
-    workspaces.create("q3", spec)
-    condition = workspaces.wait_reason("q3", "QuotaExceeded")
+def test_namespace_quota_keeps_the_excess_pending_then_admits_it(scene: Scene, api_client: ApiClient) -> None:
+    op = scene.start(env={**TIMERS, "WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE": "2"})
+    spec = {**scene.spec(), "ref": {"commit": scene.repo.main}}
+    scene.workspaces.create("q1", spec)
+    scene.workspaces.create("q2", {**spec, "project": "other"})  # the limit is per namespace, across projects
+    scene.workspaces.wait_ready("q1")
+    scene.workspaces.wait_ready("q2")
+    scene.workspaces.create("q3", spec)
+    condition = scene.workspaces.wait_reason("q3", "QuotaExceeded")
     assert "2 materialized" in condition["message"]
-    wait_for(lambda: (workspaces.status("q3").get("attempts") or 0) >= 3, timeout=60, message="3 attempts")
-    status = workspaces.status("q3")
+    wait_for(lambda: (scene.workspaces.status("q3").get("attempts") or 0) >= 3, timeout=60, message="3 attempts")
+    status = scene.workspaces.status("q3")
     assert status["phase"] == "Pending"
     assert conditions(status)["Reconciling"]["status"] == "True"
     assert conditions(status)["Stalled"]["status"] == "False"
-    assert not (op.root / namespace / "p" / "q3").exists()
-    assert event_reasons(api_client, namespace, "q3").count("QuotaExceeded") == 1
+    assert not (op.root / scene.namespace / "p" / "q3").exists()
+    assert event_reasons(api_client, scene.namespace, "q3").count("QuotaExceeded") == 1
 
-    workspaces.delete("q1")
-    workspaces.wait_gone("q1")
-    assert workspaces.wait_ready("q3", timeout=60)["commit"] == upstream_repo.main
+    scene.workspaces.delete("q1")
+    scene.workspaces.wait_gone("q1")
+    assert scene.workspaces.wait_ready("q3", timeout=60)["commit"] == scene.repo.main

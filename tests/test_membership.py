@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,7 @@ import pytest
 from kubernetes import watch
 from kubernetes.client import ApiClient, CoordinationV1Api
 
-from cluster import OperatorProcess, Workspaces, wait_for
-from upstreams import SmartHTTP, StandardRepo
+from cluster import OperatorProcess, Scene, StartOperator, wait_for
 from workspace_operator.git import GitSettings
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.lock import LeaseLocks, LeaseLost, lease_name
@@ -38,7 +37,6 @@ from workspace_operator.membership import MEMBER_LABEL, owner
 
 pytestmark = pytest.mark.cluster
 
-StartOperator = Callable[..., OperatorProcess]
 LEASE = 6  # WORKSPACE_LEASE_SECONDS in these tests
 WRITES = {"fetch", "init", "clone", "worktree", "gc", "sparse-checkout", "checkout", "submodule", "update-ref"}
 
@@ -283,45 +281,45 @@ def worktree_adds(calls: list[Call], *, excluding: str = "") -> dict[str, int]:
     return made
 
 
-def spec(smart_http: SmartHTTP, project: str) -> dict[str, Any]:
-    return {"project": project, "repository": smart_http.url("repo"), "ref": {"branch": "main"}}
+def spec(scene: Scene, project: str) -> dict[str, Any]:
+    return scene.spec(project, ref={"branch": "main"})
+
+
+def three_replicas(
+    scene: Scene, api_client: ApiClient, tmp_path: Path
+) -> tuple[Journal, list[Replica], dict[str, str]]:
+    """Three replicas with one git journal, once each sees all three: (journal, replicas, identities)."""
+    journal = Journal(tmp_path, tmp_path / "volume")
+    replicas = [start_replica(scene.start, journal, f"op{i}") for i in range(3)]
+    wait_members(replicas, 3)
+    return journal, replicas, identities(api_client, scene.namespace)
 
 
 def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    lease_history: LeaseHistory,
-    tmp_path: Path,
+    scene: Scene, api_client: ApiClient, lease_history: LeaseHistory, tmp_path: Path
 ) -> None:
-    journal = Journal(tmp_path, tmp_path / "volume")
-    replicas = [start_replica(operator_factory, journal, f"op{i}") for i in range(3)]
-    wait_members(replicas, 3)
-    ids = identities(api_client, namespace)
-    chosen = projects_for(namespace, ids, 4, "p")  # 12 projects, 4 per replica
+    journal, replicas, ids = three_replicas(scene, api_client, tmp_path)
+    chosen = projects_for(scene.namespace, ids, 4, "p")  # 12 projects, 4 per replica
     victim = replicas[1]
     names = [(f"{p}-w{i}", p) for i in range(5) for projects in chosen.values() for p in projects]
 
     # One Workspace of the victim's, Ready (so it carries the finalizer), deleted after its death.
-    workspaces.create("doomed", spec(smart_http, chosen["op1"][0]))
-    doomed_path = victim.op.root / workspaces.wait_ready("doomed", timeout=60)["path"]
+    scene.workspaces.create("doomed", spec(scene, chosen["op1"][0]))
+    doomed_path = victim.op.root / scene.workspaces.wait_ready("doomed", timeout=60)["path"]
 
     for name, project in names[:30]:
-        workspaces.create(name, spec(smart_http, project))
+        scene.workspaces.create(name, spec(scene, project))
     killed_at = victim.kill()
-    workspaces.delete("doomed")
-    unsettled = [n for n, p in names[:30] if p in chosen["op1"] and workspaces.status(n).get("phase") != "Ready"]
+    scene.workspaces.delete("doomed")
+    unsettled = [n for n, p in names[:30] if p in chosen["op1"] and scene.workspaces.status(n).get("phase") != "Ready"]
     for name, project in names[30:]:
-        workspaces.create(name, spec(smart_http, project))
+        scene.workspaces.create(name, spec(scene, project))
     print(f"op1 killed with {len(unsettled)} of its Workspaces unsettled; 10 more created after its death")
 
     for name, _ in names:
-        assert workspaces.wait_ready(name, timeout=240)["commit"] == upstream_repo.main, name
+        assert scene.workspaces.wait_ready(name, timeout=240)["commit"] == scene.repo.main, name
     all_ready = time.time()
-    workspaces.wait_gone("doomed", timeout=60)  # its deletion event went to the dead replica
+    scene.workspaces.wait_gone("doomed", timeout=60)  # its deletion event went to the dead replica
     assert not doomed_path.exists()
 
     calls = journal.calls()
@@ -330,7 +328,7 @@ def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
         after = [
             c.start
             for c in calls
-            if c.write and c.replica != "op1" and c.project == f"{namespace}/{project}" and c.start > killed_at
+            if c.write and c.replica != "op1" and c.project == f"{scene.namespace}/{project}" and c.start > killed_at
         ]
         assert after, f"nobody served {project} after op1 died"
         served[project] = min(after) - killed_at
@@ -352,43 +350,33 @@ def test_sigkill_mid_burst_moves_the_dead_replicas_projects_to_the_others(
 
 
 def test_sigstopped_replica_is_taken_over_writes_nothing_on_waking_and_rejoins(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    lease_history: LeaseHistory,
-    tmp_path: Path,
+    scene: Scene, api_client: ApiClient, lease_history: LeaseHistory, tmp_path: Path
 ) -> None:
-    journal = Journal(tmp_path, tmp_path / "volume")
-    replicas = [start_replica(operator_factory, journal, f"op{i}") for i in range(3)]
-    wait_members(replicas, 3)
-    ids = identities(api_client, namespace)
-    chosen = projects_for(namespace, ids, 3, "s")
+    journal, replicas, ids = three_replicas(scene, api_client, tmp_path)
+    chosen = projects_for(scene.namespace, ids, 3, "s")
     sleeper = replicas[2]
     names = [(f"{p}-w{i}", p) for i in range(3) for projects in chosen.values() for p in projects]
 
     try:
         for name, project in names[:18]:
-            workspaces.create(name, spec(smart_http, project))
+            scene.workspaces.create(name, spec(scene, project))
         sleeper.pause()
         paused_at = time.time()
         for name, project in names[18:]:
-            workspaces.create(name, spec(smart_http, project))
+            scene.workspaces.create(name, spec(scene, project))
         # Taken over while it sleeps: all of its Workspaces Ready without it.
         for name, _ in names:
-            workspaces.wait_ready(name, timeout=max(1.0, paused_at + 3 * LEASE - time.time()))
+            scene.workspaces.wait_ready(name, timeout=max(1.0, paused_at + 3 * LEASE - time.time()))
         wait_for(lambda: time.time() >= paused_at + 3 * LEASE, timeout=3 * LEASE + 1, message="3 lease durations")
     finally:
         sleeper.resume()
     resumed_at = time.time()
 
     wait_members(replicas, 3)
-    fresh = identities(api_client, namespace)
+    fresh = identities(api_client, scene.namespace)
     assert fresh["op2"] != ids["op2"], "a fenced replica rejoins under a new identity"
     assert "membership lost" in sleeper.op.log() and "rejoining as" in sleeper.op.log()
-    taken = {f"{namespace}/{p}" for p in chosen["op2"]}
+    taken = {f"{scene.namespace}/{p}" for p in chosen["op2"]}
     calls = journal.calls()
     late = [c for c in calls if c.replica == "op2" and c.write and c.project in taken and c.start >= resumed_at]
     assert not late, f"woken replica wrote on projects taken over from it: {late}"
@@ -397,29 +385,22 @@ def test_sigstopped_replica_is_taken_over_writes_nothing_on_waking_and_rejoins(
     ), "nobody took the sleeper's projects over"
 
     # It serves again: new projects that its new identity owns are materialized by it.
-    mine = projects_for(namespace, fresh, 2, "after")["op2"]
+    mine = projects_for(scene.namespace, fresh, 2, "after")["op2"]
     for project in mine:
-        workspaces.create(f"{project}-w", spec(smart_http, project))
+        scene.workspaces.create(f"{project}-w", spec(scene, project))
     for project in mine:
-        assert workspaces.wait_ready(f"{project}-w", timeout=120)["commit"] == upstream_repo.main
+        assert scene.workspaces.wait_ready(f"{project}-w", timeout=120)["commit"] == scene.repo.main
     calls = journal.calls()
-    assert any(c.replica == "op2" and c.write and c.project == f"{namespace}/{p}" for c in calls for p in mine)
+    assert any(c.replica == "op2" and c.write and c.project == f"{scene.namespace}/{p}" for c in calls for p in mine)
     lease_history.check(calls, {})
     assert all(count == 1 for count in worktree_adds(calls, excluding="op2").values()), worktree_adds(calls)
 
 
 def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    lease_history: LeaseHistory,
-    tmp_path: Path,
+    scene: Scene, api_client: ApiClient, lease_history: LeaseHistory, tmp_path: Path
 ) -> None:
     journal = Journal(tmp_path, tmp_path / "volume")
-    replicas = [start_replica(operator_factory, journal, "op0")]
+    replicas = [start_replica(scene.start, journal, "op0")]
     created: list[tuple[str, float]] = []
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -429,7 +410,7 @@ def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
             i = 0
             while not stop.is_set():
                 name = f"a{i}"
-                workspaces.create(name, spec(smart_http, f"q{i % 12}"))
+                scene.workspaces.create(name, spec(scene, f"q{i % 12}"))
                 created.append((name, time.time()))
                 i += 1
                 stop.wait(0.25)
@@ -440,7 +421,7 @@ def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
     producer.start()
     try:
         wait_for(lambda: len(created) >= 8, timeout=60, message="first arrivals")
-        replicas += [start_replica(operator_factory, journal, f"op{i}") for i in (1, 2)]
+        replicas += [start_replica(scene.start, journal, f"op{i}") for i in (1, 2)]
         wait_members(replicas, 3)
         wait_for(lambda: "materialized" in replicas[2].op.log(), timeout=60, message="the new replica serves its share")
         leaving = replicas.pop()
@@ -456,8 +437,8 @@ def test_scale_1_to_3_to_2_while_workspaces_keep_arriving(
 
     ready_after: list[float] = []
     for name, at in created:
-        status = workspaces.wait_ready(name, timeout=180)
-        assert status["commit"] == upstream_repo.main, name
+        status = scene.workspaces.wait_ready(name, timeout=180)
+        assert status["commit"] == scene.repo.main, name
         ready_after.append(_seconds(status["readyAt"]) - at)
     calls = journal.calls()
     adds = worktree_adds(calls)
@@ -560,14 +541,8 @@ def test_lock_maps_hold_only_the_work_in_flight(api_client: ApiClient, namespace
     asyncio.run(scenario())
 
 
-def test_gc_deletes_leases_of_projects_that_are_gone(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    smart_http: SmartHTTP,
-) -> None:
-    op = operator_factory(
+def test_gc_deletes_leases_of_projects_that_are_gone(scene: Scene, api_client: ApiClient) -> None:
+    op = scene.start(
         env={
             "WORKSPACE_GC_INTERVAL_SECONDS": "2",
             "WORKSPACE_CACHE_UNUSED_SECONDS": "1",
@@ -576,20 +551,20 @@ def test_gc_deletes_leases_of_projects_that_are_gone(
     )
     api = CoordinationV1Api(api_client)
     for project in ("gone", "kept"):
-        workspaces.create(project, {**spec(smart_http, project), "ttlSecondsAfterReady": 0})
-        workspaces.wait_ready(project)
-    workspaces.delete("gone")
-    workspaces.wait_gone("gone")
+        scene.workspaces.create(project, {**spec(scene, project), "ttlSecondsAfterReady": 0})
+        scene.workspaces.wait_ready(project)
+    scene.workspaces.delete("gone")
+    scene.workspaces.wait_gone("gone")
 
     def lease_exists(project: str) -> bool:
-        names = {lease.metadata.name for lease in api.list_namespaced_lease(namespace).items if lease.metadata}
-        return lease_name(namespace, project) in names
+        names = {lease.metadata.name for lease in api.list_namespaced_lease(scene.namespace).items if lease.metadata}
+        return lease_name(scene.namespace, project) in names
 
     wait_for(lambda: not lease_exists("gone"), timeout=60, message="the gone project's Lease deleted")
-    assert not (op.root / namespace / "gone").exists()
-    assert lease_exists("kept") and (op.root / namespace / "kept").is_dir()
-    assert workspaces.status("kept")["phase"] == "Ready"
+    assert not (op.root / scene.namespace / "gone").exists()
+    assert lease_exists("kept") and (op.root / scene.namespace / "kept").is_dir()
+    assert scene.workspaces.status("kept")["phase"] == "Ready"
     # A new Workspace for the project simply creates the Lease again.
-    workspaces.create("again", spec(smart_http, "gone"))
-    workspaces.wait_ready("again")
+    scene.workspaces.create("again", spec(scene, "gone"))
+    scene.workspaces.wait_ready("again")
     assert lease_exists("gone")

@@ -21,14 +21,12 @@ import yaml
 from kubernetes.client import ApiClient, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
 
 import monitoring_crds
-from cluster import REPO, OperatorProcess, Workspaces, wait_for
+from cluster import REPO, Scene, StartOperator, wait_for
 from helmcli import objects
-from upstreams import SmartHTTP, StandardRepo
 from workspace_operator.lock import lease_name
 
 pytestmark = pytest.mark.cluster
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-StartOperator = Callable[..., OperatorProcess]
 
 
 def value(text: str, series: str) -> float | None:
@@ -57,15 +55,8 @@ def test_monitoring_component_passes_server_dry_run(kubectl: Kubectl, crd: None,
     assert result.returncode != 0 and "prot" in result.stderr, result.stderr
 
 
-def test_metrics_move_with_the_work(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    op = operator_factory(env={"WORKSPACE_GC_INTERVAL_SECONDS": "1s"})
+def test_metrics_move_with_the_work(scene: Scene, api_client: ApiClient) -> None:
+    op = scene.start(env={"WORKSPACE_GC_INTERVAL_SECONDS": "1s"})
     before = op.metrics()
     assert re.search(r'^workspace_operator_build_info\{python="[\d.]+",version="0\.1\.0"\} 1\.0$', before, re.M)
     assert value(before, "workspace_operator_materializations_in_flight") == 0
@@ -74,9 +65,9 @@ def test_metrics_move_with_the_work(
     # Someone else holds the project's Lease: the materialization queues behind it.
     leases = CoordinationV1Api(api_client)
     now = datetime.now(UTC)
-    name = lease_name(namespace, "mon")
+    name = lease_name(scene.namespace, "mon")
     leases.create_namespaced_lease(
-        namespace,
+        scene.namespace,
         V1Lease(
             metadata=V1ObjectMeta(name=name),
             spec=V1LeaseSpec(
@@ -84,17 +75,17 @@ def test_metrics_move_with_the_work(
             ),
         ),
     )
-    workspaces.create("mon", {"project": "mon", "repository": smart_http.url("repo")})
+    scene.workspaces.create("mon", scene.spec("mon"))
     wait_for(
         lambda: value(op.metrics(), "workspace_operator_materializations_queued") == 1,
         timeout=60,
         message="one materialization queued",
     )
-    leases.patch_namespaced_lease(name, namespace, {"spec": {"holderIdentity": None}})
-    assert workspaces.wait_ready("mon")["commit"] == upstream_repo.main
+    leases.patch_namespaced_lease(name, scene.namespace, {"spec": {"holderIdentity": None}})
+    assert scene.workspaces.wait_ready("mon")["commit"] == scene.repo.main
     fetched_at = time.time()
 
-    labels = f'{{namespace="{namespace}",project="mon"}}'
+    labels = f'{{namespace="{scene.namespace}",project="mon"}}'
 
     def published() -> str | None:
         text = op.metrics()

@@ -14,19 +14,17 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient, CoreV1Api
 
-from cluster import OperatorProcess, Workspaces, wait_for
-from upstreams import SmartHTTP, StandardRepo, commit
+from cluster import OperatorProcess, Scene, Workspaces, wait_for
+from upstreams import commit
 
 pytestmark = pytest.mark.cluster
 
-StartOperator = Callable[..., OperatorProcess]
 INTERVAL = 2.0
 TIMERS = {"WORKSPACE_RECONCILE_INTERVAL_SECONDS": str(INTERVAL), "WORKSPACE_RECONCILE_JITTER_SECONDS": "0"}
 
@@ -75,27 +73,21 @@ def damage(how: str, worktree: Path, record: Path) -> None:
 
 @pytest.mark.parametrize("how", ["directory removed", "record corrupted", "gitdir link broken"])
 def test_damaged_worktree_is_rebuilt_by_the_timer_at_the_same_commit(
-    how: str,
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
+    scene: Scene, how: str, api_client: ApiClient
 ) -> None:
-    op = operator_factory(env=TIMERS)
-    workspaces.create("heal", {"project": "p", "repository": smart_http.url("repo"), "ref": {"branch": "main"}})
-    first = workspaces.wait_ready("heal")
+    op = scene.start(env=TIMERS)
+    scene.workspaces.create("heal", {**scene.spec(), "ref": {"branch": "main"}})
+    first = scene.workspaces.wait_ready("heal")
     worktree = op.root / first["path"]
-    record = op.root / namespace / "p" / ".ready" / "heal"
+    record = op.root / scene.namespace / "p" / ".ready" / "heal"
     # The branch moves on: a rebuild from the spec would give another commit.
-    commit(upstream_repo.src, {"LATER.txt": "later\n"}, "later")
-    upstream_repo.republish()
+    commit(scene.repo.src, {"LATER.txt": "later\n"}, "later")
+    scene.repo.republish()
     wait_for(lambda: reconciles(op) >= 1, timeout=30, message="a first timer check")
 
     damaged_at = time.time()
     damage(how, worktree, record)
-    current = rebuilt(workspaces, op, "heal", first)
+    current = rebuilt(scene.workspaces, op, "heal", first)
     assert head(worktree) == first["commit"] == current["commit"]
     assert (worktree / "README.md").is_file() and not (worktree / "LATER.txt").exists()
     assert json.loads(record.read_text())["commit"] == first["commit"]
@@ -104,68 +96,52 @@ def test_damaged_worktree_is_rebuilt_by_the_timer_at_the_same_commit(
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("True", "Materialized")
     assert conditions["Reconciling"]["status"] == "False" and conditions["Stalled"]["status"] == "False"
 
-    lost = [e for e in events(api_client, namespace, "heal") if e.reason == "WorktreeLost"]
+    lost = [e for e in events(api_client, scene.namespace, "heal") if e.reason == "WorktreeLost"]
     assert len(lost) == 1 and lost[0].type == "Warning"
     # Noticed within two timer intervals of the damage (Event times have 1 s resolution).
     noticed = (lost[0].event_time or lost[0].first_timestamp or lost[0].last_timestamp).timestamp()
     assert noticed - damaged_at <= 2 * INTERVAL + 1, noticed - damaged_at
-    assert reasons(api_client, namespace, "heal").count("Repaired") == 1
+    assert reasons(api_client, scene.namespace, "heal").count("Repaired") == 1
     assert "repaired" in op.metrics()
-    assert smart_http.count() == 1, "a rebuild at a cached commit needs no fetch"
+    assert scene.http.count() == 1, "a rebuild at a cached commit needs no fetch"
 
 
-def test_lost_worktree_is_rebuilt_on_restart_by_the_resume_check(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
+def test_lost_worktree_is_rebuilt_on_restart_by_the_resume_check(scene: Scene, api_client: ApiClient) -> None:
     # Timers far away: only the resume check can notice.
     slow = {"WORKSPACE_RECONCILE_INTERVAL_SECONDS": "3600", "WORKSPACE_RECONCILE_JITTER_SECONDS": "3600"}
-    op = operator_factory(env=slow)
-    workspaces.create("kept", {"project": "p", "repository": smart_http.url("repo")})
-    workspaces.create("lost", {"project": "p", "repository": smart_http.url("repo")})
-    kept, first = workspaces.wait_ready("kept"), workspaces.wait_ready("lost")
-    kept_version = workspaces.get("kept")["metadata"]["resourceVersion"]  # type: ignore[index]
+    op = scene.start(env=slow)
+    scene.workspaces.create("kept", scene.spec())
+    scene.workspaces.create("lost", scene.spec())
+    kept, first = scene.workspaces.wait_ready("kept"), scene.workspaces.wait_ready("lost")
+    kept_version = scene.workspaces.get("kept")["metadata"]["resourceVersion"]  # type: ignore[index]
     op.stop()
     shutil.rmtree(op.root / first["path"])
 
-    op = operator_factory(env=slow)
-    current = rebuilt(workspaces, op, "lost", first)
+    op = scene.start(env=slow)
+    current = rebuilt(scene.workspaces, op, "lost", first)
     assert head(op.root / first["path"]) == first["commit"]
     assert current["readyAt"] == first["readyAt"]
     assert reconciles(op) == 0, "the timer ran: this test would not prove the resume check"
     # The intact one was checked on disk and left alone: not a single write.
-    assert workspaces.status("kept") == kept
-    assert workspaces.get("kept")["metadata"]["resourceVersion"] == kept_version  # type: ignore[index]
+    assert scene.workspaces.status("kept") == kept
+    assert scene.workspaces.get("kept")["metadata"]["resourceVersion"] == kept_version  # type: ignore[index]
 
 
-def test_intact_workspaces_cost_no_api_writes(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    op = operator_factory(env={"WORKSPACE_RECONCILE_INTERVAL_SECONDS": "1", "WORKSPACE_RECONCILE_JITTER_SECONDS": "1"})
+def test_intact_workspaces_cost_no_api_writes(scene: Scene, api_client: ApiClient) -> None:
+    op = scene.start(env={"WORKSPACE_RECONCILE_INTERVAL_SECONDS": "1", "WORKSPACE_RECONCILE_JITTER_SECONDS": "1"})
     names = [f"idle-{i}" for i in range(10)]
     for name in names:
-        workspaces.create(
-            name, {"project": "p", "repository": smart_http.url("repo"), "ref": {"commit": upstream_repo.main}}
-        )
+        scene.workspaces.create(name, {**scene.spec(), "ref": {"commit": scene.repo.main}})
     for name in names:
-        workspaces.wait_ready(name, timeout=120)
-    versions = {name: workspaces.get(name)["metadata"]["resourceVersion"] for name in names}  # type: ignore[index]
-    before_events = len(CoreV1Api(api_client).list_namespaced_event(namespace).items)
+        scene.workspaces.wait_ready(name, timeout=120)
+    versions = {name: scene.workspaces.get(name)["metadata"]["resourceVersion"] for name in names}  # type: ignore[index]
+    before_events = len(CoreV1Api(api_client).list_namespaced_event(scene.namespace).items)
     checks = reconciles(op)
     # Every Workspace's timer runs at least three more times.
     wait_for(lambda: reconciles(op) >= checks + 3 * len(names), timeout=60, message="30 more timer checks")
-    after = {name: workspaces.get(name)["metadata"]["resourceVersion"] for name in names}  # type: ignore[index]
+    after = {name: scene.workspaces.get(name)["metadata"]["resourceVersion"] for name in names}  # type: ignore[index]
     assert after == versions
-    assert len(CoreV1Api(api_client).list_namespaced_event(namespace).items) == before_events
+    assert len(CoreV1Api(api_client).list_namespaced_event(scene.namespace).items) == before_events
     assert reconciles(op, "retime") == reconciles(op, "expire") == reconciles(op, "deadline") == 0
-    assert smart_http.count() == 1
+    assert scene.http.count() == 1
     assert "Timer 'reconcile'" not in op.log(), "a log line per Workspace per timer run"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,13 @@ import pytest
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Namespace, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
-from cluster import OperatorProcess, Workspaces, new_namespace, wait_for
+from cluster import OperatorProcess, Scene, new_namespace, wait_for
 from engine_fixtures import snapshot
 from test_scaleout import instrumented_git
-from upstreams import SmartHTTP, StandardRepo, commit, make_standard_repo
+from upstreams import commit, make_standard_repo
 
 pytestmark = pytest.mark.cluster
 
-StartOperator = Callable[..., OperatorProcess]
 ANCIENT = time.time() - 30 * 86400
 GC = {
     "WORKSPACE_GC_INTERVAL_SECONDS": "1",
@@ -56,19 +55,17 @@ def plant_link(path: Path, target: Path) -> None:
     os.utime(path, (ANCIENT, ANCIENT), follow_symlinks=False)
 
 
-def test_gc_and_teardown_never_follow_planted_links(
-    workspaces: Workspaces, operator_factory: StartOperator, namespace: str, smart_http: SmartHTTP, tmp_path: Path
-) -> None:
+def test_gc_and_teardown_never_follow_planted_links(scene: Scene, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     (outside / "sub").mkdir(parents=True)
     (outside / "precious.txt").write_text("outside the volume\n")
-    op = operator_factory(env=GC)
-    url = smart_http.url("repo")
-    workspaces.create("backend", {"project": "victim", "repository": url})
-    workspaces.create("mine", {"project": "p", "repository": url})
-    victim_status = workspaces.wait_ready("backend")
-    workspaces.wait_ready("mine")
-    ns_dir = op.root / namespace
+    op = scene.start(env=GC)
+    url = scene.http.url("repo")
+    scene.workspaces.create("backend", {"project": "victim", "repository": url})
+    scene.workspaces.create("mine", {"project": "p", "repository": url})
+    victim_status = scene.workspaces.wait_ready("backend")
+    scene.workspaces.wait_ready("mine")
+    ns_dir = op.root / scene.namespace
     victim = ns_dir / "victim"
     worktree = op.root / victim_status["path"]
     os.utime(worktree, (ANCIENT, ANCIENT))
@@ -87,23 +84,23 @@ def test_gc_and_teardown_never_follow_planted_links(
     )
     wait_passes(op)
     # A Workspace whose project directory is a link fails, and its deletion leaves the target alone.
-    workspaces.create("trap", {"project": "linked", "repository": url})
-    workspaces.wait_reason("trap", "UnsafeVolumePath")
-    assert workspaces.status("trap")["phase"] == "Failed"
-    workspaces.delete("trap")
-    workspaces.wait_gone("trap")
+    scene.workspaces.create("trap", {"project": "linked", "repository": url})
+    scene.workspaces.wait_reason("trap", "UnsafeVolumePath")
+    assert scene.workspaces.status("trap")["phase"] == "Failed"
+    scene.workspaces.delete("trap")
+    scene.workspaces.wait_gone("trap")
     # Teardown of the live Workspace with a link inside its worktree: the link goes, not its target.
-    workspaces.delete("mine")
-    workspaces.wait_gone("mine")
+    scene.workspaces.delete("mine")
+    scene.workspaces.wait_gone("mine")
     assert not os.path.lexists(ns_dir / "p" / "mine")
 
     assert (snapshot(victim), snapshot(outside)) == before, "a link was followed"
-    assert workspaces.status("backend") == victim_status
+    assert scene.workspaces.status("backend") == victim_status
     assert metric(op, 'workspace_operator_unsafe_paths_total{operation="gc"}') > 0
     assert metric(op, 'workspace_operator_unsafe_paths_total{operation="teardown"}') >= 1
     log = op.log()
     assert "is a symlink where a directory belongs; left alone" in log
-    assert f"{namespace}/linked is a symlink" in log
+    assert f"{scene.namespace}/linked is a symlink" in log
 
 
 # -- namespace recreated ----------------------------------------------------------------------------
@@ -117,48 +114,41 @@ def lease_namespace(api_client: ApiClient) -> Iterator[str]:
 
 
 def test_recreated_namespace_does_not_inherit_caches(
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    namespace: str,
-    api_client: ApiClient,
-    lease_namespace: str,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    tmp_path: Path,
+    scene: Scene, api_client: ApiClient, lease_namespace: str, tmp_path: Path
 ) -> None:
     core = CoreV1Api(api_client)
     env = {"WORKSPACE_LEASE_NAMESPACE": lease_namespace}
-    old_uid = _uid(core, namespace)
-    op = operator_factory(env=env)
-    workspaces.create("old", {"project": "p", "repository": smart_http.url("repo")})
-    old = workspaces.wait_ready("old")
-    cache = op.root / namespace / "p" / ".cache"
+    old_uid = _uid(core, scene.namespace)
+    op = scene.start(env=env)
+    scene.workspaces.create("old", scene.spec())
+    old = scene.workspaces.wait_ready("old")
+    cache = op.root / scene.namespace / "p" / ".cache"
     assert (cache / "workspace-operator.owner").read_text() == old_uid
     # The operator is down while the namespace goes: the old tenant's worktree stays on the volume.
     op.stop()
     CustomObjectsApi(api_client).patch_namespaced_custom_object(
-        "crafting.dev", "v1", namespace, "workspaces", "old", {"metadata": {"finalizers": None}}
+        "crafting.dev", "v1", scene.namespace, "workspaces", "old", {"metadata": {"finalizers": None}}
     )
-    core.delete_namespace(namespace)
-    wait_for(lambda: _gone(core, namespace), timeout=120, message=f"namespace {namespace} deleted")
-    core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=namespace)))
-    new_uid = _uid(core, namespace)
+    core.delete_namespace(scene.namespace)
+    wait_for(lambda: _gone(core, scene.namespace), timeout=120, message=f"namespace {scene.namespace} deleted")
+    core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=scene.namespace)))
+    new_uid = _uid(core, scene.namespace)
     assert new_uid != old_uid
     assert (op.root / old["path"] / "README.md").is_file()
 
     # The new tenant uses the same project name for another repository.
-    other = make_standard_repo(tmp_path / "other-src", served_dir=upstream_repo.served_dir, name="other")
+    other = make_standard_repo(tmp_path / "other-src", served_dir=scene.repo.served_dir, name="other")
     other_main = commit(other.src, {"OTHER.md": "another tenant\n"}, "other tenant")
     other.republish()
-    op2 = operator_factory(env=env)
-    workspaces.create("new", {"project": "p", "repository": smart_http.url("other")})
-    new = workspaces.wait_ready("new")
+    op2 = scene.start(env=env)
+    scene.workspaces.create("new", {"project": "p", "repository": scene.http.url("other")})
+    new = scene.workspaces.wait_ready("new")
     assert new["commit"] == other_main
     assert new["cache"]["hit"] is False
     assert (op2.root / new["path"] / "OTHER.md").is_file()
     assert (cache / "workspace-operator.owner").read_text() == new_uid
     assert not (op.root / old["path"]).exists(), "the old tenant's worktree is still visible"
-    assert len(list((op.root / namespace / "p").glob(".quarantine-*"))) == 1
+    assert len(list((op.root / scene.namespace / "p").glob(".quarantine-*"))) == 1
     assert "made for another namespace of this name" in op2.log()
 
 
@@ -203,13 +193,11 @@ PROJECTS = 20
 MAX_GIT = 4
 
 
-def test_200_workspaces_bounded_git_processes_and_memory(
-    workspaces: Workspaces, operator_factory: StartOperator, smart_http: SmartHTTP, tmp_path: Path
-) -> None:
+def test_200_workspaces_bounded_git_processes_and_memory(scene: Scene, tmp_path: Path) -> None:
     journal = tmp_path / "git-journal"
     journal.touch()
     wrapper = instrumented_git(tmp_path / "bin", journal)
-    op = operator_factory(
+    op = scene.start(
         env={
             "PATH": f"{wrapper}:{os.environ['PATH']}",
             "WORKSPACE_MAX_GIT_PROCESSES": str(MAX_GIT),
@@ -218,13 +206,13 @@ def test_200_workspaces_bounded_git_processes_and_memory(
     )
     assert op.proc is not None
     idle_kb = _status_kb(op.proc.pid, "VmRSS")
-    url = smart_http.url("repo")
+    url = scene.http.url("repo")
     started = time.monotonic()
     for index in range(WORKSPACES):
-        workspaces.create(f"w{index}", {"project": f"p{index % PROJECTS}", "repository": url})
+        scene.workspaces.create(f"w{index}", {"project": f"p{index % PROJECTS}", "repository": url})
     statuses: dict[str, Any] = {}
     for index in range(WORKSPACES):
-        statuses[f"w{index}"] = workspaces.wait_ready(f"w{index}", timeout=900)
+        statuses[f"w{index}"] = scene.workspaces.wait_ready(f"w{index}", timeout=900)
     elapsed = time.monotonic() - started
     peak_kb = _status_kb(op.proc.pid, "VmHWM")
     overlap = _peak_overlap(journal)
