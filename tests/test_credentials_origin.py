@@ -43,6 +43,8 @@ from upstreams import (
     git_env,
     publish,
     served_repo,
+    served_super,
+    submodule,
 )
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
 
@@ -50,10 +52,6 @@ pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_proces
 
 USER = "ci5x"  # short on purpose: masked too
 TOKEN = "tok-" + secrets.token_hex(12)
-
-
-def submodule(name: str, path: str, url: str) -> str:
-    return f'[submodule "{name}"]\n\tpath = {path}\n\turl = {url}\n'
 
 
 class ProcessWatch:
@@ -119,14 +117,7 @@ async def test_submodule_on_an_attacker_host_gets_no_credentials(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="workspace_operator")
-    assert upstream_repo.served_dir is not None
-    served_repo(
-        upstream_repo.served_dir,
-        "super",
-        {"top.txt": "top\n"},
-        {"lib": upstream_repo.main},
-        submodule("lib", "lib", credential_sink.url("org/lib.git")),
-    )
+    served_super(upstream_repo, credential_sink.url("org/lib.git"))
     url = auth_http.url("super")
     creds = Credentials(username=USER, password=TOKEN, scopes=(url,))
     watch = ProcessWatch(volume, (USER, TOKEN))
@@ -150,14 +141,7 @@ async def test_same_host_other_path_gets_credentials_only_when_the_secret_lists_
     engine: Engine, upstream_repo: StandardRepo, auth_http: SmartHTTP, volume: Path
 ) -> None:
     """A relative submodule URL reaching another repository of the same server."""
-    assert upstream_repo.served_dir is not None
-    served_repo(
-        upstream_repo.served_dir,
-        "super",
-        {"top.txt": "top\n"},
-        {"lib": upstream_repo.main},
-        submodule("lib", "lib", "../repo.git"),
-    )
+    served_super(upstream_repo, "../repo.git")
     url = auth_http.url("super")
     lib_path = "/repo.git/"
 

@@ -25,9 +25,8 @@ from kubernetes.client.exceptions import ApiException
 
 from attackers import CredentialSink, error_advertisement
 from cluster import OperatorProcess, Workspaces, wait_for
-from test_credentials_origin import submodule
 from test_submodule_attacks import fan_out
-from upstreams import GitDaemon, SmartHTTP, StandardRepo, served_repo
+from upstreams import GitDaemon, SmartHTTP, StandardRepo, served_repo, served_super, submodule
 
 pytestmark = pytest.mark.cluster
 
@@ -99,13 +98,7 @@ def test_submodule_on_attacker_host_never_receives_the_secret(
     tmp_path: Path,
 ) -> None:
     assert upstream_repo.served_dir is not None
-    served_repo(
-        upstream_repo.served_dir,
-        "super",
-        {"top.txt": "top\n"},
-        {"lib": upstream_repo.main},
-        submodule("lib", "lib", credential_sink.url("org/lib.git")),
-    )
+    served_super(upstream_repo, credential_sink.url("org/lib.git"))
     server = SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN).start()
     try:
         op = operator_factory()

@@ -21,8 +21,7 @@ import pytest
 
 from attackers import CredentialSink, error_advertisement
 from engine_fixtures import checkout, layout, make_settings, request, tree_files, worktree_path
-from test_credentials_origin import submodule
-from upstreams import GitDaemon, SmartHTTP, StandardRepo, served_repo
+from upstreams import GitDaemon, SmartHTTP, StandardRepo, served_repo, served_super, submodule
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
 
 pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
@@ -124,13 +123,7 @@ async def test_a_server_outside_the_grant_cannot_tell_a_right_guess_from_the_sta
         credential_sink.status = 403
         credential_sink.body = lambda _path: f"{echo()}\n{guess['password']}\n".encode()
     assert upstream_repo.served_dir is not None
-    served_repo(
-        upstream_repo.served_dir,
-        "super",
-        {"top.txt": "top\n"},
-        {"lib": upstream_repo.main},
-        submodule("lib", "lib", credential_sink.url("org/lib.git")),
-    )
+    served_super(upstream_repo, credential_sink.url("org/lib.git"))
     engine = Engine(volume, make_settings(scratch))
 
     with SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN) as server:

@@ -27,6 +27,8 @@ from testsupport.upstreams import (
     publish,
     serve_config,
     served_repo,
+    served_super,
+    submodule,
 )
 
 __all__ = [
@@ -45,6 +47,8 @@ __all__ = [
     "run_git",
     "serve_config",
     "served_repo",
+    "served_super",
+    "submodule",
 ]
 
 

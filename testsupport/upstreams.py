@@ -132,6 +132,17 @@ def served_repo(
     return sha
 
 
+def submodule(name: str, path: str, url: str) -> str:
+    """One `.gitmodules` entry."""
+    return f'[submodule "{name}"]\n\tpath = {path}\n\turl = {url}\n'
+
+
+def served_super(repo: StandardRepo, url: str, name: str = "super") -> str:
+    """served/<name>.git: one file and the submodule `lib` (repo's main commit) at `url`."""
+    assert repo.served_dir is not None
+    return served_repo(repo.served_dir, name, {"top.txt": "top\n"}, {"lib": repo.main}, submodule("lib", "lib", url))
+
+
 def _repo_dir(name: str) -> str:
     """``url(name)`` accepts "name" or "name.git"; served repos are name.git."""
     return name if name.endswith(".git") else f"{name}.git"
