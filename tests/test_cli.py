@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient
 
-from cluster import OperatorProcess, Workspaces, token_kubeconfig, wait_for
+from cluster import OperatorProcess, Scene, token_kubeconfig, wait_for
 from pod import EmulatedPod, job_kubeconfig, job_token, ok, tree_digest
-from upstreams import SmartHTTP, StandardRepo, commit, git
+from upstreams import StandardRepo, commit, git
 
 pytestmark = pytest.mark.cluster
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-StartOperator = Callable[..., OperatorProcess]
 CLI = str(Path(sys.executable).parent / "kubectl-workspace")
 GC_EVERY_SECOND = {
     "WORKSPACE_GC_INTERVAL_SECONDS": "1",
@@ -51,21 +50,14 @@ def cache_has(cache: Path, sha: str) -> bool:
 
 
 def test_checkout_into_emptydir_in_a_pod(
-    kubectl: Kubectl,
-    kubeconfig: Path,
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    pod: EmulatedPod,
-    tmp_path: Path,
+    scene: Scene, kubectl: Kubectl, kubeconfig: Path, api_client: ApiClient, pod: EmulatedPod, tmp_path: Path
 ) -> None:
-    op = operator_factory(env=GC_EVERY_SECOND)
-    url = smart_http.url("repo")
+    op = scene.start(env=GC_EVERY_SECOND)
+    url = scene.http.url("repo")
     pod.kubeconfig(
-        job_kubeconfig(kubeconfig, job_token(kubectl, api_client, namespace), namespace, tmp_path / "job-kubeconfig")
+        job_kubeconfig(
+            kubeconfig, job_token(kubectl, api_client, scene.namespace), scene.namespace, tmp_path / "job-kubeconfig"
+        )
     )
     name = ok(
         pod.run(
@@ -86,8 +78,8 @@ def test_checkout_into_emptydir_in_a_pod(
     )
     assert name.startswith("job-")
     ok(pod.run("kubectl-workspace", "wait", name, "--timeout", "60"))
-    status = workspaces.status(name)
-    assert status["commit"] == upstream_repo.feature and "path" not in status
+    status = scene.workspaces.status(name)
+    assert status["commit"] == scene.repo.feature and "path" not in status
     cache = op.root / status["cachePath"]
     # The operator's gc after the first fetch, before the job starts: afterwards nothing may change the cache.
     wait_for(lambda: gc_count(op, "gc-cache") >= 1, timeout=30, message="first gc of the cache")
@@ -130,37 +122,37 @@ def test_checkout_into_emptydir_in_a_pod(
     changes = out.split("STATUS ")[1].split("\n")[0].split(";")
     assert {" M README.md", " D libs/util.py", "?? .gitignore", "?? services/new.py"} <= set(changes), changes
     assert not any("node_modules" in change for change in changes)
-    assert f"DESCRIBE v1.1-1-g{upstream_repo.feature[:7]}" in out  # tags from the cache (spec.tags)
-    assert f"HEAD {upstream_repo.feature}" in out and f"PARENT {upstream_repo.feature}" in out
+    assert f"DESCRIBE v1.1-1-g{scene.repo.feature[:7]}" in out  # tags from the cache (spec.tags)
+    assert f"HEAD {scene.repo.feature}" in out and f"PARENT {scene.repo.feature}" in out
     assert "OWNER 65532\n65532" in out
     assert "WRITABLE" not in out and "FSCK-OK" in out
     assert tree_digest(cache) == before, "the job changed the cache"
 
     # The branch moves away upstream (force push): only the pin keeps the job's commit in the cache.
-    git(upstream_repo.src, "checkout", "-q", "-B", StandardRepo.FEATURE_BRANCH, upstream_repo.main)
-    rewritten = commit(upstream_repo.src, {"services/api/feature.py": "FEATURE = 2\n"}, "feature rewritten")
-    upstream_repo.republish()
+    git(scene.repo.src, "checkout", "-q", "-B", StandardRepo.FEATURE_BRANCH, scene.repo.main)
+    rewritten = commit(scene.repo.src, {"services/api/feature.py": "FEATURE = 2\n"}, "feature rewritten")
+    scene.repo.republish()
     # A planted pin of a Workspace that does not exist: GC removes it.
-    subprocess.run(["git", "-C", str(cache), "update-ref", "refs/workspaces/ghost", upstream_repo.old], check=True)
+    subprocess.run(["git", "-C", str(cache), "update-ref", "refs/workspaces/ghost", scene.repo.old], check=True)
     gcs = gc_count(op, "gc-cache")
-    workspaces.create(
+    scene.workspaces.create(
         "later",
         {"project": "p", "repository": url, "mode": "CacheOnly", "ref": {"branch": StandardRepo.FEATURE_BRANCH}},
     )
-    assert workspaces.wait_ready("later")["commit"] == rewritten
+    assert scene.workspaces.wait_ready("later")["commit"] == rewritten
     wait_for(
         lambda: gc_count(op, "gc-cache") > gcs and gc_count(op, "remove-pin") >= 1,
         timeout=30,
         message="gc --prune=now and removal of the ghost pin",
     )
     assert not (cache / "refs" / "workspaces" / "ghost").exists() and "ghost" not in (cache / "packed-refs").read_text()
-    assert cache_has(cache, upstream_repo.feature), "a live Workspace's pinned commit was pruned"
+    assert cache_has(cache, scene.repo.feature), "a live Workspace's pinned commit was pruned"
     fsck = pod.sh("git fsck --no-progress --full 2>&1 && git log --oneline -2 >/dev/null && echo FSCK-OK")
     assert "FSCK-OK" in ok(fsck), fsck.stdout
 
     # Deleting the Workspace removes its pin (finalizer): the next gc prunes what only it kept.
     ok(pod.run("kubectl-workspace", "delete", name))
-    workspaces.wait_gone(name)
+    scene.workspaces.wait_gone(name)
     assert (
         subprocess.run(
             ["git", "-C", str(cache), "rev-parse", "--verify", "-q", f"refs/workspaces/{name}"], capture_output=True
@@ -168,30 +160,25 @@ def test_checkout_into_emptydir_in_a_pod(
         != 0
     )
     gcs = gc_count(op, "gc-cache")
-    workspaces.create(
+    scene.workspaces.create(
         "fetch-again", {"project": "p", "repository": url, "mode": "CacheOnly", "ref": {"name": StandardRepo.PULL_REF}}
     )
-    workspaces.wait_ready("fetch-again")
+    scene.workspaces.wait_ready("fetch-again")
     wait_for(lambda: gc_count(op, "gc-cache") > gcs, timeout=30, message="another gc")
-    wait_for(lambda: not cache_has(cache, upstream_repo.feature), timeout=10, message="unpinned commit pruned")
+    wait_for(lambda: not cache_has(cache, scene.repo.feature), timeout=10, message="unpinned commit pruned")
 
 
 def test_wait_fails_at_once_on_a_permanent_failure_and_succeeds_on_ready(
-    kubectl: Kubectl,
-    kubeconfig: Path,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    smart_http: SmartHTTP,
+    scene: Scene, kubectl: Kubectl, kubeconfig: Path
 ) -> None:
-    operator_factory()
-    url = smart_http.url("repo")
+    scene.start()
+    url = scene.http.url("repo")
     env = {"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"}
-    workspaces.create(
+    scene.workspaces.create(
         "missing-ref", {"project": "p", "repository": url, "mode": "CacheOnly", "ref": {"branch": "no-such-branch"}}
     )
     waiting = subprocess.Popen(
-        [CLI, "-n", namespace, "wait", "missing-ref", "--timeout", "120"],
+        [CLI, "-n", scene.namespace, "wait", "missing-ref", "--timeout", "120"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -199,7 +186,7 @@ def test_wait_fails_at_once_on_a_permanent_failure_and_succeeds_on_ready(
     )
     try:
         wait_for(
-            lambda: workspaces.status("missing-ref").get("phase") == "Failed",
+            lambda: scene.workspaces.status("missing-ref").get("phase") == "Failed",
             timeout=60,
             message="RefNotFound reported",
         )
@@ -211,45 +198,45 @@ def test_wait_fails_at_once_on_a_permanent_failure_and_succeeds_on_ready(
     assert waiting.returncode == 5, stderr
     assert "RefNotFound" in stderr and "missing-ref" in stderr
 
-    workspaces.create("fine", {"project": "p", "repository": url, "mode": "CacheOnly"})
+    scene.workspaces.create("fine", {"project": "p", "repository": url, "mode": "CacheOnly"})
     done = subprocess.run(
-        [CLI, "-n", namespace, "wait", "fine", "--timeout", "60"], env=env, capture_output=True, text=True, timeout=90
+        [CLI, "-n", scene.namespace, "wait", "fine", "--timeout", "60"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert done.returncode == 0, done.stderr
-    assert workspaces.status("fine")["phase"] == "Ready"
+    assert scene.workspaces.status("fine")["phase"] == "Ready"
 
 
 def test_clear_errors_with_documented_exit_codes(
-    kubectl: Kubectl,
-    kubeconfig: Path,
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    smart_http: SmartHTTP,
-    tmp_path: Path,
+    scene: Scene, kubectl: Kubectl, kubeconfig: Path, api_client: ApiClient, tmp_path: Path
 ) -> None:
-    op = operator_factory()
-    url = smart_http.url("repo")
+    op = scene.start()
+    url = scene.http.url("repo")
 
     def cli(*args: str, config: Path = kubeconfig) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [CLI, "--kubeconfig", str(config), "-n", namespace, *args], capture_output=True, text=True, timeout=90
+            [CLI, "--kubeconfig", str(config), "-n", scene.namespace, *args], capture_output=True, text=True, timeout=90
         )
 
     nobody = token_kubeconfig(
-        kubeconfig, job_token(kubectl, api_client, namespace, "nobody", rbac=False), tmp_path / "nobody"
+        kubeconfig, job_token(kubectl, api_client, scene.namespace, "nobody", rbac=False), tmp_path / "nobody"
     )
     denied = cli("wait", "anything", config=nobody)
     assert denied.returncode == 4 and "not allowed to get" in denied.stderr, denied.stderr
     absent = cli("wait", "absent")
-    assert absent.returncode == 3 and f"Workspace {namespace}/absent not found" in absent.stderr
+    assert absent.returncode == 3 and f"Workspace {scene.namespace}/absent not found" in absent.stderr
 
-    workspaces.create("cached", {"project": "p", "repository": url, "mode": "CacheOnly"})
-    workspaces.create("tree", {"project": "p", "repository": url, "subPath": "services/api"})
-    status = workspaces.wait_ready("cached")
+    scene.workspaces.create("cached", {"project": "p", "repository": url, "mode": "CacheOnly"})
+    scene.workspaces.create("tree", {"project": "p", "repository": url, "subPath": "services/api"})
+    status = scene.workspaces.wait_ready("cached")
     assert cli("wait", "tree").returncode == 0
-    assert cli("path", "tree", "--cache-root", "/mnt/ws").stdout.strip() == f"/mnt/ws/{namespace}/p/tree/services/api"
+    assert (
+        cli("path", "tree", "--cache-root", "/mnt/ws").stdout.strip()
+        == f"/mnt/ws/{scene.namespace}/p/tree/services/api"
+    )
     wrong_mode = cli("path", "cached")
     assert wrong_mode.returncode == 12 and "CacheOnly" in wrong_mode.stderr
 

@@ -11,13 +11,11 @@ import pytest
 from kubernetes.client import ApiClient, CoreV1Api
 
 import monitoring_crds
-from cluster import REPO, OperatorProcess, Workspaces, service_account_token, token_kubeconfig
+from cluster import REPO, Scene, service_account_token, token_kubeconfig
 from helmcli import CHART, grants, helm, namespaced_overlay, objects, set_args, template
-from upstreams import SmartHTTP, StandardRepo
 
 pytestmark = pytest.mark.cluster
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-StartOperator = Callable[..., OperatorProcess]
 
 # The main value combinations: each must render and pass a server-side dry run.
 COMBINATIONS: dict[str, dict[str, str]] = {
@@ -120,16 +118,7 @@ def test_chart_and_kustomize_grant_the_same_rbac(kubectl: Kubectl, tmp_path: Pat
 
 
 def test_helm_install_then_the_operator_materializes_with_the_releases_token(
-    kubectl: Kubectl,
-    kubeconfig: Path,
-    api_client: ApiClient,
-    crd: None,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    tmp_path: Path,
+    scene: Scene, kubectl: Kubectl, kubeconfig: Path, api_client: ApiClient, crd: None, tmp_path: Path
 ) -> None:
     release_ns = f"wo-install-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", release_ns)
@@ -141,7 +130,7 @@ def test_helm_install_then_the_operator_materializes_with_the_releases_token(
             "--namespace",
             release_ns,
             "--wait=false",
-            *set_args({"rbac.scope": "namespaced", "watchNamespaces": f"{{{namespace}}}"}),
+            *set_args({"rbac.scope": "namespaced", "watchNamespaces": f"{{{scene.namespace}}}"}),
             kubeconfig=kubeconfig,
         )
         listing = helm("list", "--namespace", release_ns, "--output", "json", kubeconfig=kubeconfig)
@@ -155,15 +144,15 @@ def test_helm_install_then_the_operator_materializes_with_the_releases_token(
             "-o",
             "jsonpath={.data.WORKSPACE_NAMESPACES}",
         ).stdout
-        assert config == namespace
+        assert config == scene.namespace
         token = service_account_token(CoreV1Api(api_client), "ci-workspace-operator", release_ns, 3600)
         operator_config = token_kubeconfig(kubeconfig, token, tmp_path / "release-kubeconfig")
-        op = operator_factory(env={"KUBECONFIG": str(operator_config), "WORKSPACE_LEASE_NAMESPACE": release_ns})
-        workspaces.create("helm", {"project": "helm", "repository": smart_http.url("repo"), "ttlSecondsAfterReady": 0})
-        status = workspaces.wait_ready("helm")
-        assert status["commit"] == upstream_repo.main
-        workspaces.delete("helm")
-        workspaces.wait_gone("helm")
+        op = scene.start(env={"KUBECONFIG": str(operator_config), "WORKSPACE_LEASE_NAMESPACE": release_ns})
+        scene.workspaces.create("helm", {**scene.spec("helm"), "ttlSecondsAfterReady": 0})
+        status = scene.workspaces.wait_ready("helm")
+        assert status["commit"] == scene.repo.main
+        scene.workspaces.delete("helm")
+        scene.workspaces.wait_gone("helm")
         assert "Forbidden" not in op.log() and " 403" not in op.log(), op.log()[-3000:]
     finally:
         helm("uninstall", "ci", "--namespace", release_ns, kubeconfig=kubeconfig)

@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient, CoreV1Api
 
-from cluster import REPO, OperatorProcess, Workspaces, service_account_token, token_kubeconfig
-from upstreams import SmartHTTP, StandardRepo
+from cluster import REPO, Scene, service_account_token, token_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-StartOperator = Callable[..., OperatorProcess]
 OPERATOR_NS = "workspace-operator"
 
 
@@ -69,25 +67,17 @@ def test_manifests_render_and_pass_server_dry_run(kubectl: Kubectl, installed: N
 
 
 def test_operator_runs_with_its_own_service_account(
-    kubectl: Kubectl,
-    kubeconfig: Path,
-    operator_token: str,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    tmp_path: Path,
+    scene: Scene, kubectl: Kubectl, kubeconfig: Path, operator_token: str, tmp_path: Path
 ) -> None:
     config = token_kubeconfig(kubeconfig, operator_token, tmp_path / "operator-kubeconfig")
-    op = operator_factory(env={"KUBECONFIG": str(config), "WORKSPACE_LEASE_NAMESPACE": OPERATOR_NS})
-    workspaces.create("rbac", {"project": "rbac", "repository": smart_http.url("repo"), "ttlSecondsAfterReady": 0})
-    status = workspaces.wait_ready("rbac")
-    assert status["commit"] == upstream_repo.main
+    op = scene.start(env={"KUBECONFIG": str(config), "WORKSPACE_LEASE_NAMESPACE": OPERATOR_NS})
+    scene.workspaces.create("rbac", {**scene.spec("rbac"), "ttlSecondsAfterReady": 0})
+    status = scene.workspaces.wait_ready("rbac")
+    assert status["commit"] == scene.repo.main
     path = op.root / status["path"]
     assert path.is_dir()
-    workspaces.delete("rbac")
-    workspaces.wait_gone("rbac")
+    scene.workspaces.delete("rbac")
+    scene.workspaces.wait_gone("rbac")
     assert not path.exists()
     assert "Forbidden" not in op.log() and "403" not in op.log(), op.log()[-3000:]
 

@@ -19,13 +19,11 @@ import pytest
 from kubernetes.client import ApiClient, CoreV1Api, V1Namespace, V1ObjectMeta, V1Secret
 from kubernetes.client.exceptions import ApiException
 
-from cluster import OperatorProcess, Workspaces, new_api_client, service_account_token, token_kubeconfig
+from cluster import Scene, new_api_client, service_account_token, token_kubeconfig
 from helmcli import grants, namespaced_overlay, objects
-from upstreams import SmartHTTP, StandardRepo
 
 pytestmark = pytest.mark.cluster
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-StartOperator = Callable[..., OperatorProcess]
 
 
 def _relocate(rendered: list[dict[str, Any]], operator_ns: str) -> list[dict[str, Any]]:
@@ -52,19 +50,9 @@ def operator_ns(kubectl: Kubectl) -> Iterator[str]:
 
 
 def test_namespaced_rbac_serves_the_watched_namespace_and_denies_others(
-    kubectl: Kubectl,
-    kubeconfig: Path,
-    api_client: ApiClient,
-    crd: None,
-    namespace: str,
-    operator_ns: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    tmp_path: Path,
+    scene: Scene, kubectl: Kubectl, kubeconfig: Path, api_client: ApiClient, crd: None, operator_ns: str, tmp_path: Path
 ) -> None:
-    rendered = objects(kubectl("kustomize", str(namespaced_overlay(tmp_path / "overlay", [namespace]))).stdout)
+    rendered = objects(kubectl("kustomize", str(namespaced_overlay(tmp_path / "overlay", [scene.namespace]))).stdout)
     installed = _relocate(rendered, operator_ns)
     assert not {g for g in grants(installed, operator_namespace=operator_ns) if g[0] == "cluster"}
     kubectl(
@@ -74,7 +62,7 @@ def test_namespaced_rbac_serves_the_watched_namespace_and_denies_others(
     unwatched = f"t-unwatched-{uuid.uuid4().hex[:6]}"
     core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=unwatched)))
     try:
-        for ns in (namespace, unwatched):
+        for ns in (scene.namespace, unwatched):
             core.create_namespaced_secret(
                 ns, V1Secret(metadata=V1ObjectMeta(name="creds"), string_data={"password": "s3cret-x"})
             )
@@ -84,24 +72,24 @@ def test_namespaced_rbac_serves_the_watched_namespace_and_denies_others(
         def can(*args: str) -> str:
             return kubectl("auth", "can-i", *args, token=token, check=False).stdout.strip()
 
-        assert can("get", "secrets", "-n", namespace) == "yes"
-        assert can("patch", "workspaces.crafting.dev", "-n", namespace) == "yes"
-        assert can("create", "events", "-n", namespace) == "yes"
+        assert can("get", "secrets", "-n", scene.namespace) == "yes"
+        assert can("patch", "workspaces.crafting.dev", "-n", scene.namespace) == "yes"
+        assert can("create", "events", "-n", scene.namespace) == "yes"
         assert can("get", "secrets", "-n", unwatched) == "no"
         assert can("get", "secrets", "-n", operator_ns) == "no"
         assert can("list", "workspaces.crafting.dev", "--all-namespaces") == "no"
-        assert can("list", "secrets", "-n", namespace) == "no"
+        assert can("list", "secrets", "-n", scene.namespace) == "no"
 
         # The operator works with it in the watched namespace...
         config = token_kubeconfig(kubeconfig, token, tmp_path / "operator-kubeconfig")
-        op = operator_factory(env={"KUBECONFIG": str(config), "WORKSPACE_LEASE_NAMESPACE": operator_ns})
-        workspaces.create("scoped", {"project": "scoped", "repository": smart_http.url("repo")})
-        assert workspaces.wait_ready("scoped")["commit"] == upstream_repo.main
+        op = scene.start(env={"KUBECONFIG": str(config), "WORKSPACE_LEASE_NAMESPACE": operator_ns})
+        scene.workspaces.create("scoped", scene.spec("scoped"))
+        assert scene.workspaces.wait_ready("scoped")["commit"] == scene.repo.main
         assert "Forbidden" not in op.log(), op.log()[-3000:]
 
         # ...and the same credentials cannot read the Secret of a namespace it does not watch.
         scoped = CoreV1Api(_token_client(config))
-        assert scoped.read_namespaced_secret("creds", namespace).data
+        assert scoped.read_namespaced_secret("creds", scene.namespace).data
         with pytest.raises(ApiException) as denied:
             scoped.read_namespaced_secret("creds", unwatched)
         assert denied.value.status == 403

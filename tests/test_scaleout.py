@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from cluster import OperatorProcess, Workspaces
-from upstreams import SmartHTTP, StandardRepo
+from cluster import Scene
 
 pytestmark = pytest.mark.cluster
 
-StartOperator = Callable[..., OperatorProcess]
 WRITES = {
     "fetch",
     "init",
@@ -84,14 +81,7 @@ def read_journal(journal: Path, root: Path) -> list[tuple[float, float, str, str
     return calls
 
 
-def test_replicas_share_work_without_overlapping_writes(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-    tmp_path: Path,
-) -> None:
+def test_replicas_share_work_without_overlapping_writes(scene: Scene, tmp_path: Path) -> None:
     journal = tmp_path / "git-journal"
     journal.touch()
     wrapper_dir = instrumented_git(tmp_path / "bin", journal)
@@ -101,20 +91,20 @@ def test_replicas_share_work_without_overlapping_writes(
     # Two replicas splitting the work by hash, plus a third that (like a pod of the
     # previous rollout) still believes it owns everything: shares overlap on purpose.
     ops = [
-        operator_factory(env={"PATH": path, "WORKSPACE_REPLICAS": "2", "WORKSPACE_REPLICA_INDEX": "0"}),
-        operator_factory(env={"PATH": path, "WORKSPACE_REPLICAS": "2", "WORKSPACE_REPLICA_INDEX": "1"}),
-        operator_factory(env={"PATH": path, "WORKSPACE_REPLICAS": "1"}),
+        scene.start(env={"PATH": path, "WORKSPACE_REPLICAS": "2", "WORKSPACE_REPLICA_INDEX": "0"}),
+        scene.start(env={"PATH": path, "WORKSPACE_REPLICAS": "2", "WORKSPACE_REPLICA_INDEX": "1"}),
+        scene.start(env={"PATH": path, "WORKSPACE_REPLICAS": "1"}),
     ]
-    commits = {"main": upstream_repo.main, "feature": upstream_repo.feature, "v1.0": upstream_repo.v1_0}
+    commits = {"main": scene.repo.main, "feature": scene.repo.feature, "v1.0": scene.repo.v1_0}
     expected: dict[str, str] = {}
     for p in range(6):
         for i in range(10):
             name = f"p{p}-w{i}"
             ref = [{"branch": "main"}, {"branch": "feature/x/y"}, {"tag": "v1.0"}][i % 3]
             expected[name] = [commits["main"], commits["feature"], commits["v1.0"]][i % 3]
-            workspaces.create(name, {"project": f"proj{p}", "repository": smart_http.url("repo"), "ref": ref})
+            scene.workspaces.create(name, {"project": f"proj{p}", "repository": scene.http.url("repo"), "ref": ref})
     for name, commit in expected.items():
-        assert workspaces.wait_ready(name, timeout=180)["commit"] == commit, name
+        assert scene.workspaces.wait_ready(name, timeout=180)["commit"] == commit, name
 
     root = ops[0].root
     calls = read_journal(journal, root)
