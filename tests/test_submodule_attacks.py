@@ -99,6 +99,7 @@ async def test_the_submodule_phase_runs_under_one_git_timeout(
 
 
 _SECONDS = re.compile(r"\d+\.\d+s")
+_SHA = re.compile(r"\b[0-9a-f]{40}\b")
 
 
 @pytest.mark.parametrize("answer", ["err-line", "http-403"])
@@ -152,3 +153,62 @@ async def test_a_server_outside_the_grant_cannot_tell_a_right_guess_from_the_sta
     assert f"submodule 'lib' at 127.0.0.1:{credential_sink.port} failed" in message, message
     for text in [message, *logged]:
         assert TOKEN not in text and USER not in text and "***" not in text, text
+
+
+async def test_below_a_server_outside_the_grant_nothing_is_granted(
+    volume: Path, scratch: Path, upstream_repo: StandardRepo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The public `lib` (outside the grant) names a nested submodule on the granted server,
+    its path the guess. Treated as granted, git's "repository '<url>' not found" came back
+    redacted: `***` exactly when the guess was the token, and the credentials went along."""
+    caplog.set_level(logging.DEBUG, logger="workspace_operator")
+    assert upstream_repo.served_dir is not None
+    outsider_dir = tmp_path / "outsider" / "served"
+    outsider_dir.mkdir(parents=True)
+    engine = Engine(volume, make_settings(scratch))
+
+    with (
+        SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN) as granted,
+        SmartHTTP(outsider_dir) as outsider,
+    ):
+        url = granted.url("super")
+        org = f"http://127.0.0.1:{granted.port}/org/"  # the Secret covers the organisation
+        creds = Credentials(username=USER, password=TOKEN, scopes=(url, org))
+
+        async def attempt(guess: str) -> tuple[str, list[str]]:
+            lib = served_repo(
+                outsider_dir,
+                "lib",
+                {"lib.txt": "lib\n"},
+                {"inner": upstream_repo.main},
+                submodule("inner", "inner", granted.url(f"org/{guess}")),
+            )
+            served_repo(
+                upstream_repo.served_dir,
+                "super",
+                {"top.txt": "top\n"},
+                {"lib": lib},
+                submodule("lib", "lib", outsider.url("lib")),
+            )
+            await engine.remove("team-a", "proj", "ws")
+            caplog.clear()
+            with pytest.raises(GitError) as caught:
+                await checkout(engine, request(url, submodules=True, credentials=creds))
+            # Each attempt serves other commits and another path: those differ, nothing else may.
+            logged = [
+                _SHA.sub("SHA", _SECONDS.sub("Ns", r.getMessage())).replace(guess, "GUESS") for r in caplog.records
+            ]
+            return f"{caught.value.reason.value}: {caught.value}".replace(guess, "GUESS"), logged
+
+        await attempt("warm-up")  # the superproject's cache is there for both runs alike
+        right = await attempt(TOKEN)
+        wrong = await attempt(WRONG)
+        asked = [r for r in granted.requests() if "/org/" in r.path]
+
+    assert asked, "git never asked the granted server for the nested submodule"
+    assert all(r.user is None for r in asked), "credentials went to a URL an outsider chose"
+    assert right == wrong  # the same, byte for byte, whether the guess is the token or not
+    message, logged = right
+    assert "outside the credentials Secret's repositories" in message, message
+    for text in [message, *logged]:
+        assert TOKEN not in text and "***" not in text, text

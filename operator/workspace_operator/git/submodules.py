@@ -132,7 +132,10 @@ class Submodules:
             return
         if depth >= MAX_DEPTH:
             raise invalid(f"submodules are nested more than {MAX_DEPTH} levels deep")
-        granted = [sub for sub in plan if self.session.allows(sub.url)]
+        # Below a submodule outside the grant nothing is granted, whatever its URL: that
+        # server chose the URLs (and a granted one's errors would be redacted with the secret).
+        outside = runner is self.outsider
+        granted = [] if outside else [sub for sub in plan if self.session.allows(sub.url)]
         for sub in granted:
             self.session.grant(sub.url)
         if granted:
