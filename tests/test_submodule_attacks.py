@@ -162,13 +162,14 @@ async def test_below_a_server_outside_the_grant_nothing_is_granted(
     its path the guess. Treated as granted, git's "repository '<url>' not found" came back
     redacted: `***` exactly when the guess was the token, and the credentials went along."""
     caplog.set_level(logging.DEBUG, logger="workspace_operator")
-    assert upstream_repo.served_dir is not None
+    served = upstream_repo.served_dir
+    assert served is not None
     outsider_dir = tmp_path / "outsider" / "served"
     outsider_dir.mkdir(parents=True)
     engine = Engine(volume, make_settings(scratch))
 
     with (
-        SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN) as granted,
+        SmartHTTP(served, username=USER, password=TOKEN) as granted,
         SmartHTTP(outsider_dir) as outsider,
     ):
         url = granted.url("super")
@@ -184,7 +185,7 @@ async def test_below_a_server_outside_the_grant_nothing_is_granted(
                 submodule("inner", "inner", granted.url(f"org/{guess}")),
             )
             served_repo(
-                upstream_repo.served_dir,
+                served,
                 "super",
                 {"top.txt": "top\n"},
                 {"lib": lib},
