@@ -20,7 +20,7 @@ from attackers import CredentialSink
 from engine_fixtures import NS, PROJECT, request, snapshot
 from pod import EmulatedPod
 from test_tamper_checks import PLANTS, pwned, two_namespaces
-from upstreams import GitDaemon, StandardRepo, git, served_repo
+from upstreams import GitDaemon, StandardRepo, commit, git, publish, run_git, served_repo
 from workspace_operator.cli.checkout import Source, checkout
 from workspace_operator.cli.errors import CliError, Exit
 from workspace_operator.git import ALL_SCHEMES, Engine, GitSettings
@@ -296,3 +296,31 @@ for where in ({str(foreign)!r}, str(cache.path)):
     assert (pod.empty_dir / "README.md").stat().st_uid == pod.uid
     assert f"REFUSED {foreign} fatal: detected dubious ownership" in done.stdout, done.stdout
     assert f"TRUSTED {pod.cache_root / source.cache_path}" in done.stdout, done.stdout
+
+
+# -- subPath: the job cds into what the command prints ---------------------------------------
+
+
+def served_with_link(base: Path, name: str, link: str, target: str) -> None:
+    """served/<name>.git: a commit whose `link` is a symlink to `target` (and one file)."""
+    src = base.parent / f"{name}-src"
+    git(base.parent, "init", "-q", "-b", "main", str(src))
+    blob = run_git("-C", str(src), "hash-object", "-w", "--stdin", input=target).stdout.strip()
+    git(src, "update-index", "--add", "--cacheinfo", f"120000,{blob},{link}")
+    commit(src, {"README.md": "linked\n"}, "a symlink in the tree")
+    publish(src, base / f"{name}.git")
+
+
+@pytest.mark.parametrize(("link", "sub_path"), [("build", "build"), ("a", "a/b")])
+async def test_a_subpath_through_a_committed_symlink_is_refused(
+    engine: Engine, git_daemon: GitDaemon, tmp_path: Path, git_log: GitLog, link: str, sub_path: str
+) -> None:
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    (outside / "secret.txt").write_text("not the job's\n")
+    served_with_link(git_daemon.base, "linked", link, str(outside))
+    source = await pinned(engine, git_daemon.url("linked"), sub_path=PurePosixPath(sub_path))
+
+    error = await refused(source, tmp_path / "job", job_settings(git_log))
+    assert error.code is Exit.FAILED and "goes through a symlink" in error.message, error.message
+    assert (outside / "secret.txt").read_text() == "not the job's\n"

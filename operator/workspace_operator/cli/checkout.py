@@ -32,6 +32,7 @@ from workspace_operator.git import (
     check_ref_name,
     check_relpath,
     open_mounted_cache,
+    workdir_of,
 )
 
 
@@ -116,10 +117,11 @@ async def checkout(source: Source, into: Path, *, clean: bool, settings: GitSett
         if error.step == "validate":  # a submodule URL the policy refuses: nothing was fetched for it
             raise CliError(Exit.FAILED, f"submodules refused ({error.reason}): {error.message}") from None
         raise CliError(Exit.FAILED, f"git {error.step} failed in {into}: {error.message}") from None
-    workdir = into / source.sub_path if source.sub_path else into
-    if not workdir.is_dir():
-        raise CliError(Exit.FAILED, f"subPath {source.sub_path} is not a directory at {source.commit[:12]}")
-    return workdir
+    try:
+        # The job cds there: a committed symlink on the way would lead it out of its checkout.
+        return workdir_of(into, source.sub_path, source.commit)
+    except GitError as error:
+        raise CliError(Exit.FAILED, error.message) from None
 
 
 async def _open_cache(source: Source, settings: GitSettings) -> MountedCache:

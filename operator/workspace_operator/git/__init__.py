@@ -20,6 +20,7 @@ from workspace_operator.git.mounted import MountedCache, open_mounted_cache
 from workspace_operator.git.origins import URLRefused, normalize_host_pattern
 from workspace_operator.git.runner import ALL_SCHEMES, UPSTREAM_STEPS, GitRunner, GitSettings, write_guard
 from workspace_operator.git.source import SHA, Revision, check_ref_name
+from workspace_operator.git.worktree import workdir_of
 
 __all__ = [
     "ALL_SCHEMES",
@@ -54,5 +55,6 @@ __all__ = [
     "open_mounted_cache",
     "project_present",
     "project_state",
+    "workdir_of",
     "write_guard",
 ]

@@ -134,7 +134,7 @@ class Worktrees:
         started = time.monotonic()
         path = self.layout.worktree_dir(spec.name)
         if self.is_complete(spec):
-            return WorktreeResult(path, self._workdir(path, spec), True, time.monotonic() - started)
+            return WorktreeResult(path, workdir_of(path, spec.sub_path, spec.commit), True, time.monotonic() - started)
         if self._leftovers(spec.name):
             await self.remove(spec.name)  # whatever a crash or an older spec left there
         safepath.check_real_dirs(self.layout.root, self.cache)
@@ -174,7 +174,7 @@ class Worktrees:
             if submodules is None:
                 raise ValueError("a worktree with submodules needs a Submodules updater")
             await submodules.update(path)
-        workdir = self._workdir(path, spec)
+        workdir = workdir_of(path, spec.sub_path, spec.commit)
         self._write_record(spec)
         return WorktreeResult(path, workdir, False, time.monotonic() - registered.started)
 
@@ -186,24 +186,6 @@ class Worktrees:
             safepath.kind(p) is not None
             for p in (path, record, record.with_name(f".{name}.partial"), self.cache / "worktrees" / name)
         )
-
-    def _workdir(self, path: Path, spec: WorktreeSpec) -> Path:
-        """path/subPath, every component a real directory: a committed symlink is never followed."""
-        if spec.sub_path is None:
-            return path
-        workdir = path
-        for part in spec.sub_path.parts:
-            workdir = workdir / part
-            found = safepath.kind(workdir)
-            if found == "link":
-                raise invalid(f"subPath {str(spec.sub_path)!r} goes through a symlink at commit {spec.commit[:12]}")
-            if found != "dir":
-                raise GitError(
-                    Reason.SUBPATH_NOT_FOUND,
-                    f"subPath {str(spec.sub_path)!r} is not a directory at commit {spec.commit[:12]}",
-                    step="check-subpath",
-                )
-        return workdir
 
     def _write_record(self, spec: WorktreeSpec) -> None:
         root, ready = self.layout.root, self.layout.ready_dir
@@ -246,3 +228,23 @@ class Worktrees:
         if cache_ok:
             await self.runner.run("worktree-prune", ["worktree", "prune"], cwd=self.cache)
         return found is not None
+
+
+def workdir_of(path: Path, sub_path: PurePosixPath | None, commit: str) -> Path:
+    """path/subPath, every component a real directory: a committed symlink is never
+    followed (the operator's worktree and a job's own checkout alike)."""
+    if sub_path is None:
+        return path
+    workdir = path
+    for part in sub_path.parts:
+        workdir = workdir / part
+        found = safepath.kind(workdir)
+        if found == "link":
+            raise invalid(f"subPath {str(sub_path)!r} goes through a symlink at commit {commit[:12]}")
+        if found != "dir":
+            raise GitError(
+                Reason.SUBPATH_NOT_FOUND,
+                f"subPath {str(sub_path)!r} is not a directory at commit {commit[:12]}",
+                step="check-subpath",
+            )
+    return workdir
