@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from workspace_operator.batching import ProjectQueues
-from workspace_operator.checkouts import Checkouts, FairQueue, default_limit
+from workspace_operator.checkouts import Checkouts, default_limit
+from workspace_operator.git import FairQueue
 from workspace_operator.lock import LeaseLost, LockTimeout
 
 

@@ -4,7 +4,8 @@
   refs: the call fails with GitOutputTooLarge and the engine process's peak RSS
   (VmHWM, measured in a fresh process) stays within a few MB of a normal checkout.
 * The runner streams: endless output is cut at the cap (git killed, no leftover),
-  stderr keeps only its tail, and at most `max_processes` git processes run at once.
+  stderr keeps only its tail, and at most `max_processes` git processes run at once,
+  granted round-robin over the namespaces waiting.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from upstreams import GitDaemon, StandardRepo
-from workspace_operator.git import GitError, GitSettings, Reason
-from workspace_operator.git.runner import GitRunner, available_cpus, default_max_processes
+from engine_fixtures import checkout, make_settings, request
+from testsupport.wait import until
+from upstreams import GitDaemon, StandardRepo, served_repo
+from workspace_operator.git import Engine, GitError, GitSettings, Reason, Revision, write_guard
+from workspace_operator.git.runner import GitRunner, available_cpus, default_max_processes, process_slots
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = "1" * 40
@@ -180,3 +183,35 @@ def test_default_process_bound_follows_the_cpus() -> None:
     cpus = available_cpus()
     assert 0 < cpus <= (os.cpu_count() or 1)
     assert default_max_processes() == max(4, int(2 * cpus + 0.5))
+
+
+async def test_git_process_slots_are_fair_between_namespaces(
+    volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon
+) -> None:
+    """One tenant's Workspaces on a tarpit upstream hold every git process slot; six of them
+    are queued before another namespace's Workspace: that one gets the second slot that frees."""
+    served_repo(git_daemon.base, "tarpit", {"a.txt": "a\n"})
+    gate, parked = scratch.parent / "gate", scratch.parent / "parked"
+    parked.mkdir()
+    # Stands in for a server trickling bytes until the git timeout: its calls wait for the gate.
+    tarpit = (
+        f'case " $* " in *tarpit*) touch {parked}/$$; while [ ! -e {gate} ]; do sleep 0.02; done;; esac\nexec git "$@"'
+    )
+    engine = Engine(volume, make_settings(scratch, git_binary=_fake_git(scratch.parent, tarpit), max_processes=2))
+    grants: list[str] = []  # who got each git process slot, in order
+
+    async def workspace(namespace: str, project: str, url: str) -> None:
+        write_guard.set(lambda: grants.append(namespace))  # called as each slot is granted
+        await checkout(engine, request(url, Revision(branch="main"), namespace=namespace, project=project))
+
+    slots = process_slots(2)
+    attackers = [asyncio.ensure_future(workspace("tenant-a", f"p{i}", git_daemon.url("tarpit"))) for i in range(6)]
+    await until(
+        lambda: len(list(parked.iterdir())) == 2 and slots.waiting() == 4, message="the tarpit holds both slots"
+    )
+    victim = asyncio.ensure_future(workspace("tenant-b", "web", git_daemon.url("repo")))
+    await until(lambda: slots.waiting() == 5, message="the victim queued")
+    before = len(grants)
+    gate.touch()
+    await asyncio.gather(*attackers, victim)
+    assert "tenant-b" in grants[before : before + 2], grants[before:]

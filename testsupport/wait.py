@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -43,3 +44,13 @@ def wait_for(
                 + (f" (last error: {last_error})" if last_error else "")
             )
         time.sleep(interval)  # poll interval, not synchronisation
+
+
+async def until(predicate: Callable[[], T | None], *, timeout: float = 30.0, message: str = "condition") -> T:
+    """`wait_for` inside an event loop: polls without blocking the loop's other tasks."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(0.02)  # poll interval, not synchronisation
+    return value

@@ -7,6 +7,7 @@ imports from `workspace_operator.git`, never from its submodules (an import cont
 from workspace_operator.git.credentials import Credentials, allowed_by, invalid_credentials
 from workspace_operator.git.engine import CheckoutRequest, CheckoutResult, Engine, Maintenance, Prepared, ValidRequest
 from workspace_operator.git.errors import GitError, Reason, Redactor
+from workspace_operator.git.fair import FairQueue, FairSlots
 from workspace_operator.git.inventory import (
     ProjectState,
     cache_bytes,
@@ -31,6 +32,8 @@ __all__ = [
     "CheckoutResult",
     "Credentials",
     "Engine",
+    "FairQueue",
+    "FairSlots",
     "GitError",
     "GitRunner",
     "GitSettings",

@@ -138,11 +138,13 @@ class Engine:
         self._checked.pop(layout.relative_dir, None)
         self.answers.forget(layout.cache_dir)
 
-    def runner_for(self, credentials: Credentials | None) -> GitRunner:
+    def runner_for(self, credentials: Credentials | None, namespace: str = "") -> GitRunner:
+        """A runner for one namespace's git calls (its process slots are shared fairly
+        between namespaces), redacting the credentials' secrets."""
         redact = Redactor()
         if credentials:
             credentials.register(redact)
-        return GitRunner(self.settings, redact)
+        return GitRunner(self.settings, redact, namespace)
 
     @contextlib.contextmanager
     def _session(self, request: CheckoutRequest) -> Iterator[CredentialSession]:
@@ -161,7 +163,7 @@ class Engine:
         """An intact, completed worktree (or, cache-only, the pin) at this commit exists (no git call)."""
         if valid.request.cache_only:
             return pins.read(valid.layout.cache_dir, valid.request.name) == commit
-        worktrees = Worktrees(self.runner_for(None), valid.layout)
+        worktrees = Worktrees(self.runner_for(None, valid.layout.namespace), valid.layout)
         return worktrees.is_complete(valid.worktree_spec(commit))
 
     async def checkout(self, valid: ValidRequest) -> CheckoutResult:
@@ -183,7 +185,7 @@ class Engine:
         """
         started = time.monotonic()
         request, layout = valid.request, valid.layout
-        runner = self.runner_for(request.credentials)
+        runner = self.runner_for(request.credentials, request.namespace)
         await self.policy.check_addresses(self.policy.check(request.repository))
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
         checked = previous[1] if previous is not None and hold is not None and previous[0] == hold else None
@@ -211,7 +213,7 @@ class Engine:
         request, layout = prepared.valid.request, prepared.valid.layout
         worktree = prepared.worktree
         if isinstance(worktree, Registered):
-            runner = self.runner_for(request.credentials)
+            runner = self.runner_for(request.credentials, request.namespace)
             with self._session(request) as session:
                 submodules = Submodules(runner, self.policy, session, request.repository)
                 worktree = await Worktrees(runner, layout).populate(worktree, session.env, submodules)
@@ -234,7 +236,7 @@ class Engine:
         """Cache → fetch (only if needed) → pin ref; no worktree. The caller holds the project lock."""
         started = time.monotonic()
         request, layout = valid.request, valid.layout
-        runner = self.runner_for(request.credentials)
+        runner = self.runner_for(request.credentials, request.namespace)
         await self.policy.check_addresses(self.policy.check(request.repository))
         with self._session(request) as session:
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)
@@ -290,7 +292,7 @@ class Engine:
         layout = ProjectLayout(self.root, namespace, project)
         if safepath.kind(layout.cache_dir) != "dir":
             return None
-        housekeeping = Housekeeping(self.runner_for(None), layout.root, layout.cache_dir)
+        housekeeping = Housekeeping(self.runner_for(None, namespace), layout.root, layout.cache_dir)
         task = housekeeping.due()
         now = time.monotonic()
         if task is None or self._deferred.get((layout.relative_dir, task), 0.0) > now:
@@ -303,7 +305,7 @@ class Engine:
     async def remove(self, namespace: str, project: str, name: str) -> bool:
         """Remove a Workspace's worktree and pin; False if neither existed. The caller holds the project lock."""
         layout = ProjectLayout(self.root, namespace, project)
-        runner = self.runner_for(None)
+        runner = self.runner_for(None, namespace)
         # Inspected first, like before a checkout or GC: a tampered cache (a planted
         # commondir, say) is quarantined, and the removal below runs no git in it.
         cache = await self.checked_cache(layout)
@@ -320,7 +322,7 @@ class Engine:
             return None
         if safepath.kind(layout.cache_dir) is None:
             return None
-        cache = Cache(self.runner_for(None), layout)
+        cache = Cache(self.runner_for(None, layout.namespace), layout)
         if await cache.check_for_maintenance():
             return cache
         self.forget(layout)

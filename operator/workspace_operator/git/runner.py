@@ -17,7 +17,9 @@ below hold everywhere by construction:
   would tell that server which of its guesses is a secret: they come back as
   `***`);
 * bounded: at most `max_processes` git processes run at once per operator
-  process, stdout is kept only up to a per-call cap (beyond it the call fails
+  process, granted round-robin over the namespaces waiting (`GitRunner.namespace`,
+  git/fair.py: a tenant's many calls to a slow upstream do not queue another
+  namespace's calls behind all of them), stdout is kept only up to a per-call cap (beyond it the call fails
   with `GitOutputTooLarge`) and only a tail of stderr is kept, so a hostile
   upstream cannot grow the operator's memory.
 """
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workspace_operator.git.errors import GitError, Reason, Redactor, classify
+from workspace_operator.git.fair import FairSlots
 
 log = logging.getLogger("workspace_operator.git")
 
@@ -152,15 +155,15 @@ def default_max_processes() -> int:
     return max(4, int(2 * available_cpus() + 0.5))
 
 
-# One semaphore per event loop and limit: the bound is per operator process,
+# One set of slots per event loop and limit: the bound is per operator process,
 # whatever number of GitRunner objects the engine creates.
-_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, FairSlots]] = weakref.WeakKeyDictionary()
 
 
-def process_slots(limit: int) -> asyncio.Semaphore:
+def process_slots(limit: int) -> FairSlots:
     per_loop = _SLOTS.setdefault(asyncio.get_running_loop(), {})
     if limit not in per_loop:
-        per_loop[limit] = asyncio.Semaphore(limit)
+        per_loop[limit] = FairSlots(limit)
     return per_loop[limit]
 
 
@@ -183,6 +186,8 @@ def config_env(*pairs: tuple[str, str]) -> dict[str, str]:
 class GitRunner:
     settings: GitSettings
     redact: Redactor = field(default_factory=Redactor)
+    # Whose calls these are: process slots are shared fairly between namespaces.
+    namespace: str = ""
 
     def base_env(self) -> dict[str, str]:
         """A minimal environment: nothing from the operator's own env leaks into git."""
@@ -247,7 +252,7 @@ class GitRunner:
             extra_config += ["-c", item]
         argv = [self.settings.git_binary, *_HARDENING, *extra_config, *args]
         shown = self.redact(" ".join(["git", *args]))
-        async with process_slots(self.settings.max_processes or default_max_processes()):
+        async with process_slots(self.settings.max_processes or default_max_processes()).slot(self.namespace):
             guard = write_guard.get()
             if guard is not None:
                 guard()

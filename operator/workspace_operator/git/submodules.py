@@ -96,7 +96,7 @@ class Submodules:
     def __init__(self, runner: GitRunner, policy: URLPolicy, session: CredentialSession, repository: str) -> None:
         self.runner = runner
         # For what servers outside the grant send (their .gitmodules, say): it knows no secrets.
-        self.outsider = GitRunner(runner.settings)
+        self.outsider = GitRunner(runner.settings, namespace=runner.namespace)
         self.policy = policy
         self.session = session
         self.repository = repository
