@@ -4,7 +4,7 @@
   depth bound) multiplies clones; the Workspace's budget (all levels counted)
   stops it before anything beyond it is fetched.
 * Time: the whole submodule phase sits under one git timeout, however many git
-  calls it takes.
+  calls it takes, host name lookups on a name server that never answers included.
 * Oracle: a server outside the credentials' grant echoes guesses into its error
   text; what the Workspace reports must be the same whether a guess is the
   secret or not (redaction would have turned only the right guess into `***`).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from attackers import CredentialSink, error_advertisement
 from engine_fixtures import checkout, layout, make_settings, request, tree_files, worktree_path
 from upstreams import GitDaemon, SmartHTTP, StandardRepo, served_repo, served_super, submodule
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
+from workspace_operator.git.policy import URLPolicy
+from workspace_operator.git.resolver import Resolver
 
 pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -96,6 +99,42 @@ async def test_the_submodule_phase_runs_under_one_git_timeout(
     assert caught.value.reason is Reason.TIMEOUT, caught.value
     assert "submodules not done within 8s" in caught.value.message
     assert not layout(volume).ready_record("ws").exists()
+
+
+async def test_submodule_host_lookups_count_against_the_phase(
+    volume: Path, scratch: Path, upstream_repo: StandardRepo
+) -> None:
+    """Submodules on hosts whose name server never answers: the level's lookups run at
+    once, each host once, and end with the phase's time (not the lookup deadline)."""
+    assert upstream_repo.served_dir is not None
+    hosts = [f"h{i}.attacker.example" for i in range(3)]
+    served_repo(
+        upstream_repo.served_dir,
+        "super",
+        {"top.txt": "top\n"},
+        {f"m{i}": upstream_repo.main for i in range(4)},
+        "".join(submodule(f"m{i}", f"m{i}", f"https://{hosts[i % 3]}/x.git") for i in range(4)),
+    )
+    asked: list[str] = []
+    never = threading.Event()
+
+    def tarpit(host: str, port: int | None) -> list[str]:
+        asked.append(host)
+        never.wait()
+        return []
+
+    settings = make_settings(scratch, timeout_seconds=3.0, allow_private_networks=False, resolve_timeout_seconds=600)
+    engine = Engine(volume, settings)
+    engine.policy = URLPolicy(settings, volume, resolver=Resolver(lookup=tarpit))
+    try:
+        with pytest.raises(GitError) as caught:
+            url = f"file://{upstream_repo.served_dir}/super.git"
+            await checkout(engine, request(url, Revision(branch="main"), submodules=True))
+    finally:
+        never.set()
+    assert caught.value.reason is Reason.TIMEOUT, caught.value
+    assert "submodules not done within 3s" in caught.value.message
+    assert sorted(asked) == hosts
 
 
 _SECONDS = re.compile(r"\d+\.\d+s")

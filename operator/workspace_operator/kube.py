@@ -1,7 +1,8 @@
 """The few Kubernetes API calls the operator makes itself (kopf makes the rest).
 
 The official client is synchronous; calls run in a thread pool sized for many
-concurrent Workspaces (see `configure_thread_pool`). The core/v1 calls (a Secret,
+concurrent Workspaces (see `configure_thread_pool`), except the membership
+heartbeat's, which have threads of their own. The core/v1 calls (a Secret,
 a Namespace's UID, Events) go through the ApiClient directly rather than
 `CoreV1Api`: importing that class loads ~250 model modules, 20 MB of the
 operator's memory, for three calls.
@@ -12,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes
 from kubernetes.client import (
@@ -36,6 +38,8 @@ from workspace_operator.spec import GROUP, KIND, PLURAL, VERSION
 from workspace_operator.status import timestamp
 
 log = logging.getLogger("workspace_operator.kube")
+
+T = TypeVar("T")
 
 # How long a namespace's UID is reused without asking again. Short, and dropped
 # when a Workspace there is deleted: a namespace is only gone (and can be
@@ -65,6 +69,16 @@ def configure_thread_pool(loop: asyncio.AbstractEventLoop, workers: int = 64) ->
     # asyncio.to_thread uses the default executor: min(32, cpus + 4) threads by
     # default, too few when a burst of Workspaces all wait on API calls.
     loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="kube"))
+
+
+# The membership heartbeat's calls run on threads of their own, never queued behind
+# the default executor's (as many as tenants make Workspaces): a heartbeat late past
+# the renew deadline fences the whole replica. Project Lease renewals: lock.py.
+_heartbeats = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="heartbeat")
+
+
+async def _heartbeat_call(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_heartbeats, functools.partial(call, *args, **kwargs))
 
 
 class Kube:
@@ -281,8 +295,10 @@ class Kube:
 
     # -- Leases other than the project locks (lock.py): heartbeats, and their GC --
 
-    async def list_leases(self, namespace: str, selector: str) -> list[LeaseRecord]:
-        listing = await asyncio.to_thread(self.coordination.list_namespaced_lease, namespace, label_selector=selector)
+    async def list_leases(self, namespace: str, selector: str, *, heartbeat: bool = False) -> list[LeaseRecord]:
+        """With `heartbeat`, on the heartbeat's own threads."""
+        call = _heartbeat_call if heartbeat else asyncio.to_thread
+        listing = await call(self.coordination.list_namespaced_lease, namespace, label_selector=selector)
         return [_record(lease) for lease in listing.items]
 
     async def write_heartbeat(
@@ -305,19 +321,21 @@ class Kube:
         )
         try:
             if resource_version is None:
-                written = await asyncio.to_thread(self.coordination.create_namespaced_lease, namespace, body)
+                written = await _heartbeat_call(self.coordination.create_namespaced_lease, namespace, body)
             else:
-                written = await asyncio.to_thread(self.coordination.replace_namespaced_lease, name, namespace, body)
+                written = await _heartbeat_call(self.coordination.replace_namespaced_lease, name, namespace, body)
         except ApiException as error:
             if error.status in (404, 409):
                 raise LeaseConflict(f"lease {name}: {error.reason}") from None
             raise
         return _record(written)
 
-    async def delete_lease(self, namespace: str, name: str, resource_version: str) -> bool:
-        """Delete only the version we judged (a renewal in between wins); False if it changed or is gone."""
+    async def delete_lease(self, namespace: str, name: str, resource_version: str, *, heartbeat: bool = False) -> bool:
+        """Delete only the version we judged (a renewal in between wins); False if it changed or is gone.
+        With `heartbeat`, on the heartbeat's own threads."""
+        call = _heartbeat_call if heartbeat else asyncio.to_thread
         try:
-            await asyncio.to_thread(
+            await call(
                 self.coordination.delete_namespaced_lease,
                 name,
                 namespace,

@@ -10,7 +10,8 @@ Semantics follow client-go's leader election:
   so clock skew between nodes cannot cause a premature takeover;
 * while held, a background task renews it; if no renewal succeeds within the
   renew deadline (2/3 of the duration) the guarded task is cancelled, which kills
-  its git subprocess, and the operation fails as retryable (`LeaseLost`). Because
+  its git subprocess, and the operation fails as retryable (`LeaseLost`); renewals
+  run on threads of their own, so no other work of the process delays them. Because
   the deadline is shorter than the duration, the old holder stops writing before
   anyone else may take over;
 * release clears the holder so the next waiter need not wait for expiry.
@@ -22,6 +23,7 @@ one of them polls the API server.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -44,6 +46,13 @@ log = logging.getLogger("workspace_operator.lock")
 LABEL_NAMESPACE = "crafting.dev/namespace"
 LABEL_PROJECT = "crafting.dev/project"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "workspace-operator"}
+
+
+# Renewals run on threads of their own, never queued behind anything else: the
+# default executor carries every other API call (bursts of them, as many as tenants
+# create Workspaces) and the process's other blocking work.
+RENEWAL_THREADS = 8
+_renewals = concurrent.futures.ThreadPoolExecutor(RENEWAL_THREADS, thread_name_prefix="lease-renewal")
 
 
 class LockTimeout(Exception):
@@ -375,8 +384,8 @@ class Renewal:
                 sent = records.clock()
                 _spec(self.lease).renew_time = datetime.now(UTC)
                 try:
-                    updated = await asyncio.to_thread(
-                        records.api.replace_namespaced_lease, name, records.namespace, self.lease
+                    updated = await asyncio.get_running_loop().run_in_executor(
+                        _renewals, records.api.replace_namespaced_lease, name, records.namespace, self.lease
                     )
                 except ApiException as error:
                     if error.status in (404, 409):

@@ -101,9 +101,9 @@ class Members:
         except Exception as error:  # noqa: BLE001 - API unreachable: retried next beat, fenced at the deadline
             log.warning("renewing heartbeat failed: %s", error)
         try:
-            self.view.observe(await self.kube.list_leases(self.namespace, SELECTOR))
+            self.view.observe(await self.kube.list_leases(self.namespace, SELECTOR, heartbeat=True))
             for stale in self.view.stale(grace_seconds=self.duration):
-                if await self.kube.delete_lease(self.namespace, stale.name, stale.resource_version):
+                if await self.kube.delete_lease(self.namespace, stale.name, stale.resource_version, heartbeat=True):
                     log.info("deleted the heartbeat of dead member %s", stale.holder)
         except Exception as error:  # noqa: BLE001 - API trouble: the view is refreshed next beat
             log.warning("listing members failed: %s", error)
@@ -117,7 +117,7 @@ class Members:
         log.warning("membership lost: %s; fenced, rejoining as %s (was %s)", why, self.identity, old)
         if old_version is not None:
             with contextlib.suppress(Exception):  # peers will delete it after expiry anyway
-                await self.kube.delete_lease(self.namespace, member_lease_name(old), old_version)
+                await self.kube.delete_lease(self.namespace, member_lease_name(old), old_version, heartbeat=True)
         self._update()
 
     def _update(self) -> None:
@@ -144,7 +144,7 @@ class Members:
         version, self._version = self._version, None
         if version is not None:
             try:
-                await self.kube.delete_lease(self.namespace, member_lease_name(self.identity), version)
+                await self.kube.delete_lease(self.namespace, member_lease_name(self.identity), version, heartbeat=True)
                 log.info("left the membership (heartbeat deleted)")
             except Exception as error:  # noqa: BLE001 - peers expire it anyway
                 log.warning("deleting heartbeat failed (peers will expire it): %s", error)

@@ -7,7 +7,9 @@ The same rules apply to spec.repository and to every submodule URL:
 * its host is not a loopback, link-local, private or otherwise non-public
   address -- as a literal (also `2130706433`-style) when validated, and as
   resolved by DNS right before the checkout -- unless private networks are
-  allowed or the host is listed explicitly. A name can resolve differently
+  allowed or the host is listed explicitly. The lookup runs on threads of its
+  own with a hard deadline (git/resolver.py): a name server that never answers
+  fails the Workspace (UpstreamUnavailable), and never holds up anything else. A name can resolve differently
   when git connects moments later (DNS rebinding): this check stops honest
   mistakes and naive attacks, a NetworkPolicy on the operator's egress is the
   guarantee;
@@ -18,14 +20,13 @@ The same rules apply to spec.repository and to every submodule URL:
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from workspace_operator.git import origins
 from workspace_operator.git.errors import GitError, Reason
+from workspace_operator.git.resolver import Resolver, shared_resolver
 from workspace_operator.git.runner import GitSettings
 from workspace_operator.git.source import check_url
 
@@ -38,6 +39,7 @@ def not_allowed(message: str) -> GitError:
 class URLPolicy:
     settings: GitSettings
     root: Path  # the workspace volume
+    resolver: Resolver = field(default_factory=shared_resolver, compare=False)
 
     def check(self, url: str, what: str = "repository") -> origins.Origin:
         """Every rule that needs no network; returns the parsed origin."""
@@ -67,16 +69,31 @@ class URLPolicy:
             )
         return origin
 
-    async def check_addresses(self, origin: origins.Origin, what: str = "repository") -> None:
-        """Refuse a host name that resolves to a non-public address (see module doc)."""
+    async def check_addresses(
+        self, origin: origins.Origin, what: str = "repository", *, within: float | None = None
+    ) -> None:
+        """Refuse a host name that resolves to a non-public address (see module doc).
+
+        The lookup gets `settings.resolve_timeout_seconds`, or less when the caller
+        has only `within` seconds left: running out of those is a GitTimeout."""
         if origin.scheme == "file" or self.settings.allow_private_networks or self._listed(origin):
             return
+        limit = self.settings.resolve_timeout_seconds
+        timeout = limit if within is None else min(limit, within)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return  # unresolvable now: git reports it (UpstreamUnavailable), or needs no network
-        for info in infos:
-            address = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
+            addresses = await self.resolver.addresses(origin.host, origin.port, timeout=timeout)
+        except TimeoutError:
+            if timeout < limit:
+                raise GitError(
+                    Reason.TIMEOUT, f"{what}: no time left to look up host {origin.host!r}", step="resolve"
+                ) from None
+            raise GitError(
+                Reason.UNREACHABLE,
+                f"{what}: looking up host {origin.host!r} got no answer within {limit:.0f}s",
+                step="resolve",
+            ) from None
+        for found in addresses or ():
+            address = ipaddress.ip_address(found.partition("%")[0])
             if not origins.is_public(address):
                 raise not_allowed(
                     f"{what}: host {origin.host!r} resolves to {address}, a loopback, "

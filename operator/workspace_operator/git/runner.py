@@ -74,6 +74,8 @@ class GitSettings:
     # Loopback, link-local and private addresses are refused unless this is set
     # (or the host is listed in allowed_hosts).
     allow_private_networks: bool = False
+    # Longest wait for the name server when checking a host's addresses (git/resolver.py).
+    resolve_timeout_seconds: float = 10.0
     # Submodules of one worktree, every level counted, beyond which it fails (TooManySubmodules).
     max_submodules: int = 64
     # file:// repositories must lie below one of these (never below the volume root).

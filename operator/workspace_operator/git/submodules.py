@@ -23,11 +23,13 @@ commit's `.gitmodules` names. Instead, one level at a time:
 Bounded as a whole: at most `max_submodules` submodules per worktree, every
 level counted, checked before anything of a level is fetched (so a fan-out of
 submodules listing submodules costs at most that many clones), and the whole
-phase within one git timeout.
+phase within one git timeout (host name lookups included: a level's hosts are
+looked up at once, within the time left).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -238,12 +240,28 @@ class Submodules:
             )
         plan: list[Submodule] = []
         for name, path, declared_url in wanted:
-            what = f"submodule {name!r}"
             url = resolve_relative(super_url, declared_url)
-            origin = self.policy.check(url, what)
-            await self.policy.check_addresses(origin, what)
+            origin = self.policy.check(url, f"submodule {name!r}")
             plan.append(Submodule(name, path, url, origin, str((worktree / path).relative_to(self._top))))
+        await self._check_addresses(plan)
         return plan
+
+    async def _check_addresses(self, plan: list[Submodule]) -> None:
+        """The hosts of a level, each looked up once, all at once, within the phase's time left."""
+        hosts: dict[tuple[str, int | None], Submodule] = {}
+        for sub in plan:
+            hosts.setdefault((sub.origin.host, sub.origin.port), sub)  # the first one names it in messages
+        left = self._left()
+        results = await asyncio.gather(
+            *(
+                self.policy.check_addresses(sub.origin, f"submodule {sub.name!r}", within=left)
+                for sub in hosts.values()
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _gitlinks(self, runner: GitRunner, worktree: Path, paths: list[str]) -> set[str]:
         if not paths:
