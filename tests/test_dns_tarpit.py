@@ -1,5 +1,6 @@
 """A tenant's host names whose name server never answers: they fail that tenant's
-Workspaces within the lookup deadline, and nothing else of the replica waits for them.
+Workspaces within the lookup deadline, and nothing else of the replica waits for them
+(Lease renewals, heartbeats, other namespaces' lookups).
 
 The attack for real: a private network and mount namespace (`unshare`, as root, which
 the tests run as) where /etc/resolv.conf names a loopback name server that reads every
@@ -56,6 +57,9 @@ def test_unanswered_lookups_fail_their_workspaces_and_hold_up_no_lease(tmp_path:
     assert all(o.startswith("UpstreamUnavailable: repository: looking up host") for o in result["outcomes"]), result
     assert expected.format("h0.attacker.example") in result["outcomes"], result
     assert result["seconds"] < RESOLVE_TIMEOUT + 8, result
+    # Another namespace's lookup, made while the attacker's hung, was not queued behind them:
+    # its name (localhost, from /etc/hosts) was checked, and refused as a loopback address.
+    assert result["victim"].startswith("HostNotAllowed: repository: host 'localhost' resolves to"), result
     # Meanwhile, and after, while the lookups' threads still hung: the other tenant's Lease
     # was renewed every time within its renew deadline, and the membership heartbeat too.
     assert not result["lease_lost"] and result["heartbeat_alive"], result

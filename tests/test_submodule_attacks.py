@@ -125,7 +125,7 @@ async def test_submodule_host_lookups_count_against_the_phase(
 
     settings = make_settings(scratch, timeout_seconds=3.0, allow_private_networks=False, resolve_timeout_seconds=600)
     engine = Engine(volume, settings)
-    engine.policy = URLPolicy(settings, volume, resolver=Resolver(lookup=tarpit))
+    engine.policy = URLPolicy(settings, volume, resolver=Resolver(per_namespace=len(hosts), lookup=tarpit))
     try:
         with pytest.raises(GitError) as caught:
             url = f"file://{upstream_repo.served_dir}/super.git"

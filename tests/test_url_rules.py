@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
+from testsupport.wait import until
 from workspace_operator import config
 from workspace_operator.git import GitError, GitSettings, Reason, Redactor, credential_helper, origins
 from workspace_operator.git.credentials import Credentials
 from workspace_operator.git.policy import URLPolicy
+from workspace_operator.git.resolver import Resolver
 from workspace_operator.git.source import check_url
 from workspace_operator.git.submodules import parse_gitmodules, resolve_relative
 from workspace_operator.spec import credentials_allowed, credentials_from_secret
@@ -383,3 +386,32 @@ def test_helper_is_stdlib_only() -> None:
     imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= {"__future__", "os", "sys"}, imports
     assert os.access(credential_helper.__file__, os.R_OK)
+
+
+async def test_a_namespace_with_unanswered_lookups_leaves_the_other_threads_to_others() -> None:
+    """Namespace a's names never resolve: its lookups hold at most 2 of the 4 threads, the
+    rest of them wait (and are dropped unstarted at their deadline); b's lookup runs."""
+    started: list[str] = []
+    never = threading.Event()
+
+    def lookup(host: str, port: int | None) -> list[str]:
+        started.append(host)
+        if host.endswith(".attacker.example"):
+            never.wait()
+        return ["192.0.2.1"]
+
+    resolver = Resolver(threads=4, per_namespace=2, lookup=lookup)
+    hostile = [
+        asyncio.ensure_future(resolver.addresses(f"h{i}.attacker.example", 443, timeout=60, namespace="a"))
+        for i in range(5)
+    ]
+    try:
+        await until(lambda: len(started) == 2, message="a's first two lookups on their threads")
+        with pytest.raises(TimeoutError):
+            await resolver.addresses("late.attacker.example", 443, timeout=0.1, namespace="a")
+        assert await resolver.addresses("git.example", 443, timeout=30, namespace="b") == ["192.0.2.1"]
+        assert started == ["h0.attacker.example", "h1.attacker.example", "git.example"]
+    finally:
+        never.set()
+    assert await asyncio.gather(*hostile) == [["192.0.2.1"]] * 5  # the rest ran once a's threads came back
+    assert sorted(started) == sorted(["git.example", *(f"h{i}.attacker.example" for i in range(5))])

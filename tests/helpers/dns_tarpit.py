@@ -7,9 +7,9 @@ A UDP socket on 127.0.0.1:53 reads every query and never replies. This replica
 (the operator's own thread pool setup, project Lease locks and membership heartbeat
 on a 3 s Lease, i.e. a 2 s renew deadline; an in-memory stand-in for the Lease API)
 holds one project Lease of another tenant while WORKSPACES Workspaces of the
-attacker's namespace, each its own project and host, are prepared. Prints one JSON
-line: how the hostile Workspaces ended, and whether the Lease and the heartbeat
-stayed alive while the lookups' threads still hung.
+attacker's namespace, each its own project and host, are prepared, and then one of
+that other tenant. Prints one JSON line: how the Workspaces ended, and whether the
+Lease and the heartbeat stayed alive while the lookups' threads still hung.
 """
 
 from __future__ import annotations
@@ -124,11 +124,20 @@ async def attack(volume: Path, count: int, resolve_timeout: float) -> None:
         async with locks.hold("tenant-b", "web", wait_seconds=10):
             started = time.monotonic()
             hostile = [asyncio.ensure_future(engine.prepare(engine.validate(r))) for r in requests]
+            await asyncio.sleep(0.5)  # the attacker's lookups hang on their threads
+            # Another tenant's host (from /etc/hosts, no name server): its lookup is not
+            # queued behind the attacker's, so the URL policy answers at once.
+            try:
+                await engine.prepare(
+                    engine.validate(CheckoutRequest("tenant-b", "web", "ws", "https://localhost/r.git"))
+                )
+            except GitError as error:
+                result["victim"] = f"{error.reason}: {error.message}"
             await asyncio.wait(hostile, timeout=resolve_timeout + 8)
             result["seconds"] = time.monotonic() - started
             for task in hostile:
-                error = task.exception() if task.done() else None
-                outcome[f"{error.reason}: {error.message}" if isinstance(error, GitError) else repr(error)] += 1
+                failure = task.exception() if task.done() else None
+                outcome[f"{failure.reason}: {failure.message}" if isinstance(failure, GitError) else repr(failure)] += 1
             # The lookups' threads still hang (the name server never answers): hold on past a renew deadline.
             await asyncio.sleep(DURATION)
     except LeaseLost:

@@ -186,7 +186,7 @@ class Engine:
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials, request.namespace)
-        await self.policy.check_addresses(self.policy.check(request.repository))
+        await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
         checked = previous[1] if previous is not None and hold is not None and previous[0] == hold else None
         with self._session(request) as session:
@@ -237,7 +237,7 @@ class Engine:
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(request.credentials, request.namespace)
-        await self.policy.check_addresses(self.policy.check(request.repository))
+        await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
         with self._session(request) as session:
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)
             pin_started = time.monotonic()

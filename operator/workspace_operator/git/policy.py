@@ -8,8 +8,9 @@ The same rules apply to spec.repository and to every submodule URL:
   address -- as a literal (also `2130706433`-style) when validated, and as
   resolved by DNS right before the checkout -- unless private networks are
   allowed or the host is listed explicitly. The lookup runs on threads of its
-  own with a hard deadline (git/resolver.py): a name server that never answers
-  fails the Workspace (UpstreamUnavailable), and never holds up anything else. A name can resolve differently
+  own, a few per namespace, with a hard deadline (git/resolver.py): a name server
+  that never answers fails the Workspace (UpstreamUnavailable), and holds up
+  neither the operator's other work nor other namespaces' lookups. A name can resolve differently
   when git connects moments later (DNS rebinding): this check stops honest
   mistakes and naive attacks, a NetworkPolicy on the operator's egress is the
   guarantee;
@@ -70,18 +71,19 @@ class URLPolicy:
         return origin
 
     async def check_addresses(
-        self, origin: origins.Origin, what: str = "repository", *, within: float | None = None
+        self, origin: origins.Origin, what: str = "repository", *, within: float | None = None, namespace: str = ""
     ) -> None:
         """Refuse a host name that resolves to a non-public address (see module doc).
 
         The lookup gets `settings.resolve_timeout_seconds`, or less when the caller
-        has only `within` seconds left: running out of those is a GitTimeout."""
+        has only `within` seconds left: running out of those is a GitTimeout. The
+        namespace's lookups share a few threads of the resolver (git/resolver.py)."""
         if origin.scheme == "file" or self.settings.allow_private_networks or self._listed(origin):
             return
         limit = self.settings.resolve_timeout_seconds
         timeout = limit if within is None else min(limit, within)
         try:
-            addresses = await self.resolver.addresses(origin.host, origin.port, timeout=timeout)
+            addresses = await self.resolver.addresses(origin.host, origin.port, timeout=timeout, namespace=namespace)
         except TimeoutError:
             if timeout < limit:
                 raise GitError(

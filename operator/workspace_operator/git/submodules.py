@@ -254,7 +254,9 @@ class Submodules:
         left = self._left()
         results = await asyncio.gather(
             *(
-                self.policy.check_addresses(sub.origin, f"submodule {sub.name!r}", within=left)
+                self.policy.check_addresses(
+                    sub.origin, f"submodule {sub.name!r}", within=left, namespace=self.runner.namespace
+                )
                 for sub in hosts.values()
             ),
             return_exceptions=True,
