@@ -115,9 +115,10 @@ class Engine:
         # Caches this process opened already; others get the once-per-process checks first.
         self._verified: set[PurePosixPath] = set()
         self.answers = Answers()
-        # Per cache: the lock hold (the caller's token) in which it was last inspected, and
-        # the commits found in it during that hold.
-        self._checked: dict[PurePosixPath, tuple[object, frozenset[str]]] = {}
+        # Per cache: the lock hold (the caller's token) in which it was last inspected, what
+        # it was checked for (repository, namespace UID), and the commits found in it during
+        # that hold; reused only by the same hold asking for the same repository.
+        self._checked: dict[PurePosixPath, tuple[object, tuple[str, str | None], frozenset[str]]] = {}
         # Upkeep steps cut off by their time box, and until when they are not tried again.
         self._deferred: dict[tuple[PurePosixPath, str], float] = {}
 
@@ -186,7 +187,10 @@ class Engine:
         runner = self.runner_for(request.credentials)
         await self.policy.check_addresses(self.policy.check(request.repository))
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
-        checked = previous[1] if previous is not None and hold is not None and previous[0] == hold else None
+        purpose = (request.repository, request.namespace_uid)
+        # A hold serves one project's queue, whatever repository each Workspace names: the
+        # check (origin, owner) made for one repository says nothing for another.
+        checked = previous[2] if previous is not None and hold is not None and previous[:2] == (hold, purpose) else None
         with self._session(request) as session:
             env = session.env
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, env, not_before, checked)
@@ -196,7 +200,7 @@ class Engine:
             stamp(layout.root, layout.cache_dir, LAST_USED)
             safepath.remove(layout.root, held)  # not in a finally: only a clean end proves nothing was cut short
         if hold is not None:
-            self._checked[layout.relative_dir] = (hold, (checked or frozenset()) | {resolution.commit})
+            self._checked[layout.relative_dir] = (hold, purpose, (checked or frozenset()) | {resolution.commit})
         return Prepared(valid, resolution, worktree, started, self.settings.partial_clone)
 
     async def populate(self, prepared: Prepared) -> CheckoutResult:
