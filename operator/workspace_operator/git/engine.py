@@ -139,10 +139,14 @@ class Engine:
         self._checked.pop(layout.relative_dir, None)
         self.answers.forget(layout.cache_dir)
 
-    def runner_for(self, credentials: Credentials | None) -> GitRunner:
+    def runner_for(self, credentials: Credentials | None, repository: str | None = None) -> GitRunner:
+        """A runner whose messages hide the credentials, and show the requester's own
+        `repository` (it may carry guesses at them) as `<spec.repository>`."""
         redact = Redactor()
         if credentials:
             credentials.register(redact)
+        if repository:
+            redact.quote(repository, "<spec.repository>")
         return GitRunner(self.settings, redact)
 
     @contextlib.contextmanager
@@ -184,7 +188,7 @@ class Engine:
         """
         started = time.monotonic()
         request, layout = valid.request, valid.layout
-        runner = self.runner_for(request.credentials)
+        runner = self.runner_for(request.credentials, request.repository)
         await self.policy.check_addresses(self.policy.check(request.repository))
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
         purpose = (request.repository, request.namespace_uid)
@@ -215,7 +219,7 @@ class Engine:
         request, layout = prepared.valid.request, prepared.valid.layout
         worktree = prepared.worktree
         if isinstance(worktree, Registered):
-            runner = self.runner_for(request.credentials)
+            runner = self.runner_for(request.credentials, request.repository)
             with self._session(request) as session:
                 submodules = Submodules(runner, self.policy, session, request.repository)
                 worktree = await Worktrees(runner, layout).populate(worktree, session.env, submodules)
@@ -238,7 +242,7 @@ class Engine:
         """Cache → fetch (only if needed) → pin ref; no worktree. The caller holds the project lock."""
         started = time.monotonic()
         request, layout = valid.request, valid.layout
-        runner = self.runner_for(request.credentials)
+        runner = self.runner_for(request.credentials, request.repository)
         await self.policy.check_addresses(self.policy.check(request.repository))
         with self._session(request) as session:
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)

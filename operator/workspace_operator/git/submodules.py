@@ -142,6 +142,8 @@ class Submodules:
         granted = [] if outside else [sub for sub in plan if self.session.allows(sub.url)]
         for sub in granted:
             self.session.grant(sub.url)
+            # Written by whoever pushes to the repository: never a place to redact in.
+            self.runner.redact.quote(sub.url, f"<submodule {sub.shown!r} url>")
         if granted:
             await self._checkout(worktree, granted, self.runner, self.session.env)
         for sub in plan:
