@@ -381,3 +381,33 @@ async def test_fetch_checks_objects_when_asked(
         await checkout(engine, request(git_daemon.url("evil"), project="evil"))
     assert "fsck" in caught.value.message or "dotgit" in caught.value.message.lower(), caught.value
     assert not (volume / NS / "evil" / ".cache").exists()
+
+
+# -- the Workspace's own words are never redacted: that would be an oracle --------------------
+
+
+@pytest.mark.parametrize("where", ["not-found", "mismatch"])
+async def test_guesses_written_into_the_repository_url_come_back_alike(
+    volume: Path, scratch: Path, upstream_repo: StandardRepo, where: str
+) -> None:
+    """A tenant may write anything below the granted prefix into spec.repository. Quoted
+    back through the redactor, a guess came back as `***` exactly when it was the user
+    name or the token (a 404 quoting the URL; RepositoryMismatch needs no server at all)."""
+    assert upstream_repo.served_dir is not None
+    engine = Engine(volume, make_settings(scratch))
+    with SmartHTTP(upstream_repo.served_dir, username=USER, password=TOKEN) as server:
+        base = f"http://127.0.0.1:{server.port}/"
+        creds = Credentials(username=USER, password=TOKEN, scopes=(base,))  # the annotation: a prefix
+        if where == "mismatch":  # the project's cache tracks the real repository
+            await checkout(engine, request(server.url("repo"), Revision(branch="main"), credentials=creds))
+
+        async def attempt(guess: str) -> str:
+            url = f"{base}org/{guess}/x/{guess}.git"
+            with pytest.raises(GitError) as caught:
+                await checkout(engine, request(url, Revision(branch="main"), credentials=creds, name="probe"))
+            return f"{caught.value.reason.value}: {caught.value}".replace(guess, "GUESS")
+
+        right_user, right_token, wrong = await attempt(USER), await attempt(TOKEN), await attempt("ci9z")
+
+    assert right_user == right_token == wrong, (right_user, right_token, wrong)
+    assert "***" not in wrong and "<spec.repository>" in wrong, wrong

@@ -252,3 +252,26 @@ async def test_below_a_server_outside_the_grant_nothing_is_granted(
     assert "outside the credentials Secret's repositories" in message, message
     for text in [message, *logged]:
         assert TOKEN not in text and "***" not in text, text
+
+
+@pytest.mark.parametrize(("declared", "present"), [(12_000, 0), (300, 2)])
+async def test_a_huge_gitmodules_is_refused_or_read_in_batches(
+    volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon, declared: int, present: int
+) -> None:
+    """Entries without a gitlink cost only an ls-tree argument each: thousands of long ones
+    once overflowed the argument list (a crash, retried until the deadline)."""
+    long = "d" * 200
+    lib = served_repo(git_daemon.base, "lib", {"lib.txt": "lib\n"})
+    entries = "".join(submodule(f"n{i}", f"{long}/{i}", git_daemon.url("lib")) for i in range(declared))
+    served_repo(git_daemon.base, "huge", {"a.txt": "a\n"}, {f"{long}/{i}": lib for i in range(present)}, entries)
+    engine = Engine(volume, make_settings(scratch))
+    job = request(git_daemon.url("huge"), Revision(branch="main"), submodules=True)
+
+    if present:
+        result = await checkout(engine, job)
+        assert (worktree_path(volume, result) / long / "1" / "lib.txt").read_text() == "lib\n"
+        return
+    with pytest.raises(GitError) as caught:
+        await checkout(engine, job)
+    assert caught.value.reason is Reason.TOO_MANY_SUBMODULES and f"declares {declared}" in str(caught.value)
+    assert git_daemon.count("lib") == 0

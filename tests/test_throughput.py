@@ -29,10 +29,10 @@ from engine_fixtures import (
     volume,
 )
 from test_batching import FakeLocks
-from upstreams import GitDaemon, StandardRepo, commit
+from upstreams import GitDaemon, StandardRepo, commit, served_repo
 from workspace_operator.batching import ProjectQueues
 from workspace_operator.checkouts import Checkouts
-from workspace_operator.git import CheckoutResult, Engine, Prepared, Revision
+from workspace_operator.git import CheckoutResult, Engine, GitError, Prepared, Reason, Revision
 from workspace_operator.git.housekeeping import MAX_PACKS, Housekeeping
 from workspace_operator.git.markers import HOLD_MARKER
 
@@ -169,3 +169,21 @@ async def test_busy_cache_upkeep_rolls_up_packs_and_loose_objects(
     assert_cache_consistent(layout(volume), url)
     result = await checkout(engine, request(url, Revision(branch="main"), name="after"))
     assert_worktree_at(layout(volume), "after", result.commit)
+
+
+async def test_a_hold_never_serves_another_repository_from_the_cache(
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path
+) -> None:
+    """One hold serves a project's queue, whatever repository each Workspace names. The
+    check made for the first (origin, owner) must not let the second, naming another
+    repository, be made Ready from the first one's cache."""
+    served_repo(git_daemon.base, "other", {"other.txt": "other\n"})
+    first = engine.validate(request(git_daemon.url("repo"), Revision(branch="main"), name="first"))
+    second = engine.validate(request(git_daemon.url("other"), Revision(branch="main"), name="second"))
+
+    await engine.populate(await engine.prepare(first, hold="one-hold"))
+    with pytest.raises(GitError) as caught:
+        await engine.prepare(second, hold="one-hold")
+
+    assert caught.value.reason is Reason.REPOSITORY_MISMATCH, caught.value
+    assert not (layout(volume).project_dir / "second").exists()

@@ -115,9 +115,10 @@ class Engine:
         # Caches this process opened already; others get the once-per-process checks first.
         self._verified: set[PurePosixPath] = set()
         self.answers = Answers()
-        # Per cache: the lock hold (the caller's token) in which it was last inspected, and
-        # the commits found in it during that hold.
-        self._checked: dict[PurePosixPath, tuple[object, frozenset[str]]] = {}
+        # Per cache: the lock hold (the caller's token) in which it was last inspected, what
+        # it was checked for (repository, namespace UID), and the commits found in it during
+        # that hold; reused only by the same hold asking for the same repository.
+        self._checked: dict[PurePosixPath, tuple[object, tuple[str, str | None], frozenset[str]]] = {}
         # Upkeep steps cut off by their time box, and until when they are not tried again.
         self._deferred: dict[tuple[PurePosixPath, str], float] = {}
 
@@ -138,12 +139,17 @@ class Engine:
         self._checked.pop(layout.relative_dir, None)
         self.answers.forget(layout.cache_dir)
 
-    def runner_for(self, credentials: Credentials | None, namespace: str = "") -> GitRunner:
+    def runner_for(
+        self, credentials: Credentials | None, repository: str | None = None, *, namespace: str = ""
+    ) -> GitRunner:
         """A runner for one namespace's git calls (its process slots are shared fairly
-        between namespaces), redacting the credentials' secrets."""
+        between namespaces) whose messages hide the credentials, and show the
+        requester's own `repository` (it may carry guesses at them) as `<spec.repository>`."""
         redact = Redactor()
         if credentials:
             credentials.register(redact)
+        if repository:
+            redact.quote(repository, "<spec.repository>")
         return GitRunner(self.settings, redact, namespace)
 
     @contextlib.contextmanager
@@ -163,7 +169,7 @@ class Engine:
         """An intact, completed worktree (or, cache-only, the pin) at this commit exists (no git call)."""
         if valid.request.cache_only:
             return pins.read(valid.layout.cache_dir, valid.request.name) == commit
-        worktrees = Worktrees(self.runner_for(None, valid.layout.namespace), valid.layout)
+        worktrees = Worktrees(self.runner_for(None, namespace=valid.layout.namespace), valid.layout)
         return worktrees.is_complete(valid.worktree_spec(commit))
 
     async def checkout(self, valid: ValidRequest) -> CheckoutResult:
@@ -185,10 +191,13 @@ class Engine:
         """
         started = time.monotonic()
         request, layout = valid.request, valid.layout
-        runner = self.runner_for(request.credentials, request.namespace)
+        runner = self.runner_for(request.credentials, request.repository, namespace=request.namespace)
         await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
-        checked = previous[1] if previous is not None and hold is not None and previous[0] == hold else None
+        purpose = (request.repository, request.namespace_uid)
+        # A hold serves one project's queue, whatever repository each Workspace names: the
+        # check (origin, owner) made for one repository says nothing for another.
+        checked = previous[2] if previous is not None and hold is not None and previous[:2] == (hold, purpose) else None
         with self._session(request) as session:
             env = session.env
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, env, not_before, checked)
@@ -198,7 +207,7 @@ class Engine:
             stamp(layout.root, layout.cache_dir, LAST_USED)
             safepath.remove(layout.root, held)  # not in a finally: only a clean end proves nothing was cut short
         if hold is not None:
-            self._checked[layout.relative_dir] = (hold, (checked or frozenset()) | {resolution.commit})
+            self._checked[layout.relative_dir] = (hold, purpose, (checked or frozenset()) | {resolution.commit})
         return Prepared(valid, resolution, worktree, started, self.settings.partial_clone)
 
     async def populate(self, prepared: Prepared) -> CheckoutResult:
@@ -213,7 +222,7 @@ class Engine:
         request, layout = prepared.valid.request, prepared.valid.layout
         worktree = prepared.worktree
         if isinstance(worktree, Registered):
-            runner = self.runner_for(request.credentials, request.namespace)
+            runner = self.runner_for(request.credentials, request.repository, namespace=request.namespace)
             with self._session(request) as session:
                 submodules = Submodules(runner, self.policy, session, request.repository)
                 worktree = await Worktrees(runner, layout).populate(worktree, session.env, submodules)
@@ -236,7 +245,7 @@ class Engine:
         """Cache → fetch (only if needed) → pin ref; no worktree. The caller holds the project lock."""
         started = time.monotonic()
         request, layout = valid.request, valid.layout
-        runner = self.runner_for(request.credentials, request.namespace)
+        runner = self.runner_for(request.credentials, request.repository, namespace=request.namespace)
         await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
         with self._session(request) as session:
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)
@@ -292,7 +301,7 @@ class Engine:
         layout = ProjectLayout(self.root, namespace, project)
         if safepath.kind(layout.cache_dir) != "dir":
             return None
-        housekeeping = Housekeeping(self.runner_for(None, namespace), layout.root, layout.cache_dir)
+        housekeeping = Housekeeping(self.runner_for(None, namespace=namespace), layout.root, layout.cache_dir)
         task = housekeeping.due()
         now = time.monotonic()
         if task is None or self._deferred.get((layout.relative_dir, task), 0.0) > now:
@@ -305,7 +314,7 @@ class Engine:
     async def remove(self, namespace: str, project: str, name: str) -> bool:
         """Remove a Workspace's worktree and pin; False if neither existed. The caller holds the project lock."""
         layout = ProjectLayout(self.root, namespace, project)
-        runner = self.runner_for(None, namespace)
+        runner = self.runner_for(None, namespace=namespace)
         # Inspected first, like before a checkout or GC: a tampered cache (a planted
         # commondir, say) is quarantined, and the removal below runs no git in it.
         cache = await self.checked_cache(layout)
@@ -322,7 +331,7 @@ class Engine:
             return None
         if safepath.kind(layout.cache_dir) is None:
             return None
-        cache = Cache(self.runner_for(None, layout.namespace), layout)
+        cache = Cache(self.runner_for(None, namespace=layout.namespace), layout)
         if await cache.check_for_maintenance():
             return cache
         self.forget(layout)

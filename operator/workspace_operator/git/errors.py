@@ -146,8 +146,17 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
         self._short: set[str] = set()
+        self._quoted: dict[str, str] = {}
         for secret in secrets:
             self.add(secret)
+
+    def quote(self, value: str, label: str) -> None:
+        """`value` is the requester's own text (its repository URL, say): wherever it occurs
+        it is shown as `label`, before any secret is looked for. Redacting inside it would
+        be an oracle: a guess written into the URL would come back as `***` exactly when
+        it is the secret. Only where there are secrets to hide."""
+        if value:
+            self._quoted[value] = label
 
     def add(self, secret: str | None) -> None:
         if not secret:
@@ -160,6 +169,9 @@ class Redactor:
                 self._short.add(piece)
 
     def __call__(self, text: str) -> str:
+        if self._secrets or self._short:
+            for value in sorted(self._quoted, key=len, reverse=True):
+                text = text.replace(value, self._quoted[value])
         text = _USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
         text = _KNOWN_POSITIONS.sub(lambda m: f"{m['key']}***", text)
         for secret in sorted(self._secrets, key=len, reverse=True):

@@ -259,15 +259,18 @@ class GitRunner:
             if guard is not None:
                 guard()
             started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=str(cwd),
-                env=full_env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,  # its own process group, so we can kill the whole tree
-            )
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=str(cwd),
+                    env=full_env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,  # its own process group, so we can kill the whole tree
+                )
+            except OSError as error:  # e.g. E2BIG, ENOENT, EMFILE: a failure with a reason, not a crash
+                raise GitError(Reason.GIT_FAILED, f"could not start git: {error.strerror}", step=step) from None
             try:
                 stdout_b, stderr_b = await asyncio.wait_for(_collect(proc, max_stdout), timeout=limit)
             except TimeoutError:

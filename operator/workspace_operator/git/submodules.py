@@ -43,6 +43,10 @@ from workspace_operator.git.policy import URLPolicy
 from workspace_operator.git.runner import GitRunner
 
 MAX_DEPTH = 8
+# A .gitmodules may declare entries the commit has no gitlink for (they cost nothing but
+# an ls-tree argument each); past this many it is refused before anything else is done.
+MAX_DECLARED = 1024
+_LS_TREE_BATCH = 256  # paths per ls-tree call: the argument list stays far below ARG_MAX
 # A name goes into `-c submodule.<name>.url=...`: no '=', nothing git refuses.
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/ -]*$")
 _PATHSPEC_MAGIC = re.compile(r"[*?\[\]\\:]")
@@ -140,6 +144,8 @@ class Submodules:
         granted = [] if outside else [sub for sub in plan if self.session.allows(sub.url)]
         for sub in granted:
             self.session.grant(sub.url)
+            # Written by whoever pushes to the repository: never a place to redact in.
+            self.runner.redact.quote(sub.url, f"<submodule {sub.shown!r} url>")
         if granted:
             await self._checkout(worktree, granted, self.runner, self.session.env)
         for sub in plan:
@@ -209,6 +215,13 @@ class Submodules:
         if included:
             raise invalid(f".gitmodules may not include other files ({included[0]})")
         declared = parse_gitmodules(listing.stdout)
+        if len(declared) > MAX_DECLARED:
+            raise GitError(
+                Reason.TOO_MANY_SUBMODULES,
+                f"the .gitmodules declares {len(declared)} submodules, more than the {MAX_DECLARED} "
+                "the operator reads at one level",
+                step="submodules",
+            )
         paths = {name: fields.get("path", "") for name, fields in declared.items()}
         for name, path in paths.items():
             if not _NAME.match(name) or ".." in name.split("/") or "\n" in name:
@@ -268,12 +281,14 @@ class Submodules:
     async def _gitlinks(self, runner: GitRunner, worktree: Path, paths: list[str]) -> set[str]:
         if not paths:
             return set()
-        listing = await runner.run(
-            "list-gitlinks", ["ls-tree", "-z", "HEAD", "--", *paths], cwd=worktree, timeout=self._left()
-        )
         found: set[str] = set()
-        for entry in listing.stdout.split("\0"):
-            meta, _, path = entry.partition("\t")
-            if meta.startswith("160000 "):
-                found.add(path)
+        for start in range(0, len(paths), _LS_TREE_BATCH):
+            batch = paths[start : start + _LS_TREE_BATCH]
+            listing = await runner.run(
+                "list-gitlinks", ["ls-tree", "-z", "HEAD", "--", *batch], cwd=worktree, timeout=self._left()
+            )
+            for entry in listing.stdout.split("\0"):
+                meta, _, path = entry.partition("\t")
+                if meta.startswith("160000 "):
+                    found.add(path)
         return found
