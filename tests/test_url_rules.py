@@ -415,3 +415,33 @@ async def test_a_namespace_with_unanswered_lookups_leaves_the_other_threads_to_o
         never.set()
     assert await asyncio.gather(*hostile) == [["192.0.2.1"]] * 5  # the rest ran once a's threads came back
     assert sorted(started) == sorted(["git.example", *(f"h{i}.attacker.example" for i in range(5))])
+
+
+class _Unanswered(Resolver):
+    """No answer, at once: records the time each lookup was given."""
+
+    def __init__(self) -> None:
+        super().__init__(threads=1)
+        self.given: list[float] = []
+
+    async def addresses(self, host: str, port: int | None, *, timeout: float, namespace: str = "") -> list[str] | None:
+        self.given.append(timeout)
+        raise TimeoutError
+
+
+async def test_an_unanswered_lookup_fails_by_whichever_deadline_comes_first(tmp_path: Path) -> None:
+    """The lookup's own deadline: UpstreamUnavailable. Less time left in the caller's
+    phase (submodules): that time, and GitTimeout."""
+    unanswered = _Unanswered()
+    policy = URLPolicy(GitSettings(resolve_timeout_seconds=10), tmp_path, resolver=unanswered)
+    origin = policy.check("https://h.attacker.example/x.git")
+    for within in (None, 60.0):
+        with pytest.raises(GitError) as caught:
+            await policy.check_addresses(origin, within=within)
+        assert caught.value.reason is Reason.UNREACHABLE and caught.value.retryable
+        assert caught.value.message == "repository: looking up host 'h.attacker.example' got no answer within 10s"
+    with pytest.raises(GitError) as caught:
+        await policy.check_addresses(origin, "submodule 'lib'", within=2.5)
+    assert caught.value.reason is Reason.TIMEOUT
+    assert caught.value.message == "submodule 'lib': no time left to look up host 'h.attacker.example'"
+    assert unanswered.given == [10, 10, 2.5]
