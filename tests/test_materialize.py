@@ -69,7 +69,10 @@ def slow_prepare(fr: FakeRuntime, monkeypatch: pytest.MonkeyPatch, seconds: floa
 
 
 async def test_a_workspace_still_working_after_the_delay_shows_materializing_first(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, local_upstream: LocalUpstream, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    local_upstream: LocalUpstream,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fr = make_runtime(tmp_path, file_roots=(tmp_path_factory.getbasetemp(),), progress_delay_seconds=0.05)
     slow_prepare(fr, monkeypatch, 0.5)

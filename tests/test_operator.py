@@ -79,10 +79,12 @@ def test_apply_wait_ready(
 
     # kopf posts the Event in the background after the handler returned: it may follow Ready.
     wait_for(
-        lambda: "Materialized"
-        in kubectl(
-            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=build-1", "-o", "json"
-        ).stdout,
+        lambda: (
+            "Materialized"
+            in kubectl(
+                "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=build-1", "-o", "json"
+            ).stdout
+        ),
         timeout=30,
         message="the Materialized Event",
     )
