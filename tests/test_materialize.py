@@ -3,6 +3,7 @@ runtime (API calls, Leases on a fake clock) and a real engine on local file:// u
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,76 @@ async def test_ready_at_the_branch_tip_under_the_lease(
     assert (worktree / "app" / "main.py").read_text() == "print('v2')\n"
     assert git(worktree, "rev-parse", "HEAD") == local_upstream.head
     assert fake_runtime.locks.acquired == [(NS, PROJECT)] and fake_runtime.engine.checkouts == 1
-    assert fake_runtime.kube.phases() == [Phase.MATERIALIZING, Phase.READY]
+    # Ready well within WORKSPACE_PROGRESS_DELAY_SECONDS: no Materializing write before it.
+    assert fake_runtime.kube.phases() == [Phase.READY]
     status = fake_runtime.kube.last_status()
     assert status["commit"] == local_upstream.head and status["path"] == f"{NS}/{PROJECT}/{NAME}"
     assert status["observedGeneration"] == 1 and status["expiresAt"] is None  # default TTL 0 in make_runtime
     assert ready_condition(status)["status"] == "True" and ready_condition(status)["reason"] == "Materialized"
+
+
+def slow_prepare(fr: FakeRuntime, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every exclusive step takes `seconds` longer (real time): a Workspace that has to wait."""
+    prepare = fr.engine.prepare
+
+    async def slow(valid: ValidRequest, **kwargs: Any) -> Prepared:
+        await asyncio.sleep(seconds)
+        return await prepare(valid, **kwargs)
+
+    monkeypatch.setattr(fr.engine, "prepare", slow)
+
+
+async def test_a_workspace_still_working_after_the_delay_shows_materializing_first(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    local_upstream: LocalUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fr = make_runtime(tmp_path, file_roots=(tmp_path_factory.getbasetemp(),), progress_delay_seconds=0.05)
+    slow_prepare(fr, monkeypatch, 0.5)
+    await run(fr, spec(local_upstream))
+
+    assert fr.kube.phases() == [Phase.MATERIALIZING, Phase.READY]
+    assert fr.kube.patches[0][2]["message"] == "waiting for the project lock"
+
+
+async def test_without_a_delay_materializing_is_written_before_the_work(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, local_upstream: LocalUpstream
+) -> None:
+    fr = make_runtime(tmp_path, file_roots=(tmp_path_factory.getbasetemp(),), progress_delay_seconds=0)
+    await run(fr, spec(local_upstream))
+
+    assert fr.kube.phases() == [Phase.MATERIALIZING, Phase.READY]
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["ready", "failed"])
+async def test_a_late_materializing_write_never_lands_after_the_outcome(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    local_upstream: LocalUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: bool,
+) -> None:
+    """The Materializing write starts while the work goes on and is still in flight (a slow API
+    server) when the outcome is known: the outcome is written after it, never before."""
+    fr = make_runtime(tmp_path, file_roots=(tmp_path_factory.getbasetemp(),), progress_delay_seconds=0.01)
+    slow_prepare(fr, monkeypatch, 0.1)
+    patch_status = fr.kube.patch_status
+
+    async def slow_api(namespace: str, name: str, status: dict[str, Any]) -> None:
+        if status["phase"] == Phase.MATERIALIZING:
+            await asyncio.sleep(0.5)  # lands (is recorded) long after the outcome is known
+        await patch_status(namespace, name, status)
+
+    monkeypatch.setattr(fr.kube, "patch_status", slow_api)
+    ref = {"branch": "no-such-branch"} if failing else {"branch": "main"}
+    if failing:
+        with pytest.raises(op.Fatal):
+            await run(fr, spec(local_upstream, ref=ref))
+    else:
+        await run(fr, spec(local_upstream, ref=ref))
+
+    assert fr.kube.phases() == [Phase.MATERIALIZING, Phase.FAILED if failing else Phase.READY]
 
 
 async def test_pinned_commit_and_subpath(fake_runtime: FakeRuntime, local_upstream: LocalUpstream) -> None:

@@ -77,10 +77,17 @@ def test_apply_wait_ready(
     explained = kubectl("explain", "workspace.spec.ref").stdout
     assert "commit" in explained and "branch" in explained and "DESCRIPTION" in explained
 
-    events = kubectl(
-        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=build-1", "-o", "json"
-    ).stdout
-    assert "Materialized" in events
+    # kopf posts the Event in the background after the handler returned: it may follow Ready.
+    wait_for(
+        lambda: (
+            "Materialized"
+            in kubectl(
+                "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=build-1", "-o", "json"
+            ).stdout
+        ),
+        timeout=30,
+        message="the Materialized Event",
+    )
 
 
 def test_resume_after_restart_is_a_noop(

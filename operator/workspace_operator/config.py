@@ -53,6 +53,7 @@ class Config:
     partial_clone: bool = False
     checkout_concurrency: int = 0
     maintenance_budget_seconds: float = 0.5
+    progress_delay_seconds: float = 2.0
     max_git_processes: int = 0
     log_format: str = "text"
     allowed_hosts: tuple[str, ...] = ()
@@ -74,6 +75,8 @@ class Config:
             raise ConfigError("WORKSPACE_CHECKOUT_CONCURRENCY must be 0 (from the CPUs) or more")
         if self.maintenance_budget_seconds < 0:
             raise ConfigError("WORKSPACE_MAINTENANCE_BUDGET_SECONDS must be 0 (off) or more")
+        if self.progress_delay_seconds < 0:
+            raise ConfigError("WORKSPACE_PROGRESS_DELAY_SECONDS must be 0 (at once) or more")
         if self.max_git_processes < 0:
             raise ConfigError("WORKSPACE_MAX_GIT_PROCESSES must be 0 (automatic) or more")
         if self.max_submodules < 0:
@@ -342,6 +345,13 @@ _SETTINGS: tuple[tuple[str, str, str, type | object, str], ...] = (
         "maintenance_budget_seconds",
         _duration,
         "time box of one cache maintenance step between queued work; 0 = no such maintenance",
+    ),
+    (
+        "--progress-delay-seconds",
+        "WORKSPACE_PROGRESS_DELAY_SECONDS",
+        "progress_delay_seconds",
+        _duration,
+        "write phase Materializing only for a Workspace not Ready within this; 0 = at once",
     ),
     (
         "--max-git-processes",

@@ -10,9 +10,10 @@ posted on a change of reason, not once per retry.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -213,26 +214,34 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
             message=message,
             event_type="Warning",
         )
-    elif not repair and (attempt == 0 or current.get("phase") != status.Phase.MATERIALIZING.value):
-        await rt.kube.patch_status(
-            target.namespace,
-            target.name,
-            status.progressing(
-                current,
-                phase=status.Phase.MATERIALIZING,
-                reason="Materializing",
-                message="waiting for the project lock",
-                generation=target.generation,
-                now=now,
-            ),
-        )
+    progress = Deferred.nothing()
+    if not repair and (attempt == 0 or current.get("phase") != status.Phase.MATERIALIZING.value):
+
+        async def materializing() -> None:
+            await rt.kube.patch_status(
+                target.namespace,
+                target.name,
+                status.progressing(
+                    current,
+                    phase=status.Phase.MATERIALIZING,
+                    reason="Materializing",
+                    message="waiting for the project lock",
+                    generation=target.generation,
+                    now=datetime.now(UTC),
+                ),
+            )
+
+        progress = await Deferred.start(rt.config.progress_delay_seconds, materializing)
 
     try:
-        credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
-        owner = await rt.kube.namespace_uid(target.namespace)
-        valid = replace(valid, request=replace(valid.request, credentials=credentials, namespace_uid=owner))
-        with rt.checkouts.in_flight(target.namespace, request.project, target.name):
-            result, waited = await _checkout(rt, valid, received)
+        try:
+            credentials = await _credentials(rt, target.namespace, target.spec, request.repository)
+            owner = await rt.kube.namespace_uid(target.namespace)
+            valid = replace(valid, request=replace(valid.request, credentials=credentials, namespace_uid=owner))
+            with rt.checkouts.in_flight(target.namespace, request.project, target.name):
+                result, waited = await _checkout(rt, valid, received)
+        finally:
+            await progress.settle()  # before the outcome is written: it is always written last
     except GitError as error:
         # Unknown failures are retried, but not forever: after a while they are
         # as permanent as they look (e.g. a .gitmodules git refuses to honour).
@@ -292,6 +301,51 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
         ),
     )
     return Done(result, repair)
+
+
+class Deferred:
+    """A status write made only if the work is still going on after `delay` seconds.
+
+    A Workspace that is Ready (or failed) sooner never gets it: in a burst that is
+    one API write, and one watch event for every watcher, less per Workspace.
+    `settle` must be awaited before the outcome's own status write: it cancels the
+    write if it has not started yet, else waits until it is done, so the outcome is
+    always written last and the status never goes back.
+    """
+
+    def __init__(self, task: asyncio.Task[None] | None = None) -> None:
+        self._task = task
+        self._writing = False
+
+    @classmethod
+    def nothing(cls) -> Deferred:
+        return cls()
+
+    @classmethod
+    async def start(cls, delay: float, write: Callable[[], Awaitable[None]]) -> Deferred:
+        """Write after `delay` seconds in the background; at once (awaited here) if delay is 0."""
+        if delay <= 0:
+            await write()
+            return cls()
+        deferred = cls()
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            deferred._writing = True
+            await write()
+
+        deferred._task = asyncio.create_task(later(), name="deferred status write")
+        return deferred
+
+    async def settle(self) -> None:
+        task = self._task
+        if task is None:
+            return
+        if not self._writing:
+            task.cancel()  # still sleeping: nothing was sent
+        await asyncio.wait({task})  # not cancelled by our own cancellation: a write in flight ends first
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("deferred status write failed: %s", task.exception())
 
 
 async def _checkout(rt: Runtime, valid: ValidRequest, received: float) -> tuple[CheckoutResult, float]:

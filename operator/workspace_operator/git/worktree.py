@@ -8,11 +8,14 @@ step succeeded) names the same commit. Anything else is torn down and rebuilt.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 from workspace_operator.git import safepath
 from workspace_operator.git.errors import GitError, Reason
@@ -22,6 +25,18 @@ from workspace_operator.git.runner import GitRunner
 from workspace_operator.git.submodules import Submodules
 
 log = logging.getLogger("workspace_operator.worktree")
+T = TypeVar("T")
+
+
+async def _in_thread(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking file work in a thread. A cancelled caller still waits for it to end:
+    nothing it writes may land after the caller has moved on (to a teardown, say)."""
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})
+        raise
 
 
 @dataclass(frozen=True)
@@ -175,7 +190,8 @@ class Worktrees:
                 raise ValueError("a worktree with submodules needs a Submodules updater")
             await submodules.update(path)
         workdir = workdir_of(path, spec.sub_path, spec.commit)
-        self._write_record(spec)
+        # Its fsync waits for the disk: in a thread, so a burst's other work goes on meanwhile.
+        await _in_thread(self._write_record, spec)
         return WorktreeResult(path, workdir, False, time.monotonic() - registered.started)
 
     def _leftovers(self, name: str) -> bool:
