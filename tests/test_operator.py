@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api, V1ObjectMeta, V1Secret
 
-from cluster import OperatorProcess, Workspaces, lease_spec, wait_for
+from cluster import Scene, StartOperator, Workspaces, lease_spec, wait_for
 from upstreams import SmartHTTP, StandardRepo, commit
 
 pytestmark = pytest.mark.cluster
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-StartOperator = Callable[..., OperatorProcess]
 
 
 def manifest(namespace: str, name: str, spec: dict[str, Any]) -> str:
@@ -33,28 +32,21 @@ def manifest(namespace: str, name: str, spec: dict[str, Any]) -> str:
     )
 
 
-def test_apply_wait_ready(
-    kubectl: Kubectl,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    op = operator_factory()
+def test_apply_wait_ready(scene: Scene, kubectl: Kubectl) -> None:
+    op = scene.start()
     spec = {
         "project": "backend",
-        "repository": smart_http.url("repo"),
+        "repository": scene.http.url("repo"),
         "ref": {"branch": "main"},
         "subPath": "services/api",
     }
-    kubectl("apply", "-f", "-", input=manifest(namespace, "build-1", spec))
-    kubectl("wait", "--for=condition=Ready", "-n", namespace, "ws/build-1", "--timeout=60s", timeout=90)
+    kubectl("apply", "-f", "-", input=manifest(scene.namespace, "build-1", spec))
+    kubectl("wait", "--for=condition=Ready", "-n", scene.namespace, "ws/build-1", "--timeout=60s", timeout=90)
 
-    status = workspaces.status("build-1")
-    assert status["commit"] == upstream_repo.main
-    assert status["path"] == f"{namespace}/backend/build-1"
-    assert status["workdir"] == f"{namespace}/backend/build-1/services/api"
+    status = scene.workspaces.status("build-1")
+    assert status["commit"] == scene.repo.main
+    assert status["path"] == f"{scene.namespace}/backend/build-1"
+    assert status["workdir"] == f"{scene.namespace}/backend/build-1/services/api"
     assert status["volumeClaim"] == "workspaces"
     assert status["cache"] == {"hit": False, "fetched": True}
     assert status["observedGeneration"] == 1
@@ -66,13 +58,13 @@ def test_apply_wait_ready(
         subprocess.run(
             ["git", "-C", str(worktree), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30
         ).stdout.strip()
-        == upstream_repo.main
+        == scene.repo.main
     )
 
-    table = kubectl("get", "ws", "-n", namespace).stdout
+    table = kubectl("get", "ws", "-n", scene.namespace).stdout
     header = table.splitlines()[0].split()
     assert header[:5] == ["NAME", "PROJECT", "REF", "COMMIT", "PHASE"]
-    assert upstream_repo.main[:12] in table and "Ready" in table and "backend" in table
+    assert scene.repo.main[:12] in table and "Ready" in table and "backend" in table
 
     explained = kubectl("explain", "workspace.spec.ref").stdout
     assert "commit" in explained and "branch" in explained and "DESCRIPTION" in explained
@@ -82,7 +74,7 @@ def test_apply_wait_ready(
         lambda: (
             "Materialized"
             in kubectl(
-                "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=build-1", "-o", "json"
+                "get", "events", "-n", scene.namespace, "--field-selector", "involvedObject.name=build-1", "-o", "json"
             ).stdout
         ),
         timeout=30,
@@ -90,107 +82,78 @@ def test_apply_wait_ready(
     )
 
 
-def test_resume_after_restart_is_a_noop(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    op = operator_factory()
-    workspaces.create("w", {"project": "p", "repository": smart_http.url("repo")})
-    first = workspaces.wait_ready("w")
+def test_resume_after_restart_is_a_noop(scene: Scene) -> None:
+    op = scene.start()
+    scene.workspaces.create("w", scene.spec())
+    first = scene.workspaces.wait_ready("w")
     op.stop()
-    requests_before = len(smart_http.requests())
-    resource_version = workspaces.get("w")["metadata"]["resourceVersion"]  # type: ignore[index]
-    operator_factory()
+    requests_before = len(scene.http.requests())
+    resource_version = scene.workspaces.get("w")["metadata"]["resourceVersion"]  # type: ignore[index]
+    scene.start()
     # Sync point: a probe created after the restart is handled after the restarted
     # operator's initial listing; it is pinned to a cached commit, so it needs no network.
-    workspaces.create(
-        "probe", {"project": "p", "repository": smart_http.url("repo"), "ref": {"commit": first["commit"]}}
-    )
-    assert workspaces.wait_ready("probe")["cache"] == {"hit": True, "fetched": False}
-    assert workspaces.status("w") == first
-    assert len(smart_http.requests()) == requests_before
-    assert workspaces.get("w")["metadata"]["resourceVersion"] == resource_version  # type: ignore[index]
+    scene.workspaces.create("probe", {**scene.spec(), "ref": {"commit": first["commit"]}})
+    assert scene.workspaces.wait_ready("probe")["cache"] == {"hit": True, "fetched": False}
+    assert scene.workspaces.status("w") == first
+    assert len(scene.http.requests()) == requests_before
+    assert scene.workspaces.get("w")["metadata"]["resourceVersion"] == resource_version  # type: ignore[index]
 
 
-def test_burst_of_one_commit_costs_one_fetch(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    operator_factory()
-    spec = {"project": "burst", "repository": smart_http.url("repo"), "ref": {"commit": upstream_repo.main}}
+def test_burst_of_one_commit_costs_one_fetch(scene: Scene) -> None:
+    scene.start()
+    spec = {**scene.spec("burst"), "ref": {"commit": scene.repo.main}}
     names = [f"b-{i}" for i in range(20)]
     for name in names:
-        workspaces.create(name, spec)
+        scene.workspaces.create(name, spec)
     for name in names:
-        assert workspaces.wait_ready(name, timeout=120)["commit"] == upstream_repo.main
-    assert smart_http.count() == 1
-    hits = [workspaces.status(n)["cache"]["hit"] for n in names]
+        assert scene.workspaces.wait_ready(name, timeout=120)["commit"] == scene.repo.main
+    assert scene.http.count() == 1
+    hits = [scene.workspaces.status(n)["cache"]["hit"] for n in names]
     assert hits.count(False) == 1
 
 
-def test_delete_removes_worktree_and_releases_lease(
-    api_client: ApiClient,
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    op = operator_factory()
-    workspaces.create("gone", {"project": "del", "repository": smart_http.url("repo")})
-    workspaces.create("missing-dir", {"project": "del", "repository": smart_http.url("repo")})
-    path = op.root / workspaces.wait_ready("gone")["path"]
-    other = op.root / workspaces.wait_ready("missing-dir")["path"]
+def test_delete_removes_worktree_and_releases_lease(scene: Scene, api_client: ApiClient) -> None:
+    op = scene.start()
+    scene.workspaces.create("gone", scene.spec("del"))
+    scene.workspaces.create("missing-dir", scene.spec("del"))
+    path = op.root / scene.workspaces.wait_ready("gone")["path"]
+    other = op.root / scene.workspaces.wait_ready("missing-dir")["path"]
     assert path.is_dir()
 
-    workspaces.delete("gone")
-    workspaces.wait_gone("gone")
+    scene.workspaces.delete("gone")
+    scene.workspaces.wait_gone("gone")
     assert not path.exists()
-    assert not (op.root / namespace / "del" / ".ready" / "gone").exists()
+    assert not (op.root / scene.namespace / "del" / ".ready" / "gone").exists()
     worktrees = subprocess.run(
-        ["git", "-C", str(op.root / namespace / "del" / ".cache"), "worktree", "list"],
+        ["git", "-C", str(op.root / scene.namespace / "del" / ".cache"), "worktree", "list"],
         capture_output=True,
         text=True,
         timeout=30,
     ).stdout
     assert str(path) not in worktrees
-    lease = CoordinationV1Api(api_client).read_namespaced_lease(f"ws-{namespace}.del", namespace)
+    lease = CoordinationV1Api(api_client).read_namespaced_lease(f"ws-{scene.namespace}.del", scene.namespace)
     assert not lease_spec(lease).holder_identity
     assert lease.metadata and (lease.metadata.labels or {})["crafting.dev/project"] == "del"
 
     subprocess.run(["rm", "-rf", str(other)], check=True, timeout=30)
-    workspaces.delete("missing-dir")
-    workspaces.wait_gone("missing-dir")
+    scene.workspaces.delete("missing-dir")
+    scene.workspaces.wait_gone("missing-dir")
 
 
-def test_missing_branch_fails_permanently_without_retry(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    op = operator_factory()
-    workspaces.create(
-        "nobranch", {"project": "p", "repository": smart_http.url("repo"), "ref": {"branch": "does-not-exist"}}
-    )
-    condition = workspaces.wait_reason("nobranch", "RefNotFound")
+def test_missing_branch_fails_permanently_without_retry(scene: Scene) -> None:
+    op = scene.start()
+    scene.workspaces.create("nobranch", {**scene.spec(), "ref": {"branch": "does-not-exist"}})
+    condition = scene.workspaces.wait_reason("nobranch", "RefNotFound")
     assert condition["status"] == "False"
     assert "refs/heads/does-not-exist" in condition["message"]
-    assert workspaces.status("nobranch")["phase"] == "Failed"
-    seen = len(smart_http.requests())
+    assert scene.workspaces.status("nobranch")["phase"] == "Failed"
+    seen = len(scene.http.requests())
     # A permanent failure is not retried: over a few seconds (well past the first
     # backoff steps) the upstream sees nothing more and the attempt count stays.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        assert len(smart_http.requests()) == seen
-        assert workspaces.status("nobranch").get("attempts") == 1
+        assert len(scene.http.requests()) == seen
+        assert scene.workspaces.status("nobranch").get("attempts") == 1
         time.sleep(0.5)
     assert "RefNotFound" in op.metrics()
 
@@ -259,53 +222,35 @@ def test_credentials_reason_and_no_leak(
         server.stop()
 
 
-def test_transient_failure_recovers(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    operator_factory()
-    smart_http.fault = "500"
-    workspaces.create("flaky", {"project": "flaky", "repository": smart_http.url("repo")})
-    condition = workspaces.wait_reason("flaky", "UpstreamUnavailable")
-    assert workspaces.status("flaky")["phase"] == "Pending"
+def test_transient_failure_recovers(scene: Scene) -> None:
+    scene.start()
+    scene.http.fault = "500"
+    scene.workspaces.create("flaky", scene.spec("flaky"))
+    condition = scene.workspaces.wait_reason("flaky", "UpstreamUnavailable")
+    assert scene.workspaces.status("flaky")["phase"] == "Pending"
     assert "retrying" in condition["message"]
-    smart_http.fault = None
-    assert workspaces.wait_ready("flaky", timeout=60)["commit"] == upstream_repo.main
+    scene.http.fault = None
+    assert scene.workspaces.wait_ready("flaky", timeout=60)["commit"] == scene.repo.main
 
 
-def test_new_upstream_commit_is_fetched(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    operator_factory()
-    workspaces.create("one", {"project": "moving", "repository": smart_http.url("repo")})
-    assert workspaces.wait_ready("one")["commit"] == upstream_repo.main
-    newer = commit(upstream_repo.src, {"NEW.txt": "new\n"}, "newer")
-    upstream_repo.republish()
-    workspaces.create("two", {"project": "moving", "repository": smart_http.url("repo")})
-    status = workspaces.wait_ready("two")
+def test_new_upstream_commit_is_fetched(scene: Scene) -> None:
+    scene.start()
+    scene.workspaces.create("one", scene.spec("moving"))
+    assert scene.workspaces.wait_ready("one")["commit"] == scene.repo.main
+    newer = commit(scene.repo.src, {"NEW.txt": "new\n"}, "newer")
+    scene.repo.republish()
+    scene.workspaces.create("two", scene.spec("moving"))
+    status = scene.workspaces.wait_ready("two")
     assert status["commit"] == newer
     assert status["cache"] == {"hit": False, "fetched": True}
 
 
-def test_repository_mismatch_is_refused(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
-    operator_factory()
-    workspaces.create("first", {"project": "shared", "repository": smart_http.url("repo")})
-    workspaces.wait_ready("first")
-    workspaces.create("other", {"project": "shared", "repository": smart_http.url("repo") + "x"})
-    condition = workspaces.wait_reason("other", "RepositoryMismatch")
+def test_repository_mismatch_is_refused(scene: Scene) -> None:
+    scene.start()
+    scene.workspaces.create("first", scene.spec("shared"))
+    scene.workspaces.wait_ready("first")
+    scene.workspaces.create("other", {"project": "shared", "repository": scene.http.url("repo") + "x"})
+    condition = scene.workspaces.wait_reason("other", "RepositoryMismatch")
     assert "another project name" in condition["message"]
 
 
@@ -373,26 +318,18 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
-def test_metrics_and_health(
-    namespace: str,
-    workspaces: Workspaces,
-    operator_factory: StartOperator,
-    upstream_repo: StandardRepo,
-    smart_http: SmartHTTP,
-) -> None:
+def test_metrics_and_health(scene: Scene) -> None:
     import urllib.request
 
-    op = operator_factory()
+    op = scene.start()
     with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/healthz", timeout=5) as resp:
         assert resp.status == 200
     before = op.metrics()
     assert metric_value(before, "workspace_operator_materializations_total", '{result="ready"}') == 0
-    workspaces.create("m1", {"project": "metrics", "repository": smart_http.url("repo")})
-    workspaces.wait_ready("m1")
-    workspaces.create(
-        "m2", {"project": "metrics", "repository": smart_http.url("repo"), "ref": {"commit": upstream_repo.main}}
-    )
-    workspaces.wait_ready("m2")
+    scene.workspaces.create("m1", scene.spec("metrics"))
+    scene.workspaces.wait_ready("m1")
+    scene.workspaces.create("m2", {**scene.spec("metrics"), "ref": {"commit": scene.repo.main}})
+    scene.workspaces.wait_ready("m2")
 
     # Counted right after the Ready status is written: a scrape may come in between.
     def counted() -> str | None:
@@ -414,4 +351,4 @@ def test_metrics_and_health(
         "workspace_operator_deletions_total",
     ):
         assert f"# HELP {series}" in after
-    assert "materialized " + namespace + "/m1" in op.log()
+    assert "materialized " + scene.namespace + "/m1" in op.log()
