@@ -112,32 +112,13 @@ async def materialize(
         rt.trimmer.observe(len(rt.in_flight))
 
 
-async def reported(
-    rt: Runtime,
-    *,
-    namespace: str,
-    name: str,
-    generation: int,
-    spec: Mapping[str, Any],
-    current: Mapping[str, Any],
-    attempt: int,
-    meta: Mapping[str, Any],
-) -> Done | None:
-    """`materialize` for callers outside a kopf handler (the timer's repair, a takeover):
-    the same Events kopf posts for the handler — what was done, or a Warning on a change
-    of reason — then the outcome (Retry and Fatal raised as usual)."""
-    ref = {"metadata": {"namespace": namespace, "name": name, "uid": meta.get("uid")}}
+async def reported(rt: Runtime, meta: Mapping[str, Any], run: Awaitable[Done | None]) -> Done | None:
+    """A `materialize` run outside a kopf handler (the timer's repair, a takeover), with
+    the Events kopf posts for the handler: what was done, or a Warning on a change of
+    reason. Returns the outcome; Retry and Fatal are raised as usual."""
+    ref = {"metadata": {"namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid")}}
     try:
-        done = await materialize(
-            rt,
-            namespace=namespace,
-            name=name,
-            generation=generation,
-            spec=spec,
-            current=current,
-            attempt=attempt,
-            meta=meta,
-        )
+        done = await run
     except (Retry, Fatal) as error:
         if error.announce:
             await rt.kube.post_event(ref, reason=error.reason, message=error.message, event_type="Warning")

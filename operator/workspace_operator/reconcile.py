@@ -97,13 +97,17 @@ async def repair(
     with contextlib.suppress(materialize.Retry, materialize.Fatal):
         await materialize.reported(
             rt,
-            namespace=namespace,
-            name=name,
-            generation=int(meta.get("generation") or 0),
-            spec=spec,
-            current=current,
-            attempt=0,
-            meta=meta,
+            meta,
+            materialize.materialize(
+                rt,
+                namespace=namespace,
+                name=name,
+                generation=int(meta.get("generation") or 0),
+                spec=spec,
+                current=current,
+                attempt=0,
+                meta=meta,
+            ),
         )
 
 

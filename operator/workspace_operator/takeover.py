@@ -152,13 +152,17 @@ async def _until_settled(rt: Runtime, ws: Mapping[str, Any]) -> None:
         try:
             await materialize.reported(
                 rt,
-                namespace=namespace,
-                name=name,
-                generation=generation,
-                spec=spec,
-                current=status,
-                attempt=attempt,
-                meta=meta,
+                meta,
+                materialize.materialize(
+                    rt,
+                    namespace=namespace,
+                    name=name,
+                    generation=generation,
+                    spec=spec,
+                    current=status,
+                    attempt=attempt,
+                    meta=meta,
+                ),
             )
             return
         except materialize.Fatal:
