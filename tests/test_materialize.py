@@ -322,3 +322,30 @@ async def test_unclassified_git_failures_are_retried_a_bounded_number_of_times(
         await run(fake_runtime, spec(local_upstream), attempt=attempt)
     status = fake_runtime.kube.last_status()
     assert ready_condition(status)["reason"] == "GitFailed" and status["attempts"] == attempt + 1
+
+
+async def test_delayed_writes_that_come_due_together_go_through_the_gate() -> None:
+    """A burst's delayed writes come due at once: at most the gate's number are in flight,
+    and those still waiting for it when their outcome arrives are never sent."""
+    gate = asyncio.Semaphore(2)
+    in_flight, most, sent = 0, 0, 0
+    release, full = asyncio.Event(), asyncio.Event()
+
+    async def write() -> None:
+        nonlocal in_flight, most, sent
+        in_flight += 1
+        most = max(most, in_flight)
+        if in_flight == 2:
+            full.set()
+        await release.wait()
+        in_flight -= 1
+        sent += 1
+
+    deferred = [await op.Deferred.start(0.01, write, gate) for _ in range(10)]
+    await asyncio.wait_for(full.wait(), timeout=5)
+    release.set()
+    for one in deferred[5:]:  # outcomes that arrive now: their writes are not sent
+        await one.settle()
+    for one in deferred[:5]:
+        await one.settle()
+    assert most == 2 and 2 <= sent < 10

@@ -11,6 +11,7 @@ posted on a change of reason, not once per retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -199,6 +200,8 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
     if not repair and (attempt == 0 or current.get("phase") != status.Phase.MATERIALIZING.value):
 
         async def materializing() -> None:
+            if not rt.owns(target.namespace, request.project):
+                return  # the project moved: its new owner may have made it Ready meanwhile
             await rt.kube.patch_status(
                 target.namespace,
                 target.name,
@@ -212,7 +215,7 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
                 ),
             )
 
-        progress = await Deferred.start(rt.config.progress_delay_seconds, materializing)
+        progress = await Deferred.start(rt.config.progress_delay_seconds, materializing, rt.progress_writes)
 
     try:
         try:
@@ -303,8 +306,11 @@ class Deferred:
         return cls()
 
     @classmethod
-    async def start(cls, delay: float, write: Callable[[], Awaitable[None]]) -> Deferred:
-        """Write after `delay` seconds in the background; at once (awaited here) if delay is 0."""
+    async def start(
+        cls, delay: float, write: Callable[[], Awaitable[None]], gate: asyncio.Semaphore | None = None
+    ) -> Deferred:
+        """Write after `delay` seconds in the background, once `gate` lets it (a burst's
+        writes come due together); at once (awaited here) if delay is 0."""
         if delay <= 0:
             await write()
             return cls()
@@ -312,8 +318,9 @@ class Deferred:
 
         async def later() -> None:
             await asyncio.sleep(delay)
-            deferred._writing = True
-            await write()
+            async with gate or contextlib.nullcontext():
+                deferred._writing = True
+                await write()
 
         deferred._task = asyncio.create_task(later(), name="deferred status write")
         return deferred
