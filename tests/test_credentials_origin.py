@@ -411,3 +411,87 @@ async def test_guesses_written_into_the_repository_url_come_back_alike(
 
     assert right_user == right_token == wrong, (right_user, right_token, wrong)
     assert "***" not in wrong and "<spec.repository>" in wrong, wrong
+
+
+async def test_an_earlier_workspaces_repository_is_not_an_oracle(
+    volume: Path, scratch: Path, tmp_path: Path, upstream_repo: StandardRepo
+) -> None:
+    """The project's cache was made for the attacker's own URL with the guess in it; a
+    Workspace with the Secret then fails RepositoryMismatch quoting that origin. Redacted,
+    it read `***` exactly when the guess was the token (no granted server asked at all)."""
+    served = upstream_repo.served_dir
+    assert served is not None
+    attacker_dir = tmp_path / "attacker"
+    engine = Engine(volume, make_settings(scratch))
+    with (
+        SmartHTTP(served, username=USER, password=TOKEN) as granted,
+        SmartHTTP(attacker_dir) as attacker,
+    ):
+        creds = Credentials(username=USER, password=TOKEN, scopes=(f"http://127.0.0.1:{granted.port}/",))
+
+        async def attempt(guess: str, project: str) -> str:
+            publish(served / "repo.git", attacker_dir / f"{guess}.git")
+            await checkout(engine, request(attacker.url(guess), Revision(branch="main"), project=project, name="a"))
+            with pytest.raises(GitError) as caught:
+                await checkout(
+                    engine, request(granted.url("repo"), Revision(branch="main"), credentials=creds, project=project)
+                )
+            return f"{caught.value.reason.value}: {caught.value}".replace(guess, "GUESS")
+
+        right, wrong = await attempt(TOKEN, "p1"), await attempt("tok-" + secrets.token_hex(12), "p2")
+
+    assert right == wrong.replace("p2", "p1"), (right, wrong)
+    assert right.startswith("RepositoryMismatch") and "***" not in right, right
+
+
+async def test_a_project_named_like_the_user_is_not_an_oracle(
+    volume: Path, scratch: Path, upstream_repo: StandardRepo
+) -> None:
+    """git's messages quote the worktree's path, which holds the project name the tenant
+    chose: redacted with the Secret's user name, a project named like it came back `***`."""
+    user = "ci-robot"
+    assert upstream_repo.served_dir is not None
+    engine = Engine(volume, make_settings(scratch))
+    with SmartHTTP(upstream_repo.served_dir, username=user, password=TOKEN) as server:
+        base = f"http://127.0.0.1:{server.port}/"
+        creds = Credentials(username=user, password=TOKEN, scopes=(base,))
+        served_super(upstream_repo, base + "gone.git")  # an ordinary submodule, gone upstream
+
+        async def attempt(guess: str) -> str:
+            with pytest.raises(GitError) as caught:
+                await checkout(engine, request(server.url("super"), submodules=True, credentials=creds, project=guess))
+            return f"{caught.value}".replace(guess, "GUESS")
+
+        right, wrong = await attempt(user), await attempt("ci-rabot")
+
+    assert right == wrong, (right, wrong)
+    assert "***" not in right and user not in right, right
+
+
+async def test_a_submodule_path_is_not_an_oracle(volume: Path, scratch: Path, upstream_repo: StandardRepo) -> None:
+    """Whoever pushes to a covered repository names its submodules' paths; git quotes them
+    (absolute, and relative in single quotes) when a submodule fails. Redacted, a path
+    equal to the token came back `***`."""
+    served = upstream_repo.served_dir
+    assert served is not None
+    engine = Engine(volume, make_settings(scratch))
+    with SmartHTTP(served, username=USER, password=TOKEN) as server:
+        base = f"http://127.0.0.1:{server.port}/"
+        creds = Credentials(username=USER, password=TOKEN, scopes=(base,))
+
+        async def attempt(guess: str, name: str) -> str:
+            served_repo(
+                served,
+                name,
+                {"top.txt": "x\n"},
+                {guess: upstream_repo.main},
+                submodule("lib", guess, base + "missing.git"),
+            )
+            with pytest.raises(GitError) as caught:
+                await checkout(engine, request(server.url(name), submodules=True, credentials=creds, project=name))
+            return f"{caught.value.reason.value}: {caught.value}".replace(guess, "GUESS").replace(name, "NAME")
+
+        right, wrong = await attempt(TOKEN, "right"), await attempt("tok-" + secrets.token_hex(12), "wrong")
+
+    assert right == wrong, (right, wrong)
+    assert "***" not in right and TOKEN not in right, right

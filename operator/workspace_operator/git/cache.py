@@ -180,6 +180,8 @@ class Cache:
         if not origin:
             return "no origin configured"
         if url is not None and origin != url:
+            # An earlier Workspace's own words: shown as a label, never searched for secrets.
+            self.runner.redact.quote(origin, "another repository")
             raise GitError(
                 Reason.REPOSITORY_MISMATCH,
                 f"project cache tracks {self.runner.redact(origin)}, not {self.runner.redact(url)}; "

@@ -140,16 +140,26 @@ class Engine:
         self.answers.forget(layout.cache_dir)
 
     def runner_for(
-        self, credentials: Credentials | None, repository: str | None = None, *, namespace: str = ""
+        self,
+        credentials: Credentials | None,
+        repository: str | None = None,
+        *,
+        namespace: str = "",
+        project_dir: Path | None = None,
     ) -> GitRunner:
         """A runner for one namespace's git calls (its process slots are shared fairly
-        between namespaces) whose messages hide the credentials, and show the
-        requester's own `repository` (it may carry guesses at them) as `<spec.repository>`."""
+        between namespaces) whose messages hide the credentials. What the requester
+        wrote itself is shown as a label, never redacted (a guess at the credentials
+        written into it would come back as `***` exactly when right): its `repository`
+        as `<spec.repository>`, and paths below its project directory (project and
+        Workspace names) from `<project>`."""
         redact = Redactor()
         if credentials:
             credentials.register(redact)
         if repository:
             redact.quote(repository, "<spec.repository>")
+        if project_dir is not None:
+            redact.quote(str(project_dir), "<project>")
         return GitRunner(self.settings, redact, namespace)
 
     @contextlib.contextmanager
@@ -191,7 +201,9 @@ class Engine:
         """
         started = time.monotonic()
         request, layout = valid.request, valid.layout
-        runner = self.runner_for(request.credentials, request.repository, namespace=request.namespace)
+        runner = self.runner_for(
+            request.credentials, request.repository, namespace=request.namespace, project_dir=layout.project_dir
+        )
         await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
         purpose = (request.repository, request.namespace_uid)
@@ -222,7 +234,9 @@ class Engine:
         request, layout = prepared.valid.request, prepared.valid.layout
         worktree = prepared.worktree
         if isinstance(worktree, Registered):
-            runner = self.runner_for(request.credentials, request.repository, namespace=request.namespace)
+            runner = self.runner_for(
+                request.credentials, request.repository, namespace=request.namespace, project_dir=layout.project_dir
+            )
             with self._session(request) as session:
                 submodules = Submodules(runner, self.policy, session, request.repository)
                 worktree = await Worktrees(runner, layout).populate(worktree, session.env, submodules)
@@ -245,7 +259,9 @@ class Engine:
         """Cache → fetch (only if needed) → pin ref; no worktree. The caller holds the project lock."""
         started = time.monotonic()
         request, layout = valid.request, valid.layout
-        runner = self.runner_for(request.credentials, request.repository, namespace=request.namespace)
+        runner = self.runner_for(
+            request.credentials, request.repository, namespace=request.namespace, project_dir=layout.project_dir
+        )
         await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
         with self._session(request) as session:
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)

@@ -169,13 +169,18 @@ class Redactor:
                 self._short.add(piece)
 
     def __call__(self, text: str) -> str:
-        if self._secrets or self._short:
-            for value in sorted(self._quoted, key=len, reverse=True):
-                text = text.replace(value, self._quoted[value])
+        # Quoted values become opaque tokens first and their labels come back last, so
+        # that neither they nor their labels (which may name a path the requester chose)
+        # are searched for secrets.
+        quoted = sorted(self._quoted, key=len, reverse=True) if self._secrets or self._short else []
+        for index, value in enumerate(quoted):
+            text = text.replace(value, f"\0{index}\0")
         text = _USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
         text = _KNOWN_POSITIONS.sub(lambda m: f"{m['key']}***", text)
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
         for secret in sorted(self._short, key=len, reverse=True):
             text = re.sub(rf"(?<![\w./~%@-]){re.escape(secret)}(?![\w/~%@-]|\.\w)", "***", text)
+        for index, value in enumerate(quoted):
+            text = text.replace(f"\0{index}\0", self._quoted[value])
         return text

@@ -144,8 +144,12 @@ class Submodules:
         granted = [] if outside else [sub for sub in plan if self.session.allows(sub.url)]
         for sub in granted:
             self.session.grant(sub.url)
-            # Written by whoever pushes to the repository: never a place to redact in.
+            # Written by whoever pushes to the repository: never a place to redact in
+            # (a guess there would come back as `***` exactly when right). git quotes the
+            # path absolute and, in single quotes, relative to the superproject.
             self.runner.redact.quote(sub.url, f"<submodule {sub.shown!r} url>")
+            self.runner.redact.quote(str(worktree / sub.path), f"<project>/{self._top.name}/{sub.shown}")
+            self.runner.redact.quote(f"'{sub.path}'", f"'{sub.path}'")
         if granted:
             await self._checkout(worktree, granted, self.runner, self.session.env)
         for sub in plan:
