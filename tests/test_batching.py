@@ -208,6 +208,17 @@ async def test_checkout_slots_bound_parallelism_and_track_names_in_flight() -> N
     assert checkouts.busy("ns", "p") == set()
 
 
+def drain(queue: FairQueue[str], holders: list[str], releases: int) -> list[str | None]:
+    """Each release frees the slot of the longest holder; returns who got each freed slot."""
+    grants: list[str | None] = []
+    for _ in range(releases):
+        grant = queue.release(holders.pop(0))
+        grants.append(grant[1] if grant else None)
+        if grant:
+            holders.append(grant[0])
+    return grants
+
+
 def test_one_namespace_burst_does_not_hold_up_another_namespace() -> None:
     """1 slot; 20 waiters of A queued before 1 of B: B gets the slot within the first 2 grants."""
     queue: FairQueue[str] = FairQueue(1)
@@ -215,7 +226,7 @@ def test_one_namespace_burst_does_not_hold_up_another_namespace() -> None:
     for index in range(20):
         assert not queue.acquire("a", f"a{index}")
     assert not queue.acquire("b", "b0")
-    grants = [queue.release() for _ in range(22)]
+    grants = drain(queue, ["a"], 22)
     assert "b0" in grants[:2], grants
     # FIFO within a namespace, nobody lost, and the slot is free once all are done.
     assert [g for g in grants if g and g.startswith("a")] == [f"a{index}" for index in range(20)]
@@ -228,8 +239,30 @@ def test_round_robin_over_the_namespaces_waiting() -> None:
     for waiter in ("a1", "a2", "a3", "b1", "b2", "c1"):
         assert not queue.acquire(waiter[0], waiter)
     queue.withdraw("a", "a2")  # gave up while waiting
-    assert [queue.release() for _ in range(5)] == ["a1", "b1", "c1", "a3", "b2"]
-    assert queue.release() is None and queue.free == 1
+    holders = ["a", "a"]
+    assert drain(queue, holders, 5) == ["a1", "b1", "c1", "a3", "b2"]
+    assert drain(queue, holders, 1) == [None] and queue.free == 1
+
+
+def test_with_the_reserve_one_namespace_never_holds_every_slot() -> None:
+    """4 slots: a tenant whose calls all hang gets 3; the last goes to another namespace at
+    once. Alone, the tenant still runs on 3, and nothing is stuck once its calls end."""
+    queue: FairQueue[str] = FairQueue(4, reserve=True)
+    assert all(queue.acquire("a", f"a{index}") for index in range(3))
+    assert not queue.acquire("a", "a3") and queue.free == 1  # the last slot is kept
+    assert queue.acquire("b", "b0")  # another namespace takes it at once
+    assert not queue.acquire("b", "b1")  # now b waits like everyone
+    holders = ["a", "a", "a", "b"]
+    # a frees one and still holds half: the slot, the last free one, goes to b, not to a.
+    # Then a, holding less than half, gets the next one.
+    assert drain(queue, holders, 3) == ["b1", "a3", None]
+    assert drain(queue, holders, 3) == [None, None, None]
+    assert queue.free == 4 and not queue.held and queue.waiting() == 0
+
+
+def test_without_enough_slots_there_is_no_reserve() -> None:
+    queue: FairQueue[str] = FairQueue(2, reserve=True)
+    assert queue.acquire("a", "a0") and queue.acquire("a", "a1")
 
 
 async def test_checkout_slots_are_fair_between_namespaces_and_survive_cancellation() -> None:

@@ -167,8 +167,10 @@ async def test_at_most_max_processes_git_processes_at_once(tmp_path: Path) -> No
     body = (
         f'printf "%s +1\\n" "$(date +%s.%N)" >> {journal}; sleep 0.3; printf "%s -1\\n" "$(date +%s.%N)" >> {journal}'
     )
-    runner = GitRunner(GitSettings(git_binary=_fake_git(tmp_path, body), timeout_seconds=60, max_processes=3))
-    await asyncio.gather(*(runner.run(f"call-{i}", [], cwd=tmp_path) for i in range(12)))
+    settings = GitSettings(git_binary=_fake_git(tmp_path, body), timeout_seconds=60, max_processes=3)
+    # Two namespaces: one alone would get all slots but one (the reserve, test_batching).
+    runners = [GitRunner(settings, namespace=namespace) for namespace in ("team-a", "team-b")]
+    await asyncio.gather(*(runners[i % 2].run(f"call-{i}", [], cwd=tmp_path) for i in range(12)))
     events = sorted(
         (float(ts), int(delta)) for ts, delta in (line.split() for line in journal.read_text().splitlines())
     )
@@ -215,3 +217,32 @@ async def test_git_process_slots_are_fair_between_namespaces(
     gate.touch()
     await asyncio.gather(*attackers, victim)
     assert "tenant-b" in grants[before : before + 2], grants[before:]
+
+
+async def test_a_tenant_whose_calls_all_hang_never_holds_every_slot(
+    volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon
+) -> None:
+    """4 slots, one tenant's Workspaces on a tarpit (their git calls hang until the git
+    timeout): they get 3, and another namespace's Workspace is made Ready on the fourth
+    while all of them still hang (round-robin alone would have waited for the timeout)."""
+    served_repo(git_daemon.base, "tarpit", {"a.txt": "a\n"})
+    gate, parked = scratch.parent / "gate", scratch.parent / "parked"
+    parked.mkdir()
+    tarpit = (
+        f'case " $* " in *tarpit*) touch {parked}/$$; while [ ! -e {gate} ]; do sleep 0.02; done;; esac\nexec git "$@"'
+    )
+    engine = Engine(volume, make_settings(scratch, git_binary=_fake_git(scratch.parent, tarpit), max_processes=4))
+
+    async def workspace(namespace: str, project: str, url: str) -> None:
+        await checkout(engine, request(url, Revision(branch="main"), namespace=namespace, project=project))
+
+    slots = process_slots(4)
+    attackers = [asyncio.ensure_future(workspace("tenant-a", f"p{i}", git_daemon.url("tarpit"))) for i in range(6)]
+    await until(lambda: len(list(parked.iterdir())) == 3 and slots.waiting() == 3, message="the tarpit holds 3")
+    try:
+        victim = asyncio.ensure_future(workspace("tenant-b", "web", git_daemon.url("repo")))
+        await asyncio.wait_for(victim, timeout=60)  # Ready while every tarpit call still hangs
+        assert not any(task.done() for task in attackers) and len(list(parked.iterdir())) == 3
+    finally:
+        gate.touch()
+        await asyncio.gather(*attackers)

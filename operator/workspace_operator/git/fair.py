@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
@@ -20,34 +20,56 @@ T = TypeVar("T")
 class FairQueue(Generic[T]):
     """Who gets a slot: round-robin over the namespaces waiting, FIFO within each.
 
-    Bookkeeping only (no asyncio, no clock): `acquire` says whether a waiter got a
-    slot at once, `release` which waiter the freed slot goes to.
+    With `reserve` (and 3 slots or more), the last free slot goes only to a namespace
+    holding fewer than half of them: a slot freed by anyone goes round-robin, but one
+    tenant whose calls all hang (an upstream trickling bytes until the git timeout) can
+    never hold every slot, so another namespace is not kept waiting for the timeout.
+    A namespace alone uses all but one. Bookkeeping only (no asyncio, no clock):
+    `acquire` says whether a waiter got a slot at once, `release` which waiter the
+    freed slot goes to.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, reserve: bool = False) -> None:
+        self.limit = limit
         self.free = limit
+        self.reserve = reserve and limit >= 3
+        self.held: Counter[str] = Counter()
         # Namespaces with waiters, in the order they are served next (a dict keeps insertion order).
         self._waiting: dict[str, deque[T]] = {}
 
+    def _may_take(self, namespace: str) -> bool:
+        return self.free > 1 or not self.reserve or self.held[namespace] * 2 < self.limit
+
+    def _take(self, namespace: str) -> None:
+        self.free -= 1
+        self.held[namespace] += 1
+
     def acquire(self, namespace: str, waiter: T) -> bool:
-        """True: the slot is the waiter's now. False: it waits for a `release` to name it."""
-        if self.free and not self._waiting:
-            self.free -= 1
+        """True: the slot is the waiter's now. False: it waits for a `release` to name it.
+
+        A slot is free while others wait only if none of them may take it (the reserve).
+        """
+        if self.free and self._may_take(namespace) and namespace not in self._waiting:
+            self._take(namespace)
             return True
         self._waiting.setdefault(namespace, deque()).append(waiter)
         return False
 
-    def release(self) -> T | None:
-        """A slot came back: the waiter it goes to, or None (nobody waits; the slot is free)."""
-        if not self._waiting:
-            self.free += 1
-            return None
-        namespace = next(iter(self._waiting))
-        queue = self._waiting.pop(namespace)
-        waiter = queue.popleft()
-        if queue:
-            self._waiting[namespace] = queue  # the namespace's next waiter goes to the end of the round
-        return waiter
+    def release(self, namespace: str) -> tuple[str, T] | None:
+        """A slot `namespace` held came back: (namespace, waiter) it goes to, or None (it stays free)."""
+        self.free += 1
+        self.held[namespace] -= 1
+        if self.held[namespace] <= 0:
+            del self.held[namespace]
+        for candidate in list(self._waiting):  # round-robin order
+            if self._may_take(candidate):
+                queue = self._waiting.pop(candidate)
+                waiter = queue.popleft()
+                if queue:
+                    self._waiting[candidate] = queue  # its next waiter goes to the end of the round
+                self._take(candidate)
+                return candidate, waiter
+        return None
 
     def withdraw(self, namespace: str, waiter: T) -> None:
         """A waiter that gave up before it was granted a slot."""
@@ -62,13 +84,13 @@ class FairQueue(Generic[T]):
 
 
 class FairSlots:
-    """`limit` slots for asyncio tasks, granted by a FairQueue."""
+    """`limit` slots for asyncio tasks, granted by a FairQueue (`reserve`: see there)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, reserve: bool = False) -> None:
         if limit < 1:
             raise ValueError("a slot limit must be at least 1")
         self.limit = limit
-        self._queue: FairQueue[asyncio.Future[None]] = FairQueue(limit)
+        self._queue: FairQueue[asyncio.Future[None]] = FairQueue(limit, reserve=reserve)
 
     @contextlib.asynccontextmanager
     async def slot(self, namespace: str) -> AsyncIterator[None]:
@@ -79,20 +101,22 @@ class FairSlots:
                 await granted
             except asyncio.CancelledError:
                 if granted.done() and not granted.cancelled():
-                    self._release()  # granted just as it was cancelled: pass the slot on
+                    self._release(namespace)  # granted just as it was cancelled: pass the slot on
                 else:
                     self._queue.withdraw(namespace, granted)
                 raise
         try:
             yield
         finally:
-            self._release()
+            self._release(namespace)
 
     def waiting(self) -> int:
         return self._queue.waiting()
 
-    def _release(self) -> None:
-        while (waiter := self._queue.release()) is not None:
-            if not waiter.done():  # else cancelled meanwhile: the slot goes to the next one
+    def _release(self, namespace: str) -> None:
+        while (grant := self._queue.release(namespace)) is not None:
+            namespace, waiter = grant
+            if not waiter.done():
                 waiter.set_result(None)
                 return
+            # cancelled meanwhile: the slot it was given comes straight back

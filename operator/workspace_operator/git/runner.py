@@ -165,7 +165,7 @@ _SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, FairSlots
 def process_slots(limit: int) -> FairSlots:
     per_loop = _SLOTS.setdefault(asyncio.get_running_loop(), {})
     if limit not in per_loop:
-        per_loop[limit] = FairSlots(limit)
+        per_loop[limit] = FairSlots(limit, reserve=True)  # one tenant never holds them all
     return per_loop[limit]
 
 
