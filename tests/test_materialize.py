@@ -349,3 +349,26 @@ async def test_delayed_writes_that_come_due_together_go_through_the_gate() -> No
     for one in deferred[:5]:
         await one.settle()
     assert most == 2 and 2 <= sent < 10
+
+
+class _Moved:
+    """Membership in which this replica owns nothing (the project moved while it waited)."""
+
+    def owns(self, namespace: str, project: str) -> bool:
+        return False
+
+
+async def test_a_project_moved_away_is_not_written_even_with_its_lease(
+    fake_runtime: FakeRuntime, local_upstream: LocalUpstream
+) -> None:
+    """A Workspace queued (or the process paused) while its project moved to another
+    replica: holding the Lease afterwards proves nothing, so no git runs and the status is
+    left to the new owner; the run is retried here in case the project comes back."""
+    fake_runtime.rt.members = _Moved()  # type: ignore[assignment]
+    with pytest.raises(op.Retry) as caught:
+        await run(fake_runtime, spec(local_upstream))
+
+    assert caught.value.reason == "LeaseLost" and "moved" in caught.value.message
+    assert fake_runtime.engine.prepares == 0 and fake_runtime.engine.checkouts == 0
+    assert not (fake_runtime.root / NS / PROJECT).exists()
+    assert Phase.READY not in fake_runtime.kube.phases()

@@ -348,6 +348,10 @@ async def _checkout(rt: Runtime, valid: ValidRequest, received: float) -> tuple[
         started = True
         metrics.QUEUED.dec()
         metrics.IN_FLIGHT.inc()
+        if not rt.owns(valid.request.namespace, valid.request.project):
+            # Queued (or paused) while the project moved to another replica: holding its Lease
+            # now proves no ownership, and its new owner is on it. Nothing is written here.
+            raise LeaseLost(f"project {valid.request.namespace}/{valid.request.project} moved to another replica")
         if valid.request.cache_only:
             return await rt.engine.pin(valid, not_before=received)
         hold = rt.queues.hold_id(valid.request.namespace, valid.request.project)
