@@ -140,22 +140,14 @@ def main() -> int:
                 ),
             )
 
-        def raw_restart(rep: int) -> None:
-            record(
-                "restart raw",
-                timed_git(
-                    [
-                        "-C",
-                        str(raw_cache),
-                        "worktree",
-                        "add",
-                        "--detach",
-                        "--quiet",
-                        str(work / f"raw-r{rep}"),
-                        gen.head,
-                    ]
-                ),
+        def raw_add(name: str) -> float:
+            """Seconds of one raw `git worktree add` of the head from the raw cache."""
+            return timed_git(
+                ["-C", str(raw_cache), "worktree", "add", "--detach", "--quiet", str(work / name), gen.head]
             )
+
+        def raw_restart(rep: int) -> None:
+            record("restart raw", raw_add(f"raw-r{rep}"))
 
         def op_burst(rep: int) -> None:
             engine = Engine(warm_root, SETTINGS)
@@ -175,21 +167,7 @@ def main() -> int:
         def raw_burst(rep: int) -> None:
             record(
                 "burst raw",
-                sum(
-                    timed_git(
-                        [
-                            "-C",
-                            str(raw_cache),
-                            "worktree",
-                            "add",
-                            "--detach",
-                            "--quiet",
-                            str(work / f"raw-b{rep}-{i}"),
-                            gen.head,
-                        ]
-                    )
-                    for i in range(opts.burst)
-                ),
+                sum(raw_add(f"raw-b{rep}-{i}") for i in range(opts.burst)),
             )
 
         cases = [
