@@ -25,6 +25,7 @@ from workspace_operator.git.credentials import Credentials, CredentialSession, c
 from workspace_operator.git.errors import GitError, Redactor
 from workspace_operator.git.housekeeping import Housekeeping
 from workspace_operator.git.layout import (
+    CACHE_DIR,
     QUARANTINE_PREFIX,
     STAGING_PREFIX,
     ProjectLayout,
@@ -146,6 +147,7 @@ class Engine:
         *,
         namespace: str = "",
         project_dir: Path | None = None,
+        workspace: str | None = None,
     ) -> GitRunner:
         """A runner for one namespace's git calls (its process slots are shared fairly
         between namespaces) whose messages hide the credentials. What the requester
@@ -160,6 +162,10 @@ class Engine:
             redact.quote(repository, "<spec.repository>")
         if project_dir is not None:
             redact.quote(str(project_dir), "<project>")
+            if workspace:  # its worktree and its metadata in the cache, named as it is
+                redact.quote(str(project_dir / workspace), f"<project>/{workspace}")
+                worktrees = project_dir / CACHE_DIR / "worktrees" / workspace
+                redact.quote(str(worktrees), f"<project>/{CACHE_DIR}/worktrees/{workspace}")
         return GitRunner(self.settings, redact, namespace)
 
     @contextlib.contextmanager
@@ -202,7 +208,11 @@ class Engine:
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(
-            request.credentials, request.repository, namespace=request.namespace, project_dir=layout.project_dir
+            request.credentials,
+            request.repository,
+            namespace=request.namespace,
+            project_dir=layout.project_dir,
+            workspace=request.name,
         )
         await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
@@ -235,7 +245,11 @@ class Engine:
         worktree = prepared.worktree
         if isinstance(worktree, Registered):
             runner = self.runner_for(
-                request.credentials, request.repository, namespace=request.namespace, project_dir=layout.project_dir
+                request.credentials,
+                request.repository,
+                namespace=request.namespace,
+                project_dir=layout.project_dir,
+                workspace=request.name,
             )
             with self._session(request) as session:
                 submodules = Submodules(runner, self.policy, session, request.repository)
@@ -260,7 +274,11 @@ class Engine:
         started = time.monotonic()
         request, layout = valid.request, valid.layout
         runner = self.runner_for(
-            request.credentials, request.repository, namespace=request.namespace, project_dir=layout.project_dir
+            request.credentials,
+            request.repository,
+            namespace=request.namespace,
+            project_dir=layout.project_dir,
+            workspace=request.name,
         )
         await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
         with self._session(request) as session:

@@ -149,7 +149,8 @@ class Submodules:
             # path absolute and, in single quotes, relative to the superproject.
             self.runner.redact.quote(sub.url, f"<submodule {sub.shown!r} url>")
             self.runner.redact.quote(str(worktree / sub.path), f"<project>/{self._top.name}/{sub.shown}")
-            self.runner.redact.quote(f"'{sub.path}'", f"'{sub.path}'")
+            for phrase in (f"submodule path '{sub.path}'", f"Failed to clone '{sub.path}'"):
+                self.runner.redact.quote(phrase, phrase)  # git's own words around the path only
         if granted:
             await self._checkout(worktree, granted, self.runner, self.session.env)
         for sub in plan:
