@@ -144,8 +144,15 @@ def test_sigkill_during_clone_fetch_checkout(
         check_volume(op.root)
         coordination = CoordinationV1Api(api_client)
         # Project locks all released (heartbeat Leases of the live replica are held, by design).
-        leases = coordination.list_namespaced_lease(namespace, label_selector="crafting.dev/project").items
-        assert leases and all(not lease_spec(lease).holder_identity for lease in leases)
+        # Released once each drainer's idle upkeep is done (an expiry keeps the holder).
+        wait_for(
+            lambda: (
+                (leases := coordination.list_namespaced_lease(namespace, label_selector="crafting.dev/project").items)
+                and all(not lease_spec(lease).holder_identity for lease in leases)
+            ),
+            timeout=20,
+            message="every project Lease released",
+        )
     finally:
         server.stop()
 

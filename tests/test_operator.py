@@ -131,8 +131,21 @@ def test_delete_removes_worktree_and_releases_lease(scene: Scene, api_client: Ap
         timeout=30,
     ).stdout
     assert str(path) not in worktrees
-    lease = CoordinationV1Api(api_client).read_namespaced_lease(f"ws-{scene.namespace}.del", scene.namespace)
-    assert not lease_spec(lease).holder_identity
+    # The deletion's step ends before its hold does (the drainer may run the idle
+    # upkeep step first), so the release is awaited; an expired Lease would keep
+    # its holder, so an empty holder proves the explicit release.
+    coordination = CoordinationV1Api(api_client)
+    lease = wait_for(
+        lambda: (
+            found
+            if not lease_spec(
+                found := coordination.read_namespaced_lease(f"ws-{scene.namespace}.del", scene.namespace)
+            ).holder_identity
+            else None
+        ),
+        timeout=20,
+        message="the project Lease released after the deletion",
+    )
     assert lease.metadata and (lease.metadata.labels or {})["crafting.dev/project"] == "del"
 
     subprocess.run(["rm", "-rf", str(other)], check=True, timeout=30)
