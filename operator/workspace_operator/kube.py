@@ -88,9 +88,31 @@ async def _heartbeat_call(call: Callable[..., T], *args: Any, **kwargs: Any) -> 
     return await asyncio.get_running_loop().run_in_executor(_heartbeats, functools.partial(call, *args, **kwargs))
 
 
+# Every call the operator makes itself gets a deadline (connect, then each read):
+# the client's default is none, and a connection the network silently dropped
+# would hold a thread, and the status write or Lease release waiting on it, for
+# good. Not a total: a large listing that keeps arriving is not cut off. urllib3
+# retries idempotent calls (GET, PUT, DELETE) up to 3 times; a PATCH or POST that
+# times out fails at once, and its caller's retry or the timer's repair redoes it.
+REQUEST_TIMEOUT: tuple[float, float] = (10.0, 30.0)
+
+
+def bound_requests(client: ApiClient, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> ApiClient:
+    """Give the client's calls a default deadline (one that sets its own keeps it)."""
+    rest: Any = client.rest_client  # its `request` is untyped
+    request = getattr(rest, "unbounded_request", rest.request)  # a client shared by several Kubes
+    rest.unbounded_request = request
+
+    def bounded(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return request(*args, _request_timeout=_request_timeout or timeout, **kwargs)
+
+    rest.request = bounded
+    return client
+
+
 class Kube:
-    def __init__(self, client: ApiClient | None = None) -> None:
-        self.client = client or ApiClient()
+    def __init__(self, client: ApiClient | None = None, *, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
+        self.client = bound_requests(client or ApiClient(), timeout)
         self.custom = CustomObjectsApi(self.client)
         self.coordination = CoordinationV1Api(self.client)
         self._namespace_uids: dict[str, tuple[float, str | None]] = {}
