@@ -6,6 +6,8 @@ call (start, end, cwd, arguments); overlap is judged from that journal, not assu
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cluster import Scene
+from workspace_operator.spec import shard_of
 
 pytestmark = pytest.mark.cluster
 
@@ -85,26 +88,47 @@ def test_replicas_share_work_without_overlapping_writes(scene: Scene, tmp_path: 
     journal = tmp_path / "git-journal"
     journal.touch()
     wrapper_dir = instrumented_git(tmp_path / "bin", journal)
-    import os
-
     path = f"{wrapper_dir}:{os.environ['PATH']}"
-    # Two replicas splitting the work by hash, plus a third that (like a pod of the
-    # previous rollout) still believes it owns everything: shares overlap on purpose.
-    ops = [
-        scene.start(env={"PATH": path, "WORKSPACE_REPLICAS": "2", "WORKSPACE_REPLICA_INDEX": "0"}),
-        scene.start(env={"PATH": path, "WORKSPACE_REPLICAS": "2", "WORKSPACE_REPLICA_INDEX": "1"}),
-        scene.start(env={"PATH": path, "WORKSPACE_REPLICAS": "1"}),
-    ]
+    # Three projects in each replica's share (the share is a hash of namespace and project).
+    shares: tuple[list[str], list[str]] = ([], [])
+    for i in itertools.count():
+        if all(len(share) == 3 for share in shares):
+            break
+        share = shares[shard_of(scene.namespace, f"proj{i}", 2)]
+        if len(share) < 3:
+            share.append(f"proj{i}")
     commits = {"main": scene.repo.main, "feature": scene.repo.feature, "v1.0": scene.repo.v1_0}
+    refs = [({"branch": "main"}, commits["main"]), ({"branch": "feature/x/y"}, commits["feature"])]
+    refs.append(({"tag": "v1.0"}, commits["v1.0"]))
     expected: dict[str, str] = {}
-    for p in range(6):
+
+    def create(project: str) -> list[str]:
+        names = []
         for i in range(10):
-            name = f"p{p}-w{i}"
-            ref = [{"branch": "main"}, {"branch": "feature/x/y"}, {"tag": "v1.0"}][i % 3]
-            expected[name] = [commits["main"], commits["feature"], commits["v1.0"]][i % 3]
-            scene.workspaces.create(name, {"project": f"proj{p}", "repository": scene.http.url("repo"), "ref": ref})
-    for name, commit in expected.items():
-        assert scene.workspaces.wait_ready(name, timeout=180)["commit"] == commit, name
+            ref, expected[f"{project}-w{i}"] = refs[i % 3]
+            scene.workspaces.create(
+                f"{project}-w{i}", {"project": project, "repository": scene.http.url("repo"), "ref": ref}
+            )
+            names.append(f"{project}-w{i}")
+        return names
+
+    def wait_ready(names: list[str]) -> None:
+        for name in names:
+            assert scene.workspaces.wait_ready(name, timeout=180)["commit"] == expected[name], name
+
+    # Two replicas splitting the work by hash: each serves its own share.
+    sharded = [
+        scene.start(env={"PATH": path, "WORKSPACE_REPLICAS": "2", "WORKSPACE_REPLICA_INDEX": str(index)})
+        for index in range(2)
+    ]
+    wait_ready([name for share in shares for name in create(share[0])])
+    for op, theirs in zip(sharded, (shares[1], shares[0]), strict=True):
+        assert "materialized" in op.log()
+        assert not any(f"project={project} " in op.log() for project in theirs), "a replica served the other's share"
+    # Then a third that (like a pod of the previous rollout) still believes it owns
+    # everything: shares overlap on purpose, and caches are made under the race.
+    ops = [*sharded, scene.start(env={"PATH": path, "WORKSPACE_REPLICAS": "1"})]
+    wait_ready([name for share in shares for project in share[1:] for name in create(project)])
 
     root = ops[0].root
     calls = read_journal(journal, root)
@@ -122,6 +146,3 @@ def test_replicas_share_work_without_overlapping_writes(scene: Scene, tmp_path: 
     for name in expected:
         made = [a for a in adds if a.rstrip().split(" ")[-2].endswith(f"/{name}")]
         assert len(made) == 1, f"{name} materialized {len(made)} times"
-    # Both sharded replicas did real work.
-    logs = [op.log() for op in ops]
-    assert sum("materialized" in log for log in logs[:2]) == 2
