@@ -70,16 +70,25 @@ def test_apply_wait_ready(scene: Scene, kubectl: Kubectl) -> None:
     assert "commit" in explained and "branch" in explained and "DESCRIPTION" in explained
 
     # kopf posts the Event in the background after the handler returned: it may follow Ready.
-    wait_for(
-        lambda: (
-            "Materialized"
-            in kubectl(
-                "get", "events", "-n", scene.namespace, "--field-selector", "involvedObject.name=build-1", "-o", "json"
-            ).stdout
-        ),
+    def events() -> list[dict[str, Any]]:
+        listed = kubectl(
+            "get", "events", "-n", scene.namespace, "--field-selector", "involvedObject.name=build-1", "-o", "json"
+        ).stdout
+        items: list[dict[str, Any]] = json.loads(listed)["items"]
+        return items
+
+    def materialized() -> list[dict[str, Any]] | None:
+        found = events()
+        return found if any(e["reason"] == "Materialized" for e in found) else None
+
+    posted = wait_for(
+        materialized,
         timeout=30,
         message="the Materialized Event",
     )
+    # Only the operator's own Event: none for kopf's "Handler ... succeeded" lines
+    # (each would be one more API write per Workspace).
+    assert {e["reason"] for e in posted} == {"Materialized"}, posted
 
 
 def test_resume_after_restart_is_a_noop(scene: Scene) -> None:
