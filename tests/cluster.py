@@ -135,6 +135,26 @@ def kubectl(
     return run
 
 
+def wait_events(
+    kubectl: Callable[..., subprocess.CompletedProcess[str]],
+    namespace: str,
+    name: str,
+    reason: str,
+    *,
+    timeout: float = 30,
+) -> list[dict[str, Any]]:
+    """The Events with `reason` on object `name`, once there is one: the operator posts
+    them in the background, after the write a test waits for (Ready, gone)."""
+
+    def listed() -> list[dict[str, Any]] | None:
+        selector = f"involvedObject.name={name},reason={reason}"
+        out = kubectl("get", "events", "-n", namespace, "--field-selector", selector, "-o", "json").stdout
+        items: list[dict[str, Any]] = json.loads(out)["items"]
+        return items or None
+
+    return wait_for(listed, timeout=timeout, message=f"a {reason} Event on {namespace}/{name}")
+
+
 @pytest.fixture(scope="session")
 def crd(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "workspace.yaml"))

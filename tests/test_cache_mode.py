@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cluster import Scene, wait_for
+from cluster import Scene, wait_events, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -86,10 +86,8 @@ def test_cache_only_pins_the_commit_and_reports_the_cache(scene: Scene, kubectl:
     scene.workspaces.delete("pinned")
     scene.workspaces.wait_gone("pinned")
     assert pinned(cache, "pinned") is None
-    events = kubectl(
-        "get", "events", "-n", scene.namespace, "--field-selector", "involvedObject.name=pinned", "-o", "json"
-    ).stdout
-    assert "worktree or pin removed" in events
+    cleaned = wait_events(kubectl, scene.namespace, "pinned", "Cleaned")
+    assert [e["message"] for e in cleaned] == ["worktree or pin removed"]
 
 
 def test_cache_only_resume_after_restart_touches_nothing(scene: Scene) -> None:

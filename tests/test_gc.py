@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from cluster import OperatorProcess, Scene, wait_for
+from cluster import OperatorProcess, Scene, wait_events, wait_for
 from testsupport.volumes import resize, tmpfs
 from upstreams import StandardRepo, commit, init_upstream, publish
 
@@ -115,17 +115,7 @@ def test_expired_workspace_is_deleted_unexpired_kept(scene: Scene, kubectl: Any)
         assert scene.workspaces.status(name) == status
         assert (op.root / status["path"] / "README.md").is_file()
     assert gc_actions(op, "expire-workspace") == 1
-    events = kubectl(
-        "get",
-        "events",
-        "-n",
-        scene.namespace,
-        "--field-selector",
-        "involvedObject.name=short,reason=Expired",
-        "-o",
-        "name",
-    ).stdout
-    assert events.strip(), "no Expired event on the expired Workspace"
+    wait_events(kubectl, scene.namespace, "short", "Expired")
 
 
 # -- orphans and debris ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import urllib3
-from kubernetes.client import ApiClient, Configuration
+from kubernetes.client import ApiClient, Configuration, V1Lease, V1LeaseSpec, V1ObjectMeta
 
 from workspace_operator.kube import Kube
 
@@ -45,10 +45,14 @@ def silent_server() -> Iterator[tuple[str, list[socket.socket]]]:
         listener.close()
 
 
-def _kube(host: str) -> Kube:
+def _configuration(host: str) -> Configuration:
     configuration = Configuration()
     configuration.host = host
-    return Kube(ApiClient(configuration), timeout=(2.0, 1.0))
+    return configuration
+
+
+def _kube(host: str) -> Kube:
+    return Kube(ApiClient(_configuration(host)), timeout=(2.0, 1.0))
 
 
 def test_a_status_write_to_a_server_that_never_answers_fails_instead_of_hanging(
@@ -67,12 +71,28 @@ def test_a_status_write_to_a_server_that_never_answers_fails_instead_of_hanging(
     assert len(accepted) == 1  # a PATCH is not retried
 
 
+def test_a_lease_write_that_may_have_landed_is_not_sent_again(
+    silent_server: tuple[str, list[socket.socket]],
+) -> None:
+    """A PUT whose answer never came may have been applied: resent with the same
+    resourceVersion it would fail with 409, read as a Lease lost that is still held."""
+    host, accepted = silent_server
+    kube = _kube(host)
+    lease = V1Lease(metadata=V1ObjectMeta(name="l", resource_version="7"), spec=V1LeaseSpec(holder_identity="me"))
+    with pytest.raises(urllib3.exceptions.MaxRetryError, match="Read timed out"):
+        kube.coordination.replace_namespaced_lease("l", "ns", lease)
+    assert len(accepted) == 1
+
+
 def test_a_call_that_sets_its_own_deadline_keeps_it(silent_server: tuple[str, list[socket.socket]]) -> None:
     host, _ = silent_server
-    kube = _kube(host)
-    rest: Any = kube.client.rest_client  # untyped
-    with pytest.raises(urllib3.exceptions.MaxRetryError, match=r"read timeout=0\.2\b"):  # a GET is retried
+    client = ApiClient(_configuration(host))
+    original = client.rest_client.request
+    Kube(client, timeout=(2.0, 5.0))
+    Kube(client, timeout=(2.0, 1.0))  # a second Kube over the same client: its deadline, not a chain
+    rest: Any = client.rest_client  # untyped
+    assert rest.unbounded_request == original
+    with pytest.raises(urllib3.exceptions.MaxRetryError, match=r"read timeout=0\.2\b"):
         rest.request("GET", f"{host}/version", _request_timeout=(2.0, 0.2))
-    # Wrapping a client twice (two Kubes over one client) keeps one deadline, not a chain.
-    again: Any = Kube(kube.client).client.rest_client
-    assert again.unbounded_request is rest.unbounded_request
+    with pytest.raises(urllib3.exceptions.MaxRetryError, match=r"read timeout=1\.0\b"):
+        rest.request("GET", f"{host}/version")

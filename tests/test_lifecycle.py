@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, V1DeleteOptions
 
-from cluster import OperatorProcess, Scene, wait_for
+from cluster import OperatorProcess, Scene, wait_events, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -169,17 +169,7 @@ def test_failed_workspace_expires(scene: Scene, kubectl: Kubectl) -> None:
     failed = scene.workspaces.wait_reason("bad", "RefNotFound")
     assert failed["status"] == "False"
     scene.workspaces.wait_gone("bad", timeout=60)
-    expired = kubectl(
-        "get",
-        "events",
-        "-n",
-        scene.namespace,
-        "--field-selector",
-        "involvedObject.name=bad,reason=Expired",
-        "-o",
-        "name",
-    ).stdout
-    assert expired.strip(), "no Expired event"
+    wait_events(kubectl, scene.namespace, "bad", "Expired")
 
 
 def test_deadline_exceeded_fails_and_stalls(scene: Scene, api_client: ApiClient) -> None:

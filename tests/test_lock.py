@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,10 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from cluster import lease_spec, new_api_client, service_account_token, token_kubeconfig, wait_for
+from testsupport.relay import Relay
 from workspace_operator.git import GitSettings
 from workspace_operator.git.runner import GitRunner
+from workspace_operator.kube import REQUEST_TIMEOUT, Kube
 from workspace_operator.lock import LeaseLocks, LeaseLost, LockTimeout, lease_name
 
 pytestmark = pytest.mark.cluster
@@ -183,3 +186,39 @@ def test_failing_renewals_stop_the_work(
 
 def locks_deadline(duration: int) -> float:
     return duration * 2 / 3
+
+
+def test_a_renewal_the_network_never_answers_stops_the_work_at_the_renew_deadline(
+    kubeconfig: Path, namespace: str
+) -> None:
+    """The API server goes silent mid-hold (connections stay open, nothing comes back):
+    the work is stopped at the renew deadline, not when the call's own timeout ends it."""
+    client = new_api_client(kubeconfig)
+    server = urllib.parse.urlsplit(client.configuration.host)
+    assert server.hostname and server.port
+
+    with Relay(server.hostname, server.port) as relay:
+        client.configuration.host = f"https://{server.hostname}:{relay.port}"
+        relayed = ApiClient(client.configuration)
+        kube = Kube(relayed)  # the operator's own client setup: 30 s read timeout
+        locks = LeaseLocks(kube.coordination, namespace, "silenced", duration_seconds=3)  # renew deadline 2 s
+        moments: dict[str, float] = {}
+
+        async def scenario() -> None:
+            with pytest.raises(LeaseLost):
+                async with locks.hold(namespace, "silenced", wait_seconds=10):
+                    relay.silence()
+                    moments["silenced"] = time.monotonic()
+                    try:
+                        await asyncio.sleep(120)  # only the fence ends this
+                    except asyncio.CancelledError:
+                        moments["stopped"] = time.monotonic()
+                        raise
+            moments["released"] = time.monotonic()
+
+        asyncio.run(scenario())
+    stopped = moments["stopped"] - moments["silenced"]
+    # Fenced near the 2 s renew deadline; before the fix it took the 30 s read timeout.
+    assert stopped < REQUEST_TIMEOUT[1] / 2, f"the work ran on {stopped:.1f}s into the silence"
+    # And the unanswerable release gave up after the Lease's duration (it expires anyway).
+    assert moments["released"] - moments["stopped"] < REQUEST_TIMEOUT[1] / 2

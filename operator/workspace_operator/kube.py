@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
 from kubernetes.client import (
     ApiClient,
     CoordinationV1Api,
@@ -91,17 +92,25 @@ async def _heartbeat_call(call: Callable[..., T], *args: Any, **kwargs: Any) -> 
 # Every call the operator makes itself gets a deadline (connect, then each read):
 # the client's default is none, and a connection the network silently dropped
 # would hold a thread, and the status write or Lease release waiting on it, for
-# good. Not a total: a large listing that keeps arriving is not cut off. urllib3
-# retries idempotent calls (GET, PUT, DELETE) up to 3 times; a PATCH or POST that
-# times out fails at once, and its caller's retry or the timer's repair redoes it.
+# good. Not a total: a listing that keeps arriving is not cut off (and listings get
+# a longer first-byte allowance, LIST_TIMEOUT). urllib3 retries only connections
+# that were never made (3 times): a request that may have reached the server is not
+# sent again, so a Lease write that landed but whose answer was lost is not resent
+# with a stale resourceVersion (a 409 that would fence a holder that holds). The
+# callers retry on their own terms. Lease renewals also give up at their renew
+# deadline whatever the call is doing (lock.Renewal).
 REQUEST_TIMEOUT: tuple[float, float] = (10.0, 30.0)
+LIST_TIMEOUT: tuple[float, float] = (10.0, 120.0)
+RETRIES = urllib3.Retry(total=3, connect=3, read=0, status=0, other=0, redirect=0, raise_on_status=False)
 
 
 def bound_requests(client: ApiClient, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> ApiClient:
-    """Give the client's calls a default deadline (one that sets its own keeps it)."""
+    """Give the client's calls a default deadline (one that sets its own keeps it) and
+    the retry policy above. Applied again to the same client, the last deadline wins."""
     rest: Any = client.rest_client  # its `request` is untyped
-    request = getattr(rest, "unbounded_request", rest.request)  # a client shared by several Kubes
+    request = getattr(rest, "unbounded_request", rest.request)  # never a wrapper of a wrapper
     rest.unbounded_request = request
+    rest.pool_manager.connection_pool_kw["retries"] = RETRIES  # pools are made on first use
 
     def bounded(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
         return request(*args, _request_timeout=_request_timeout or timeout, **kwargs)
@@ -283,12 +292,19 @@ class Kube:
 
     async def list_workspaces(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         if not namespaces:
-            listing: Any = await asyncio.to_thread(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+            listing: Any = await asyncio.to_thread(
+                self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, _request_timeout=LIST_TIMEOUT
+            )
             return list(listing.get("items", []))
         items: list[dict[str, Any]] = []
         for namespace in namespaces:
             listing = await asyncio.to_thread(
-                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
+                self.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                _request_timeout=LIST_TIMEOUT,
             )
             items += listing.get("items", [])
         return items

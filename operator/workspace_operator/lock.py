@@ -52,6 +52,10 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "workspace-operator"}
 # default executor carries every other API call (bursts of them, as many as tenants
 # create Workspaces) and the process's other blocking work.
 RENEWAL_THREADS = 8
+# The longest a holder waits for its release to be answered (never longer than the
+# Lease's duration): a release is a courtesy to the next holder, who otherwise waits
+# for the expiry.
+RELEASE_SECONDS = 10.0
 _renewals = concurrent.futures.ThreadPoolExecutor(RENEWAL_THREADS, thread_name_prefix="lease-renewal")
 
 
@@ -312,14 +316,18 @@ class LeaseRecords:
                 "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": datetime.now(UTC)},
             }
             try:
-                await asyncio.to_thread(self.api.patch_namespaced_lease, name, self.namespace, body)
+                # Best effort, and bounded: unanswered, the Lease simply expires.
+                await asyncio.wait_for(
+                    asyncio.to_thread(self.api.patch_namespaced_lease, name, self.namespace, body),
+                    timeout=min(RELEASE_SECONDS, self.duration),
+                )
                 return
             except ApiException as error:
                 if error.status != 409:
                     log.info("releasing lock %s: %s", name, error.reason)  # it will expire
                     return
-            except Exception as error:  # noqa: BLE001 - API unreachable: it will expire
-                log.info("releasing lock %s: %s", name, error)
+            except Exception as error:  # noqa: BLE001 - API unreachable or silent: it will expire
+                log.info("releasing lock %s: %s", name, error or type(error).__name__)
                 return
             # 409: a renewal cut short by the release may have landed after all (a newer
             # resourceVersion); if the Lease is still ours, release that version.
@@ -383,9 +391,16 @@ class Renewal:
                     raise LeaseLost(f"lock {name}: this replica's membership heartbeat lapsed")
                 sent = records.clock()
                 _spec(self.lease).renew_time = datetime.now(UTC)
+                # Bounded by what is left of the renew deadline, whatever the call does
+                # (a hung connection, the API server's slowness): past it the guarded
+                # work is stopped, and a late answer changes nothing.
+                left = self.confirmed_at + records.renew_deadline - sent
                 try:
-                    updated = await asyncio.get_running_loop().run_in_executor(
-                        _renewals, records.api.replace_namespaced_lease, name, records.namespace, self.lease
+                    updated = await asyncio.wait_for(
+                        asyncio.get_running_loop().run_in_executor(
+                            _renewals, records.api.replace_namespaced_lease, name, records.namespace, self.lease
+                        ),
+                        timeout=max(left, 0.0),
                     )
                 except ApiException as error:
                     if error.status in (404, 409):
@@ -396,6 +411,8 @@ class Renewal:
                 log.error("%s; stopping the guarded work", lost)
                 self._fence()
                 return
+            except TimeoutError:
+                log.warning("renewing lock %s: no answer within the renew deadline", name)
             except Exception as error:  # noqa: BLE001 - network, API errors: retry until the deadline
                 log.warning("renewing lock %s failed: %s", name, error)
             if records.clock() - self.confirmed_at > records.renew_deadline:

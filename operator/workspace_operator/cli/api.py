@@ -81,6 +81,11 @@ def judge(obj: Mapping[str, Any]) -> Verdict:
     return Verdict(False, False, str(ready.get("reason") or "Pending"), str(status.get("message") or ""))
 
 
+# Each call gives up after 10 s without a connection or 30 s without an answer: a
+# dropped connection must not hang a job's step (the watch has its own deadline).
+CALL_TIMEOUT = (10.0, 30.0)
+
+
 class WorkspaceApi:
     def __init__(self, client: ApiClient, namespace: str) -> None:
         self.client = client
@@ -90,7 +95,9 @@ class WorkspaceApi:
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         with _api_errors("create", self.namespace):
             try:
-                created: Any = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+                created: Any = self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, body, _request_timeout=CALL_TIMEOUT
+                )
                 return dict(created)
             except ApiException as error:
                 name = body.get("metadata", {}).get("name")
@@ -104,13 +111,17 @@ class WorkspaceApi:
 
     def get(self, name: str) -> dict[str, Any]:
         with _api_errors("get", self.namespace, name):
-            found: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+            found: Any = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=CALL_TIMEOUT
+            )
             return dict(found)
 
     def delete(self, name: str) -> bool:
         with _api_errors("delete", self.namespace, name):
             try:
-                self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+                self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=CALL_TIMEOUT
+                )
             except ApiException as error:
                 if error.status == 404:
                     return False
