@@ -11,18 +11,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from engine_fixtures import checkout, make_settings, request
+from engine_fixtures import checkout, make_settings, processes_under, request, wait_no_processes
 from testsupport.wait import until
 from upstreams import GitDaemon, StandardRepo, served_repo
 from workspace_operator.git import Engine, GitError, GitSettings, Reason, Revision, write_guard
@@ -160,6 +163,32 @@ async def test_stderr_keeps_only_its_tail(tmp_path: Path) -> None:
     with pytest.raises(GitError) as caught:
         await failing.run("noisy", [], cwd=tmp_path)
     assert caught.value.message.endswith("the-last-line") and len(caught.value.message) < 20 * 1024
+
+
+async def test_a_cancellation_while_git_starts_kills_its_whole_tree(tmp_path: Path) -> None:
+    """Cancelled before asyncio has connected its pipes, git's grandchild (like
+    git-remote-https on a silent server) holds them open: it must be killed with the
+    tree, not waited for. (CI saw a cancelled clone take 60 s, git's low-speed limit.)"""
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = GitRunner(GitSettings(git_binary=_fake_git(tmp_path, "sleep 300 & exec sleep 301"), timeout_seconds=600))
+    task = asyncio.create_task(runner.run("hang", ["fetch"], cwd=work))
+    deadline = time.monotonic() + 30
+    while not processes_under(work):  # one loop round per look: catches it right after the fork
+        assert time.monotonic() < deadline and not task.done(), "git never started"
+        await asyncio.sleep(0)
+    task.cancel()
+    try:
+        done, _ = await asyncio.wait({task}, timeout=20)
+        assert done, "the cancellation waited for a grandchild holding git's pipes"
+        assert task.cancelled()
+        await wait_no_processes(work, deadline_s=5)
+    finally:
+        for pid in processes_under(work):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_at_most_max_processes_git_processes_at_once(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ below hold everywhere by construction:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -260,15 +261,7 @@ class GitRunner:
                 guard()
             started = time.monotonic()
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    cwd=str(cwd),
-                    env=full_env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,  # its own process group, so we can kill the whole tree
-                )
+                proc = await _start(argv, cwd=str(cwd), env=full_env)
             except OSError as error:  # e.g. E2BIG, ENOENT, EMFILE: a failure with a reason, not a crash
                 raise GitError(Reason.GIT_FAILED, f"could not start git: {error.strerror}", step=step) from None
             try:
@@ -365,6 +358,34 @@ async def _collect(proc: asyncio.subprocess.Process, max_stdout: int) -> tuple[b
         raise
     await proc.wait()
     return bytes(out), bytes(err)
+
+
+async def _start(argv: Sequence[str], *, cwd: str, env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    """Start git in a process group of its own, so that the whole tree can be killed.
+
+    A cancellation while asyncio is still connecting the pipes must kill that tree
+    too: asyncio alone kills only the direct child and then waits for every pipe to
+    close, which a grandchild (git-remote-https, ssh) holds open until it gives up
+    by itself, a minute or more on a silent server.
+    """
+    starting = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    )
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # A few milliseconds: the pipes being connected. If it never started, nothing to kill.
+        with contextlib.suppress(Exception):
+            await _kill_tree(await starting)
+        raise
 
 
 async def _kill_tree(proc: asyncio.subprocess.Process) -> None:
