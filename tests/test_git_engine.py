@@ -494,6 +494,48 @@ async def test_missing_commit(
     assert caught.value.retryable is False
 
 
+# (what the id names, the ref given with it); each on a new cache and on an existing one.
+NOT_A_COMMIT = [
+    ("tag", {}),
+    ("tag", {"tag": "v1.1"}),
+    ("tag", {"branch": "main"}),
+    ("tree", {}),
+    ("tree", {"branch": "main"}),
+]
+
+
+@pytest.mark.parametrize("cache_only", [False, True], ids=["worktree", "cache-only"])
+@pytest.mark.parametrize("existing_cache", [False, True], ids=["new-cache", "existing-cache"])
+@pytest.mark.parametrize(("kind", "ref"), NOT_A_COMMIT, ids=[f"{k}-{'-'.join(r) or 'alone'}" for k, r in NOT_A_COMMIT])
+async def test_an_id_that_is_no_commit_is_refused(
+    engine: Engine,
+    upstream_repo: StandardRepo,
+    smart_http: SmartHTTP,
+    volume: Path,
+    kind: str,
+    ref: dict[str, str],
+    existing_cache: bool,
+    cache_only: bool,
+) -> None:
+    """An annotated tag object's id peels to a commit, but is none: given as ref.commit it
+    was reported, recorded and pinned as the commit while the peeled one was checked out."""
+    url = smart_http.url("repo")
+    if existing_cache:
+        await checkout(engine, request(url, name="first"))
+    tree = run_git("rev-parse", "main^{tree}", cwd=upstream_repo.bare).stdout.strip()
+    sha = upstream_repo.v1_1_tag if kind == "tag" else tree
+    req = engine.validate(request(url, Revision(commit=sha, **ref), cache_only=cache_only))
+    with pytest.raises(GitError) as caught:
+        await (engine.pin(req) if cache_only else engine.checkout(req))
+    assert caught.value.reason is Reason.COMMIT_NOT_FOUND and not caught.value.retryable
+    assert f"{sha} names a {kind} object, not a commit" in caught.value.message, caught.value.message
+    project = layout(volume)
+    assert not project.ready_record(NAME).exists() and not project.worktree_dir(NAME).exists()
+    if project.cache_dir.exists():  # no pin, no ref kept for the object (the tag's own ref aside)
+        refs = run_git("for-each-ref", "--format=%(refname) %(objectname)", cwd=project.cache_dir).stdout
+        assert "refs/workspaces/" not in refs and "refs/cache/commits/" not in refs, refs
+
+
 async def test_failed_update_keeps_the_previous_worktree(
     engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
 ) -> None:

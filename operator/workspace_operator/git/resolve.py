@@ -88,18 +88,25 @@ class Resolver:
     ) -> Resolution:
         """`present`: commits known to be in the cache already (no need to ask git)."""
         if revision.commit:
-            if revision.commit in present or await self.has_commit(revision.commit):
-                return Resolution(revision.commit, True, False, 0.0, False, None)
+            commit = revision.commit
+            # Exactly a commit: an annotated tag's own id peels to one, but it is not the
+            # commit that would be checked out, reported and pinned.
+            kind = "commit" if commit in present else await self.object_type(commit)
+            if kind == "commit":
+                return Resolution(commit, True, False, 0.0, False, None)
             seconds = 0.0
-            if revision.remote_ref:
+            if kind is None and revision.remote_ref:
                 seconds += await self.fetch(env, revision.remote_ref, revision.local_ref)
-            if not await self.has_commit(revision.commit):
-                seconds += await self.fetch(
-                    env, revision.commit, f"refs/cache/commits/{revision.commit}", missing=Reason.COMMIT_NOT_FOUND
-                )
-            if not await self.has_commit(revision.commit):
-                raise GitError(Reason.COMMIT_NOT_FOUND, f"commit {revision.commit} not found upstream", step="fetch")
-            return Resolution(revision.commit, False, True, seconds, False, None)
+                kind = await self.object_type(commit)
+            if kind is None:
+                kept = f"refs/cache/commits/{commit}"
+                seconds += await self.fetch(env, commit, kept, missing=Reason.COMMIT_NOT_FOUND)
+                kind = await self.object_type(commit)
+                if kind not in (None, "commit"):  # the ref keeps commits alive, nothing else
+                    await self.runner.run("drop-ref", ["update-ref", "--no-deref", "-d", kept], cwd=self.repo)
+            if kind != "commit":
+                raise GitError(Reason.COMMIT_NOT_FOUND, _not_a_commit(commit, kind), step="fetch")
+            return Resolution(commit, False, True, seconds, False, None)
 
         question = revision.remote_ref or "HEAD"
         answer = self.answers.get(self.key, question, not_before)
@@ -120,7 +127,27 @@ class Resolver:
         return Resolution(commit, False, True, seconds, False, None)
 
     async def has_commit(self, sha: str) -> bool:
-        return await self.runner.ok("has-commit", ["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.repo)
+        """The cache holds `sha` and it is a commit: not a tag object that peels to one
+        (its id would then be reported, recorded and pinned as the commit)."""
+        return await self.object_type(sha) == "commit"
+
+    async def object_type(self, sha: str) -> str | None:
+        """What kind of object `sha` names in the cache (commit, tag, tree, blob); None if
+        absent. Never asks upstream (no transport: see GitRunner.ok)."""
+        try:
+            result = await self.runner.run(
+                "object-type",
+                ["cat-file", "-t", sha],
+                cwd=self.repo,
+                env={"GIT_ALLOW_PROTOCOL": ""},
+                query=True,
+                max_stdout=REV_PARSE_LIMIT,
+            )
+        except GitError as error:
+            if error.reason is Reason.TIMEOUT:
+                raise
+            return None
+        return result.stdout.strip()
 
     async def peel(self, ref: str) -> str:
         result = await self.runner.run(
@@ -196,3 +223,10 @@ class Resolver:
         safepath.remove(self.root, marker)
         stamp(self.root, self.repo, LAST_FETCH)
         return result.seconds
+
+
+def _not_a_commit(sha: str, kind: str | None) -> str:
+    if kind is None:
+        return f"commit {sha} not found upstream"
+    hint = ": give the id of the commit the tag points to" if kind == "tag" else ""
+    return f"ref.commit {sha} names a {kind} object, not a commit{hint}"
