@@ -37,7 +37,7 @@ from engine_fixtures import (
     worktree_entries,
     worktree_path,
 )
-from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, publish, served_repo
+from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, git, publish, served_repo
 from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
 from workspace_operator.git.markers import OPERATION_MARKER
 
@@ -250,6 +250,39 @@ async def test_cached_branch_tip_costs_one_ls_remote_and_no_fetch(
     assert (moved.commit, moved.cache_hit, moved.fetched) == (tip, False, True)
     assert smart_http.count() > fetches
     assert tree_files(worktree_path(volume, moved))["NEW.md"] == "new\n"
+
+
+@pytest.mark.parametrize(("deleted", "pushed"), [("p/q", "p"), ("p", "p/q")])
+async def test_a_branch_in_place_of_a_deleted_one_is_fetched_at_once(
+    engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path, deleted: str, pushed: str
+) -> None:
+    """Upstream deletes `deleted` and pushes `pushed`, one a leading directory of the
+    other. The cache's tracking ref of the deleted branch stands where the new one goes
+    (git cannot lock refs/remotes/origin/p while origin/p/q exists): it is stale, and
+    dropped. The first attempt succeeds and stores the ref; the pin stays."""
+    url, src = smart_http.url("repo"), upstream_repo.src
+
+    def branch(name: str) -> str:
+        git(src, "checkout", "-q", "-b", name, "main")
+        sha = commit(src, {f"{name.replace('/', '-')}.txt": name}, f"on {name}")
+        git(src, "checkout", "-q", "main")
+        upstream_repo.republish()
+        return sha
+
+    old = branch(deleted)
+    pinned = await engine.pin(engine.validate(request(url, Revision(branch=deleted), name="old", cache_only=True)))
+    assert pinned.commit == old
+    git(src, "branch", "-q", "-D", deleted)
+    new = branch(pushed)
+
+    result = await checkout(engine, request(url, Revision(branch=pushed)))
+    assert (result.commit, result.fetched) == (new, True)
+    cache = layout(volume).cache_dir
+    refs = run_git("for-each-ref", "--format=%(refname) %(objectname)", cwd=cache).stdout.splitlines()
+    assert f"refs/remotes/origin/{pushed} {new}" in refs, refs
+    assert not any(line.startswith(f"refs/remotes/origin/{deleted} ") for line in refs), refs
+    assert f"refs/workspaces/old {old}" in refs, refs  # a pin is never touched
+    assert_cache_consistent(layout(volume), url)
 
 
 # -- reuse and rebuild --------------------------------------------------------------

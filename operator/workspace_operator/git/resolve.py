@@ -5,6 +5,7 @@ Callers hold the project's lock: fetches write the object store and refs.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.markers import LAST_FETCH, OPERATION_MARKER, stamp
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.git.source import Revision, local_ref_for
+
+log = logging.getLogger("workspace_operator.cache")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Answers:
             del self._latest[key]
 
 
+# Where the cache keeps what it fetched of upstream refs (source.local_ref_for).
+TRACKING_NAMESPACES = ("refs/remotes/origin/", "refs/tags/", "refs/cache/")
 # Output caps of the calls whose answer is a few lines: anything more is an attack.
 LS_REMOTE_LIMIT = 64 * 1024
 REV_PARSE_LIMIT = 4 * 1024
@@ -149,6 +154,29 @@ class Resolver:
             return None
         return result.stdout.strip()
 
+    async def drop_conflicting_refs(self, ref: str) -> None:
+        """Delete the cache's refs that stand where `ref` is to be written: one of its
+        leading directories as a ref (`origin/p` for `origin/p/q`), or refs below it
+        (`origin/p/q` for `origin/p`). git cannot store both, and neither can upstream:
+        such a ref tracks an upstream ref deleted since, and would make the fetch fail
+        to lock `ref`. Only below the namespaces the cache keeps upstream refs in:
+        never a pin (refs/workspaces/), whose commit stays wherever it is pinned."""
+        root = next((prefix for prefix in TRACKING_NAMESPACES if ref.startswith(prefix)), None)
+        if root is None:
+            return
+        parts = ref[len(root) :].split("/")
+        above = [root + "/".join(parts[:count]) for count in range(1, len(parts))]
+        listed = await self.runner.run(
+            "find-refs",
+            ["for-each-ref", "--format=%(refname)", "--", ref, *above],
+            cwd=self.repo,
+            max_stdout=LS_REMOTE_LIMIT,
+        )
+        for stale in listed.stdout.splitlines():
+            if stale in above or stale.startswith(ref + "/"):
+                log.info("removing %s: upstream now has %s", stale, ref)
+                await self.runner.run("drop-ref", ["update-ref", "--no-deref", "-d", stale], cwd=self.repo)
+
     async def peel(self, ref: str) -> str:
         result = await self.runner.run(
             "resolve",
@@ -195,6 +223,8 @@ class Resolver:
     ) -> float:
         """Fetch exactly one ref or commit; auto-gc off; marked so a crash is detected."""
         refspec = f"+{source}:{destination}" if destination else source
+        if destination is not None and "*" not in destination:
+            await self.drop_conflicting_refs(destination)
         marker = self.repo / OPERATION_MARKER
         safepath.touch(self.root, marker)
         try:
