@@ -16,6 +16,7 @@ class Reason(StrEnum):
     SCHEME_NOT_ALLOWED = "TransportNotAllowed"
     AUTH_FAILED = "AuthenticationFailed"
     REPOSITORY_NOT_FOUND = "RepositoryNotFound"
+    REDIRECTED = "RepositoryRedirected"
     REF_NOT_FOUND = "RefNotFound"
     COMMIT_NOT_FOUND = "CommitNotFound"
     REPOSITORY_MISMATCH = "RepositoryMismatch"
@@ -40,6 +41,7 @@ PERMANENT = frozenset(
         Reason.SCHEME_NOT_ALLOWED,
         Reason.AUTH_FAILED,
         Reason.REPOSITORY_NOT_FOUND,
+        Reason.REDIRECTED,
         Reason.REF_NOT_FOUND,
         Reason.COMMIT_NOT_FOUND,
         Reason.REPOSITORY_MISMATCH,
@@ -90,6 +92,8 @@ _STDERR_RULES: tuple[tuple[re.Pattern[str], Reason], ...] = tuple(
             r"|access denied|HTTP Basic: Access denied",
             Reason.AUTH_FAILED,
         ),
+        # git runs with http.followRedirects=false: a redirect is an answer, not network trouble.
+        (r"returned error: 30[12378]\b", Reason.REDIRECTED),
         # "no such repository": git daemon's answer (with --informative-errors).
         (
             r"repository .* not found|does not appear to be a git repository|returned error: 404|no such repository"
@@ -115,6 +119,22 @@ _STDERR_RULES: tuple[tuple[re.Pattern[str], Reason], ...] = tuple(
         ),
     )
 )
+
+
+_REDIRECT_STATUS = re.compile(r"returned error: (30\d)")
+
+
+def explain(reason: Reason, stderr: str, detail: str) -> str:
+    """The message of a failed git call: git's own (redacted) last lines, after what they
+    mean where git's words would mislead."""
+    if reason is Reason.REDIRECTED:
+        status = _REDIRECT_STATUS.search(stderr)
+        return (
+            f"the server redirects (HTTP {status[1] if status else '30x'}) and redirects are never followed "
+            "(credentials and the URL policy apply to the URL given, nowhere else): spec.repository "
+            f"(or the submodule's URL) must name the final URL | {detail}"
+        )
+    return detail
 
 
 def classify(stderr: str) -> Reason:

@@ -40,7 +40,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workspace_operator.git.errors import GitError, Reason, Redactor, classify
+from workspace_operator.git.errors import GitError, Reason, Redactor, classify, explain
 from workspace_operator.git.fair import FairSlots
 
 log = logging.getLogger("workspace_operator.git")
@@ -291,8 +291,10 @@ class GitRunner:
         stdout = stdout_b.decode("utf-8", "replace")
         stderr = stderr_b.decode("utf-8", "replace")
         if proc.returncode != 0:
-            detail = conceal or self.redact(_last_lines(stderr) or f"exit status {proc.returncode}")
             reason = classify(stderr)
+            detail = conceal or explain(
+                reason, stderr, self.redact(_last_lines(stderr) or f"exit status {proc.returncode}")
+            )
             if reason is Reason.GIT_FAILED and _WRITE_FAILURE.search(stderr) and _nearly_full(cwd):
                 # git often reports ENOSPC only as "unable to write file": ask the filesystem.
                 reason = Reason.DISK_FULL
