@@ -7,6 +7,8 @@ Given `status`, `body` (made from the request's path) and `content_type`, it
 answers that instead -- a text/plain error git shows as `remote:` lines, or a
 ref advertisement with an `ERR` line git shows as `fatal: remote error: ...`:
 the way a server fishes for secrets by echoing guesses into error messages.
+With `challenge`, a request without credentials still gets the 401 first (so
+that git sends them, where it has any), and only one with credentials that answer.
 Started and stopped by its owner (a `with` block), like the upstreams.
 """
 
@@ -56,12 +58,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        self.send_response(sink.status)
-        if sink.status == 401:
+        if sink.challenge and self.headers.get("Authorization") is None:
+            status, content_type, body = 401, "text/plain", b"authentication required\n"
+        else:
+            status, content_type, body = sink.status, sink.content_type, sink.body(self.path)
+        self.send_response(status)
+        if status == 401:
             self.send_header("WWW-Authenticate", 'Basic realm="attacker"')
-        self.send_header("Content-Type", sink.content_type)
+        self.send_header("Content-Type", content_type)
         self.end_headers()
-        self.wfile.write(sink.body(self.path))
+        self.wfile.write(body)
 
     do_GET = _answer
     do_POST = _answer
@@ -73,8 +79,9 @@ class CredentialSink:
         status: int = 401,
         body: Callable[[str], bytes] = lambda _path: b"authentication required\n",
         content_type: str = "text/plain",
+        challenge: bool = False,
     ) -> None:
-        self.status, self.body, self.content_type = status, body, content_type
+        self.status, self.body, self.content_type, self.challenge = status, body, content_type, challenge
         self._log: list[Received] = []
         self._lock = threading.Lock()
         self._server: _Server | None = None

@@ -10,6 +10,7 @@ was touched beyond what the engine may write.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from attackers import CredentialSink
+from attackers import CredentialSink, error_advertisement
 from engine_fixtures import (
     NS,
     assert_cache_consistent,
@@ -381,6 +382,33 @@ async def test_fetch_checks_objects_when_asked(
         await checkout(engine, request(git_daemon.url("evil"), project="evil"))
     assert "fsck" in caught.value.message or "dotgit" in caught.value.message.lower(), caught.value
     assert not (volume / NS / "evil" / ".cache").exists()
+
+
+# -- a granted server echoing what it was sent finds it masked, in the form it was sent too ---------
+
+
+@pytest.mark.parametrize("user", [USER, "x-access-token"])  # a conventional name is no secret, the pair is
+async def test_a_granted_server_echoing_the_basic_credentials_finds_them_masked(
+    engine: Engine, credential_sink: CredentialSink, volume: Path, caplog: pytest.LogCaptureFixture, user: str
+) -> None:
+    """The repository's own server gets the credentials (curl sends `Authorization: Basic
+    base64(user:token)`) and echoes them into an ERR line: the user name and token came
+    back `***`, their base64 form as it was sent."""
+    caplog.set_level(logging.DEBUG, logger="workspace_operator")
+    basic = base64.b64encode(f"{user}:{TOKEN}".encode()).decode()
+    forms = (basic, basic.rstrip("="), TOKEN, *([user] if user == USER else []))
+    credential_sink.status, credential_sink.challenge = 200, True
+    credential_sink.content_type = "application/x-git-upload-pack-advertisement"
+    credential_sink.body = lambda _path: error_advertisement(f"denied {' '.join(forms)}")
+    url = credential_sink.url("org/repo.git")
+    creds = Credentials(username=user, password=TOKEN, scopes=(url,))
+
+    with pytest.raises(GitError) as caught:
+        await checkout(engine, request(url, credentials=creds))
+    assert f"Basic {basic}" in {r.authorization for r in credential_sink.received()}, "git never sent them"
+    message = str(caught.value)
+    assert "remote error: denied ***" in message, message  # the echo did reach the message
+    assert_nowhere([r.getMessage() for r in caplog.records] + [message], [volume], forms)
 
 
 # -- the Workspace's own words are never redacted: that would be an oracle --------------------

@@ -19,6 +19,7 @@ are secrets alike (tokens are often passed as the user name).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shlex
@@ -84,11 +85,24 @@ class Credentials:
     def empty(self) -> bool:
         return not (self.username or self.password or self.ssh_private_key or self.known_hosts)
 
+    @property
+    def http_login(self) -> tuple[str, str] | None:
+        """(user, password) the credential helper hands git for https; None without either."""
+        if self.username is None and self.password is None:
+            return None
+        return self.username or "git", self.password or ""
+
     def register(self, redact: Redactor) -> None:
         redact.add(self.password)
         redact.add(self.ssh_private_key)
         if self.username and self.username not in CONVENTIONAL_USERNAMES:
             redact.add(self.username)
+        if self.http_login is not None:
+            # What git (curl) sends on the wire: `Authorization: Basic base64(user:password)`,
+            # a form a server can echo on its own, also without its padding.
+            basic = base64.b64encode(":".join(self.http_login).encode()).decode()
+            redact.add(basic)
+            redact.add(basic.rstrip("="))
 
     def allows(self, url: str) -> bool:
         return allowed_by(self.scopes, url)
@@ -172,9 +186,10 @@ def credential_env(
     try:
         os.chmod(directory, 0o700)
         session = CredentialSession(directory, creds)
-        if creds.password is not None or creds.username is not None:
-            _write_private(directory / "username", creds.username or "git")
-            _write_private(directory / "password", creds.password or "")
+        if creds.http_login is not None:
+            username, password = creds.http_login
+            _write_private(directory / "username", username)
+            _write_private(directory / "password", password)
             _write_private(directory / credential_helper.GRANTS, "")
             helper = " ".join(
                 shlex.quote(part) for part in (sys.executable, "-I", "-S", credential_helper.__file__, str(directory))
