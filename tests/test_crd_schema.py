@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from workspace_operator.git.source import uses_remote_helper
+
 CRD_PATH = Path(__file__).resolve().parent.parent / "crds" / "workspace.yaml"
 
 Schema = dict[str, Any]
@@ -518,6 +520,8 @@ def test_repository_pattern(root: Schema) -> None:
         "file:///srv/git/backend.git",
         "git@git.example.com:org/backend.git",
         "https://[2001:db8:0:0:0:0:0:1]/x.git",
+        "https://[2001:db8::1]/x.git",
+        "ssh://git@[::1]:2222/srv/x.git",
     ]
     bad = [
         "",
@@ -544,6 +548,31 @@ def test_repository_pattern(root: Schema) -> None:
         assert full_match(pattern, value), value
     for value in bad:
         assert not full_match(pattern, value), value
+
+
+# (repository, git's <transport>::<address> remote-helper syntax?): '::' before the first '/' or '['.
+HELPER_SYNTAX = [
+    ("ext::sh%20-c%20id", True),
+    ("fd::17", True),
+    ("http::https://h/r.git", True),
+    ("::/srv/x.git", True),
+    ("git@h.example::x.git", True),
+    ("https://[2001:db8::1]/x.git", False),  # an IPv6 host
+    ("ssh://git@[::1]:2222/srv/x.git", False),
+    ("https://[::ffff:10.0.0.1]:8443/x.git", False),
+    ("https://h.example/org/a::b.git", False),  # in the path
+    ("git@h.example:org/a::b.git", False),
+]
+
+
+@pytest.mark.parametrize(("url", "helper"), HELPER_SYNTAX)
+def test_remote_helper_rule_regex(root: Schema, url: str, helper: bool) -> None:
+    """The CEL rule against '::' refuses the remote-helper syntax, never an IPv6 host; the
+    operator's own check draws the same line."""
+    rules = [r["rule"] for r in spec_prop(root, "repository")["x-kubernetes-validations"] if "::" in r["rule"]]
+    [regex] = [cel_regex for rule in rules for cel_regex in re.findall(r'matches\("((?:[^"\\]|\\.)*)"\)', rule)]
+    assert bool(re.search(regex.replace("\\\\", "\\"), url)) is helper  # CEL's "\\[" is RE2's \[
+    assert uses_remote_helper(url) is helper
 
 
 @pytest.mark.parametrize("where", ["subPath", "sparse"])

@@ -63,6 +63,7 @@ def make_secret(core: CoreV1Api, namespace: str, name: str, data: dict[str, byte
         "http://evil@127.0.0.1/repo.git",
         "git@127.0.0.1:../other.git",
         "git@127.0.0.1:org//other.git",
+        "git@127.0.0.1::x.git",  # '::' before any '/' or '[': git's <transport>::<address> form
     ],
 )
 def test_api_server_refuses_url_tricks(workspaces: Workspaces, trick: str) -> None:
@@ -82,6 +83,8 @@ def test_api_server_accepts_ordinary_urls(workspaces: Workspaces) -> None:
             "git@h.example:org/x.git",
             "file:///srv/git/x.git",
             "https://h.example/org/caf%C3%A9.git",
+            "https://[2001:db8::1]/org/x.git",  # IPv6: its '::' is no remote-helper syntax
+            "ssh://git@[2001:db8::1]:2222/org/x.git",
         )
     ):
         workspaces.create(f"ok-{index}", {"project": "p", "repository": url})

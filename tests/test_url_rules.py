@@ -285,6 +285,41 @@ def test_policy_hosts_and_private_addresses(tmp_path: Path) -> None:
     asyncio.run(private.check_addresses(private.check("https://localhost/x.git")))
 
 
+# Bracketed IPv6 hosts: valid URLs (their '::' is no remote-helper syntax), and the
+# private-network policy applies to them as to IPv4: (URL, allowed by default?).
+IPV6 = [
+    ("https://[2606:4700:4700::1111]/org/x.git", True),
+    ("ssh://git@[2001:4860:4860::8888]:2222/org/x.git", True),
+    ("https://[::1]/x.git", False),  # loopback
+    ("http://[::1]:8080/x.git", False),
+    ("ssh://git@[::1]:2222/srv/x.git", False),
+    ("https://[::ffff:127.0.0.1]/x.git", False),  # IPv4-mapped loopback
+    ("https://[::ffff:169.254.169.254]/latest/meta-data", False),
+    ("https://[fe80::1]/x.git", False),  # link-local
+    ("https://[fd00::1]/x.git", False),  # unique local
+    ("https://[2001:db8::1]/x.git", False),  # documentation, not global
+]
+
+
+@pytest.mark.parametrize(("url", "public"), IPV6)
+def test_ipv6_hosts_pass_the_url_rules_and_meet_the_network_policy(tmp_path: Path, url: str, public: bool) -> None:
+    check_url(url, ALL)
+    if public:
+        _policy(tmp_path).check(url)
+    else:
+        with pytest.raises(GitError) as caught:
+            _policy(tmp_path).check(url)
+        assert caught.value.reason is Reason.HOST_NOT_ALLOWED and "WORKSPACE_ALLOW_PRIVATE_NETWORKS" in caught.value.message
+        _policy(tmp_path, allow_private_networks=True).check(url)
+
+
+@pytest.mark.parametrize("url", ["ext::sh%20-c%20id", "fd::7", "http::https://h/r.git", "::/srv/x.git"])
+def test_the_remote_helper_syntax_is_refused_by_the_policy(tmp_path: Path, url: str) -> None:
+    with pytest.raises(GitError) as caught:
+        _policy(tmp_path, allow_private_networks=True).check(url)
+    assert caught.value.reason is Reason.SCHEME_NOT_ALLOWED and "'<name>::' syntax" in caught.value.message
+
+
 def test_policy_file_roots(tmp_path: Path) -> None:
     volume, mirrors, elsewhere = tmp_path / "volume", tmp_path / "mirrors", tmp_path / "elsewhere"
     for directory in (volume / "ns" / "p" / ".cache", mirrors, elsewhere):

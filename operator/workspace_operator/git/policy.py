@@ -29,7 +29,7 @@ from workspace_operator.git import origins
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.resolver import Resolver, shared_resolver
 from workspace_operator.git.runner import GitSettings
-from workspace_operator.git.source import check_url
+from workspace_operator.git.source import check_url, helper_syntax_refused, uses_remote_helper
 
 
 def not_allowed(message: str) -> GitError:
@@ -44,11 +44,9 @@ class URLPolicy:
 
     def check(self, url: str, what: str = "repository") -> origins.Origin:
         """Every rule that needs no network; returns the parsed origin."""
-        if isinstance(url, str) and "::" in url.split("/", 1)[0]:
+        if isinstance(url, str) and uses_remote_helper(url):
             # Name the remote-helper syntax (ext::sh -c ...) even when other faults follow.
-            raise GitError(
-                Reason.SCHEME_NOT_ALLOWED, f"{what}: transport '<name>::' syntax is not allowed", step="validate"
-            )
+            raise helper_syntax_refused(what)
         check_url(url, self.settings.allowed_schemes, what)
         origin = origins.parse(url)
         if origin.scheme == "file":

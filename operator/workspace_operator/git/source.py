@@ -19,7 +19,19 @@ MAX_URL = 2048
 MAX_REF = 255
 # scp-like ssh syntax: user@host:path (git treats it as ssh).
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+:(?!//)[^\s]+$")
+_HELPER_PREFIX_END = re.compile(r"[/\[]")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
+
+
+def uses_remote_helper(url: str) -> bool:
+    """git's `<transport>::<address>` syntax (ext::, fd::, any remote helper): '::' before
+    the first '/' or '['. Within brackets it is an IPv6 host (https://[2001:db8::1]/x.git),
+    after a '/' part of a path: neither makes git run a helper."""
+    return "::" in _HELPER_PREFIX_END.split(url, maxsplit=1)[0]
+
+
+def helper_syntax_refused(what: str) -> GitError:
+    return GitError(Reason.SCHEME_NOT_ALLOWED, f"{what}: transport '<name>::' syntax is not allowed", step="validate")
 
 
 def check_url(url: str, allowed_schemes: frozenset[str], what: str = "repository") -> str:
@@ -35,10 +47,8 @@ def check_url(url: str, allowed_schemes: frozenset[str], what: str = "repository
         raise invalid(f"{what} URL contains whitespace or control characters")
     if url.startswith("-"):
         raise invalid(f"{what} URL must not start with '-'")
-    if "::" in url.split("/", 1)[0] or url.lower().startswith("ext::"):
-        raise GitError(
-            Reason.SCHEME_NOT_ALLOWED, f"{what}: transport '<name>::' syntax is not allowed", step="validate"
-        )
+    if uses_remote_helper(url):
+        raise helper_syntax_refused(what)
     if _SCP_LIKE.match(url):
         scheme = "ssh"
         user, _, rest = url.partition("@")
