@@ -309,7 +309,8 @@ def test_ipv6_hosts_pass_the_url_rules_and_meet_the_network_policy(tmp_path: Pat
     else:
         with pytest.raises(GitError) as caught:
             _policy(tmp_path).check(url)
-        assert caught.value.reason is Reason.HOST_NOT_ALLOWED and "WORKSPACE_ALLOW_PRIVATE_NETWORKS" in caught.value.message
+        assert caught.value.reason is Reason.HOST_NOT_ALLOWED, caught.value
+        assert "WORKSPACE_ALLOW_PRIVATE_NETWORKS" in caught.value.message
         _policy(tmp_path, allow_private_networks=True).check(url)
 
 
