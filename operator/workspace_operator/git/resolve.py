@@ -167,10 +167,7 @@ class Resolver:
         parts = ref[len(root) :].split("/")
         above = [root + "/".join(parts[:count]) for count in range(1, len(parts))]
         listed = await self.runner.run(
-            "find-refs",
-            ["for-each-ref", "--format=%(refname)", "--", ref, *above],
-            cwd=self.repo,
-            max_stdout=LS_REMOTE_LIMIT,
+            "find-refs", ["for-each-ref", "--format=%(refname)", "--", ref, *above], cwd=self.repo
         )
         for stale in listed.stdout.splitlines():
             if stale in above or stale.startswith(ref + "/"):
