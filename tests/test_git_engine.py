@@ -556,6 +556,21 @@ async def test_sub_path_missing_at_that_commit(
     assert pinned.commit == ro_repo.main
 
 
+@pytest.mark.parametrize("cache_only", [False, True], ids=["worktree", "cache-only"])
+async def test_sub_path_at_a_submodule_not_checked_out(
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, cache_only: bool
+) -> None:
+    """Without spec.submodules a submodule is an empty directory in a checkout: a subPath
+    naming it is fine, one below it is not there, in either mode."""
+    served_repo(git_daemon.base, "super", {"top.txt": "top\n"}, {"vendor/lib": upstream_repo.main})
+    url = git_daemon.url("super")
+    done = await materialize(engine, request(url, name="at", sub_path="vendor/lib", cache_only=cache_only))
+    assert (done.workdir is None) == cache_only
+    with pytest.raises(GitError) as caught:
+        await materialize(engine, request(url, name="below", sub_path="vendor/lib/services", cache_only=cache_only))
+    assert caught.value.reason is Reason.SUBPATH_NOT_FOUND
+
+
 async def test_hung_server_times_out_promptly(
     volume: Path, scratch: Path, upstream_repo: StandardRepo, smart_http: SmartHTTP
 ) -> None:
