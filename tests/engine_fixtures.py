@@ -135,6 +135,12 @@ async def checkout(engine: Engine, req: CheckoutRequest) -> CheckoutResult:
     return await engine.checkout(engine.validate(req))
 
 
+async def materialize(engine: Engine, req: CheckoutRequest) -> CheckoutResult:
+    """As the operator does it: a worktree, or for a cache-only request the pin."""
+    valid = engine.validate(req)
+    return await (engine.pin(valid) if req.cache_only else engine.checkout(valid))
+
+
 def layout(volume: Path, project: str = PROJECT, namespace: str = NS) -> ProjectLayout:
     return ProjectLayout(volume, namespace, project)
 

@@ -185,7 +185,7 @@ def make_runtime(tmp_path: Path, file_roots: tuple[Path, ...] = (), **config: An
         engine,
         cast(Kube, kube),
         lease_locks,
-        NamespaceQuota(root, 0),
+        NamespaceQuota(root, cfg.max_workspaces_per_namespace),
         ProjectQueues(lease_locks, clock=clock),
         Checkouts(2),
     )

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from cluster import Scene, wait_events, wait_for
+from upstreams import commit, git
 
 pytestmark = pytest.mark.cluster
 
@@ -106,3 +107,42 @@ def test_cache_only_resume_after_restart_touches_nothing(scene: Scene) -> None:
     assert scene.workspaces.get("w")["metadata"]["resourceVersion"] == version  # type: ignore[index]
     assert len(scene.http.requests()) == requests
     wait_for(lambda: scene.workspaces.status("w") == first, timeout=5, message="status unchanged")
+
+
+def test_what_a_checkout_could_not_use_fails_for_good_in_both_modes(scene: Scene, kubectl: Kubectl) -> None:
+    """Sparse patterns (git's cone mode refuses them on every attempt) are refused by the API
+    server; a subPath that is no directory of the commit fails a CacheOnly Workspace for good,
+    with the Worktree mode's reason, instead of a Ready for a `checkout` that cannot work."""
+    url = scene.http.url("repo")
+    for sparse in (["lib*"], ["!libs"], ["libs", "services/[ab]"]):
+        for mode in ("CacheOnly", "Worktree"):
+            body = {
+                "apiVersion": "crafting.dev/v1",
+                "kind": "Workspace",
+                "metadata": {"name": "patterned", "namespace": scene.namespace},
+                "spec": {"project": "p", "repository": url, "mode": mode, "sparse": sparse},
+            }
+            refused = kubectl("apply", "-f", "-", check=False, input=json.dumps(body))
+            assert refused.returncode != 0 and "must be a directory, not a pattern" in refused.stderr, refused.stderr
+
+    src = scene.repo.src
+    (src / "up").symlink_to("../../..")
+    git(src, "add", "up")
+    commit(src, {}, "a link out")
+    scene.repo.republish()
+    op = scene.start()
+    cases = {"missing": ("nope", "SubPathNotFound"), "file": ("README.md", "SubPathNotFound")}
+    cases["link"] = ("up", "InvalidSpec")
+    for mode in ("CacheOnly", "Worktree"):
+        for name, (sub_path, _) in cases.items():
+            scene.workspaces.create(f"{name}-{mode.lower()}", scene.spec(mode=mode, subPath=sub_path))
+    for mode in ("CacheOnly", "Worktree"):
+        for name, (_, reason) in cases.items():
+            condition = scene.workspaces.wait_reason(f"{name}-{mode.lower()}", reason)
+            status = scene.workspaces.status(f"{name}-{mode.lower()}")
+            assert status["phase"] == "Failed" and status["attempts"] == 1, status
+            assert ("goes through a symlink" if reason == "InvalidSpec" else "is not a directory") in condition[
+                "message"
+            ]
+    cache = op.root / scene.namespace / "p" / ".cache"
+    assert all(pinned(cache, f"{name}-cacheonly") is None for name in cases)  # nothing pinned for them

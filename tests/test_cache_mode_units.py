@@ -16,7 +16,7 @@ from upstreams import StandardRepo, git, make_standard_repo
 from workspace_operator.cli.api import judge
 from workspace_operator.cli.checkout import Source, checkout
 from workspace_operator.cli.errors import CliError, Exit
-from workspace_operator.cli.main import git_settings, owner_reference, parser, workspace_body
+from workspace_operator.cli.main import git_settings, main, owner_reference, parser, workspace_body
 from workspace_operator.gc_plan import Kind, Policy, ProjectSnapshot, plan
 from workspace_operator.git import GitSettings, pins
 from workspace_operator.spec import checkout_request
@@ -280,11 +280,51 @@ def test_submodules_are_checked_out_from_their_own_upstream(tmp_path: Path) -> N
     asyncio.run(checkout(source, into, clean=False, settings=files))
     assert (into / "vendor" / "library" / "README.md").is_file()
     assert git(into / "vendor" / "library", "rev-parse", "HEAD") == library.main
+    (tmp_path / "mounted").mkdir()  # DIR may be a mount point the job made: it stays, emptied
     for settings, reason in (
         (GitSettings(), "TransportNotAllowed"),  # transports outside the allow-list stay closed
         (GitSettings(allowed_schemes=frozenset({"file"})), "HostNotAllowed"),  # no file roots
     ):
+        for into in (tmp_path / "made" / "job2", tmp_path / "mounted"):
+            with pytest.raises(CliError) as refused:
+                asyncio.run(checkout(source, into, clean=True, settings=settings))
+            assert refused.value.code is Exit.FAILED and f"submodules refused ({reason})" in refused.value.message
+        # Nothing of the checkout is left behind: what the command made goes whole.
+        assert not (tmp_path / "made").exists()
+        assert list((tmp_path / "mounted").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("sub_path", "message"),
+    [("nope", "is not a directory"), ("README.md", "is not a directory"), ("up/etc", "goes through a symlink")],
+)
+def test_a_subpath_the_commit_lacks_fails_before_dir_is_touched(tmp_path: Path, sub_path: str, message: str) -> None:
+    repo = make_standard_repo(tmp_path / "upstream")
+    (repo.src / "up").symlink_to("../../..")
+    git(repo.src, "add", "up")
+    git(repo.src, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "a link")
+    head = git(repo.src, "rev-parse", "HEAD")
+    bare_cache(tmp_path / "volume", repo.src, "https://git.example.com/r.git")
+    source = Source("https://git.example.com/r.git", head, tmp_path / "volume", CACHE_PATH, PurePosixPath(sub_path))
+    into = tmp_path / "job" / "src"
+    with pytest.raises(CliError) as refused:
+        asyncio.run(checkout(source, into, clean=False, settings=GitSettings()))
+    assert refused.value.code is Exit.FAILED and message in refused.value.message
+    assert not (tmp_path / "job").exists()
+
+
+def test_into_a_file_is_a_usage_error_not_a_crash(
+    cache: tuple[Path, StandardRepo], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _bare, repo = cache
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    for into in (target, target / "src"):
+        # Refused before any API call (no kubeconfig is needed to find out) or wait.
+        assert main(["--kubeconfig", str(tmp_path / "none"), "checkout", "w", "--into", str(into)]) == Exit.USAGE
+        assert f"{target} exists and is not a directory" in capsys.readouterr().err
+        source = Source("https://git.example.com/r.git", repo.main, tmp_path / "volume", CACHE_PATH)
         with pytest.raises(CliError) as refused:
-            asyncio.run(checkout(source, tmp_path / "job2", clean=True, settings=settings))
-        assert refused.value.code is Exit.FAILED and f"submodules refused ({reason})" in refused.value.message
-        assert not (tmp_path / "job2" / "vendor" / "library" / "README.md").exists()
+            asyncio.run(checkout(source, into, clean=True, settings=GitSettings()))
+        assert refused.value.code is Exit.USAGE
+    assert target.read_text() == "mine\n"

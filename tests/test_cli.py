@@ -247,6 +247,7 @@ def test_clear_errors_with_documented_exit_codes(
     subprocess.run(["git", "-C", str(other / status["cachePath"]), "config", "remote.origin.url", url], check=True)
     missing = cli("checkout", "cached", "--into", str(tmp_path / "b"), "--cache-root", str(other))
     assert missing.returncode == 8 and status["commit"] in missing.stderr
+    assert not (tmp_path / "b").exists()  # asked of the cache before DIR is made
     linked = tmp_path / "linked-volume"  # <cachePath> a link to the real cache: never followed
     (linked / status["cachePath"]).parent.mkdir(parents=True)
     (linked / status["cachePath"]).symlink_to(op.root / status["cachePath"])
@@ -257,6 +258,11 @@ def test_clear_errors_with_documented_exit_codes(
     (tmp_path / "c" / "old.txt").write_text("x")
     busy = cli("checkout", "cached", "--into", str(tmp_path / "c"), "--cache-root", str(op.root))
     assert busy.returncode == 9 and "--clean" in busy.stderr
+    notes = tmp_path / "notes.txt"  # --into an existing file: a bad flag, not a traceback
+    notes.write_text("mine\n")
+    into_file = cli("checkout", "cached", "--into", str(notes), "--cache-root", str(op.root), "--clean")
+    assert into_file.returncode == 2 and "exists and is not a directory" in into_file.stderr, into_file.stderr
+    assert "Traceback" not in into_file.stderr and notes.read_text() == "mine\n"
     cleaned = cli("checkout", "cached", "--into", str(tmp_path / "c"), "--cache-root", str(op.root), "--clean")
     assert cleaned.returncode == 0, cleaned.stderr
     assert not (tmp_path / "c" / "old.txt").exists() and (tmp_path / "c" / "README.md").is_file()

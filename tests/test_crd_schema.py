@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from test_git_units import SPARSE_DIRS, SPARSE_PATTERNS
 from workspace_operator.git.source import uses_remote_helper
 
 CRD_PATH = Path(__file__).resolve().parent.parent / "crds" / "workspace.yaml"
@@ -601,7 +602,27 @@ def test_path_segment_rule_regex(root: Schema) -> None:
         assert re.search(regex, value), value
     for value in ["a", "services/api", ".github", "a/...", "a/..b", "..a/b."]:
         assert not re.search(regex, value), value
-    assert rules_at(spec_prop(root, "sparse")["items"]).keys() == rules_at(node).keys() - {"self == oldSelf"}
+    sparse = rules_at(spec_prop(root, "sparse")["items"]).keys()
+    assert sparse == (rules_at(node).keys() - {"self == oldSelf"}) | {cone_rule(root)}
+
+
+def cone_rule(root: Schema) -> str:
+    """The sparse-only rule: an entry is a directory, not a pattern git's cone mode refuses."""
+    [rule] = [r for r in rules_at(spec_prop(root, "sparse")["items"]) if "^!" in r]
+    return rule
+
+
+def test_sparse_pattern_rule_regex(root: Schema) -> None:
+    """Sparse entries may not be patterns: no '*', '?', '[' or ']' anywhere and no leading '!'
+    (the values `git sparse-checkout set --cone` refuses; tests/test_git_units.py holds the
+    engine's check to git itself). subPath names a directory in the tree: no such rule."""
+    [literal] = re.findall(r'matches\("([^"]*)"\)', cone_rule(root))
+    regex = literal.replace("\\\\", "\\")  # a CEL string literal: \\ is one backslash
+    for value in SPARSE_PATTERNS:
+        assert re.search(regex, value), value
+    for value in SPARSE_DIRS:
+        assert not re.search(regex, value), value
+    assert not any("^!" in rule for rule in rules_at(spec_prop(root, "subPath")))
 
 
 def test_dot_git_rule_regex(root: Schema) -> None:

@@ -29,6 +29,7 @@ from engine_fixtures import (
     expected_files,
     layout,
     make_settings,
+    materialize,
     request,
     run_git,
     snapshot,
@@ -38,7 +39,7 @@ from engine_fixtures import (
     worktree_path,
 )
 from upstreams import GitDaemon, SmartHTTP, SSHServer, StandardRepo, commit, git, publish, served_repo
-from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision
+from workspace_operator.git import Credentials, Engine, GitError, Reason, Revision, pins
 from workspace_operator.git.markers import OPERATION_MARKER
 
 pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
@@ -606,17 +607,42 @@ async def test_unreachable_upstream_is_retryable(engine: Engine, volume: Path, s
     assert not layout(volume).cache_dir.exists()
 
 
+@pytest.mark.parametrize("cache_only", [False, True], ids=["worktree", "cache-only"])
 async def test_sub_path_missing_at_that_commit(
-    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path
+    engine: Engine, ro_repo: StandardRepo, ro_daemon: GitDaemon, volume: Path, cache_only: bool
 ) -> None:
+    """Both modes fail the same way: a cache-only Workspace has no worktree to look in,
+    so its subPath is looked up in the commit's tree, and nothing is pinned."""
     url = ro_daemon.url("repo")
-    with pytest.raises(GitError) as caught:  # services/api only exists from the second commit on
-        await checkout(engine, request(url, Revision(commit=ro_repo.old), sub_path="services/api"))
-    assert caught.value.reason is Reason.SUBPATH_NOT_FOUND
-    assert caught.value.retryable is False
-    assert not layout(volume).ready_record(NAME).exists()
-    with pytest.raises(GitError) as caught:  # a file is not a directory either
-        await checkout(engine, request(url, sub_path="README.md"))
+    cases = [
+        (Revision(commit=ro_repo.old), "services/api"),  # services/api only exists from the second commit on
+        (Revision(), "README.md"),  # a file is not a directory either
+        (Revision(), "services/api/app.py"),
+        (Revision(), "nope/deeper"),
+    ]
+    for revision, sub_path in cases:
+        with pytest.raises(GitError) as caught:
+            await materialize(engine, request(url, revision, sub_path=sub_path, cache_only=cache_only))
+        assert caught.value.reason is Reason.SUBPATH_NOT_FOUND, sub_path
+        assert caught.value.retryable is False
+        assert not layout(volume).ready_record(NAME).exists()
+        assert pins.read(layout(volume).cache_dir, NAME) is None
+    pinned = await materialize(engine, request(url, sub_path="services/api", cache_only=cache_only))
+    assert pinned.commit == ro_repo.main
+
+
+@pytest.mark.parametrize("cache_only", [False, True], ids=["worktree", "cache-only"])
+async def test_sub_path_at_a_submodule_not_checked_out(
+    engine: Engine, upstream_repo: StandardRepo, git_daemon: GitDaemon, volume: Path, cache_only: bool
+) -> None:
+    """Without spec.submodules a submodule is an empty directory in a checkout: a subPath
+    naming it is fine, one below it is not there, in either mode."""
+    served_repo(git_daemon.base, "super", {"top.txt": "top\n"}, {"vendor/lib": upstream_repo.main})
+    url = git_daemon.url("super")
+    done = await materialize(engine, request(url, name="at", sub_path="vendor/lib", cache_only=cache_only))
+    assert (done.workdir is None) == cache_only
+    with pytest.raises(GitError) as caught:
+        await materialize(engine, request(url, name="below", sub_path="vendor/lib/services", cache_only=cache_only))
     assert caught.value.reason is Reason.SUBPATH_NOT_FOUND
 
 

@@ -25,6 +25,7 @@ from engine_fixtures import (
     expected_files,
     layout,
     make_settings,
+    materialize,
     request,
     run_git,
     snapshot,
@@ -32,7 +33,7 @@ from engine_fixtures import (
     worktree_path,
 )
 from upstreams import GitDaemon, StandardRepo, commit, git, publish
-from workspace_operator.git import CheckoutRequest, Engine, GitError, GitSettings, Reason, Revision
+from workspace_operator.git import CheckoutRequest, Engine, GitError, GitSettings, Reason, Revision, pins
 
 pytestmark = [pytest.mark.upstreams, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -258,6 +259,16 @@ async def test_committed_symlinks_cannot_move_the_workdir_out(
     # The symlinks themselves are checked out as symlinks, inside the worktree.
     worktree = layout(volume).worktree_dir(NAME)
     assert os.readlink(worktree / "etc") == "/etc"
+    # A cache-only Workspace fails the same way, from the commit's tree, and pins nothing:
+    # a job's checkout of it would go through the link.
+    for sub_path in ("up", "etc", "deep/out", "etc/ssh"):
+        with pytest.raises(GitError) as caught:
+            await materialize(
+                engine, request(git_daemon.url("repo"), name="pinned", sub_path=sub_path, cache_only=True)
+            )
+        assert caught.value.reason is Reason.INVALID_SPEC, sub_path
+        assert "goes through a symlink" in caught.value.message
+        assert pins.read(layout(volume).cache_dir, "pinned") is None
     check()
 
 

@@ -12,10 +12,11 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from engine_fixtures import SUBPROCESS_TIMEOUT
+from testsupport.gitenv import git, run_git
 from workspace_operator.git import Credentials, GitError, GitSettings, Reason, Redactor, Revision
 from workspace_operator.git.credentials import credential_env
 from workspace_operator.git.errors import PERMANENT, classify
-from workspace_operator.git.layout import ProjectLayout, check_label, check_relpath
+from workspace_operator.git.layout import ProjectLayout, check_label, check_relpath, check_sparse_dir
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.git.source import check_ref_name, check_url, local_ref_for
 
@@ -317,6 +318,30 @@ def test_check_relpath_refuses(value: str) -> None:
     with pytest.raises(GitError) as caught:
         check_relpath("subPath", value)
     assert caught.value.reason is Reason.INVALID_SPEC
+
+
+SPARSE_DIRS = ["libs", "services/api", "a!b", "libs/!x", "#x", "a b", "x ", "-x", "a:b", "a^b", "{a}", "~x"]
+SPARSE_PATTERNS = ["lib*", "!libs", "*", "a?", "a/[b]", "[ab]", "a]b", "libs/*/api", "!"]
+
+
+def test_sparse_dirs_are_exactly_what_cone_mode_takes(tmp_path: Path) -> None:
+    """check_sparse_dir refuses what `git sparse-checkout set --cone` refuses (a pattern: it
+    fails every attempt, so it must fail validation instead) and takes the rest."""
+    git(tmp_path, "init", "-q")
+    for value in SPARSE_DIRS + SPARSE_PATTERNS:
+        taken = run_git("-C", str(tmp_path), "sparse-checkout", "set", "--cone", "--", value, check=False)
+        if value in SPARSE_DIRS:
+            assert taken.returncode == 0, (value, taken.stderr)
+            assert check_sparse_dir(value) == PurePosixPath(value)
+        else:
+            assert "specify directories rather than patterns" in taken.stderr, value
+            with pytest.raises(GitError) as caught:
+                check_sparse_dir(value)
+            assert (
+                caught.value.reason is Reason.INVALID_SPEC and "is a pattern, not a directory" in caught.value.message
+            )
+    with pytest.raises(GitError, match="must be relative"):
+        check_sparse_dir("/libs")  # and every rule of check_relpath besides
 
 
 def test_labels_and_layout(tmp_path: Path) -> None:

@@ -227,6 +227,10 @@ def test_namespace_quota_keeps_the_excess_pending_then_admits_it(scene: Scene, a
     assert conditions(status)["Stalled"]["status"] == "False"
     assert not (op.root / scene.namespace / "p" / "q3").exists()
     assert event_reasons(api_client, scene.namespace, "q3").count("QuotaExceeded") == 1
+    # The quota bounds worktrees: a CacheOnly Workspace writes none, so a full namespace
+    # does not hold it back, and it takes no place from the worktree waiting (below).
+    assert scene.workspaces.create("pinned", {**spec, "mode": "CacheOnly"})
+    assert scene.workspaces.wait_ready("pinned")["commit"] == scene.repo.main
 
     scene.workspaces.delete("q1")
     scene.workspaces.wait_gone("q1")

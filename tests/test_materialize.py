@@ -33,9 +33,10 @@ async def run(
     current: dict[str, Any] | None = None,
     attempt: int = 0,
     generation: int = 1,
+    name: str = NAME,
 ) -> Any:
     return await op.materialize(
-        fr.rt, namespace=NS, name=NAME, generation=generation, spec=spec, current=current or {}, attempt=attempt
+        fr.rt, namespace=NS, name=name, generation=generation, spec=spec, current=current or {}, attempt=attempt
     )
 
 
@@ -171,6 +172,12 @@ async def test_resume_with_a_lost_worktree_materializes_again(
         ({"project": "UPPER"}, "InvalidSpec", "project"),
         ({"subPath": "../../outside"}, "InvalidSpec", "subPath"),
         ({"sparse": "not-a-list"}, "InvalidSpec", "sparse"),
+        # Patterns git's cone mode refuses: failed at once, never retried, in either mode.
+        ({"sparse": ["lib*"]}, "InvalidSpec", "is a pattern, not a directory"),
+        ({"sparse": ["app", "!app"]}, "InvalidSpec", "is a pattern, not a directory"),
+        ({"sparse": ["lib*"], "mode": "CacheOnly"}, "InvalidSpec", "is a pattern, not a directory"),
+        ({"sparse": ["app/[ab]"], "mode": "CacheOnly"}, "InvalidSpec", "is a pattern, not a directory"),
+        ({"sparse": ["!app"], "mode": "CacheOnly"}, "InvalidSpec", "is a pattern, not a directory"),
         ({"ref": {"branch": "main", "tag": "v1"}}, "InvalidSpec", ""),
         ({"repository": "https://example.invalid/repo.git"}, "TransportNotAllowed", "https"),
         ({"repository": "ext::sh -c touch% /tmp/pwned"}, "TransportNotAllowed", "transport"),
@@ -186,6 +193,23 @@ async def test_invalid_spec_fails_permanently_before_any_lock_or_disk_write(
     assert fake_runtime.locks.acquired == [] and list(fake_runtime.root.iterdir()) == []
     status = fake_runtime.kube.last_status()
     assert status["phase"] == Phase.FAILED and ready_condition(status)["reason"] == reason
+
+
+async def test_the_quota_bounds_worktrees_and_leaves_cache_only_workspaces_alone(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, local_upstream: LocalUpstream
+) -> None:
+    """WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE bounds the worktrees on the volume: a CacheOnly
+    Workspace writes none, so a full namespace does not hold it back, and it takes no place."""
+    fr = make_runtime(tmp_path, (tmp_path_factory.getbasetemp(),), max_workspaces_per_namespace=1)
+    await run(fr, spec(local_upstream), name="tree")  # the namespace is full now
+
+    done = await run(fr, spec(local_upstream, mode="CacheOnly"), name="pinned")
+    assert done is not None and done.result.path is None
+    assert fr.kube.last_status()["phase"] == Phase.READY
+    with pytest.raises(op.Retry) as caught:  # a second worktree still waits for a place
+        await run(fr, spec(local_upstream), name="tree-2")
+    assert caught.value.reason == "QuotaExceeded" and "1 materialized worktrees" in caught.value.message
+    assert not (fr.root / NS / PROJECT / "tree-2").exists()
 
 
 @pytest.mark.parametrize(("attempt", "delay"), [(0, 2.0), (2, 8.0), (20, 300.0)])

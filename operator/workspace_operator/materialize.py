@@ -169,14 +169,16 @@ async def _materialize(rt: Runtime, target: Target, attempt: int) -> Done | None
             ),
         )
 
-    if not rt.quota.admit(target.namespace, target.name):
+    # The quota bounds worktrees on the volume: a CacheOnly Workspace writes none, so it is
+    # neither held back nor counted (only worktrees leave completion records).
+    if not request.cache_only and not rt.quota.admit(target.namespace, target.name):
         raise await _fail(
             rt,
             target,
             Failure(
                 status.QUOTA_EXCEEDED,
                 f"namespace {target.namespace!r} already has "
-                f"{rt.quota.limit} materialized Workspaces (WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE)",
+                f"{rt.quota.limit} materialized worktrees (WORKSPACE_MAX_WORKSPACES_PER_NAMESPACE)",
                 True,
                 attempt,
             ),

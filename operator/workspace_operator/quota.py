@@ -1,5 +1,9 @@
 """Per-namespace limit on materialized worktrees, so one tenant cannot fill the volume.
 
+Worktrees only: a CacheOnly Workspace writes none (its pin is a ref in the cache),
+so it is never held back here and never counted (materialize.py asks only for
+Worktree Workspaces; only worktrees leave completion records).
+
 A worktree counts from the moment its materialization is admitted until its
 Workspace is deleted: what is on the volume (completion records under
 `<root>/<namespace>/*/.ready/`) plus what this process is materializing now.

@@ -2,18 +2,23 @@
 
 Before anything else the mounted cache is checked as the operator checks it
 (git/mounted.py): reached without following a link, no planted files or config;
-else nothing runs. Then `git init` in the target directory, the checked cache's
-object directory as its only alternate (objects/info/alternates: nothing is
-copied), origin set to the Workspace's repository without credentials, refs
-written as a packed-refs file, then the commit checked out (sparse if asked;
-submodules if asked, checked like the operator's). Every git call goes through
-the engine's hardened runner: no hooks, no credential helpers, no user or system
-config, `safe.directory` only for that one cache, a timeout. The cache is only
-ever read.
+else nothing runs. Then the cache is asked whether it holds the commit and
+whether subPath is a directory in that commit (as the operator checks a
+cache-only Workspace), before the target directory is touched. Then `git init`
+in the target directory, the checked cache's object directory as its only
+alternate (objects/info/alternates: nothing is copied), origin set to the
+Workspace's repository without credentials, refs written as a packed-refs
+file, then the commit checked out (sparse if asked; submodules if asked,
+checked like the operator's). A failure from there on removes what was
+written: the target directory itself (and parents) if the command made it,
+else its contents. Every git call goes through the engine's hardened runner:
+no hooks, no credential helpers, no user or system config, `safe.directory`
+only for that one cache, a timeout. The cache is only ever read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Mapping
@@ -31,6 +36,8 @@ from workspace_operator.git import (
     Reason,
     check_ref_name,
     check_relpath,
+    check_sparse_dir,
+    check_tree_path,
     open_mounted_cache,
     workdir_of,
 )
@@ -73,7 +80,7 @@ def source_of(obj: Mapping[str, Any], cache_root: Path) -> Source:
             cache_root=cache_root,
             cache_path=relative,
             sub_path=check_relpath("subPath", spec["subPath"]) if spec.get("subPath") else None,
-            sparse=tuple(check_relpath("sparse entry", entry) for entry in spec.get("sparse") or ()),
+            sparse=tuple(check_sparse_dir(entry) for entry in spec.get("sparse") or ()),
             submodules=bool(spec.get("submodules")),
             all_tags=bool(spec.get("tags")),
             tag=check_ref_name("tag", ref["tag"]) if ref.get("tag") else None,
@@ -84,21 +91,43 @@ def source_of(obj: Mapping[str, Any], cache_root: Path) -> Source:
 
 
 async def checkout(source: Source, into: Path, *, clean: bool, settings: GitSettings) -> Path:
-    """Make the checkout; returns the directory to work in (into, or into/subPath)."""
+    """Make the checkout; returns the directory to work in (into, or into/subPath).
+
+    What the cache alone can tell (the commit is there, subPath is a directory in it)
+    is asked before `into` is touched; a later failure removes what was written
+    (`into` too, and its parents, if they were made here)."""
     cache = await _open_cache(source, settings)
-    _prepare(into, clean)
     runner = cache.runner()
+    await _check_commit(runner, source, cache)
+    made = _prepare(into, clean)
+    try:
+        return await _fill(runner, source, cache, into)
+    except BaseException:
+        _undo(into, made)
+        raise
+
+
+async def _check_commit(runner: GitRunner, source: Source, cache: MountedCache) -> None:
+    """The commit is in the cache, and subPath a directory in it (as the operator checks it)."""
+    if not await runner.ok("has-commit", ["cat-file", "-e", f"{source.commit}^{{commit}}"], cwd=cache.path):
+        raise CliError(
+            Exit.COMMIT_MISSING,
+            f"commit {source.commit} is not in the cache at {source.cache} "
+            "(was the Workspace deleted, or is another volume mounted there?)",
+        )
+    if source.sub_path is not None:
+        try:
+            await check_tree_path(runner, cache.path, source.commit, source.sub_path, source.submodules)
+        except GitError as error:
+            raise CliError(Exit.FAILED, error.message) from None
+
+
+async def _fill(runner: GitRunner, source: Source, cache: MountedCache, into: Path) -> Path:
     try:
         await runner.run("init", ["init", "--quiet", "--template=", "--", str(into)], cwd=into)
         info = into / ".git" / "objects" / "info"
         info.mkdir(parents=True, exist_ok=True)
         (info / "alternates").write_text(f"{cache.path / 'objects'}\n")
-        if not await runner.ok("has-commit", ["cat-file", "-e", f"{source.commit}^{{commit}}"], cwd=into):
-            raise CliError(
-                Exit.COMMIT_MISSING,
-                f"commit {source.commit} is not in the cache at {source.cache} "
-                "(was the Workspace deleted, or is another volume mounted there?)",
-            )
         for key, value in (
             ("remote.origin.url", source.repository),
             ("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*"),
@@ -139,16 +168,50 @@ async def _open_cache(source: Source, settings: GitSettings) -> MountedCache:
         raise CliError(Exit.FAILED, f"unusable cache at {source.cache}: {error.message}") from None
 
 
-def _prepare(into: Path, clean: bool) -> None:
-    into.mkdir(parents=True, exist_ok=True)
-    entries = list(into.iterdir())
+def check_target(into: Path) -> None:
+    """`--into` names a directory, or a path that can become one (before any waiting)."""
+    for path in (into, *into.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise CliError(Exit.USAGE, f"--into {into}: {path} exists and is not a directory")
+            return
+
+
+def _prepare(into: Path, clean: bool) -> Path | None:
+    """Make `into` ready: created if missing, else empty (emptied with `clean`).
+    Returns the topmost directory made here (None if `into` existed)."""
+    check_target(into)
+    made = None
+    for path in (into, *into.parents):
+        if os.path.lexists(path):
+            break
+        made = path
+    try:
+        into.mkdir(parents=True, exist_ok=True)
+        entries = list(into.iterdir())
+    except OSError as error:
+        raise CliError(Exit.FAILED, f"--into {into}: {error.strerror}") from None
     if entries and not clean:
         raise CliError(Exit.DIRECTORY_NOT_EMPTY, f"{into} is not empty (pass --clean to empty it first)")
+    _empty(entries)
+    return made
+
+
+def _empty(entries: list[Path]) -> None:
     for entry in entries:  # the directory itself may be a mount point: keep it
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def _undo(into: Path, made: Path | None) -> None:
+    """After a failure: nothing of the checkout is left (what was made here goes whole)."""
+    with contextlib.suppress(OSError):
+        if made is not None:
+            shutil.rmtree(made)
+        else:
+            _empty(list(into.iterdir()))
 
 
 async def _write_refs(runner: GitRunner, source: Source, cache: MountedCache, into: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from workspace_operator.cli.api import WorkspaceApi, connect
-from workspace_operator.cli.checkout import checkout, source_of
+from workspace_operator.cli.checkout import check_target, checkout, source_of
 from workspace_operator.cli.errors import CliError, Exit
 from workspace_operator.git import ALL_SCHEMES, GitSettings, URLRefused, normalize_host_pattern
 from workspace_operator.spec import CACHE_ONLY, GROUP, KIND, MODES, VERSION
@@ -145,6 +145,8 @@ def git_settings(environ: Mapping[str, str]) -> GitSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "checkout":
+        check_target(args.into.absolute())  # a bad --into fails now, before any call or wait
     client, namespace = connect(args.kubeconfig, args.namespace)
     api = WorkspaceApi(client, namespace)
     if args.command == "create":

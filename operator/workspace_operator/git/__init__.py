@@ -16,12 +16,12 @@ from workspace_operator.git.inventory import (
     project_present,
     project_state,
 )
-from workspace_operator.git.layout import DNS1123_LABEL, check_relpath, invalid
+from workspace_operator.git.layout import DNS1123_LABEL, check_relpath, check_sparse_dir, invalid
 from workspace_operator.git.mounted import MountedCache, open_mounted_cache
 from workspace_operator.git.origins import URLRefused, normalize_host_pattern
 from workspace_operator.git.runner import ALL_SCHEMES, UPSTREAM_STEPS, GitRunner, GitSettings, write_guard
 from workspace_operator.git.source import SHA, Revision, check_ref_name
-from workspace_operator.git.worktree import workdir_of
+from workspace_operator.git.worktree import check_tree_path, workdir_of
 
 __all__ = [
     "ALL_SCHEMES",
@@ -50,6 +50,8 @@ __all__ = [
     "cache_bytes",
     "check_ref_name",
     "check_relpath",
+    "check_sparse_dir",
+    "check_tree_path",
     "completed_worktrees",
     "invalid",
     "invalid_credentials",

@@ -31,6 +31,7 @@ from workspace_operator.git.layout import (
     ProjectLayout,
     check_label,
     check_relpath,
+    check_sparse_dir,
     invalid,
 )
 from workspace_operator.git.markers import HOLD_MARKER, LAST_USED, stamp
@@ -40,7 +41,7 @@ from workspace_operator.git.runner import GitRunner, GitSettings
 from workspace_operator.git.source import Revision
 from workspace_operator.git.submodules import Submodules
 from workspace_operator.git.tls import ca_env
-from workspace_operator.git.worktree import Registered, WorktreeResult, Worktrees, WorktreeSpec
+from workspace_operator.git.worktree import Registered, WorktreeResult, Worktrees, WorktreeSpec, check_tree_path
 
 DEFER_CUT_OFF_STEP_SECONDS = 600.0
 
@@ -129,7 +130,7 @@ class Engine:
         check_label("workspace name", request.name)
         self.policy.check(request.repository)
         sub_path = check_relpath("subPath", request.sub_path) if request.sub_path else None
-        sparse = tuple(check_relpath("sparse entry", entry) for entry in request.sparse)
+        sparse = tuple(check_sparse_dir(entry) for entry in request.sparse)
         if sub_path and sparse and not any(sub_path == s or s in sub_path.parents for s in sparse):
             raise invalid(f"subPath {str(sub_path)!r} is outside every sparse directory")
         return ValidRequest(request, layout, sub_path, sparse)
@@ -284,6 +285,9 @@ class Engine:
         with self._session(request) as session:
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)
             pin_started = time.monotonic()
+            if valid.sub_path is not None:
+                # No worktree shows it: the commit's tree says whether a checkout would have it.
+                await check_tree_path(runner, layout.cache_dir, resolution.commit, valid.sub_path, request.submodules)
             reused = pins.read(layout.cache_dir, request.name) == resolution.commit
             if not reused:
                 await pins.pin(runner, layout.cache_dir, request.name, resolution.commit)

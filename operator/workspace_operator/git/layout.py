@@ -24,6 +24,9 @@ READY_DIR = ".ready"
 QUARANTINE_PREFIX = ".quarantine-"
 STAGING_PREFIX = ".staging-"
 MAX_RELPATH = 1024
+# What `git sparse-checkout set --cone` refuses as a directory: a pattern (`*`, `?`, `[`, `]`
+# anywhere, `!` first). It would fail every attempt; the CRD refuses the same.
+_CONE_PATTERN = re.compile(r"^!|[*?\[\]]")
 
 
 def invalid(message: str) -> GitError:
@@ -50,6 +53,17 @@ def check_relpath(kind: str, value: str) -> PurePosixPath:
     if parts[0] == ".git":
         raise invalid(f"{kind} {value!r} must not point into .git")
     return PurePosixPath(*parts)
+
+
+def check_sparse_dir(value: str) -> PurePosixPath:
+    """A sparse entry: a relative path (as subPath) that cone mode takes as a directory."""
+    path = check_relpath("sparse entry", value)
+    if _CONE_PATTERN.search(value):
+        raise invalid(
+            f"sparse entry {value!r} is a pattern, not a directory: cone mode takes directories "
+            "(no '*', '?', '[' or ']', and no leading '!')"
+        )
+    return path
 
 
 @dataclass(frozen=True)

@@ -256,11 +256,50 @@ def workdir_of(path: Path, sub_path: PurePosixPath | None, commit: str) -> Path:
         workdir = workdir / part
         found = safepath.kind(workdir)
         if found == "link":
-            raise invalid(f"subPath {str(sub_path)!r} goes through a symlink at commit {commit[:12]}")
+            raise _through_link(sub_path, commit)
         if found != "dir":
-            raise GitError(
-                Reason.SUBPATH_NOT_FOUND,
-                f"subPath {str(sub_path)!r} is not a directory at commit {commit[:12]}",
-                step="check-subpath",
-            )
+            raise _not_a_directory(sub_path, commit)
     return workdir
+
+
+_TREE, _LINK, _GITLINK = "040000", "120000", "160000"
+
+
+async def check_tree_path(
+    runner: GitRunner, repo: Path, commit: str, sub_path: PurePosixPath, submodules: bool = False
+) -> None:
+    """Would `workdir_of` accept sub_path in a checkout of `commit`? Asked of the commit's
+    tree in `repo` (no checkout needed), with the same verdicts: a component that is a
+    symlink (mode 120000) is InvalidSpec, one missing or a file is SubPathNotFound.
+
+    A submodule (a gitlink) is a directory in a checkout: as the last component always,
+    and anything below it is the submodule's own, unknown here, when submodules are
+    checked out (a job's checkout checks it on disk); without them it is empty. One
+    `ls-tree` per component, naming the tree by id and the entry as a literal path:
+    nothing is parsed as a pattern, and no lazy fetch is ever made.
+    """
+    tree = f"{commit}^{{tree}}"
+    env = {"GIT_LITERAL_PATHSPECS": "1", "GIT_ALLOW_PROTOCOL": ""}
+    for index, part in enumerate(sub_path.parts):
+        listing = await runner.run("check-subpath", ["ls-tree", "-z", tree, "--", part], cwd=repo, env=env)
+        entries = (line.partition("\t") for line in listing.stdout.split("\0") if line)
+        found = next((meta.split() for meta, _, name in entries if name == part), None)
+        if found is not None and found[0] == _LINK:
+            raise _through_link(sub_path, commit)
+        if found is not None and found[0] == _GITLINK and (submodules or index == len(sub_path.parts) - 1):
+            return
+        if found is None or found[0] != _TREE:
+            raise _not_a_directory(sub_path, commit)
+        tree = found[2]
+
+
+def _through_link(sub_path: PurePosixPath, commit: str) -> GitError:
+    return invalid(f"subPath {str(sub_path)!r} goes through a symlink at commit {commit[:12]}")
+
+
+def _not_a_directory(sub_path: PurePosixPath, commit: str) -> GitError:
+    return GitError(
+        Reason.SUBPATH_NOT_FOUND,
+        f"subPath {str(sub_path)!r} is not a directory at commit {commit[:12]}",
+        step="check-subpath",
+    )
