@@ -28,7 +28,7 @@ import pytest
 from engine_fixtures import checkout, make_settings, processes_under, request, wait_no_processes
 from testsupport.wait import until
 from upstreams import GitDaemon, StandardRepo, served_repo
-from workspace_operator.git import Engine, GitError, GitSettings, Reason, Revision, write_guard
+from workspace_operator.git import Engine, GitError, GitSettings, Reason, Redactor, Revision, write_guard
 from workspace_operator.git.runner import GitRunner, available_cpus, default_max_processes, process_slots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ async def test_endless_output_is_cut_at_the_cap_and_git_killed(tmp_path: Path) -
 
 
 async def test_stderr_keeps_only_its_tail(tmp_path: Path) -> None:
-    noisy = "head -c 2000000 /dev/zero | tr '\\0' x >&2; echo; echo the-last-line >&2"
+    noisy = "head -c 2000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo the-last-line >&2"
     runner = GitRunner(GitSettings(git_binary=_fake_git(tmp_path, f"{noisy}; exit 0"), timeout_seconds=60))
     result = await runner.run("noisy", [], cwd=tmp_path)
     assert len(result.stderr) <= 16 * 1024 and result.stderr.rstrip().endswith("the-last-line")
@@ -189,6 +189,20 @@ async def test_a_cancellation_while_git_starts_kills_its_whole_tree(tmp_path: Pa
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_secret_cut_by_the_stderr_tail_is_not_shown_in_part(tmp_path: Path) -> None:
+    """A granted server pads a line so that the 16 KiB tail starts inside the secret it
+    echoes: the remainder no longer matches the redactor, so the cut line goes whole."""
+    secret = "ghp_S3cretTokenValue1234567890abcd"
+    padding = 16 * 1024 - len(secret) // 2 - len("\nfatal: unable to access\n")
+    body = f"printf 'remote: %s%s\\n' '{secret}' \"$(head -c {padding} /dev/zero | tr '\\0' x)\" >&2; "
+    body += "echo 'fatal: unable to access' >&2; exit 128"
+    runner = GitRunner(GitSettings(git_binary=_fake_git(tmp_path, body), timeout_seconds=60), Redactor([secret]))
+    with pytest.raises(GitError) as caught:
+        await runner.run("fetch", ["fetch"], cwd=tmp_path)
+    tail = secret[len(secret) // 2 :]
+    assert tail[:8] not in caught.value.message and "fatal: unable to access" in caught.value.message
 
 
 async def test_at_most_max_processes_git_processes_at_once(tmp_path: Path) -> None:

@@ -286,6 +286,27 @@ async def test_a_branch_in_place_of_a_deleted_one_is_fetched_at_once(
     assert_cache_consistent(layout(volume), url)
 
 
+async def test_a_tracking_ref_upstream_still_has_is_never_dropped(
+    engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path
+) -> None:
+    """Only a ref upstream sent can make one in its way stale: a Workspace naming a
+    branch upstream lacks (with a commit not cached) must not cost the cache the
+    tracking ref of the branch upstream does have below that name."""
+    url, src = smart_http.url("repo"), upstream_repo.src
+    git(src, "checkout", "-q", "-b", "p/q", "main")
+    tip = commit(src, {"pq.txt": "p/q"}, "on p/q")
+    git(src, "checkout", "-q", "main")
+    upstream_repo.republish()
+    assert (await checkout(engine, request(url, Revision(branch="p/q"), name="first"))).commit == tip
+
+    absent = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(GitError) as caught:
+        await checkout(engine, request(url, Revision(branch="p", commit=absent), name="second"))
+    assert caught.value.reason in (Reason.REF_NOT_FOUND, Reason.COMMIT_NOT_FOUND)
+    refs = run_git("for-each-ref", "--format=%(refname) %(objectname)", cwd=layout(volume).cache_dir).stdout
+    assert f"refs/remotes/origin/p/q {tip}" in refs.splitlines(), refs
+
+
 # -- reuse and rebuild --------------------------------------------------------------
 
 

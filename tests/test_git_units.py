@@ -19,6 +19,7 @@ from workspace_operator.git.errors import PERMANENT, classify
 from workspace_operator.git.layout import ProjectLayout, check_label, check_relpath, check_sparse_dir
 from workspace_operator.git.runner import GitRunner
 from workspace_operator.git.source import check_ref_name, check_url, local_ref_for
+from workspace_operator.git.worktree import check_tree_path
 
 ALL = frozenset({"https", "ssh", "http", "git", "file"})
 
@@ -426,3 +427,24 @@ def test_git_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["GIT_CONFIG_GLOBAL"] == "/dev/null" and env["GIT_CONFIG_NOSYSTEM"] == "1"
     assert env["GIT_ALLOW_PROTOCOL"] == "git:https"
     assert env["GIT_TERMINAL_PROMPT"] == "0"
+
+
+async def test_a_name_twice_in_a_crafted_tree_is_refused_as_a_subpath(tmp_path: Path) -> None:
+    """An unsorted tree can hold `a` as a directory and as a link; a checkout writes the
+    link, so the directory entry must not vouch for the name."""
+    repo = tmp_path / "repo.git"
+    run_git("init", "--quiet", "--bare", str(repo), cwd=tmp_path)
+
+    def stdin(*args: str, text: str) -> str:
+        return run_git("-C", str(repo), *args, input=text).stdout.strip()
+
+    inner = stdin("mktree", text=f"100644 blob {stdin('hash-object', '-w', '--stdin', text='x')}\tf\n")
+    link = stdin("hash-object", "-w", "--stdin", text="/etc")
+    raw = b"40000 a\0" + bytes.fromhex(inner) + b"120000 a\0" + bytes.fromhex(link)
+    (tmp_path / "tree").write_bytes(raw)
+    tree = git(repo, "hash-object", "-t", "tree", "--literally", "-w", str(tmp_path / "tree"))
+    commit = git(repo, "commit-tree", tree, "-m", "crafted")
+    runner = GitRunner(GitSettings(timeout_seconds=60))
+    with pytest.raises(GitError) as caught:
+        await check_tree_path(runner, repo, commit, PurePosixPath("a"), False)
+    assert caught.value.reason is Reason.INVALID_SPEC and "symlink" in caught.value.message

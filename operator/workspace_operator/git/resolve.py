@@ -6,6 +6,7 @@ Callers hold the project's lock: fetches write the object store and refs.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 from workspace_operator.git import safepath
 from workspace_operator.git.errors import GitError, Reason
 from workspace_operator.git.markers import LAST_FETCH, OPERATION_MARKER, stamp
-from workspace_operator.git.runner import GitRunner
+from workspace_operator.git.runner import GitResult, GitRunner
 from workspace_operator.git.source import Revision, local_ref_for
 
 log = logging.getLogger("workspace_operator.cache")
@@ -218,31 +219,24 @@ class Resolver:
     async def fetch(
         self, env: dict[str, str], source: str, destination: str | None, missing: Reason = Reason.REF_NOT_FOUND
     ) -> float:
-        """Fetch exactly one ref or commit; auto-gc off; marked so a crash is detected."""
+        """Fetch exactly one ref or commit; auto-gc off; marked so a crash is detected.
+
+        If git could not store the ref because a stale tracking ref stands in its way
+        (directory/file conflict), those refs are removed and the fetch made once more.
+        """
         refspec = f"+{source}:{destination}" if destination else source
-        if destination is not None and "*" not in destination:
-            await self.drop_conflicting_refs(destination)
         marker = self.repo / OPERATION_MARKER
         safepath.touch(self.root, marker)
         try:
-            result = await self.runner.run(
-                "fetch",
-                [
-                    "fetch",
-                    "--no-tags",
-                    "--no-auto-gc",
-                    "--no-recurse-submodules",
-                    "--no-write-fetch-head",
-                    "--quiet",
-                    "--",
-                    "origin",
-                    refspec,
-                ],
-                cwd=self.repo,
-                env=env,
-                # Every received object is checked (malformed trees, paths like .git or ../).
-                config=["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else [],
-            )
+            try:
+                result = await self._fetch(env, refspec)
+            except GitError as error:
+                # Only once upstream has sent the ref: then it cannot also have the
+                # conflicting ones, which track refs it deleted since.
+                if destination is None or "*" in destination or not _REF_IN_THE_WAY.search(error.message):
+                    raise
+                await self.drop_conflicting_refs(destination)
+                result = await self._fetch(env, refspec)
         except GitError as error:
             if error.reason is Reason.REF_NOT_FOUND and missing is not Reason.REF_NOT_FOUND:
                 raise GitError(missing, error.message, step=error.step) from None
@@ -250,6 +244,32 @@ class Resolver:
         safepath.remove(self.root, marker)
         stamp(self.root, self.repo, LAST_FETCH)
         return result.seconds
+
+    async def _fetch(self, env: dict[str, str], refspec: str) -> GitResult:
+        return await self.runner.run(
+            "fetch",
+            [
+                "fetch",
+                "--no-tags",
+                "--no-auto-gc",
+                "--no-recurse-submodules",
+                "--no-write-fetch-head",
+                "--quiet",
+                "--",
+                "origin",
+                refspec,
+            ],
+            cwd=self.repo,
+            env=env,
+            # Every received object is checked (malformed trees, paths like .git or ../).
+            config=["transfer.fsckObjects=true"] if self.runner.settings.fsck_objects else [],
+        )
+
+
+# git's words when a ref cannot be stored because another one is in its way.
+_REF_IN_THE_WAY = re.compile(
+    r"cannot lock ref '[^']*': '[^']*' exists|cannot lock ref '[^']*': there is a non-empty directory"
+)
 
 
 def _not_a_commit(sha: str, kind: str | None) -> str:

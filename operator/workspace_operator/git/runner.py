@@ -345,10 +345,15 @@ async def _collect(proc: asyncio.subprocess.Process, max_stdout: int) -> tuple[b
             if len(out) > max_stdout:
                 raise _TooLarge
 
+    cut = False
+
     async def read_stderr(stream: asyncio.StreamReader) -> None:
+        nonlocal cut
         while chunk := await stream.read(_CHUNK):
             err.extend(chunk)
-            del err[:-_STDERR_LIMIT]
+            if len(err) > _STDERR_LIMIT:
+                del err[:-_STDERR_LIMIT]
+                cut = True
 
     readers = [asyncio.ensure_future(read_stdout(proc.stdout)), asyncio.ensure_future(read_stderr(proc.stderr))]
     try:
@@ -359,6 +364,11 @@ async def _collect(proc: asyncio.subprocess.Process, max_stdout: int) -> tuple[b
         await asyncio.wait(readers)  # stopped for good before anyone else reads the pipes
         raise
     await proc.wait()
+    if cut:
+        # The tail starts inside a line, perhaps inside a secret a server echoed,
+        # whose remainder no longer matches the redactor: only whole lines are kept.
+        newline = err.find(b"\n")
+        del err[: newline + 1 if newline >= 0 else len(err)]
     return bytes(out), bytes(err)
 
 

@@ -283,9 +283,13 @@ async def check_tree_path(
     for index, part in enumerate(sub_path.parts):
         listing = await runner.run("check-subpath", ["ls-tree", "-z", tree, "--", part], cwd=repo, env=env)
         entries = (line.partition("\t") for line in listing.stdout.split("\0") if line)
-        found = next((meta.split() for meta, _, name in entries if name == part), None)
-        if found is not None and found[0] == _LINK:
+        named = [meta.split() for meta, _, name in entries if name == part]
+        # A crafted (unsorted) tree can hold the name twice, say a tree and a link, of
+        # which a checkout writes the link: a name that is not exactly one entry, or
+        # any entry of it a link, is refused.
+        if any(entry[0] == _LINK for entry in named) or len(named) > 1:
             raise _through_link(sub_path, commit)
+        found = named[0] if named else None
         if found is not None and found[0] == _GITLINK and (submodules or index == len(sub_path.parts) - 1):
             return
         if found is None or found[0] != _TREE:
