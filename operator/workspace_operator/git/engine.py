@@ -208,14 +208,7 @@ class Engine:
         """
         started = time.monotonic()
         request, layout = valid.request, valid.layout
-        runner = self.runner_for(
-            request.credentials,
-            request.repository,
-            namespace=request.namespace,
-            project_dir=layout.project_dir,
-            workspace=request.name,
-        )
-        await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
+        runner = await self._allowed_runner(valid)
         previous = self._checked.pop(layout.relative_dir, None)  # back only if this step succeeds
         purpose = (request.repository, request.namespace_uid)
         # A hold serves one project's queue, whatever repository each Workspace names: the
@@ -270,18 +263,24 @@ class Engine:
             cache_path=_relative(self.root, layout.cache_dir),
         )
 
-    async def pin(self, valid: ValidRequest, *, not_before: float | None = None) -> CheckoutResult:
-        """Cache → fetch (only if needed) → pin ref; no worktree. The caller holds the project lock."""
-        started = time.monotonic()
-        request, layout = valid.request, valid.layout
+    async def _allowed_runner(self, valid: ValidRequest) -> GitRunner:
+        """The Workspace's runner, once its repository passed the URL and address policy."""
+        request = valid.request
         runner = self.runner_for(
             request.credentials,
             request.repository,
             namespace=request.namespace,
-            project_dir=layout.project_dir,
+            project_dir=valid.layout.project_dir,
             workspace=request.name,
         )
         await self.policy.check_addresses(self.policy.check(request.repository), namespace=request.namespace)
+        return runner
+
+    async def pin(self, valid: ValidRequest, *, not_before: float | None = None) -> CheckoutResult:
+        """Cache → fetch (only if needed) → pin ref; no worktree. The caller holds the project lock."""
+        started = time.monotonic()
+        request, layout = valid.request, valid.layout
+        runner = await self._allowed_runner(valid)
         with self._session(request) as session:
             resolution = await self._resolve(Cache(runner, layout, self.answers), valid, session.env, not_before)
             pin_started = time.monotonic()
