@@ -286,6 +286,23 @@ async def test_a_branch_in_place_of_a_deleted_one_is_fetched_at_once(
     assert_cache_consistent(layout(volume), url)
 
 
+async def test_every_tag_is_fetched_after_a_tag_became_a_directory(
+    engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path
+) -> None:
+    """spec.tags fetches refs/tags/*: upstream replaced tag `v9` by `v9/x`, and the cache's
+    `v9` stands where `v9/x` goes. Pruned (upstream no longer has it), the fetch succeeds."""
+    url, src = smart_http.url("repo"), upstream_repo.src
+    git(src, "tag", "v9", "main")
+    upstream_repo.republish()
+    await checkout(engine, request(url, Revision(branch="main"), name="first", tags=True))
+    git(src, "tag", "-d", "v9")
+    git(src, "tag", "v9/x", "main")
+    upstream_repo.republish()
+    await checkout(engine, request(url, Revision(branch="main"), name="second", tags=True))
+    tags = run_git("for-each-ref", "--format=%(refname)", "refs/tags/", cwd=layout(volume).cache_dir).stdout.split()
+    assert "refs/tags/v9/x" in tags and "refs/tags/v9" not in tags, tags
+
+
 async def test_a_tracking_ref_upstream_still_has_is_never_dropped(
     engine: Engine, upstream_repo: StandardRepo, smart_http: SmartHTTP, volume: Path
 ) -> None:

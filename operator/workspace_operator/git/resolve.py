@@ -222,7 +222,9 @@ class Resolver:
         """Fetch exactly one ref or commit; auto-gc off; marked so a crash is detected.
 
         If git could not store the ref because a stale tracking ref stands in its way
-        (directory/file conflict), those refs are removed and the fetch made once more.
+        (directory/file conflict), those refs are removed and the fetch made once more;
+        for a pattern (every tag), once more with `--prune`, which removes the refs
+        under it that upstream no longer has.
         """
         refspec = f"+{source}:{destination}" if destination else source
         marker = self.repo / OPERATION_MARKER
@@ -233,10 +235,13 @@ class Resolver:
             except GitError as error:
                 # Only once upstream has sent the ref: then it cannot also have the
                 # conflicting ones, which track refs it deleted since.
-                if destination is None or "*" in destination or not _REF_IN_THE_WAY.search(error.message):
+                if destination is None or not _REF_IN_THE_WAY.search(error.message):
                     raise
-                await self.drop_conflicting_refs(destination)
-                result = await self._fetch(env, refspec)
+                if "*" in destination:
+                    result = await self._fetch(env, refspec, prune=True)
+                else:
+                    await self.drop_conflicting_refs(destination)
+                    result = await self._fetch(env, refspec)
         except GitError as error:
             if error.reason is Reason.REF_NOT_FOUND and missing is not Reason.REF_NOT_FOUND:
                 raise GitError(missing, error.message, step=error.step) from None
@@ -245,7 +250,7 @@ class Resolver:
         stamp(self.root, self.repo, LAST_FETCH)
         return result.seconds
 
-    async def _fetch(self, env: dict[str, str], refspec: str) -> GitResult:
+    async def _fetch(self, env: dict[str, str], refspec: str, *, prune: bool = False) -> GitResult:
         return await self.runner.run(
             "fetch",
             [
@@ -255,6 +260,7 @@ class Resolver:
                 "--no-recurse-submodules",
                 "--no-write-fetch-head",
                 "--quiet",
+                *(["--prune"] if prune else []),
                 "--",
                 "origin",
                 refspec,
