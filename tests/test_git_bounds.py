@@ -230,19 +230,25 @@ def test_default_process_bound_follows_the_cpus() -> None:
     assert default_max_processes() == max(4, int(2 * cpus + 0.5))
 
 
+def _tarpit_engine(volume: Path, scratch: Path, daemon: GitDaemon, *, max_processes: int) -> tuple[Engine, Path, Path]:
+    """An engine whose git calls to the served repository "tarpit" stand in for a server
+    trickling bytes until the git timeout: each parks (a file in `parked`) until `gate` exists."""
+    served_repo(daemon.base, "tarpit", {"a.txt": "a\n"})
+    gate, parked = scratch.parent / "gate", scratch.parent / "parked"
+    parked.mkdir()
+    tarpit = (
+        f'case " $* " in *tarpit*) touch {parked}/$$; while [ ! -e {gate} ]; do sleep 0.02; done;; esac\nexec git "$@"'
+    )
+    git_binary = _fake_git(scratch.parent, tarpit)
+    return Engine(volume, make_settings(scratch, git_binary=git_binary, max_processes=max_processes)), gate, parked
+
+
 async def test_git_process_slots_are_fair_between_namespaces(
     volume: Path, scratch: Path, upstream_repo: StandardRepo, git_daemon: GitDaemon
 ) -> None:
     """One tenant's Workspaces on a tarpit upstream hold every git process slot; six of them
     are queued before another namespace's Workspace: that one gets the second slot that frees."""
-    served_repo(git_daemon.base, "tarpit", {"a.txt": "a\n"})
-    gate, parked = scratch.parent / "gate", scratch.parent / "parked"
-    parked.mkdir()
-    # Stands in for a server trickling bytes until the git timeout: its calls wait for the gate.
-    tarpit = (
-        f'case " $* " in *tarpit*) touch {parked}/$$; while [ ! -e {gate} ]; do sleep 0.02; done;; esac\nexec git "$@"'
-    )
-    engine = Engine(volume, make_settings(scratch, git_binary=_fake_git(scratch.parent, tarpit), max_processes=2))
+    engine, gate, parked = _tarpit_engine(volume, scratch, git_daemon, max_processes=2)
     grants: list[str] = []  # who got each git process slot, in order
 
     async def workspace(namespace: str, project: str, url: str) -> None:
@@ -268,13 +274,7 @@ async def test_a_tenant_whose_calls_all_hang_never_holds_every_slot(
     """4 slots, one tenant's Workspaces on a tarpit (their git calls hang until the git
     timeout): they get 3, and another namespace's Workspace is made Ready on the fourth
     while all of them still hang (round-robin alone would have waited for the timeout)."""
-    served_repo(git_daemon.base, "tarpit", {"a.txt": "a\n"})
-    gate, parked = scratch.parent / "gate", scratch.parent / "parked"
-    parked.mkdir()
-    tarpit = (
-        f'case " $* " in *tarpit*) touch {parked}/$$; while [ ! -e {gate} ]; do sleep 0.02; done;; esac\nexec git "$@"'
-    )
-    engine = Engine(volume, make_settings(scratch, git_binary=_fake_git(scratch.parent, tarpit), max_processes=4))
+    engine, gate, parked = _tarpit_engine(volume, scratch, git_daemon, max_processes=4)
 
     async def workspace(namespace: str, project: str, url: str) -> None:
         await checkout(engine, request(url, Revision(branch="main"), namespace=namespace, project=project))
